@@ -1,0 +1,343 @@
+"""Pydantic models of `modelship.dev/v1alpha1` ModelService, mirroring the CRD.
+
+The CRD validates in the API server; these models validate the same rules again for
+`modelship render -f` (no cluster) and give the operator typed access. Field names are
+snake_case in Python and camelCase on the wire (aliases). Unknown fields are errors: the API
+server would prune them silently, and a typo a user never hears about is a bug.
+`tests/operator/test_api_schema.py` walks both schemas and fails when they drift.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+from modelship import modeluri
+
+_CPU = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(m)?$"
+_MEMORY = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE])?$"
+_INT_OR_PERCENT = r"^([0-9]+%?)$"
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_MIG = re.compile(r"^[1-7]g\.[0-9]+gb(\+me)?$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+CpuQuantity = int | Annotated[str, StringConstraints(pattern=_CPU)]
+MemoryQuantity = int | Annotated[str, StringConstraints(pattern=_MEMORY)]
+IntOrPercent = int | Annotated[str, StringConstraints(pattern=_INT_OR_PERCENT)]
+Labels = Annotated[dict[str, str], Field(max_length=16)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The camelCase dict the API server would hold (unset optionals left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SecretRef(_Model):
+    secret_name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class ModelSource(_Model):
+    uri: Annotated[str, StringConstraints(max_length=2048)]
+    sha256: Annotated[str, StringConstraints(max_length=64)]
+    name: Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")] = "model"
+    format: Literal["onnx"] = "onnx"
+    credentials: SecretRef | None = None
+
+    @pydantic.field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        modeluri.parse(value)  # raises InvalidModelURI (a ValueError) with the message
+        return value
+
+    @pydantic.field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        if not _SHA256.match(value):
+            raise ValueError(
+                f"spec.model.sha256 must be 64 hexadecimal characters (sha256sum output); "
+                f"got {len(value)} characters"
+            )
+        return value
+
+
+class PullSecret(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class Images(_Model):
+    server: Annotated[str, StringConstraints(max_length=512)] = "ghcr.io/modelship/modelship-server:0.1.0"
+    triton: Annotated[str, StringConstraints(max_length=512)] = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pull_secrets: Annotated[list[PullSecret], Field(max_length=8)] | None = None
+
+
+class GPU(_Model):
+    count: Annotated[int, Field(ge=0, le=16)] = 0
+    product: Annotated[
+        str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    ] | None = None
+    mig_profile: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+    @pydantic.field_validator("mig_profile")
+    @classmethod
+    def _mig(cls, value: str | None) -> str | None:
+        if value is not None and not _MIG.match(value):
+            raise ValueError(f"spec.resources.gpu.migProfile must look like 1g.10gb or 3g.40gb; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_count(self) -> GPU:
+        if self.product is not None and self.count < 1:
+            raise ValueError("spec.resources.gpu.product needs spec.resources.gpu.count of at least 1")
+        if self.mig_profile is not None and self.count < 1:
+            raise ValueError(
+                "spec.resources.gpu.migProfile needs spec.resources.gpu.count of at least 1 "
+                "(the number of MIG slices)"
+            )
+        return self
+
+    @property
+    def resource_name(self) -> str | None:
+        """The extended resource the pods request, or None on CPU."""
+        if self.count < 1:
+            return None
+        return f"nvidia.com/mig-{self.mig_profile}" if self.mig_profile else "nvidia.com/gpu"
+
+
+class Resources(_Model):
+    cpu: CpuQuantity = "1"
+    memory: MemoryQuantity = "2Gi"
+    gpu: GPU = Field(default_factory=GPU)
+
+
+class Toleration(_Model):
+    key: Annotated[str, StringConstraints(max_length=317)] | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: Annotated[str, StringConstraints(max_length=63)] | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Scheduling(_Model):
+    node_selector: Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)] | None = None
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+    affinity: dict[str, Any] | None = None
+    priority_class_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+
+
+class Batching(_Model):
+    enabled: bool = True
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 1000
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> Batching:
+        if self.preferred_batch_sizes and any(s > self.max_batch_size for s in self.preferred_batch_sizes):
+            raise ValueError(
+                "every spec.batching.preferredBatchSizes entry must be at most spec.batching.maxBatchSize "
+                f"({self.max_batch_size}); got {self.preferred_batch_sizes}"
+            )
+        return self
+
+
+class Optimization(_Model):
+    enabled: bool = False
+    precisions: Annotated[list[Literal["fp32", "fp16", "int8"]], Field(max_length=3)] = Field(
+        default_factory=lambda: ["fp32", "fp16"]
+    )
+    accuracy_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class OnnxRuntimeSettings(_Model):
+    intra_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
+    inter_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
+
+
+class TritonSettings(_Model):
+    instance_count: Annotated[int, Field(ge=1, le=16)] = 1
+    tensorrt: bool | None = None
+
+
+class SLO(_Model):
+    latency_milliseconds: Annotated[int, Field(ge=1, le=600_000)]
+    percentile: Literal["p50", "p90", "p95", "p99"] = "p95"
+
+
+class Autoscaling(_Model):
+    enabled: bool = False
+    engine: Literal["builtin", "hpa", "keda"] = "builtin"
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"spec.autoscaling.minReplicas ({self.min_replicas}) must not exceed "
+                f"spec.autoscaling.maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Rollout(_Model):
+    max_surge: IntOrPercent = "25%"
+    pre_stop_delay_seconds: Annotated[int, Field(ge=0, le=300)] = 10
+    termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = 45
+    progress_deadline_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
+
+    @model_validator(mode="after")
+    def _grace(self) -> Rollout:
+        if self.termination_grace_period_seconds <= self.pre_stop_delay_seconds:
+            raise ValueError(
+                f"spec.rollout.terminationGracePeriodSeconds ({self.termination_grace_period_seconds}) "
+                f"must exceed spec.rollout.preStopDelaySeconds ({self.pre_stop_delay_seconds}) "
+                "so in-flight requests can finish"
+            )
+        return self
+
+
+class DisruptionBudget(_Model):
+    max_unavailable: IntOrPercent = 1
+
+
+class LabelSelector(_Model):
+    match_labels: Labels | None = None
+
+
+class Peer(_Model):
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+
+
+class NetworkPolicySettings(_Model):
+    enabled: bool = False
+    allow_from: Annotated[list[Peer], Field(max_length=16)] | None = None
+    allow_metrics_from: Annotated[list[Peer], Field(max_length=16)] | None = None
+
+
+Runtime = Literal["onnxruntime", "triton"]
+
+
+class ModelServiceSpec(_Model):
+    model: ModelSource
+    runtime: Runtime = "onnxruntime"
+    images: Images = Field(default_factory=Images)
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    resources: Resources = Field(default_factory=Resources)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    batching: Batching = Field(default_factory=Batching)
+    optimization: Optimization = Field(default_factory=Optimization)
+    onnxruntime: OnnxRuntimeSettings | None = None
+    triton: TritonSettings | None = None
+    slo: SLO | None = None
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    rollout: Rollout = Field(default_factory=Rollout)
+    disruption_budget: DisruptionBudget = Field(default_factory=DisruptionBudget)
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelServiceSpec:
+        if self.onnxruntime is not None and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.onnxruntime applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
+        if self.triton is not None and self.runtime != "triton":
+            raise ValueError(f"spec.triton applies only to runtime triton, but spec.runtime is {self.runtime}")
+        if self.triton is not None and self.triton.tensorrt and self.resources.gpu.count < 1:
+            raise ValueError(
+                "spec.triton.tensorrt needs a GPU: set spec.resources.gpu.count to at least 1, or drop tensorrt"
+            )
+        if self.autoscaling.enabled and self.autoscaling.engine == "builtin" and self.slo is None:
+            raise ValueError(
+                "spec.slo.latencyMilliseconds is required when spec.autoscaling uses the builtin engine, "
+                "which scales on latency"
+            )
+        return self
+
+    @property
+    def autoscaler_owns_replicas(self) -> bool:
+        """True when an autoscaler, not the operator, sets the Deployment's replicas."""
+        return self.autoscaling.enabled
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if len(value) > 52 or not _DNS1035.match(value):
+            raise ValueError(
+                "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting "
+                f"with a letter) of at most 52 characters; got {value!r} ({len(value)} characters)"
+            )
+        return value
+
+
+class ModelService(BaseModel):
+    """A whole ModelService object; `status` stays a plain dict (the operator computes it)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["modelship.dev/v1alpha1"] = Field("modelship.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["ModelService"] = "ModelService"
+    metadata: ObjectMeta
+    spec: ModelServiceSpec
+    status: dict[str, Any] | None = None
+
+    @classmethod
+    def from_body(cls, body: Any) -> ModelService:
+        """Validate a ModelService from a kopf body, a dict, or parsed YAML."""
+        return cls.model_validate(dict(body))
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    type: Annotated[str, StringConstraints(max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, StringConstraints(max_length=1024)]
+    message: Annotated[str, StringConstraints(max_length=32768)]
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    last_transition_time: str
+
+
+class Endpoints(_Model):
+    http: str | None = None
+    grpc: str | None = None
+
+
+class Latency(_Model):
+    percentile: str | None = None
+    observed_milliseconds: float | None = None
+    target_milliseconds: int | None = None
+
+
+class ModelServiceStatus(_Model):
+    observed_generation: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    updated_replicas: int | None = None
+    replica_summary: str | None = None
+    variant: str | None = None
+    endpoints: Endpoints | None = None
+    latency: Latency | None = None
+    conditions: list[Condition] | None = None

@@ -1,0 +1,78 @@
+"""Model URIs: the one parser for `spec.model.uri`, shared by render and the fetch step.
+
+Standard library only, because the fetch step imports it inside the serving image. The
+CRD's CEL rule accepts the same shapes; this module is the precise version both sides use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.parse
+
+SCHEMES = ("https", "http", "s3", "pvc")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class InvalidModelURI(ValueError):
+    """The URI cannot name a model file; the message says what is wrong and what was given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelURI:
+    """A parsed model URI. `location` is the host (http/s), bucket (s3) or claim (pvc)."""
+
+    scheme: str
+    location: str
+    path: str  # without a leading slash for s3 and pvc; with it for http(s)
+    raw: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse(uri: str) -> ModelURI:
+    """Parse and check `uri`; raise InvalidModelURI naming the expected form and the value."""
+    if not isinstance(uri, str) or not uri:
+        raise InvalidModelURI("spec.model.uri must be a non-empty string")
+    if any(c.isspace() for c in uri):
+        raise InvalidModelURI(f"spec.model.uri must not contain whitespace; got {uri!r}")
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise InvalidModelURI(
+            f"spec.model.uri must start with https://, http://, s3:// or pvc://; got {uri!r}"
+        )
+    if parts.query or parts.fragment:
+        if scheme != "http" and scheme != "https":
+            raise InvalidModelURI(f"spec.model.uri of scheme {scheme} takes no ?query or #fragment; got {uri!r}")
+    host = parts.netloc
+    path = parts.path
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise InvalidModelURI(f"spec.model.uri has no host; expected {scheme}://host/path, got {uri!r}")
+        if not path.strip("/"):
+            raise InvalidModelURI(f"spec.model.uri has no file path; expected {scheme}://host/path, got {uri!r}")
+        if parts.query:
+            path = f"{path}?{parts.query}"
+        return ModelURI(scheme=scheme, location=host, path=path, raw=uri)
+    key = path.lstrip("/")
+    if scheme == "s3":
+        if not _BUCKET.match(host):
+            raise InvalidModelURI(f"spec.model.uri names no valid S3 bucket; expected s3://bucket/key, got {uri!r}")
+        if not key:
+            raise InvalidModelURI(f"spec.model.uri has no object key; expected s3://bucket/key, got {uri!r}")
+        return ModelURI(scheme=scheme, location=host, path=key, raw=uri)
+    # pvc://claim/path/in/volume
+    if not _DNS_LABEL.match(host) or len(host) > 253:
+        raise InvalidModelURI(
+            f"spec.model.uri names no valid PersistentVolumeClaim; expected pvc://claim/path, got {uri!r}"
+        )
+    if not key or any(seg == ".." for seg in key.split("/")):
+        raise InvalidModelURI(
+            f"spec.model.uri needs a path inside the claim without '..'; expected pvc://claim/path, got {uri!r}"
+        )
+    return ModelURI(scheme=scheme, location=host, path=key, raw=uri)
