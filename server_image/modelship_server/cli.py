@@ -1,0 +1,226 @@
+"""`modelship-server`: serve a Triton-layout model repository with ONNX Runtime.
+
+Flags mirror Triton's (`--model-repository`, `--http-port`, `--grpc-port`,
+`--metrics-port`, `--exit-timeout-secs`, ...) so habits and manifests carry over.
+A flag mistake (a missing repository, a port in use) prints one line saying
+what to do and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import __version__
+from .repository import check_repository
+from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
+from .settings import Settings
+
+EPILOG = """\
+model repository layout (Triton's):
+  <repository>/<model>/config.pbtxt          optional; Triton's ModelConfig text format
+  <repository>/<model>/<version>/model.onnx  one folder per integer version
+
+  Without config.pbtxt, inputs, outputs and batching come from the ONNX model:
+  if every input and output has a dynamic first dimension the model batches
+  (max_batch_size = --default-max-batch-size) with dynamic batching on.
+
+endpoints (KServe v2 / Open Inference Protocol, Triton-compatible):
+  HTTP  :8000  /v2/health/{live,ready}, /v2/models/<m>[/versions/<v>]/{ready,config,stats,infer}
+  gRPC  :8001  inference.GRPCInferenceService
+  metrics :8002  /metrics (Prometheus)
+
+examples:
+  modelship-server --model-repository /models
+  modelship-server --model-repository ./repo --http-port 9000 --grpc-port 9001 --metrics-port 9002
+  curl localhost:8000/v2/health/ready
+"""
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _port(value: str) -> int:
+    try:
+        p = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 1 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {p}")
+    return p
+
+
+_SIZE = re.compile(r"^(\d+)\s*(|k|ki|m|mi|g|gi|kb|mb|gb)$", re.I)
+_UNITS = {"": 1, "k": 1000, "kb": 1000, "ki": 1024, "m": 10**6, "mb": 10**6, "mi": 1024**2,
+          "g": 10**9, "gb": 10**9, "gi": 1024**3}
+
+
+def _size(value: str) -> int:
+    m = _SIZE.match(value.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size such as 67108864, 64Mi or 100M, got {value!r}")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _non_negative(kind):
+    def parse(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        return v
+
+    return parse
+
+
+def _providers(value: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+    bad = [p for p in names if p not in PROVIDERS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown execution provider(s) {bad or value!r}; choose from {', '.join(PROVIDERS)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelship-server",
+        description="Serve the ONNX models of a Triton-layout model repository over the KServe v2 "
+        "protocol (HTTP and gRPC, tritonclient-compatible) with ONNX Runtime, dynamic batching "
+        "and Prometheus metrics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"modelship-server {__version__}")
+    p.add_argument("--model-repository", "--model-store", metavar="DIR",
+                   default=os.environ.get("MODELSHIP_MODEL_REPOSITORY"),
+                   help="folder of models in Triton's layout (required; env MODELSHIP_MODEL_REPOSITORY)")
+    net = p.add_argument_group("network")
+    net.add_argument("--http-port", type=_port, default=8000, metavar="PORT", help="HTTP/REST port (default 8000)")
+    net.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
+    net.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT", help="Prometheus /metrics port (default 8002)")
+    net.add_argument("--http-address", default="0.0.0.0", metavar="ADDR", help="address to bind HTTP on (default 0.0.0.0)")
+    net.add_argument("--grpc-address", default="0.0.0.0", metavar="ADDR", help="address to bind gRPC on (default 0.0.0.0)")
+    net.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDR", help="address to bind metrics on (default 0.0.0.0)")
+    net.add_argument("--allow-http", type=_bool, default=True, metavar="BOOL", help="serve HTTP (default true)")
+    net.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL", help="serve gRPC (default true)")
+    net.add_argument("--allow-metrics", type=_bool, default=True, metavar="BOOL", help="serve metrics (default true)")
+    net.add_argument("--http-max-body-size", type=_size, default=64 * 1024**2, metavar="SIZE",
+                     help="largest request body (and gRPC message) accepted; bigger ones get 413 "
+                          "(default 64Mi; accepts 1048576, 512Ki, 64Mi, 100M)")
+    sched = p.add_argument_group("scheduling")
+    sched.add_argument("--default-max-batch-size", type=_non_negative(int), default=4, metavar="N",
+                       help="max_batch_size given to models without a config whose inputs and outputs "
+                            "all have a dynamic first dimension; 0 turns batching off for them (default 4)")
+    sched.add_argument("--max-queue-size", type=_non_negative(int), default=256, metavar="N",
+                       help="requests a model may hold waiting; more are shed with HTTP 503 / gRPC "
+                            "UNAVAILABLE (default 256; a config's default_queue_policy.max_queue_size wins)")
+    sched.add_argument("--request-timeout", type=_non_negative(float), default=0.0, metavar="SECONDS",
+                       help="default per-request timeout: HTTP 504 / gRPC DEADLINE_EXCEEDED after it "
+                            "(default 0 = none; a request's own timeout or gRPC deadline wins)")
+    rt = p.add_argument_group("ONNX Runtime")
+    rt.add_argument("--execution-providers", type=_providers, default=("tensorrt", "cuda", "cpu"),
+                    metavar="LIST",
+                    help="providers to try, in order, when usable here (default tensorrt,cuda,cpu); "
+                         "a config's gpu_execution_accelerator list comes first")
+    rt.add_argument("--intra-op-threads", type=_non_negative(int), default=0, metavar="N",
+                    help="threads inside one operator, per session (default 0 = ONNX Runtime's choice; "
+                         "config parameter intra_op_thread_count wins)")
+    rt.add_argument("--inter-op-threads", type=_non_negative(int), default=0, metavar="N",
+                    help="threads across operators, per session (default 0; config parameter "
+                         "inter_op_thread_count wins)")
+    rt.add_argument("--graph-optimization-level", choices=sorted(GRAPH_LEVELS), default="all",
+                    help="ONNX Runtime graph optimizations (default all; config optimization.graph.level wins)")
+    rt.add_argument("--cache-dir", default="/tmp/modelship-cache", metavar="DIR",
+                    help="writable folder for TensorRT engine caches (default /tmp/modelship-cache)")
+    life = p.add_argument_group("lifecycle")
+    life.add_argument("--exit-timeout-secs", "--shutdown-grace-period", type=_non_negative(float),
+                      default=30.0, metavar="SECONDS",
+                      help="after SIGTERM, how long in-flight requests may take before the process "
+                           "exits anyway; keep it below the pod's terminationGracePeriodSeconds (default 30)")
+    life.add_argument("--exit-on-error", type=_bool, default=True, metavar="BOOL",
+                      help="exit with code 1 if any model fails to load (default true, as Triton)")
+    life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                      help="log verbosity (default info)")
+    return p
+
+
+def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model_repository:
+        parser.error("--model-repository is required: the folder of models to serve "
+                     "(e.g. --model-repository /models)")
+    try:
+        repo = check_repository(args.model_repository)
+    except ValueError as exc:
+        parser.error(f"{exc}; pass the folder that holds <model>/<version>/model.onnx")
+    enabled = [(args.http_port, "--http-port", args.allow_http), (args.grpc_port, "--grpc-port", args.allow_grpc),
+               (args.metrics_port, "--metrics-port", args.allow_metrics)]
+    seen: dict[int, str] = {}
+    for port, flag, on in enabled:
+        if on and port in seen:
+            parser.error(f"{flag} and {seen[port]} are both {port}; give each endpoint its own port")
+        seen[port] = flag
+    return Settings(
+        model_repository=repo,
+        http_address=args.http_address, http_port=args.http_port,
+        grpc_address=args.grpc_address, grpc_port=args.grpc_port,
+        metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+        allow_http=args.allow_http, allow_grpc=args.allow_grpc, allow_metrics=args.allow_metrics,
+        max_body_size=args.http_max_body_size,
+        default_max_batch_size=args.default_max_batch_size,
+        max_queue_size=args.max_queue_size or 256,
+        request_timeout_s=args.request_timeout,
+        exit_timeout_s=args.exit_timeout_secs,
+        exit_on_error=args.exit_on_error,
+        runtime=RuntimeOptions(
+            providers=args.execution_providers,
+            intra_op_threads=args.intra_op_threads,
+            inter_op_threads=args.inter_op_threads,
+            graph_optimization_level=args.graph_optimization_level,
+            cache_dir=Path(args.cache_dir),
+        ),
+    ), args.log_level
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, level = parse_settings(argv)
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from .server import BindError, serve  # after parsing: --help stays fast
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the server extra
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(serve(settings))
+    except BindError as exc:
+        print(f"modelship-server: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""gRPC messages: tritonclient's generated `service_pb2` types to and from our messages.
+
+Inputs come either as `raw_input_contents` (one bytes blob per input, what
+tritonclient sends) or as typed `InferTensorContents`; outputs always go back
+as `raw_output_contents`, as Triton does.
+"""
+
+from __future__ import annotations
+
+from tritonclient.grpc import service_pb2 as pb
+
+from ..errors import InvalidInput
+from ..messages import InferRequest, InferResponse, RequestedOutput, Tensor
+from . import tensors
+
+
+def param_value(p: pb.InferParameter):
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+def decode_request(req: pb.ModelInferRequest) -> InferRequest:
+    if not req.inputs:
+        raise InvalidInput("request needs at least one entry in 'inputs'")
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries but there are {len(req.inputs)} inputs; "
+            "send every input raw or none"
+        )
+    inputs = []
+    for i, t in enumerate(req.inputs):
+        shape = list(t.shape)
+        name = tensors.check_header(t.name, t.datatype, shape)
+        if raw:
+            data = tensors.from_bytes(name, t.datatype, shape, raw[i])
+        else:
+            data = tensors.from_contents(name, t.datatype, shape, t.contents)
+        inputs.append(Tensor(name, t.datatype, shape, data))
+    outputs = [RequestedOutput(o.name) for o in req.outputs] if req.outputs else None
+    params = {k: param_value(v) for k, v in req.parameters.items()} if req.parameters else {}
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise InvalidInput(
+            f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}"
+        )
+    return InferRequest(
+        model=req.model_name,
+        version=req.model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=req.id,
+        timeout_s=(timeout / 1e6) if timeout else None,
+        protocol="grpc",
+        parameters=params,
+    )
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id
+    )
+    for t in response.outputs:
+        out = msg.outputs.add()
+        out.name = t.name
+        out.datatype = t.datatype
+        out.shape.extend(t.shape)
+        msg.raw_output_contents.append(bytes(tensors.to_bytes(t.datatype, t.data)))
+    return msg

@@ -1,0 +1,214 @@
+"""One tensor's payload to a numpy array and back, whatever the wire.
+
+Checks here are the ones that need the payload itself: value types in JSON,
+element count versus shape, byte count versus shape. Every failure names the
+tensor and the expected and actual values, and is an InvalidInput (400).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from .. import datatypes
+from ..errors import InvalidInput
+
+_INT_KINDS = "iu"
+_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+
+
+def check_header(name: Any, datatype: Any, shape: Any, what: str = "input") -> str:
+    """Validate the name/datatype/shape triple every tensor carries; return the name."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{what} tensor without a 'name' string (got {name!r})")
+    if datatype not in datatypes.DATATYPES:
+        raise InvalidInput(
+            f"{what} '{name}': unknown datatype {datatype!r}; expected one of "
+            + ", ".join(sorted(datatypes.DATATYPES))
+        )
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(
+            f"{what} '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
+        )
+    return name
+
+
+def _first_bad(values: Any, ok) -> Any:
+    stack = [values]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif not ok(v):
+            return v
+    return None
+
+
+def _describe(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}"[:80]
+
+
+def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) to an array of `shape`."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat = data if isinstance(data, list) else [data]
+        if any(isinstance(v, list) for v in flat):
+            flat = list(_flatten(flat))
+        bad = next((v for v in flat if not isinstance(v, str)), None)
+        if bad is not None:
+            raise InvalidInput(f"input '{name}': expected strings for BYTES, got {_describe(bad)}")
+        if len(flat) != count:
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}"
+            )
+        return np.array([s.encode() for s in flat], dtype=object).reshape(shape)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(
+            f"input '{name}': 'data' is a ragged nested list; expected {count} {datatype} values "
+            f"for shape {list(shape)}"
+        ) from None
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        kind = "empty"
+    if datatype == "BOOL":
+        ok = kind in ("b", "empty")
+        want = "booleans"
+    elif datatype in _FLOAT_TYPES:
+        ok = kind in ("f", "i", "u", "empty")
+        want = "numbers"
+    else:
+        ok = kind in ("i", "u", "empty")
+        want = "integers"
+    if not ok:
+        if datatype == "BOOL":
+            bad = _first_bad(data, lambda v: isinstance(v, bool))
+        elif want == "numbers":
+            bad = _first_bad(data, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+        else:
+            bad = _first_bad(data, lambda v: isinstance(v, int) and not isinstance(v, bool))
+        raise InvalidInput(
+            f"input '{name}': expected {want} for {datatype}, got "
+            + (_describe(bad) if bad is not None else f"values of numpy kind {arr.dtype}")
+        )
+    if arr.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}"
+        )
+    dtype = datatypes.to_numpy(datatype)
+    if dtype.kind in _INT_KINDS and arr.size:
+        info = np.iinfo(dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise InvalidInput(
+                f"input '{name}': value {int(bad)} is out of range for {datatype} "
+                f"[{info.min}, {info.max}]"
+            )
+    return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def _flatten(values):
+    for v in values:
+        if isinstance(v, list):
+            yield from _flatten(v)
+        else:
+            yield v
+
+
+def from_bytes(name: str, datatype: str, shape: list[int], buf) -> np.ndarray:
+    """Raw little-endian bytes (binary extension, gRPC raw contents) to an array; no copy."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        try:
+            arr = deserialize_bytes_tensor(bytes(buf)) if len(buf) else np.empty(0, dtype=object)
+        except (struct.error, ValueError, IndexError):
+            raise InvalidInput(
+                f"input '{name}': BYTES data is not a sequence of 4-byte length-prefixed strings"
+            ) from None
+        if arr.size != count:
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}"
+            )
+        return arr.reshape(shape)
+    dtype = datatypes.to_numpy(datatype)
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes, got {len(buf)}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def from_contents(name: str, datatype: str, shape: list[int], contents) -> np.ndarray:
+    """gRPC InferTensorContents (typed repeated fields) to an array."""
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    for other in set(_CONTENTS_FIELD.values()) - {field}:
+        if len(getattr(contents, other)):
+            raise InvalidInput(
+                f"input '{name}': datatype {datatype} expects contents in '{field}', got '{other}'"
+            )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, got {len(values)}"
+        )
+    dtype = datatypes.to_numpy(datatype)
+    if datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(shape)
+    arr = np.array(values, dtype=np.int64 if dtype.kind in "iu" and dtype.itemsize < 8 else dtype)
+    if arr.dtype != dtype:
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            bad = arr.min() if arr.min() < info.min else arr.max()
+            raise InvalidInput(
+                f"input '{name}': value {int(bad)} is out of range for {datatype} [{info.min}, {info.max}]"
+            )
+        arr = arr.astype(dtype)
+    return arr.reshape(shape)
+
+
+def to_json_data(datatype: str, arr: np.ndarray) -> list:
+    if datatype == "BYTES":
+        return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+    return arr.ravel().tolist()
+
+
+def to_bytes(datatype: str, arr: np.ndarray):
+    """Wire bytes of an array: a zero-copy view when the array is contiguous."""
+    if datatype == "BYTES":
+        return serialize_byte_tensor(arr).tobytes() if arr.size else b""
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return memoryview(arr).cast("B")

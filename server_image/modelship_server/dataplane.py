@@ -1,0 +1,141 @@
+"""The protocol-independent data plane: health, metadata, config, statistics, inference.
+
+REST and gRPC are thin adapters over this class: they decode, call one method,
+encode. Everything that decides an answer (which model, is it ready, is the
+input valid, what went wrong) lives here or below, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import __version__, validation
+from .errors import InvalidInput, ServingError
+from .messages import InferRequest, InferResponse, Tensor
+from .metrics import Metrics, ModelMetrics
+from .registry import Registry, ServedModel
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "modelship"
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy"]
+
+_perf = time.perf_counter
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.draining = False
+        self.inflight = 0
+        self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}
+
+    # -- health and metadata -----------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining and self.registry.all_ready()
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Never raises: an unknown model is simply not ready (as Triton answers)."""
+        m = self.registry.find(name, version)
+        return bool(m is not None and m.ready and not self.draining)
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        """A known model in any state (metadata and config are answered while loading)."""
+        m = self.registry.find(name, version)
+        if m is None:
+            self.registry.get(name, version)  # raises the precise 404 / 503
+        return m
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        m = self.model(name, version)
+        mbs = m.policy.max_batch_size
+        return {
+            "name": m.name,
+            "versions": sorted(self.registry.models[m.name], key=int),
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape(mbs)} for t in m.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape(mbs)} for t in m.outputs],
+        }
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.model(name, version).config
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        out = []
+        for m in sorted(self.registry.all(), key=lambda m: (m.name, int(m.version))):
+            if ready_only and not m.ready:
+                continue
+            out.append({"name": m.name, "version": m.version, "state": m.state, "reason": m.reason})
+        if not ready_only:
+            for name, reason in sorted(self.registry.failed.items()):
+                out.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
+        return out
+
+    def statistics(self, name: str = "", version: str = "") -> list:
+        if name:
+            if version:
+                return [self.model(name, version).stats]
+            self.model(name)  # 404 for unknown
+            return [m.stats for m in sorted(self.registry.models[name].values(), key=lambda m: int(m.version))]
+        return [m.stats for m in self.registry.all()]
+
+    # -- inference ------------------------------------------------------------
+
+    def _metrics_for(self, m: ServedModel) -> ModelMetrics:
+        key = (m.name, m.version)
+        mm = self._model_metrics.get(key)
+        if mm is None:
+            mm = self._model_metrics[key] = self.metrics.for_model(m.name, m.version)
+        return mm
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        model = self.registry.get(request.model, request.version)
+        mm = self._metrics_for(model)
+        start = _perf()
+        self.inflight += 1
+        mm.inflight.inc()
+        outcome = "success"
+        try:
+            feeds, batch = validation.check_request(request, model)
+            timeout = request.timeout_s or model.default_timeout_s or None
+            outputs = await model.scheduler.submit(feeds, batch, timeout)
+            return self._response(request, model, outputs)
+        except ServingError as exc:
+            outcome = exc.outcome
+            raise
+        except Exception as exc:  # a bug, not the client's fault: say so, keep serving
+            outcome = "error"
+            log.exception("model %s: unexpected error", model.name)
+            raise ServingError(f"internal error while serving model '{model.name}': {type(exc).__name__}: {exc}") from None
+        finally:
+            elapsed = _perf() - start
+            self.inflight -= 1
+            mm.inflight.dec()
+            mm.requests[(request.protocol, outcome)].inc()
+            mm.request_duration[request.protocol].observe(elapsed)
+            model.stats.request_done(outcome == "success", int(elapsed * 1e9))
+
+    def _response(self, request: InferRequest, model: ServedModel, outputs: dict) -> InferResponse:
+        specs = model.output_specs
+        if request.outputs is None:
+            names = [o.name for o in model.outputs]
+            binary = [request.binary_output] * len(names)
+        else:
+            names = [o.name for o in request.outputs]
+            binary = [o.binary if o.binary is not None else request.binary_output for o in request.outputs]
+        tensors = []
+        for n in names:
+            arr = outputs[n]
+            tensors.append(Tensor(n, specs[n].datatype, list(arr.shape), arr))
+        return InferResponse(model.name, model.version, request.id, tensors, binary)

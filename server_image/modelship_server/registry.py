@@ -1,0 +1,269 @@
+"""The models being served: load each version (sessions, config, warm-up), track its state.
+
+Loading is blocking work (ONNX Runtime builds its graph) and runs in a thread,
+so the HTTP/gRPC endpoints answer liveness while a large model loads. A
+version is READY only after warm-up, and the server is ready only when every
+version is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import datatypes, repository, runtime
+from .batching import Scheduler
+from .errors import ModelLoadError, ModelNotFound, Unavailable
+from .metrics import Metrics
+from .repository import BatchingPolicy, TensorSpec
+from .stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    runtime: runtime.RuntimeOptions
+    default_max_batch_size: int = 4
+    max_queue_size: int = 256
+    default_timeout_s: float = 0.0
+
+
+class ServedModel:
+    """One model version: its completed config, metadata, sessions and scheduler."""
+
+    def __init__(self, name: str, version: str, model_path: Path) -> None:
+        self.name = name
+        self.version = version
+        self.model_path = model_path
+        self.state = LOADING
+        self.reason = ""
+        self.config = mc.ModelConfig(name=name)
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.input_specs: dict[str, TensorSpec] = {}
+        self.output_specs: dict[str, TensorSpec] = {}
+        self.policy = BatchingPolicy(max_batch_size=0, dynamic=False)
+        self.scheduler: Scheduler | None = None
+        self.sessions: list = []
+        self.providers: list[str] = []
+        self.stats = ModelStats(name, version)
+        self.load_seconds = 0.0
+        self.default_timeout_s = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+
+class Registry:
+    """name -> {version -> ServedModel}, plus the loading of a whole repository."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.models: dict[str, dict[str, ServedModel]] = {}
+        self.failed: dict[str, str] = {}  # model folders that could not even be read
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        versions = self.models.get(name)
+        if not versions:
+            if name in self.failed:
+                raise Unavailable(f"model '{name}' failed to load: {self.failed[name]}")
+            raise ModelNotFound(f"unknown model '{name}'; this server serves {sorted(self.models)}")
+        if version:
+            model = versions.get(version)
+            if model is None:
+                raise ModelNotFound(
+                    f"unknown version '{version}' of model '{name}'; served versions: {sorted(versions, key=int)}"
+                )
+        else:
+            model = versions[max(versions, key=int)]
+        if model.state != READY:
+            why = f": {model.reason}" if model.reason else ""
+            raise Unavailable(f"model '{name}' version {model.version} is {model.state.lower()}{why}")
+        return model
+
+    def find(self, name: str, version: str = "") -> ServedModel | None:
+        """Like get() but None for unknown, and whatever the state."""
+        versions = self.models.get(name)
+        if not versions:
+            return None
+        if version:
+            return versions.get(version)
+        return versions[max(versions, key=int)]
+
+    def all(self) -> list[ServedModel]:
+        return [m for vs in self.models.values() for m in vs.values()]
+
+    def all_ready(self) -> bool:
+        models = self.all()
+        return bool(models) and not self.failed and all(m.ready for m in models)
+
+    def discover(self, repo: Path) -> None:
+        """Read configs and version folders; register every version as LOADING."""
+        for model_dir in repository.list_models(repo):
+            try:
+                config = repository.read_config(model_dir)
+                versions = repository.select_versions(model_dir, config)
+            except ModelLoadError as exc:
+                log.error("model %s: %s", model_dir.name, exc)
+                self.failed[model_dir.name] = str(exc)
+                continue
+            for v in versions:
+                m = ServedModel(v.name, v.version, v.model_path)
+                m.config = config
+                self.models.setdefault(v.name, {})[v.version] = m
+
+    async def load_all(self, options: LoadOptions) -> None:
+        """Load every discovered version, in threads, then start its scheduler."""
+        loop = asyncio.get_running_loop()
+        availability = runtime.provider_availability()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool:
+            jobs = [
+                (m, loop.run_in_executor(pool, _load_version, m, options, availability))
+                for m in self.all()
+            ]
+            for model, job in jobs:
+                mm = self.metrics.for_model(model.name, model.version)
+                try:
+                    await job
+                except ModelLoadError as exc:
+                    model.state, model.reason = UNAVAILABLE, str(exc)
+                    log.error("model %s version %s: %s", model.name, model.version, exc)
+                    mm.ready.set(0)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bad model must not take the server down
+                    model.state, model.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+                    log.exception("model %s version %s failed to load", model.name, model.version)
+                    mm.ready.set(0)
+                    continue
+                model.scheduler = Scheduler(
+                    name=model.name,
+                    version=model.version,
+                    policy=model.policy,
+                    runners=[_runner(s, model) for s in model.sessions],
+                    output_names=[o.name for o in model.outputs],
+                    max_queue_size=options.max_queue_size,
+                    metrics=mm,
+                    stats=model.stats,
+                )
+                model.scheduler.start()
+                model.state = READY
+                mm.ready.set(1)
+                mm.load_duration.set(model.load_seconds)
+                log.info(
+                    "model %s version %s ready in %.2f s (%d instance(s), providers %s, max_batch_size %d, dynamic batching %s)",
+                    model.name, model.version, model.load_seconds, len(model.sessions),
+                    model.providers, model.policy.max_batch_size, "on" if model.policy.dynamic else "off",
+                )
+
+    async def stop(self) -> None:
+        for m in self.all():
+            if m.scheduler is not None:
+                await m.scheduler.stop()
+
+
+def _runner(session, model: ServedModel):
+    names = [o.name for o in model.outputs]
+    bytes_inputs = [i.name for i in model.inputs if i.datatype == "BYTES"]
+    run = session.run
+    if not bytes_inputs:
+        return lambda feeds: run(names, feeds)
+
+    def run_with_strings(feeds):
+        # ORT wants str elements for string tensors; the wire gives bytes.
+        feeds = dict(feeds)
+        for n in bytes_inputs:
+            if n in feeds:
+                a = feeds[n]
+                feeds[n] = np.array([v.decode() if isinstance(v, bytes) else v for v in a.ravel()], dtype=object).reshape(a.shape)
+        return run(names, feeds)
+
+    return run_with_strings
+
+
+def _load_version(model: ServedModel, options: LoadOptions, availability: dict) -> None:
+    """Blocking: build sessions, complete the config, warm every session up."""
+    start = time.perf_counter()
+    config = mc.ModelConfig()
+    config.CopyFrom(model.config)
+    providers, why = runtime.choose_providers(config, options.runtime, availability)
+    first = runtime.create_session(model.model_path, config, options.runtime, providers)
+    config = repository.complete_config(
+        config, first.get_inputs(), first.get_outputs(),
+        default_max_batch_size=options.default_max_batch_size,
+        batching_stated=repository.states_max_batch_size(model.model_path.parent.parent),
+    )
+    model.config = config
+    model.inputs, model.outputs = repository.tensor_specs(config)
+    model.input_specs = {t.name: t for t in model.inputs}
+    model.output_specs = {t.name: t for t in model.outputs}
+    model.policy = repository.batching_policy(config)
+    model.default_timeout_s = model.policy.default_timeout_s or options.default_timeout_s
+    sessions = [first] + [
+        runtime.create_session(model.model_path, config, options.runtime, providers)
+        for _ in range(runtime.instance_count(config) - 1)
+    ]
+    model.sessions = sessions
+    model.providers = first.get_providers()
+    on_gpu = any(p in model.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    for group in config.instance_group:  # report what KIND_AUTO became, as Triton does
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    log.info("model %s version %s: execution providers %s (%s)", model.name, model.version, model.providers, why)
+    names = [o.name for o in model.outputs]
+    for feeds in warmup_feeds(model):
+        for s in sessions:
+            try:
+                s.run(names, feeds)
+            except Exception as exc:  # noqa: BLE001
+                msg = f"warm-up inference failed on {model.model_path}: {type(exc).__name__}: {exc}"
+                if config.model_warmup:  # the user's own samples must work, as in Triton
+                    raise ModelLoadError(msg) from None
+                # Our zero-filled guess may not suit every model; serving still works.
+                log.warning("model %s: %s (default zero inputs; add model_warmup to the config)", model.name, msg)
+                break
+    model.load_seconds = time.perf_counter() - start
+
+
+def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
+    """Config `model_warmup` samples if any, else zeros at batch 1 and at max_batch_size."""
+    config = model.config
+    feeds_list = []
+    mbs = model.policy.max_batch_size
+    if config.model_warmup:
+        for w in config.model_warmup:
+            feeds = {}
+            for name, spec in w.inputs.items():
+                dtype = datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(spec.data_type)))
+                shape = ([max(w.batch_size, 1)] if mbs > 0 else []) + [max(d, 1) for d in spec.dims]
+                if spec.input_data_file:
+                    raw = (model.model_path.parent.parent / "warmup" / spec.input_data_file).read_bytes()
+                    arr = np.frombuffer(raw, dtype=dtype)[: int(np.prod(shape))].reshape(shape)
+                elif spec.random_data and dtype.kind == "f":
+                    arr = np.random.default_rng(0).random(shape).astype(dtype)
+                else:
+                    arr = np.zeros(shape, dtype=dtype)
+                feeds[name] = arr
+            feeds_list.extend([feeds] * max(w.count, 1))
+        return feeds_list
+    sizes = [1, mbs] if mbs > 1 else [1] if mbs == 1 else [None]
+    for b in sizes:
+        feeds = {}
+        for spec in model.inputs:
+            shape = ([b] if b is not None else []) + [d if d > 0 else 1 for d in spec.dims]
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=datatypes.to_numpy(spec.datatype))
+        feeds_list.append(feeds)
+    return feeds_list

@@ -1,0 +1,155 @@
+"""ONNX Runtime sessions: which execution providers, how many threads, how many instances.
+
+Providers are tried in the order TensorRT, CUDA, CPU. A provider is used only
+when ONNX Runtime was built with it *and* its native library loads here
+(onnxruntime-gpu lists TensorRT even where libnvinfer is missing), so the log
+says what was chosen and why instead of ORT printing a fallback error later.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .errors import ModelLoadError
+from .repository import config_parameter
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# Triton's onnxruntime backend: optimization { graph { level } } -1 basic, 1 extended, 0 all.
+_TRITON_GRAPH_LEVEL = {-1: "basic", 1: "extended"}
+
+_NATIVE_LIBS = {
+    "tensorrt": ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"),
+    "cuda": ("libcuda.so.1", "libcuda.so"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """Server-wide session defaults; a model's config.pbtxt overrides them."""
+
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 0
+    graph_optimization_level: str = "all"
+    cache_dir: Path = Path("/tmp/modelship-cache")
+
+
+def _library_loads(names: tuple[str, ...]) -> bool:
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def provider_availability() -> dict[str, str | None]:
+    """For each short provider name: None if usable, else the reason it is not."""
+    built = set(ort.get_available_providers())
+    result: dict[str, str | None] = {}
+    for short, full in PROVIDERS.items():
+        if full not in built:
+            result[short] = f"this onnxruntime build has no {full}"
+        elif short in _NATIVE_LIBS and not _library_loads(_NATIVE_LIBS[short]):
+            result[short] = f"{_NATIVE_LIBS[short][0]} cannot be loaded (no GPU driver / library)"
+        else:
+            result[short] = None
+    return result
+
+
+def choose_providers(
+    config: mc.ModelConfig, options: RuntimeOptions, availability: dict[str, str | None]
+) -> tuple[list, str]:
+    """Providers (with options) for a model's sessions, and a sentence saying why."""
+    kinds = {g.kind for g in config.instance_group}
+    accel = [a.name.lower() for a in config.optimization.execution_accelerators.gpu_execution_accelerator]
+    if kinds == {mc.ModelInstanceGroup.KIND_CPU}:
+        return ["CPUExecutionProvider"], "instance_group kind is KIND_CPU"
+    wanted = list(options.providers)
+    if accel:
+        # The config's accelerators come first, then the server's order for the rest.
+        wanted = [a for a in accel if a in PROVIDERS] + [p for p in wanted if p not in accel]
+    chosen: list = []
+    reasons: list[str] = []
+    for short in wanted:
+        why_not = availability.get(short, f"unknown provider {short!r}")
+        if why_not:
+            reasons.append(f"{short}: skipped, {why_not}")
+            continue
+        reasons.append(f"{short}: available")
+        chosen.append(_with_options(short, config, options))
+    if "CPUExecutionProvider" not in [c if isinstance(c, str) else c[0] for c in chosen]:
+        chosen.append("CPUExecutionProvider")  # ORT needs a fallback for unsupported nodes
+    if kinds == {mc.ModelInstanceGroup.KIND_GPU} and len(chosen) == 1:
+        reasons.append("WARNING: instance_group asks for KIND_GPU but no GPU provider is usable; running on CPU")
+    return chosen, "; ".join(reasons)
+
+
+def _with_options(short: str, config: mc.ModelConfig, options: RuntimeOptions):
+    full = PROVIDERS[short]
+    gpus = [g for group in config.instance_group for g in group.gpus]
+    device = {"device_id": str(gpus[0])} if gpus else {}
+    if short == "cuda":
+        return (full, device) if device else full
+    if short == "tensorrt":
+        opts = dict(device)
+        opts["trt_engine_cache_enable"] = "True"
+        opts["trt_engine_cache_path"] = str(options.cache_dir / "tensorrt" / config.name)
+        for accel in config.optimization.execution_accelerators.gpu_execution_accelerator:
+            if accel.name.lower() != "tensorrt":
+                continue
+            params = dict(accel.parameters)
+            if params.get("precision_mode", "").upper() == "FP16":
+                opts["trt_fp16_enable"] = "True"
+            if "max_workspace_size_bytes" in params:
+                opts["trt_max_workspace_size"] = params["max_workspace_size_bytes"]
+        return (full, opts)
+    return full
+
+
+def session_options(config: mc.ModelConfig, options: RuntimeOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    intra = config_parameter(config, "intra_op_thread_count")
+    inter = config_parameter(config, "inter_op_thread_count")
+    so.intra_op_num_threads = int(intra) if intra else options.intra_op_threads
+    so.inter_op_num_threads = int(inter) if inter else options.inter_op_threads
+    level = options.graph_optimization_level
+    if config.optimization.HasField("graph"):
+        level = _TRITON_GRAPH_LEVEL.get(config.optimization.graph.level, "all")
+    so.graph_optimization_level = GRAPH_LEVELS[level]
+    so.log_severity_level = 3  # errors only: our own log says what matters
+    return so
+
+
+def create_session(
+    model_path: Path, config: mc.ModelConfig, options: RuntimeOptions, providers: list
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=session_options(config, options), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ModelLoadError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from None
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    return sum(max(g.count, 1) for g in config.instance_group) or 1
