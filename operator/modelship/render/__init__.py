@@ -1,0 +1,100 @@
+"""Render: pure functions from a ModelService to the objects the operator wants to exist.
+
+No I/O and no clock: the same spec gives the same objects, byte for byte, which makes
+`modelship render -f` a faithful preview for GitOps review and lets the operator decide
+whether to apply by comparing hashes instead of calling the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from modelship import api
+from modelship.api.v1alpha1 import ModelService
+from modelship.render import names
+from modelship.render.artifact import ModelArtifact, original
+from modelship.render.config_map import render_config_map
+from modelship.render.deployment import render_deployment
+from modelship.render.disruption import render_pod_disruption_budget
+from modelship.render.model_config import content_hash, render_pbtxt
+from modelship.render.network import render_network_policy
+from modelship.render.service import render_service
+
+# Every kind a ModelService may own, in the order they are applied (config before the pods
+# that read it). apiVersion, kind, plural.
+CHILD_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("v1", "ConfigMap", "configmaps"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("v1", "Service", "services"),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRef:
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """What should exist (`objects`) and what this ModelService may own but should not
+    (`absent`, e.g. the NetworkPolicy after it was switched off)."""
+
+    objects: list[dict[str, Any]]
+    absent: list[ChildRef]
+    artifact: ModelArtifact
+
+
+def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None) -> Rendered:
+    """All children of `msvc`, each with labels, a controller ownerReference (when the
+    ModelService has a uid) and a desired-hash annotation."""
+    artifact = artifact or original(msvc.spec)
+    pbtxt = render_pbtxt(msvc.spec)
+    objects: list[dict[str, Any] | None] = [
+        render_config_map(msvc, pbtxt=pbtxt),
+        render_deployment(msvc, artifact=artifact, config_hash=content_hash(pbtxt)),
+        render_service(msvc),
+        render_pod_disruption_budget(msvc),
+        render_network_policy(msvc),
+    ]
+    absent = [
+        ChildRef(api_version, kind, msvc.metadata.name)
+        for (api_version, kind, _), obj in zip(CHILD_KINDS, objects)
+        if obj is None
+    ]
+    finished = [_finish(obj, msvc) for obj in objects if obj is not None]
+    return Rendered(objects=finished, absent=absent, artifact=artifact)
+
+
+def owner_reference(msvc: ModelService) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": msvc.metadata.name,
+        "uid": msvc.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def desired_hash(obj: dict[str, Any]) -> str:
+    """A hash of the object as rendered, without the hash annotation itself."""
+    stripped = json.loads(json.dumps(obj))
+    stripped["metadata"].get("annotations", {}).pop(names.DESIRED_HASH_ANNOTATION, None)
+    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def _finish(obj: dict[str, Any], msvc: ModelService) -> dict[str, Any]:
+    obj = json.loads(json.dumps(obj))  # no shared sub-dicts between children
+    metadata = obj["metadata"]
+    if msvc.metadata.uid:
+        metadata["ownerReferences"] = [owner_reference(msvc)]
+    metadata.setdefault("annotations", {})[names.DESIRED_HASH_ANNOTATION] = desired_hash(obj)
+    return obj
