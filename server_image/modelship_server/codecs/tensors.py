@@ -208,7 +208,7 @@ def to_json_data(datatype: str, arr: np.ndarray) -> list:
 def to_bytes(datatype: str, arr: np.ndarray):
     """Wire bytes of an array: a zero-copy view when the array is contiguous."""
     if datatype == "BYTES":
-        return serialize_byte_tensor(arr).tobytes() if arr.size else b""
+        return serialize_byte_tensor(arr).item() if arr.size else b""  # a 0-d object array holding bytes
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     return memoryview(arr).cast("B")

@@ -1,0 +1,148 @@
+"""Fixtures that run the real `modelship-server` process on loopback ports.
+
+Every server started here is stopped in a `finally`, by the PID we started,
+whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+class ServerProcess:
+    """A running server: its ports, URLs, process and log file."""
+
+    def __init__(self, repo: Path, extra_args: list[str], log_path: Path) -> None:
+        self.repo = repo
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.log_path = log_path
+        self.args = [
+            sys.executable, "-m", "modelship_server",
+            "--model-repository", str(repo),
+            "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+            "--metrics-port", str(self.metrics_port), *extra_args,
+        ]
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.status("/v2/health/ready") == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self) -> int | None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+            return self.proc.returncode
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path_factory):
+    """Start servers with `start_server(repo, *args, wait=True)`; all are stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(repo: Path, *args: str, wait: bool = True) -> ServerProcess:
+        log = tmp_path_factory.mktemp("serverlog") / "server.log"
+        server = ServerProcess(repo, list(args), log)
+        started.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(tmp_path_factory):
+    """Like start_server, for servers shared by a whole test module."""
+    started: list[ServerProcess] = []
+
+    def start(repo: Path, *args: str) -> ServerProcess:
+        log = tmp_path_factory.mktemp("serverlog") / "server.log"
+        server = ServerProcess(repo, list(args), log)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.stop()
+
+
+def has_gpu() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version")
