@@ -39,6 +39,9 @@ def check_header(name: Any, datatype: Any, shape: Any, what: str = "input") -> s
     return name
 
 
+_NONE_FOUND = object()
+
+
 def _first_bad(values: Any, ok) -> Any:
     stack = [values]
     while stack:
@@ -47,7 +50,7 @@ def _first_bad(values: Any, ok) -> Any:
             stack.extend(reversed(v))
         elif not ok(v):
             return v
-    return None
+    return _NONE_FOUND
 
 
 def _describe(v: Any) -> str:
@@ -99,7 +102,7 @@ def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarr
             bad = _first_bad(data, lambda v: isinstance(v, int) and not isinstance(v, bool))
         raise InvalidInput(
             f"input '{name}': expected {want} for {datatype}, got "
-            + (_describe(bad) if bad is not None else f"values of numpy kind {arr.dtype}")
+            + (_describe(bad) if bad is not _NONE_FOUND else f"values of numpy dtype {arr.dtype}")
         )
     if arr.size != count:
         raise InvalidInput(
