@@ -15,6 +15,14 @@ from typing import Sequence
 
 # name -> (module, one-line help). Order is the order `--help` lists them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": (
+        "modelship.run_command",
+        "run the operator: reconcile ModelServices in the cluster of KUBECONFIG or in-cluster",
+    ),
+    "render": (
+        "modelship.render_command",
+        "print the objects the operator would create for a ModelService file (no cluster needed)",
+    ),
     "dev-cluster": (
         "modelship.devcluster.command",
         "run a real local Kubernetes control plane (etcd, kube-apiserver, scheduler, kwok)",

@@ -86,7 +86,11 @@ def owner_reference(msvc: ModelService) -> dict[str, Any]:
 def desired_hash(obj: dict[str, Any]) -> str:
     """A hash of the object as rendered, without the hash annotation itself."""
     stripped = json.loads(json.dumps(obj))
-    stripped["metadata"].get("annotations", {}).pop(names.DESIRED_HASH_ANNOTATION, None)
+    annotations = stripped["metadata"].get("annotations")
+    if annotations is not None:
+        annotations.pop(names.DESIRED_HASH_ANNOTATION, None)
+        if not annotations:
+            del stripped["metadata"]["annotations"]
     canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 

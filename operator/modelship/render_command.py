@@ -1,0 +1,132 @@
+"""`modelship render -f FILE`: print the objects the operator would create, no cluster needed.
+
+For GitOps review: the same pure render the operator runs, on the ModelService(s) in FILE
+(`-` reads stdin), printed as a YAML stream. A spec the API server would refuse is refused
+here too, with the field named, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+import pydantic
+import yaml
+
+from modelship import api
+
+USAGE_ERROR = 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f", "--filename", required=True, metavar="FILE",
+        help="YAML file with one or more ModelService documents ('-' for stdin)",
+    )
+    parser.add_argument(
+        "--namespace", default=None,
+        help="namespace for ModelServices whose metadata has none (default: 'default')",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.filename == "-" else _read(args.filename)
+    except OSError as error:
+        print(f"error: cannot read {args.filename}: {error.strerror}", file=sys.stderr)
+        return USAGE_ERROR
+    return render_text(text, source=args.filename, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def render_text(text: str, *, source: str, namespace: str | None, out: TextIO, err: TextIO) -> int:
+    """Render every ModelService in `text`; print errors (not tracebacks) for bad input."""
+    from modelship.api.v1alpha1 import ModelService
+    from modelship.render import render_children
+
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        print(f"error: {source} is not valid YAML: {error}", file=err)
+        return USAGE_ERROR
+    if not documents:
+        print(f"error: {source} holds no documents", file=err)
+        return USAGE_ERROR
+    rendered: list[dict[str, Any]] = []
+    failed = False
+    for index, document in enumerate(documents):
+        where = f"{source} document {index + 1}"
+        if not isinstance(document, dict) or document.get("kind") != api.KIND:
+            kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
+            print(f"error: {where}: expected kind {api.KIND}, got {kind!r}", file=err)
+            failed = True
+            continue
+        if namespace and not (document.get("metadata") or {}).get("namespace"):
+            document.setdefault("metadata", {})["namespace"] = namespace
+        try:
+            msvc = ModelService.from_body(document)
+        except pydantic.ValidationError as error:
+            name = (document.get("metadata") or {}).get("name", "?")
+            print(f"error: {where} (ModelService {name}) is invalid:", file=err)
+            for line in format_validation_error(error):
+                print(f"  {line}", file=err)
+            failed = True
+            continue
+        rendered.extend(render_children(msvc).objects)
+    if failed:
+        return USAGE_ERROR
+    out.write(
+        "# Rendered by `modelship render`. In a cluster the operator also sets a controller\n"
+        "# ownerReference to the ModelService on every object.\n"
+    )
+    out.write(yaml.dump_all(rendered, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
+    return 0
+
+
+def format_validation_error(error: pydantic.ValidationError) -> list[str]:
+    """One line per problem: the field's wire path, what was wrong, and the value given."""
+    lines = []
+    for problem in error.errors():
+        path = _wire_path(problem.get("loc", ()))
+        message = problem.get("msg", "invalid").removeprefix("Value error, ")
+        line = message if not path or message.startswith(path) else f"{path}: {message}"
+        if problem.get("type") not in ("value_error", "missing") and "input" in problem:
+            given = problem["input"]
+            if not isinstance(given, (dict, list)):
+                line += f" (got {given!r})"
+        lines.append(line)
+    return lines
+
+
+def _wire_path(loc: tuple[Any, ...]) -> str:
+    from pydantic.alias_generators import to_camel
+
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("int", "str", "constrained-str", "function-after[_uri(), constrained-str]") or str(item).startswith(("function-", "constrained-")):
+            continue  # pydantic's union-branch labels, not fields
+        else:
+            parts.append(("." if parts else "") + to_camel(str(item)))
+    return "".join(parts)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable output: no anchors, multi-line strings (config.pbtxt) as literal blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:  # noqa: ARG002
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)

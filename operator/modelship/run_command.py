@@ -1,0 +1,41 @@
+"""`modelship run`: start the operator against the cluster of KUBECONFIG, or in-cluster.
+
+Heavy imports (kopf, the Kubernetes client) happen in `run`, so `modelship --help` and
+`modelship render` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namespace", action="append", default=[], metavar="NS",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8,
+        help="ModelServices reconciled concurrently (default: 8)",
+    )
+    parser.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
+        help="where kopf serves the liveness probe (default: http://0.0.0.0:8080/healthz; 'off' disables)",
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=300.0,
+        help="re-derive every ModelService's status this often even without events (default: 300)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelship.controller.main import run_operator
+
+    return run_operator(
+        namespaces=args.namespace,
+        workers=args.workers,
+        liveness=None if args.liveness == "off" else args.liveness,
+        resync_seconds=args.resync_seconds,
+        verbose=args.verbose,
+    )

@@ -1,0 +1,164 @@
+"""Diagnosis: the one problem with a ModelService's pods that its status should name.
+
+Reads what the kubelet and the scheduler wrote on the pods: the fetch step's exit code and
+termination message, image pull and crash-loop waiting reasons, and the scheduler's
+Unschedulable message (which names the short resource, e.g. `Insufficient nvidia.com/gpu`).
+When several pods have problems, the most actionable one wins (see PRIORITY).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Mapping
+
+from modelship.fetch.outcomes import FetchOutcome
+
+FETCH_CONTAINER = "fetch-model"
+
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CRASH_LOOP = "CrashLoop"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+INSUFFICIENT_GPU = "InsufficientGPU"
+UNSCHEDULABLE = "Unschedulable"
+FETCH_FAILED = "ModelFetchFailed"  # the fetch step failed with an exit code outside the table
+
+# Most actionable first: a wrong URI or checksum will never heal on its own.
+PRIORITY = [
+    FetchOutcome.INVALID_URI.reason,
+    FetchOutcome.CHECKSUM_MISMATCH.reason,
+    FetchOutcome.ACCESS_DENIED.reason,
+    FetchOutcome.NOT_FOUND.reason,
+    FetchOutcome.UNREACHABLE.reason,
+    FETCH_FAILED,
+    IMAGE_PULL_FAILED,
+    CONTAINER_CONFIG_ERROR,
+    CRASH_LOOP,
+    INSUFFICIENT_GPU,
+    UNSCHEDULABLE,
+]
+
+_IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG = {"CreateContainerConfigError", "CreateContainerError"}
+_INSUFFICIENT = re.compile(r"Insufficient ([A-Za-z0-9./_-]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+    pod: str
+
+
+def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
+    """The most actionable problem among live pods, or None when none has one."""
+    found: list[Problem] = []
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue  # on its way out; its successor tells the current story
+        problem = diagnose_pod(pod)
+        if problem is not None:
+            found.append(problem)
+    if not found:
+        return None
+    return min(found, key=lambda p: PRIORITY.index(p.reason))
+
+
+def diagnose_pod(pod: Mapping[str, Any]) -> Problem | None:
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    candidates: list[Problem] = []
+    for container in status.get("initContainerStatuses") or []:
+        problem = _container_problem(container, init=True)
+        if problem:
+            candidates.append(Problem(problem[0], f"pod {name}: {problem[1]}", name))
+    for container in status.get("containerStatuses") or []:
+        problem = _container_problem(container, init=False)
+        if problem:
+            candidates.append(Problem(problem[0], f"pod {name}: {problem[1]}", name))
+    unschedulable = _unschedulable(pod)
+    if unschedulable:
+        candidates.append(Problem(unschedulable[0], f"pod {name}: {unschedulable[1]}", name))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: PRIORITY.index(p.reason))
+
+
+def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str, str] | None:
+    cname = container.get("name", "?")
+    state = container.get("state") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated") or {}
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    waiting_reason = waiting.get("reason", "")
+    image = container.get("image", "")
+
+    if waiting_reason in _IMAGE_PULL:
+        detail = waiting.get("message") or waiting_reason
+        return IMAGE_PULL_FAILED, f"cannot pull image {image} for container {cname}: {detail}"
+    if waiting_reason in _CONFIG:
+        return CONTAINER_CONFIG_ERROR, f"container {cname}: {waiting.get('message') or waiting_reason}"
+
+    succeeded = terminated.get("exitCode") == 0
+    # A failed init step is retried by the kubelet: between tries (waiting) and during one
+    # (running) the last failure is still the story, until a try succeeds.
+    failed = terminated if terminated.get("exitCode") not in (None, 0) else (
+        last if last.get("exitCode") not in (None, 0) and not succeeded else {}
+    )
+    if init and cname == FETCH_CONTAINER and failed:
+        code = failed.get("exitCode")
+        detail = (failed.get("message") or "").strip()
+        outcome = FetchOutcome.from_exit_code(code)
+        if outcome is not None:
+            # the message is "<Reason>: <detail>"; keep the detail, the reason is in the condition
+            prefix = f"{outcome.reason}: "
+            detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+            return outcome.reason, f"model fetch failed: {detail or f'exit code {code}'}"
+        return FETCH_FAILED, f"model fetch failed with exit code {code}: {detail or failed.get('reason', '')}".rstrip(": ")
+    if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
+        restarts = container.get("restartCount", 0)
+        why = ""
+        if last:
+            why = f"; last exit code {last.get('exitCode')}"
+            if last.get("reason"):
+                why += f" ({last['reason']})"
+            if last.get("message"):
+                why += f": {str(last['message']).strip()[:300]}"
+        return CRASH_LOOP, f"container {cname} is crash-looping ({restarts} restarts){why}"
+    return None
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            scheduler = condition.get("message", "").strip()
+            short = sorted(set(_INSUFFICIENT.findall(scheduler)))
+            gpus = [r for r in short if r.startswith("nvidia.com/")]
+            if gpus:
+                wanted = _requested(pod, gpus)
+                return (
+                    INSUFFICIENT_GPU,
+                    f"waiting for GPU capacity: no node has {wanted} free (scheduler: {scheduler})",
+                )
+            if short:
+                return UNSCHEDULABLE, f"insufficient {', '.join(short)} (scheduler: {scheduler})"
+            return UNSCHEDULABLE, f"no node fits (scheduler: {scheduler})"
+    return None
+
+
+def _requested(pod: Mapping[str, Any], resources: list[str]) -> str:
+    """'1 nvidia.com/gpu' for each short GPU resource, from the pod's own requests."""
+    totals: dict[str, int] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        limits = (container.get("resources") or {}).get("limits") or {}
+        for resource in resources:
+            if resource in limits:
+                try:
+                    totals[resource] = totals.get(resource, 0) + int(str(limits[resource]))
+                except ValueError:
+                    pass
+    return " and ".join(f"{totals[r]} {r}" if r in totals else r for r in resources)
