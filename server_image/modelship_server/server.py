@@ -128,7 +128,8 @@ async def serve(settings: Settings) -> int:
     if code == 0:
         log.info("shutting down: readiness is now false; waiting for %d in-flight request(s) (up to %.0f s)",
                  dp.inflight, settings.exit_timeout_s)
-    while dp.inflight > 0 and time.monotonic() < deadline:
+    # An HTTP response is written just after the data plane is done with it: wait for both.
+    while (dp.inflight > 0 or rest.busy()) and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
     if dp.inflight:
         log.warning("exit timeout reached with %d request(s) still in flight", dp.inflight)

@@ -77,6 +77,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
+            self.dp.registry.get(request.model_name, request.model_version)  # 404 / 503 first
             req = codec.decode_request(request)
             remaining = context.time_remaining()
             if remaining is not None and (req.timeout_s is None or remaining < req.timeout_s):

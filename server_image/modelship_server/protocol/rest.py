@@ -43,6 +43,10 @@ class RestApp:
     def protocol_factory(self) -> "HttpConnection":
         return HttpConnection(self)
 
+    def busy(self) -> bool:
+        """Whether any connection still owes a response (used when draining)."""
+        return any(c.busy or c.queue for c in self.connections)
+
     # Each handler returns (status, body, content_type, extra_headers) or raises ServingError.
 
     def handle_simple(self, method: bytes, parts: list[str], body: bytes):
@@ -231,6 +235,7 @@ class HttpConnection(asyncio.Protocol):
                 body = _decompress(body, content_encoding, self.app.max_body_size)
             if method == b"POST" and len(parts) >= 4 and parts[-1] == "infer" and parts[1] == "models":
                 name, version, _ = _model_route(parts)
+                self.app.dp.registry.get(name, version)  # 404 / 503 before looking at the body
                 request = codec.decode_request(body, header_length, name, version)
                 self.busy = True
                 task = asyncio.get_running_loop().create_task(self.app.dp.infer(request))
