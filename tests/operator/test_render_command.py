@@ -1,0 +1,50 @@
+"""`modelship render -f`: YAML out for good input; field-naming errors and exit 2 for bad."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import yaml
+
+from msvc_samples import EXAMPLES
+
+
+def _render(path: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelship.cli", "render", "-f", path],
+                          input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_every_example_renders() -> None:
+    for example in EXAMPLES:
+        result = _render(str(example))
+        assert result.returncode == 0, result.stderr
+        kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
+        assert kinds[:4] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"], example
+
+
+def test_bad_spec_names_each_field_without_a_traceback(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: modelship.dev/v1alpha1\nkind: ModelService\nmetadata: {name: m}\nspec:\n"
+        "  model: {uri: 'https://h/m.onnx', sha256: abc}\n  replicas: two\n  runtime: tensorflow\n"
+        "  autoscaling: {minReplicas: 5, maxReplicas: 2}\n  bogus: 1\n"
+    )
+    result = _render(str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "spec.model.sha256 must be 64 hexadecimal characters" in result.stderr
+    assert "spec.replicas: Input should be a valid integer" in result.stderr and "'two'" in result.stderr
+    assert "spec.runtime: Input should be 'onnxruntime' or 'triton' (got 'tensorflow')" in result.stderr
+    assert "spec.autoscaling.minReplicas (5) must not exceed spec.autoscaling.maxReplicas (2)" in result.stderr
+    assert "spec.bogus: Extra inputs are not permitted" in result.stderr
+    assert result.stdout == ""
+
+
+def test_not_yaml_missing_file_and_wrong_kind_exit_2(tmp_path: pathlib.Path) -> None:
+    assert _render(str(tmp_path / "nope.yaml")).returncode == 2
+    result = _render("-", stdin="a: [b\n")
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+    result = _render("-", stdin="apiVersion: v1\nkind: Pod\n")
+    assert result.returncode == 2 and "expected kind ModelService, got 'Pod'" in result.stderr
