@@ -1,0 +1,344 @@
+"""A load generator for Open Inference Protocol servers, in the spirit of Triton's perf_analyzer.
+
+It drives any KServe v2 server (ours, Triton, KServe, MLServer) with the unmodified
+tritonclient over HTTP or gRPC, sweeps a range of concurrencies (each level is
+that many closed-loop clients, each sending its next request when the previous
+answer arrives), and reports throughput and p50/p90/p95/p99 latency per level,
+as a table, CSV or JSON. `modelship bench` calls main() here.
+
+    python -m modelship_server.bench -m mlp -u localhost:8001 -i grpc --concurrency-range 1:16:x2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+
+
+@dataclasses.dataclass
+class LevelResult:
+    """What one concurrency level measured."""
+
+    concurrency: int
+    protocol: str
+    batch_size: int
+    requests: int
+    errors: int
+    duration_s: float
+    throughput_infer_s: float  # samples per second (requests x batch size)
+    throughput_req_s: float
+    latency_avg_ms: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    first_error: str = ""
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+class _Target:
+    """The model's inputs, resolved once from its metadata, and a client factory."""
+
+    def __init__(self, url: str, protocol: str, model: str, version: str, batch_size: int,
+                 shapes: dict[str, list[int]], data: str, binary: bool) -> None:
+        self.url, self.protocol, self.model, self.version = url, protocol, model, version
+        self.batch_size = batch_size
+        self.binary = binary
+        if protocol == "grpc":
+            import tritonclient.grpc as mod
+        else:
+            import tritonclient.http as mod
+        self.mod = mod
+        client = self.client()
+        try:
+            md = client.get_model_metadata(model, version)
+            md = md if isinstance(md, dict) else _grpc_md_to_dict(md)
+        finally:
+            client.close()
+        batching = self._batches(md)
+        rng = np.random.default_rng(0)
+        self.arrays = {}
+        for t in md["inputs"]:
+            dims = list(t["shape"][1:] if batching else t["shape"])
+            if t["name"] in shapes:
+                dims = shapes[t["name"]]
+            if any(d < 0 for d in dims):
+                raise SystemExit(
+                    f"bench: input {t['name']} has variable dims {t['shape']}; give them with "
+                    f"--shape {t['name']}:{','.join('4' if d < 0 else str(d) for d in dims)}"
+                )
+            shape = ([batch_size] if batching else []) + dims
+            self.arrays[t["name"]] = _make_data(t["datatype"], shape, data, rng)
+        self.datatypes = {t["name"]: t["datatype"] for t in md["inputs"]}
+        self.outputs = [t["name"] for t in md["outputs"]]
+
+    @staticmethod
+    def _batches(md: dict) -> bool:
+        return all(len(t["shape"]) > 0 and t["shape"][0] == -1 for t in md["inputs"])
+
+    def client(self):
+        if self.protocol == "grpc":
+            return self.mod.InferenceServerClient(self.url)
+        return self.mod.InferenceServerClient(self.url, connection_timeout=60, network_timeout=120)
+
+    def inputs(self):
+        out = []
+        for name, arr in self.arrays.items():
+            i = self.mod.InferInput(name, list(arr.shape), self.datatypes[name])
+            if self.protocol == "http":
+                i.set_data_from_numpy(arr, binary_data=self.binary)
+            else:
+                i.set_data_from_numpy(arr)
+            out.append(i)
+        return out
+
+    def requested_outputs(self):
+        if self.protocol == "http":
+            return [self.mod.InferRequestedOutput(n, binary_data=self.binary) for n in self.outputs]
+        return None
+
+
+def _grpc_md_to_dict(md) -> dict:
+    return {
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs],
+    }
+
+
+def _make_data(datatype: str, shape: list[int], kind: str, rng) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.full(shape, b"modelship", dtype=object)
+    from tritonclient.utils import triton_to_np_dtype
+
+    dtype = np.dtype(triton_to_np_dtype(datatype))
+    if kind == "zero":
+        return np.zeros(shape, dtype)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, 10, shape).astype(dtype)
+
+
+def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float) -> LevelResult:
+    """Run `concurrency` closed-loop clients; measure what completes inside the window."""
+    start = threading.Barrier(concurrency + 1)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = [0]
+    first_error = [""]
+    window = [0.0, 0.0]
+
+    def worker():
+        client = target.client()
+        inputs = target.inputs()
+        outputs = target.requested_outputs()
+        mine: list[float] = []
+        errs = 0
+        try:
+            start.wait()
+            t_begin, t_end = window
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    break
+                try:
+                    client.infer(target.model, inputs, model_version=target.version, outputs=outputs)
+                    ok = True
+                except Exception as exc:  # noqa: BLE001 - counted and reported, not fatal
+                    ok = False
+                    if not first_error[0]:
+                        first_error[0] = str(exc)[:300]
+                t1 = time.perf_counter()
+                if t0 >= t_begin and t1 <= t_end:
+                    if ok:
+                        mine.append(t1 - t0)
+                    else:
+                        errs += 1
+        finally:
+            client.close()
+            with lock:
+                latencies.extend(mine)
+                errors[0] += errs
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    window[0] = now + warmup_s
+    window[1] = window[0] + measure_s
+    start.wait()
+    for t in threads:
+        t.join()
+    lat = np.array(latencies) * 1000.0
+    n = len(lat)
+    return LevelResult(
+        concurrency=concurrency, protocol=target.protocol, batch_size=target.batch_size,
+        requests=n, errors=errors[0], duration_s=measure_s,
+        throughput_infer_s=n * target.batch_size / measure_s, throughput_req_s=n / measure_s,
+        latency_avg_ms=float(lat.mean()) if n else float("nan"),
+        latency_p50_ms=percentile(lat, 50), latency_p90_ms=percentile(lat, 90),
+        latency_p95_ms=percentile(lat, 95), latency_p99_ms=percentile(lat, 99),
+        first_error=first_error[0],
+    )
+
+
+def concurrency_levels(spec: str) -> list[int]:
+    """'4' -> [4]; '1,4,16' -> list; 'start:end[:step]' linear, or with 'xN' a geometric step."""
+    spec = spec.strip()
+    if ":" in spec:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            raise argparse.ArgumentTypeError(f"expected start:end[:step], got {spec!r}")
+        try:
+            lo, hi = int(parts[0]), int(parts[1])
+            step = parts[2] if len(parts) == 3 else "1"
+            geometric = step.startswith("x")
+            k = int(step[1:] if geometric else step)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected integers in {spec!r}, e.g. 1:16 or 1:16:x2") from None
+        if lo < 1 or hi < lo or k < 1 or (geometric and k < 2):
+            raise argparse.ArgumentTypeError(f"bad range {spec!r}: need 1 <= start <= end and a positive step")
+        levels, c = [], lo
+        while c <= hi:
+            levels.append(c)
+            c = c * k if geometric else c + k
+        return levels
+    try:
+        levels = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, a list (1,4,16) or a range (1:16:x2), got {spec!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency must be >= 1, got {spec!r}")
+    return levels
+
+
+def _shape(value: str) -> tuple[str, list[int]]:
+    name, sep, dims = value.rpartition(":")
+    try:
+        parsed = [int(d) for d in dims.split(",")]
+    except ValueError:
+        parsed = None
+    if not sep or not name or not parsed or min(parsed) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME:d1,d2,... with positive dims, got {value!r}")
+    return name, parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelship bench",
+        description="Measure throughput and latency of a model on any KServe v2 / Open Inference "
+                    "Protocol server (modelship-server, Triton, KServe, MLServer) with tritonclient, "
+                    "over HTTP or gRPC, at one or more concurrency levels.",
+        epilog="examples:\n"
+               "  modelship bench -m mlp                                  # gRPC on localhost:8001, concurrency 1\n"
+               "  modelship bench -m mlp -i http -u localhost:8000 --concurrency-range 1:16:x2\n"
+               "  modelship bench -m resnet --shape input:3,224,224 -b 4 -f results.csv\n"
+               "  modelship bench -m mlp --concurrency-range 1,8,16 --output-format json -f out.json\n\n"
+               "Each level runs N closed-loop clients for --warmup-interval, then measures for\n"
+               "--measurement-interval; latency is the client-side round trip of one request.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-m", "--model-name", required=True, help="model to load-test")
+    p.add_argument("-x", "--model-version", default="", help="model version (default: the server's choice)")
+    p.add_argument("-u", "--url", help="server host:port (default localhost:8001 for gRPC, localhost:8000 for HTTP)")
+    p.add_argument("-i", "--protocol", choices=["grpc", "http"], default="grpc", help="protocol (default grpc)")
+    p.add_argument("-b", "--batch-size", type=int, default=1, help="samples per request (default 1)")
+    p.add_argument("--concurrency-range", type=concurrency_levels, default=[1], metavar="SPEC",
+                   help="concurrency levels: 8, or 1,4,16, or start:end[:step] with step N or xN "
+                        "(1:16:x2 = 1,2,4,8,16) (default 1)")
+    p.add_argument("--measurement-interval", type=float, default=5000, metavar="MS",
+                   help="measurement window per level in milliseconds (default 5000)")
+    p.add_argument("--warmup-interval", type=float, default=1000, metavar="MS",
+                   help="unmeasured warm-up per level in milliseconds (default 1000)")
+    p.add_argument("--shape", type=_shape, action="append", default=[], metavar="NAME:DIMS",
+                   help="shape of an input with variable dims, without the batch dim, e.g. image:3,224,224")
+    p.add_argument("--input-data", choices=["random", "zero"], default="random", help="input values (default random)")
+    p.add_argument("--http-json", action="store_true",
+                   help="HTTP only: send and receive tensors as JSON instead of Triton's binary extension")
+    p.add_argument("--output-format", choices=["table", "csv", "json"], default="table",
+                   help="format of the results on stdout or in -f (default table)")
+    p.add_argument("-f", "--output-file", help="also write the results to this file (csv or json by --output-format, or by extension)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def format_results(results: list[LevelResult], fmt: str) -> str:
+    rows = [dataclasses.asdict(r) for r in results]
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [f.name for f in dataclasses.fields(LevelResult)])
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    head = f"{'concurrency':>11} {'infer/s':>10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'avg ms':>8} {'errors':>6}"
+    lines = [head]
+    for r in results:
+        lines.append(
+            f"{r.concurrency:>11} {r.throughput_infer_s:>10.1f} {r.throughput_req_s:>9.1f} {r.latency_p50_ms:>8.3f} "
+            f"{r.latency_p90_ms:>8.3f} {r.latency_p99_ms:>8.3f} {r.latency_avg_ms:>8.3f} {r.errors:>6}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.measurement_interval <= 0:
+        parser.error("--measurement-interval must be > 0 milliseconds")
+    url = args.url or DEFAULT_URLS[args.protocol]
+    if "://" in url:
+        parser.error(f"--url takes host:port without a scheme, got {url!r}")
+    fmt = args.output_format
+    if args.output_file and fmt == "table":
+        fmt_file = "json" if args.output_file.endswith(".json") else "csv"
+    else:
+        fmt_file = fmt
+    progress: Callable[[str], None] = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        target = _Target(url, args.protocol, args.model_name, args.model_version, args.batch_size,
+                         dict(args.shape), args.input_data, not args.http_json)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the server is unreachable or the model unknown
+        print(f"bench: cannot read metadata of model {args.model_name!r} from {args.protocol}://{url}: {exc}\n"
+              f"Is the server running there, and does it serve this model?", file=sys.stderr)
+        return 2
+    results = []
+    for c in args.concurrency_range:
+        progress(f"concurrency {c}: warming up {args.warmup_interval:.0f} ms, measuring {args.measurement_interval:.0f} ms ...")
+        r = run_level(target, c, warmup_s=args.warmup_interval / 1000, measure_s=args.measurement_interval / 1000)
+        results.append(r)
+        progress(
+            f"concurrency {c}: {r.requests} requests, {r.throughput_infer_s:.1f} infer/s, "
+            f"p50 {r.latency_p50_ms:.3f} ms, p90 {r.latency_p90_ms:.3f} ms, p99 {r.latency_p99_ms:.3f} ms, "
+            f"{r.errors} errors" + (f" (first: {r.first_error})" if r.first_error else "")
+        )
+    sys.stdout.write(format_results(results, fmt))
+    if args.output_file:
+        with open(args.output_file, "w") as fh:
+            fh.write(format_results(results, fmt_file))
+    return 1 if any(r.errors and not r.requests for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
