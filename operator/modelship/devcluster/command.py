@@ -18,7 +18,7 @@ two CPU nodes, two GPU nodes and one MIG-partitioned A100.
   modelship dev-cluster up            start it (prints progress; returns when pods can be scheduled)
   modelship dev-cluster status        what runs, where, and the nodes
   export KUBECONFIG=$(modelship dev-cluster kubeconfig)
-  kubectl get nodes                   (kubectl is in the cache folder `status` prints)
+  kubectl get nodes                   (kubectl and helm are in the bin folder `status` prints)
   modelship dev-cluster down          stop every process it started
 """
 
@@ -65,7 +65,7 @@ def _up(plane, args: argparse.Namespace) -> int:  # noqa: ANN001 - ControlPlane,
     plane.up(apiserver_port=args.apiserver_port, timeout=args.timeout)
     _say(f"ready after {time.monotonic() - started:.1f}s in all")
     _say(f"  export KUBECONFIG={plane.kubeconfig}")
-    _say(f"  export PATH={plane.binaries['kubectl'].parent}:$PATH   # kubectl built for this plane")
+    _say(f"  export PATH={plane.bin_dir}:$PATH   # kubectl, helm, kubeconform built for this plane")
     _print_nodes(plane)
     return 0
 
@@ -81,8 +81,6 @@ def _down(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
 
 
 def _status(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from modelship.devcluster.toolchain import binary_paths
-
     records = plane.processes()
     if not records:
         _say(f"not running (no plane recorded in {plane.state_dir}); start one with `modelship dev-cluster up`")
@@ -92,7 +90,7 @@ def _status(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
         _say(f"{record.name:24} pid {record.pid:<8} {'running' if record.name in alive else 'EXITED'}")
     _say(f"API server: {plane.server}")
     _say(f"kubeconfig: {plane.kubeconfig}")
-    _say(f"binaries:   {binary_paths()['kubectl'].parent} (and siblings)")
+    _say(f"binaries:   {plane.bin_dir} (kubectl, helm, kubeconform, ...)")
     if "kube-apiserver" in alive:
         _print_nodes(plane)
     if len(alive) != len(records):

@@ -80,6 +80,11 @@ class ControlPlane:
         return self.state_dir / "kubeconfig"
 
     @property
+    def bin_dir(self) -> Path:
+        """One folder with every binary (kubectl, helm, kubeconform, ...), for PATH."""
+        return self.state_dir / "bin"
+
+    @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
@@ -208,6 +213,10 @@ class ControlPlane:
                 _remove(self.state_dir / leftover)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._write_state({"processes": []})
+        _remove(self.bin_dir)
+        self.bin_dir.mkdir()
+        for name, path in self.binaries.items():
+            (self.bin_dir / name).symlink_to(path)
 
     def _start_all(self, apiserver_port: int | None, deadline: float) -> None:
         pki = ensure_pki(self.state_dir / "pki")

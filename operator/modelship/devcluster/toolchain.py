@@ -42,6 +42,8 @@ class Component:
     binaries: tuple[Binary, ...]
     # Data files copied from the upstream module's source next to the binaries, as <asset_dir>/<file>.
     assets: tuple[str, ...] = ()
+    # Version stamps a release build sets with -X; `{version}`, `{major}`, `{minor}` are filled in.
+    stamps: tuple[str, ...] = ()
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -53,6 +55,16 @@ COMPONENTS: tuple[Component, ...] = (
             Binary("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager"),
             Binary("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
             Binary("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
+        ),
+        # Without these, binaries report v0.0.0 and clients (helm's kubeVersion checks,
+        # `kubectl version`) reject the server, as Kubernetes' own hack/lib/version.sh knows.
+        stamps=tuple(
+            f"{package}.{field}={value}"
+            for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+            for field, value in (
+                ("gitVersion", "{version}"), ("gitMajor", "{major}"), ("gitMinor", "{minor}"),
+                ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z"),
+            )
         ),
     ),
     # The package path ends in /v3, so `go install` would name the binary "server": build with -o.
@@ -106,17 +118,28 @@ def cache_dir() -> Path:
     return Path(base) / "modelship"
 
 
-def component_key(component: Component, root: Path) -> str:
-    """`<name>-<pinned version>-<digest of go.mod and go.sum>`: the cache folder's name."""
-    module = root / component.module_dir
-    go_mod = (module / "go.mod").read_bytes()
-    go_sum_path = module / "go.sum"
-    go_sum = go_sum_path.read_bytes() if go_sum_path.is_file() else b""
+def component_version(component: Component, root: Path) -> str:
+    """The upstream version the wrapper's go.mod pins."""
+    go_mod = (root / component.module_dir / "go.mod").read_bytes()
     pattern = rb"^\s*(?:require\s+)?" + re.escape(component.upstream.encode()) + rb"\s+(v\S+)"
     match = re.search(pattern, go_mod, re.MULTILINE)
-    version = match.group(1).decode() if match else "unversioned"
-    digest = hashlib.sha256(go_mod + b"\0" + go_sum).hexdigest()[:10]
+    return match.group(1).decode() if match else "unversioned"
+
+
+def component_key(component: Component, root: Path) -> str:
+    """`<name>-<pinned version>-<digest of go.mod, go.sum, version stamps>`: the cache folder's name."""
+    module = root / component.module_dir
+    go_sum_path = module / "go.sum"
+    go_sum = go_sum_path.read_bytes() if go_sum_path.is_file() else b""
+    version = component_version(component, root)
+    stamps = "\0".join(_stamps(component, version)).encode()
+    digest = hashlib.sha256((module / "go.mod").read_bytes() + b"\0" + go_sum + b"\0" + stamps).hexdigest()[:10]
     return f"{component.module_dir}-{version}-{digest}"
+
+
+def _stamps(component: Component, version: str) -> list[str]:
+    major, minor = (version.lstrip("v").split(".") + ["", ""])[:2]
+    return [s.format(version=version, major=major, minor=minor) for s in component.stamps]
 
 
 def asset_dir(name: str, root: Path | None = None, cache: Path | None = None) -> Path:
@@ -157,6 +180,7 @@ def ensure_binaries(progress: Progress = print, *, only: tuple[str, ...] | None 
 
 
 def _build(component: Component, binaries: list[Binary], root: Path, dest: Path, progress: Progress) -> None:
+    version = component_version(component, root)
     go = shutil.which(os.environ.get("MODELSHIP_GO", "go"))
     if go is None:
         raise DevClusterError(
@@ -171,7 +195,8 @@ def _build(component: Component, binaries: list[Binary], root: Path, dest: Path,
     for binary in binaries:
         progress(f"building {binary.name} from {component.module_dir} (cold builds take minutes; cached after)")
         started = time.monotonic()
-        cmd = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(staging / binary.name), binary.package]
+        ldflags = " ".join(["-s", "-w", *(f"-X {stamp}" for stamp in _stamps(component, version))])
+        cmd = [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging / binary.name), binary.package]
         result = subprocess.run(cmd, cwd=module, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise DevClusterError(_explain_build_failure(binary.name, module, result.stderr))
@@ -201,7 +226,9 @@ def _copy_assets(go: str, component: Component, module: Path, env: dict[str, str
 
 def _explain_build_failure(name: str, module: Path, stderr: str) -> str:
     tail = "\n".join(stderr.strip().splitlines()[-15:])
-    if any(s in stderr for s in ("dial tcp", "no such host", "proxy.golang.org", "connection refused", "i/o timeout")):
+    download_failures = ("dial tcp", "no such host", "proxy.golang.org", "connection refused", "i/o timeout",
+                         "GOPROXY", "module lookup disabled", "reading https://")
+    if any(s in stderr for s in download_failures):
         hint = (
             "a Go module download failed: check access to the module proxy "
             f"(GOPROXY={os.environ.get('GOPROXY', 'https://proxy.golang.org,direct')}), "
