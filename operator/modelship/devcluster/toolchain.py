@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,13 +194,12 @@ def _build(component: Component, binaries: list[Binary], root: Path, dest: Path,
     staging.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
     for binary in binaries:
-        progress(f"building {binary.name} from {component.module_dir} (cold builds take minutes; cached after)")
+        progress(f"building {binary.name} from {component.module_dir} "
+                 "(the first build downloads its modules and takes minutes; later ones are cached)")
         started = time.monotonic()
         ldflags = " ".join(["-s", "-w", *(f"-X {stamp}" for stamp in _stamps(component, version))])
         cmd = [go, "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(staging / binary.name), binary.package]
-        result = subprocess.run(cmd, cwd=module, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise DevClusterError(_explain_build_failure(binary.name, module, result.stderr))
+        _run_go(cmd, module, env, binary.name, progress)
         progress(f"built {binary.name} in {time.monotonic() - started:.0f}s")
     if component.assets:
         _copy_assets(go, component, module, env, staging / "assets")
@@ -210,6 +210,26 @@ def _build(component: Component, binaries: list[Binary], root: Path, dest: Path,
             shutil.rmtree(target)
         built.replace(target)
     staging.rmdir()
+
+
+def _run_go(cmd: list[str], module: Path, env: dict[str, str], what: str, progress: Progress,
+            heartbeat: float = 30.0) -> None:
+    """Run a go command, saying every `heartbeat` seconds that it is still busy."""
+    started = time.monotonic()
+    with subprocess.Popen(cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+        reader.start()
+        while True:
+            try:
+                process.wait(timeout=heartbeat)
+                break
+            except subprocess.TimeoutExpired:
+                progress(f"  ... still working on {what} ({time.monotonic() - started:.0f}s)")
+        reader.join()
+    if process.returncode != 0:
+        raise DevClusterError(_explain_build_failure(what, module, "".join(output)))
 
 
 def _copy_assets(go: str, component: Component, module: Path, env: dict[str, str], dest: Path) -> None:
