@@ -109,9 +109,17 @@ def test_mig_example_requests_the_mig_profile_resource() -> None:
     pod = _pod(_render(example("mig-triton.yaml")))
     limits = pod["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/mig-1g.10gb"] == 1 and "nvidia.com/gpu" not in limits
+    assert "model-source" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_a_pvc_uri_mounts_the_claim_read_only_into_the_fetch_step_only() -> None:
+    pod = _pod(_render(body(spec={"model": {"uri": "pvc://model-store/distilbert/model.onnx", "sha256": SHA}})))
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model-source"] == {"name": "model-source", "persistentVolumeClaim": {"claimName": "model-store", "readOnly": True}}
-    assert "--uri=pvc://model-store/distilbert/model.onnx" in pod["initContainers"][0]["args"]
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    assert "--uri=pvc://model-store/distilbert/model.onnx" in fetch["args"]
+    assert {"name": "model-source", "mountPath": "/mnt/model-source", "readOnly": True} in fetch["volumeMounts"]
+    assert "model-source" not in {m["name"] for m in server["volumeMounts"]}
 
 
 def test_network_policy_is_absent_unless_enabled_and_listed_for_removal() -> None:

@@ -44,6 +44,8 @@ SCHEDULER_GPU = ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node
         (pod(conditions=unschedulable("0/2 nodes are available: 2 Insufficient nvidia.com/mig-1g.10gb."), gpu=0),
          "InsufficientGPU", "nvidia.com/mig-1g.10gb"),
         (pod(conditions=unschedulable("0/2 nodes are available: 2 Insufficient cpu.")), "Unschedulable", "insufficient cpu"),
+        (pod(conditions=unschedulable('0/5 nodes are available: persistentvolumeclaim "model-store" not found.')),
+         "ModelUnreachable", "PersistentVolumeClaim model-store of spec.model.uri does not exist"),
     ],
 )
 def test_diagnosis_names_the_problem(the_pod: dict[str, Any], reason: str, in_message: str) -> None:

@@ -41,6 +41,7 @@ PRIORITY = [
 _IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _CONFIG = {"CreateContainerConfigError", "CreateContainerError"}
 _INSUFFICIENT = re.compile(r"Insufficient ([A-Za-z0-9./_-]+)")
+_MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,12 @@ def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             and condition.get("reason") == "Unschedulable"
         ):
             scheduler = condition.get("message", "").strip()
+            claim = _MISSING_CLAIM.search(scheduler)
+            if claim:  # the pvc:// of spec.model.uri names a claim that does not exist
+                return (
+                    FetchOutcome.UNREACHABLE.reason,
+                    f"PersistentVolumeClaim {claim.group(1)} of spec.model.uri does not exist (scheduler: {scheduler})",
+                )
             short = sorted(set(_INSUFFICIENT.findall(scheduler)))
             gpus = [r for r in short if r.startswith("nvidia.com/")]
             if gpus:

@@ -1,0 +1,52 @@
+"""kopf handlers, kept thin: every watch event updates the cache and queues the ModelService
+it concerns. No handler writes anything; the reconciler decides what to do.
+
+Only `on.event` handlers are used, on purpose: they need no finalizers and no kopf state
+annotations, so the operator never writes to a user's ModelService except its status, a
+ModelService can be deleted while the operator is down, and GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from modelship import api
+from modelship.controller.queue import WorkQueue
+from modelship.controller.store import Store
+from modelship.render.names import MANAGED_BY
+
+# (group, version, plural, kind) of every watched kind besides ModelService.
+WATCHED: tuple[tuple[str, str, str, str], ...] = (
+    ("", "v1", "pods", "Pod"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+)
+
+
+def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue) -> None:
+    """Declare the watches on `registry`; `store` and `queue` are where events go."""
+
+    def on_event(kind: str):  # noqa: ANN202 - a kopf handler
+        def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            if event.get("type") == "DELETED":
+                key = store.remove(kind, body)
+                if kind == api.KIND and key is not None:
+                    store.forget(key)
+                    return
+            else:
+                key = store.upsert(kind, body)
+            if key is not None:
+                queue.add(key)
+
+        return handler
+
+    kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="modelservices", registry=registry)(on_event(api.KIND))
+    for group, version, plural, kind in WATCHED:
+        kopf.on.event(
+            group, version, plural, id=plural, labels=dict(MANAGED_BY), registry=registry,
+        )(on_event(kind))

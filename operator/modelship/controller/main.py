@@ -1,0 +1,150 @@
+"""Run the operator: configure the Kubernetes client and kopf, prime the cache, start workers.
+
+kopf does the watching (with its reconnects and backoffs); the workers here do the
+reconciling. Everything is created here and handed down as arguments, never read from
+module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any, Sequence
+
+import kopf
+
+from modelship import api
+from modelship.controller import handlers
+from modelship.controller.kube import KubeClient, KubeError
+from modelship.controller.queue import WorkQueue
+from modelship.controller.reconcile import Reconciler
+from modelship.controller.store import Store
+from modelship.render.names import MANAGED_BY
+
+log = logging.getLogger("modelship.operator")
+
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 300.0
+
+
+def api_client() -> Any:
+    """A Kubernetes ApiClient from the in-cluster ServiceAccount, else KUBECONFIG."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(configuration)
+
+
+async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> None:
+    """Fill the cache with one LIST per kind before any reconcile, so a restarted operator
+    sees its Deployments and pods and does not report a transient, wrong status."""
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+    kinds = [(api.GROUP, api.VERSION, api.PLURAL, api.KIND, None)] + [
+        (g, v, p, k, selector) for g, v, p, k in handlers.WATCHED
+    ]
+    for group, version, plural, kind, label_selector in kinds:
+        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        paths = [f"{prefix}/{plural}"] if not namespaces else [f"{prefix}/namespaces/{ns}/{plural}" for ns in namespaces]
+        for path in paths:
+            for item in await kube.list(path, label_selector=label_selector):
+                item.setdefault("apiVersion", f"{group}/{version}" if group else version)
+                item.setdefault("kind", kind)
+                store.upsert(kind, item)
+
+
+async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, int]) -> None:
+    while True:
+        key = await queue.get()
+        try:
+            await reconciler.reconcile(key)
+            failures.pop(key, None)
+        except KubeError as error:
+            count = failures[key] = failures.get(key, 0) + 1
+            delay = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (count - 1)) * random.uniform(0.8, 1.2)
+            log.warning("reconcile of %s/%s failed (%s); retrying in %.0fs", *key, error, delay)
+            queue.add_after(key, delay)
+        except Exception:  # a bug: log it, keep the operator alive, retry later
+            log.exception("reconcile of %s/%s crashed", *key)
+            queue.add_after(key, RETRY_MAX_SECONDS)
+        finally:
+            queue.done(key)
+
+
+async def resync(store: Store, queue: WorkQueue, every: float) -> None:
+    """Look at every ModelService now and then even without events (a missed watch event,
+    a Deployment's progress deadline): cheap, because reconciles without changes write nothing."""
+    while True:
+        await asyncio.sleep(every)
+        for key in store.keys():
+            queue.add(key)
+
+
+def build_registry(*, namespaces: Sequence[str], workers: int, resync_seconds: float) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    store = Store()
+    queue = WorkQueue()
+    handlers.register(registry, store=store, queue=queue)
+    tasks: list[asyncio.Task[None]] = []
+    clients: list[KubeClient] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # Events are ours, one per condition transition
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        kube = KubeClient(api_client(), threads=max(4, workers))
+        clients.append(kube)
+        await prime(kube, store, namespaces)
+        reconciler = Reconciler(kube=kube, store=store)
+        failures: dict[Any, int] = {}
+        tasks.extend(asyncio.create_task(worker(reconciler, queue, failures)) for _ in range(workers))
+        tasks.append(asyncio.create_task(resync(store, queue, resync_seconds)))
+        for key in store.keys():
+            queue.add(key)
+        log.info("modelship operator started: %d ModelServices cached, %d workers", len(list(store.keys())), workers)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        queue.close()
+        for kube in clients:
+            log.info("API calls by verb: %s", kube.calls)
+            kube.close()
+
+    return registry
+
+
+def run_operator(
+    *, namespaces: Sequence[str], workers: int, liveness: str | None, resync_seconds: float, verbose: bool
+) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("kopf.objects", "kopf.activities.probe"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    registry = build_registry(namespaces=namespaces, workers=workers, resync_seconds=resync_seconds)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,179 @@
+"""Reconcile one ModelService: render, apply what differs, observe, write status if it changed.
+
+Level-triggered and idempotent: it reads the cache, not the event that woke it, so a
+restart at any point converges to the same result. It writes only when something differs:
+a child is applied when it is missing or its `desired-hash` annotation differs from the
+render's, and the status is patched only when a field the operator owns would change.
+In steady state a reconcile makes no API call at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import socket
+from typing import Any, Callable, Mapping
+
+import pydantic
+
+from modelship import api
+from modelship.api.v1alpha1 import ModelService
+from modelship.controller.kube import KubeClient, KubeError
+from modelship.controller.store import Key, Store
+from modelship.render import Rendered, names, render_children
+from modelship.status import conditions as c
+from modelship.status.compute import Observed, compute_status, status_changed
+
+log = logging.getLogger("modelship.reconcile")
+
+INVALID_SPEC = "InvalidSpec"
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass
+class Reconciler:
+    kube: KubeClient
+    store: Store
+    clock: Callable[[], str] = utc_now
+    reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
+    # The status this process last wrote, per ModelService. The operator is the only writer
+    # of these fields, so this is the truth even when the watch has not caught up yet.
+    written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    async def reconcile(self, key: Key) -> None:
+        """Bring one ModelService's children and status in line; raise KubeError to retry."""
+        body = self.store.msvc(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.written.pop(key, None)
+            return  # deleted: the garbage collector removes the children (ownerReferences)
+        try:
+            msvc = ModelService.from_body(body)
+        except pydantic.ValidationError as error:
+            await self._report_invalid(key, body, error)
+            return
+        rendered = render_children(msvc)
+        apply_error = None
+        try:
+            await self._apply_children(key, msvc, rendered)
+        except KubeError as error:
+            if error.status in (400, 403, 422):
+                apply_error = str(error)  # a fix needs a person, not a retry: say so in status
+            else:
+                raise
+        deployment_hash = _hash_of(rendered, "Deployment")
+        observed = Observed(
+            deployment=self.store.child(key, "Deployment", names.deployment(msvc.metadata.name)),
+            pods=self.store.pods(key),
+        )
+        previous = self._previous(key, body)
+        status, transitions = compute_status(
+            msvc, observed=observed, previous=previous, now=self.clock(),
+            variant=rendered.artifact.variant, desired_hash=deployment_hash, apply_error=apply_error,
+        )
+        await self._write_status(key, body, previous, status, transitions)
+
+    def _previous(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any]:
+        cached = dict(body.get("status") or {})
+        mine = self.written.get(key)
+        return {**cached, **mine} if mine else cached
+
+    async def _write_status(self, key: Key, body: Mapping[str, Any], previous: Mapping[str, Any],
+                            status: dict[str, Any], transitions: list[c.Transition]) -> None:
+        if not status_changed(previous, status):
+            return
+        meta = body["metadata"]
+        written = await self.kube.patch_status(meta["namespace"], meta["name"], status)
+        self.written[key] = status
+        self.store.upsert("ModelService", written)
+        for transition in transitions:
+            await self._event(written, transition)
+
+    async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> None:
+        uid = msvc.metadata.uid
+        for obj in rendered.objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            live = self.store.child(key, kind, name)
+            want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
+            if live is not None and _hash(live) == want and _controlled_by(live, uid):
+                continue
+            log.info("applying %s %s/%s", kind, msvc.metadata.namespace, name)
+            self.store.upsert(kind, await self.kube.apply(obj))
+        for ref in rendered.absent:
+            live = self.store.child(key, ref.kind, ref.name)
+            if live is not None and _controlled_by(live, uid):
+                log.info("deleting %s %s/%s (no longer wanted)", ref.kind, msvc.metadata.namespace, ref.name)
+                await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
+                self.store.remove(ref.kind, live)
+
+    async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
+        """A spec the API server accepted but the operator cannot serve (its checks are
+        stricter in places, e.g. URIs): say why in status; create nothing."""
+        from modelship.render_command import format_validation_error
+
+        problems = format_validation_error(error)
+        reason = "InvalidModelURI" if any(p.startswith("spec.model.uri") for p in problems) else INVALID_SPEC
+        message = "; ".join(problems)
+        meta = body.get("metadata") or {}
+        generation = meta.get("generation")
+        previous = self._previous(key, body)
+        computed = [
+            c.ConditionSpec(c.READY, c.FALSE, reason, message, warning=True),
+            c.ConditionSpec(c.PROGRESSING, c.FALSE, reason, message),
+            c.ConditionSpec(c.DEGRADED, c.TRUE, reason, message, warning=True),
+        ]
+        merged, transitions = c.merge(previous.get("conditions"), computed, generation=generation, now=self.clock())
+        status = {"observedGeneration": generation, "conditions": merged}
+        await self._write_status(key, body, previous, status, transitions)
+
+    async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
+        """One Event per condition transition, shown by `kubectl describe msvc`."""
+        meta = msvc["metadata"]
+        now = self.clock()
+        bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
+            transition.type == c.DEGRADED and transition.new_status == c.TRUE
+        )
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": "Warning" if bad and transition.warning else "Normal",
+            "reason": transition.reason,
+            "message": f"{transition.type}={transition.new_status}: {transition.message}"[:1024],
+            "source": {"component": "modelship"},
+            "reportingComponent": "modelship.dev/operator",
+            "reportingInstance": self.reporting_instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create_event(event)
+        except KubeError as error:  # an Event is a courtesy; never fail a reconcile over one
+            log.warning("cannot post Event for %s/%s: %s", meta["namespace"], meta["name"], error)
+
+
+def _hash(obj: Mapping[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(names.DESIRED_HASH_ANNOTATION)
+
+
+def _hash_of(rendered: Rendered, kind: str) -> str | None:
+    for obj in rendered.objects:
+        if obj["kind"] == kind:
+            return _hash(obj)
+    return None
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") == uid:
+            return True
+    return False

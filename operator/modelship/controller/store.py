@@ -1,0 +1,98 @@
+"""The operator's cache of what exists: ModelServices, their children and their pods.
+
+Fed by kopf's watch events (and primed by one LIST per kind at startup), read by the
+reconciler, so deciding "is anything to do?" costs no API call. Children and pods are
+indexed by the ModelService named in their `modelship.dev/modelservice` label.
+
+Our own writes go in too (the API server's response), so the next reconcile sees them at
+once. A watch event can still arrive afterwards carrying an older state; for objects with a
+`metadata.generation` (which only grows) an older generation is ignored, so a lagging watch
+never makes the reconciler re-apply an old spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+from modelship.render.names import SERVICE_LABEL
+
+Key = tuple[str, str]  # (namespace, ModelService name)
+
+
+class Store:
+    def __init__(self) -> None:
+        self._msvcs: dict[Key, dict[str, Any]] = {}
+        self._children: dict[Key, dict[tuple[str, str], dict[str, Any]]] = {}  # (kind, name) -> body
+        self._pods: dict[Key, dict[str, dict[str, Any]]] = {}
+
+    # --- writes from watch events and from our own API responses ------------------------
+
+    def upsert(self, kind: str, body: Mapping[str, Any]) -> Key | None:
+        """Record `body`; return the ModelService key it belongs to (None if none)."""
+        key = self._key(kind, body)
+        if key is None:
+            return None
+        name = (body.get("metadata") or {}).get("name", "")
+        if kind == "ModelService":
+            bucket: dict[Any, dict[str, Any]] = self._msvcs
+            slot: Any = key
+        elif kind == "Pod":
+            bucket, slot = self._pods.setdefault(key, {}), name
+        else:
+            bucket, slot = self._children.setdefault(key, {}), (kind, name)
+        if _older(body, bucket.get(slot)):
+            return key
+        bucket[slot] = dict(body)
+        return key
+    def remove(self, kind: str, body: Mapping[str, Any]) -> Key | None:
+        name = (body.get("metadata") or {}).get("name", "")
+        key = self._key(kind, body)
+        if key is None:
+            return None
+        if kind == "ModelService":
+            self._msvcs.pop(key, None)
+        elif kind == "Pod":
+            self._pods.get(key, {}).pop(name, None)
+        else:
+            self._children.get(key, {}).pop((kind, name), None)
+        return key
+
+    def forget(self, key: Key) -> None:
+        """Drop everything about a deleted ModelService (its children go with it by GC)."""
+        self._msvcs.pop(key, None)
+        self._children.pop(key, None)
+        self._pods.pop(key, None)
+
+    # --- reads ------------------------------------------------------------------------
+
+    def msvc(self, key: Key) -> dict[str, Any] | None:
+        return self._msvcs.get(key)
+
+    def child(self, key: Key, kind: str, name: str) -> dict[str, Any] | None:
+        return self._children.get(key, {}).get((kind, name))
+
+    def pods(self, key: Key) -> list[dict[str, Any]]:
+        return list(self._pods.get(key, {}).values())
+
+    def keys(self) -> Iterator[Key]:
+        return iter(list(self._msvcs))
+
+    @staticmethod
+    def _key(kind: str, body: Mapping[str, Any]) -> Key | None:
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        if kind == "ModelService":
+            return (namespace, meta.get("name", ""))
+        owner = (meta.get("labels") or {}).get(SERVICE_LABEL)
+        return (namespace, owner) if owner else None
+
+
+def _older(new: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:
+    """True when `new` is from an older generation than the cached body of the same object."""
+    if cached is None:
+        return False
+    new_meta, old_meta = new.get("metadata") or {}, cached.get("metadata") or {}
+    if new_meta.get("uid") != old_meta.get("uid"):
+        return False  # deleted and re-created: a different object
+    new_gen, old_gen = new_meta.get("generation"), old_meta.get("generation")
+    return isinstance(new_gen, int) and isinstance(old_gen, int) and new_gen < old_gen
