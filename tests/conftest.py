@@ -78,7 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
         print(f"[dev-cluster] {line}", file=sys.stderr, flush=True)
 
     binaries = ensure_binaries(progress)
-    plane = ControlPlane(tmp_path_factory.mktemp("dev-cluster"), binaries, progress=progress)
+    plane = ControlPlane(tmp_path_factory.mktemp("dev-cluster"), binaries, progress=progress, die_with_parent=True)
     try:
         plane.up()
         yield Cluster(plane)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,39 @@ def test_up_over_stale_state_starts_fresh_and_down_leaves_no_process(tmp_path: P
         records = plane.processes()
         plane.down(quiet=True)
     assert len(records) == 5 and plane.running() == []
+
+
+KILLED_SESSION = """
+import os, sys
+from pathlib import Path
+from modelship.devcluster.plane import ControlPlane
+from modelship.devcluster.toolchain import ensure_binaries
+from modelship.devcluster.nodes import DEFAULT_NODES
+plane = ControlPlane(Path(sys.argv[1]), ensure_binaries(lambda _: None), progress=lambda _: None,
+                     die_with_parent=True)
+plane.up(nodes=DEFAULT_NODES[:1])
+print(" ".join(str(r.pid) for r in plane.running()), flush=True)
+os._exit(9)  # killed: no teardown runs
+"""
+
+
+@pytest.mark.cluster
+def test_a_killed_test_session_leaves_no_control_plane_behind(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-c", KILLED_SESSION, str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 5, result.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_runs(pid, tmp_path) for pid in pids):
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _runs(pid, tmp_path)]
+
+
+def _runs(pid: int, state: Path) -> bool:
+    """The PID is alive (not a zombie) and still one of the plane's processes."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return str(state).encode() in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"

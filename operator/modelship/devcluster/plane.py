@@ -68,10 +68,14 @@ class ProcessRecord:
 class ControlPlane:
     """One plane's state directory and the processes recorded in it."""
 
-    def __init__(self, state_dir: Path, binaries: dict[str, Path] | None = None, progress: Progress = print):
+    def __init__(self, state_dir: Path, binaries: dict[str, Path] | None = None, progress: Progress = print,
+                 *, die_with_parent: bool = False):
+        """`die_with_parent` ties every component's life to this process (for test sessions:
+        a killed pytest must not leave a control plane behind); `dev-cluster up` detaches instead."""
         self.state_dir = Path(state_dir).resolve()
         self.binaries = binaries or {}
         self.progress = progress
+        self.die_with_parent = die_with_parent
 
     # ---- paths -------------------------------------------------------------------------
 
@@ -322,6 +326,7 @@ class ControlPlane:
             process = subprocess.Popen(
                 [binary, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=self.state_dir,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -432,6 +437,14 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies (no teardown ran)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _free_port() -> int:
