@@ -1,0 +1,292 @@
+"""Side-by-side benchmark, in one run on one machine: raw ONNX Runtime vs modelship-server
+(and, when installed, KServe's Python ModelServer and MLServer serving the same ONNX files
+through ONNX Runtime), all driven by the same tritonclient load generator.
+
+    .venv/bin/python server_image/bench/compare.py \
+        [--kserve-python /tmp/venv-kserve/bin/python] [--mlserver-python /tmp/venv-mlserver/bin/python] \
+        [--seconds 5] [--json docs/benchmarks/server-compare.json]
+
+It prints the added latency (server p50 round trip minus raw `InferenceSession.run` p50)
+and the throughput ratios behind each target in docs/server-benchmarks.md. A competitor
+whose python is not given or cannot import its package is skipped, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from modelship_server import bench, samples
+
+HERE = Path(__file__).resolve().parent
+
+COMPUTE_WIDTHS = (512, 2048, 2048, 2048, 512)  # ~10M MACs per sample: compute-bound
+BATCH = 16
+CONFIGS = {
+    "mlp": "max_batch_size: 16\ndynamic_batching { }\n",
+    "image": "max_batch_size: 8\ndynamic_batching { }\n",
+    "compute": "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 preferred_batch_size: [ 16 ] }\n",
+    "compute_nobatch": "max_batch_size: 16\n",  # same model, dynamic batching off
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_repo(root: Path) -> Path:
+    repo = root / "repo"
+    samples.write_model(repo, "mlp", samples.mlp(), CONFIGS["mlp"])
+    samples.write_model(repo, "image", samples.image_classifier(), CONFIGS["image"])
+    compute = samples.mlp(widths=COMPUTE_WIDTHS, seed=11)
+    samples.write_model(repo, "compute", compute, CONFIGS["compute"])
+    samples.write_model(repo, "compute_nobatch", compute, CONFIGS["compute_nobatch"])
+    return repo
+
+
+def p50_run(session, feeds, n: int) -> float:
+    for _ in range(max(50, n // 10)):
+        session.run(None, feeds)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        ts.append(time.perf_counter() - t)
+    return float(np.percentile(ts, 50) * 1000)
+
+
+def raw_onnxruntime(repo: Path, seconds: float) -> dict:
+    """Raw InferenceSession.run, in this process, with default session options (as the servers)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    s = ort.InferenceSession(str(repo / "mlp/1/model.onnx"))
+    out["mlp_b1_p50_ms"] = p50_run(s, {"INPUT0": rng.random((1, 64), np.float32)}, 5000)
+    s = ort.InferenceSession(str(repo / "image/1/model.onnx"))
+    out["image_b1_p50_ms"] = p50_run(s, {"IMAGE": rng.random((1, 3, 48, 192), np.float32)}, 2000)
+    s = ort.InferenceSession(str(repo / "compute/1/model.onnx"))
+    x = rng.random((BATCH, COMPUTE_WIDTHS[0]), np.float32)
+    for _ in range(20):
+        s.run(None, {"INPUT0": x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        s.run(None, {"INPUT0": x})
+        n += 1
+    out["compute_b16_infer_per_s"] = n * BATCH / (time.perf_counter() - t0)
+    out["compute_b1_p50_ms"] = p50_run(s, {"INPUT0": x[:1]}, 500)
+    return out
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(args, stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=cwd)
+
+    def wait_ready(self, url: str, model: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.logfile.name}")
+            try:
+                with urllib.request.urlopen(f"http://{url}/v2/models/{model}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout} s: see {self.logfile.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.logfile.close()
+
+
+def measure(name, http_url, grpc_url, seconds, *, http_binary=True, image=True, nobatch=True) -> dict:
+    """The same tritonclient load generator against one server."""
+    warm, res = 1.0, {}
+
+    def level(url, protocol, model, c, batch=1, binary=True):
+        t = bench._Target(url, protocol, model, "", batch, {}, "random", binary)
+        r = bench.run_level(t, c, warmup_s=warm, measure_s=seconds)
+        if r.errors:
+            log(f"  {name} {model} {protocol} c={c}: {r.errors} errors, first: {r.first_error}")
+        log(f"  {name:9} {model:16} {protocol:4} c={c:<3} p50 {r.latency_p50_ms:7.3f} ms  "
+            f"{r.throughput_infer_s:9.1f} infer/s")
+        return r
+
+    res["mlp_grpc_c1"] = level(grpc_url, "grpc", "mlp", 1)
+    res["mlp_http_c1"] = level(http_url, "http", "mlp", 1, binary=http_binary)
+    if image:
+        res["image_grpc_c1"] = level(grpc_url, "grpc", "image", 1)
+        res["image_http_c1"] = level(http_url, "http", "image", 1, binary=http_binary)
+    res["compute_grpc_c16"] = level(grpc_url, "grpc", "compute", 16)
+    if nobatch:
+        res["compute_nobatch_grpc_c16"] = level(grpc_url, "grpc", "compute_nobatch", 16)
+    return {k: v.__dict__ for k, v in res.items()}
+
+
+def start_ours(repo: Path) -> tuple[Proc, str, str]:
+    hp, gp, mp = free_port(), free_port(), free_port()
+    p = Proc("modelship", [sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
+                           "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
+                           "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port", str(gp),
+                           "--metrics-port", str(mp), "--log-level", "warning"])
+    p.wait_ready(f"127.0.0.1:{hp}", "compute")
+    return p, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def python_has(python: str | None, module: str) -> str | None:
+    """None if `python` can import `module`, else why not."""
+    if not python:
+        return "no python given"
+    if not shutil.which(python) and not Path(python).exists():
+        return f"{python} does not exist"
+    r = subprocess.run([python, "-c", f"import {module}, onnxruntime"], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"{python} cannot import {module}: {r.stderr.strip().splitlines()[-1:]}"
+
+
+def start_kserve(python: str, repo: Path) -> tuple[Proc, str, str]:
+    hp, gp = free_port(), free_port()
+    models = ",".join(f"{m}={repo / m / '1' / 'model.onnx'}" for m in ("mlp", "compute"))
+    p = Proc("kserve", [python, str(HERE / "kserve_onnx_server.py")],
+             env={"MODELS": models, "HTTP_PORT": str(hp), "GRPC_PORT": str(gp)})
+    p.wait_ready(f"127.0.0.1:{hp}", "compute")
+    return p, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]:
+    hp, gp, mp = free_port(), free_port(), free_port()
+    folder = root / "mlserver"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps(
+        {"http_port": hp, "grpc_port": gp, "metrics_port": mp, "parallel_workers": 0, "debug": False}))
+    for m in ("mlp", "compute"):
+        (folder / m).mkdir()
+        (folder / m / "model-settings.json").write_text(json.dumps(
+            {"name": m, "implementation": "mlserver_onnx_runtime.OnnxRuntime",
+             "parameters": {"uri": str(repo / m / "1" / "model.onnx")}}))
+    mlserver = str(Path(python).parent / "mlserver")
+    p = Proc("mlserver", [mlserver, "start", str(folder)], env={"PYTHONPATH": str(HERE)})
+    p.wait_ready(f"127.0.0.1:{hp}", "compute")
+    return p, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def summarize(raw: dict, ours: dict, others: dict) -> list[tuple[str, str, bool | None]]:
+    def p50(d, k):
+        return d[k]["latency_p50_ms"]
+
+    def thr(d, k):
+        return d[k]["throughput_infer_s"]
+
+    rows = []
+    add_g = p50(ours, "mlp_grpc_c1") - raw["mlp_b1_p50_ms"]
+    add_h = p50(ours, "mlp_http_c1") - raw["mlp_b1_p50_ms"]
+    rows.append(("MLP b1 c1 added p50, gRPC", f"{add_g:.3f} ms (target <= 0.300)", add_g <= 0.3))
+    rows.append(("MLP b1 c1 added p50, HTTP", f"{add_h:.3f} ms (target <= 0.400)", add_h <= 0.4))
+    t_b = thr(ours, "compute_grpc_c16")
+    rows.append(("compute c16 batched / raw ORT b16",
+                 f"{t_b:.0f} / {raw['compute_b16_infer_per_s']:.0f} infer/s = {ratio(t_b, raw['compute_b16_infer_per_s']):.2f} (target >= 0.80)",
+                 ratio(t_b, raw["compute_b16_infer_per_s"]) >= 0.8))
+    t_n = thr(ours, "compute_nobatch_grpc_c16")
+    rows.append(("compute c16 batched / batching off", f"{t_b:.0f} / {t_n:.0f} = {ratio(t_b, t_n):.2f}x (target >= 2.5)",
+                 ratio(t_b, t_n) >= 2.5))
+    ih = p50(ours, "image_http_c1") - raw["image_b1_p50_ms"]
+    ig = p50(ours, "image_grpc_c1") - raw["image_b1_p50_ms"]
+    rows.append(("image 3x48x192 added p50 HTTP / gRPC", f"{ih:.3f} / {ig:.3f} ms = {ratio(ih, ig):.2f}x (target <= 2)",
+                 ratio(ih, ig) <= 2.0))
+    for name, d in others.items():
+        if "skipped" in d:
+            rows.append((f"vs {name}", f"skipped: {d['skipped']}", None))
+            continue
+        theirs = p50(d, "mlp_grpc_c1") - raw["mlp_b1_p50_ms"]
+        rows.append((f"vs {name}: added p50 gRPC c1", f"ours {add_g:.3f} / theirs {theirs:.3f} ms = {ratio(add_g, theirs):.2f} (target <= 0.5)",
+                     ratio(add_g, theirs) <= 0.5))
+        tt = thr(d, "compute_grpc_c16")
+        rows.append((f"vs {name}: compute c16 throughput", f"ours {t_b:.0f} / theirs {tt:.0f} = {ratio(t_b, tt):.2f}x (target >= 1.5)",
+                     ratio(t_b, tt) >= 1.5))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="measurement window per level (default 5)")
+    p.add_argument("--kserve-python", help="python of a venv with kserve installed (e.g. /tmp/venv-kserve/bin/python)")
+    p.add_argument("--mlserver-python", help="python of a venv with mlserver installed (e.g. /tmp/venv-mlserver/bin/python)")
+    p.add_argument("--json", help="write every measurement to this JSON file")
+    args = p.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="modelship-compare-"))
+    procs: list[Proc] = []
+    try:
+        repo = build_repo(root)
+        log(f"raw ONNX Runtime {ort.__version__} ...")
+        raw = raw_onnxruntime(repo, args.seconds)
+        log("  " + ", ".join(f"{k} {v:.4g}" for k, v in raw.items()))
+        proc, http_url, grpc_url = start_ours(repo)
+        procs.append(proc)
+        ours = measure("modelship", http_url, grpc_url, args.seconds)
+        proc.stop()
+        others: dict = {}
+        for name, python, module, starter in (
+            ("KServe", args.kserve_python, "kserve", lambda py: start_kserve(py, repo)),
+            ("MLServer", args.mlserver_python, "mlserver", lambda py: start_mlserver(py, repo, root)),
+        ):
+            why = python_has(python, module)
+            if why:
+                log(f"{name}: skipped ({why})")
+                others[name] = {"skipped": why}
+                continue
+            proc, h, g = starter(python)
+            procs.append(proc)
+            # Their HTTP has no (MLServer) or partial binary extension: JSON keeps it comparable.
+            others[name] = measure(name, h, g, args.seconds, http_binary=False, image=False, nobatch=False)
+            proc.stop()
+        rows = summarize(raw, ours, others)
+        print(f"\nmodelship-server comparison ({platform.node()}, {os.cpu_count()} cpus, onnxruntime {ort.__version__})")
+        for label, text, ok in rows:
+            mark = "PASS" if ok else ("----" if ok is None else "MISS")
+            print(f"  [{mark}] {label:40} {text}")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"raw": raw, "modelship": ours, **others,
+                                                   "summary": [list(r) for r in rows]}, indent=2))
+        return 0
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
