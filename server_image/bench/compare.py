@@ -128,12 +128,21 @@ class Proc:
         self.logfile.close()
 
 
+METADATA: dict[str, dict] = {}  # read from our server, reused for servers whose metadata is empty
+
+
 def measure(name, http_url, grpc_url, seconds, *, http_binary=True, image=True, nobatch=True) -> dict:
     """The same tritonclient load generator against one server."""
     warm, res = 1.0, {}
 
     def level(url, protocol, model, c, batch=1, binary=True):
-        t = bench._Target(url, protocol, model, "", batch, {}, "random", binary)
+        if model not in METADATA:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(http_url)
+            METADATA[model] = client.get_model_metadata(model)
+            client.close()
+        t = bench._Target(url, protocol, model, "", batch, {}, "random", binary, metadata=METADATA[model])
         r = bench.run_level(t, c, warmup_s=warm, measure_s=seconds)
         if r.errors:
             log(f"  {name} {model} {protocol} c={c}: {r.errors} errors, first: {r.first_error}")

@@ -54,7 +54,7 @@ class _Target:
     """The model's inputs, resolved once from its metadata, and a client factory."""
 
     def __init__(self, url: str, protocol: str, model: str, version: str, batch_size: int,
-                 shapes: dict[str, list[int]], data: str, binary: bool) -> None:
+                 shapes: dict[str, list[int]], data: str, binary: bool, metadata: dict | None = None) -> None:
         self.url, self.protocol, self.model, self.version = url, protocol, model, version
         self.batch_size = batch_size
         self.binary = binary
@@ -63,12 +63,19 @@ class _Target:
         else:
             import tritonclient.http as mod
         self.mod = mod
-        client = self.client()
-        try:
-            md = client.get_model_metadata(model, version)
-            md = md if isinstance(md, dict) else _grpc_md_to_dict(md)
-        finally:
-            client.close()
+        md = metadata
+        if md is None:
+            client = self.client()
+            try:
+                md = client.get_model_metadata(model, version)
+                md = md if isinstance(md, dict) else _grpc_md_to_dict(md)
+            finally:
+                client.close()
+        if not md.get("inputs"):
+            raise SystemExit(
+                f"bench: the server's metadata for model {model!r} lists no inputs; "
+                "this tool needs them to build requests"
+            )
         batching = self._batches(md)
         rng = np.random.default_rng(0)
         self.arrays = {}
