@@ -101,12 +101,24 @@ def build_registry(*, namespaces: Sequence[str], workers: int, resync_seconds: f
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # Events are ours, one per condition transition
+        # No watching of CRDs and namespaces: the operator's resources exist when it starts
+        # (the chart installs the CRD first), and the RBAC stays free of cluster-wide reads
+        # it would need for nothing else.
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         kube = KubeClient(api_client(), threads=max(4, workers))
         clients.append(kube)
-        await prime(kube, store, namespaces)
+        try:
+            await prime(kube, store, namespaces)
+        except KubeError as error:
+            if error.status == 404:
+                raise kopf.TemporaryError(
+                    f"the ModelService CRD ({api.PLURAL}.{api.GROUP}) is not installed; "
+                    "apply crds/ (the Helm chart does this on install)", delay=10,
+                ) from None
+            raise kopf.TemporaryError(f"cannot list what the operator manages: {error}", delay=10) from None
         reconciler = Reconciler(kube=kube, store=store)
         failures: dict[Any, int] = {}
         tasks.extend(asyncio.create_task(worker(reconciler, queue, failures)) for _ in range(workers))
