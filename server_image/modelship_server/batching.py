@@ -1,16 +1,25 @@
-"""The per-model scheduler: a bounded queue, dynamic batching, one worker per instance.
+"""The per-model scheduler: a bounded queue, dynamic batching, one ONNX Runtime session per instance.
 
-Each model version has one queue and `instance_group.count` workers, each
-owning one ONNX Runtime session. A worker takes the oldest request, and when
-dynamic batching is on gathers more compatible requests (same non-batch
-shapes) until it reaches max_batch_size or the largest preferred batch size,
-or until max_queue_delay has passed since the oldest request arrived. The
-batch is concatenated along dimension 0, run in a thread (ORT releases the
-GIL, the event loop never blocks) and the outputs are split back as views.
+Each model version has one queue and `instance_group.count` sessions. Whenever a
+request arrives or a session frees up, `_dispatch` pairs idle sessions with work:
+with dynamic batching it takes compatible queued requests (same non-batch shapes)
+up to max_batch_size or the largest preferred batch size, and if it has fewer it
+waits — but never past max_queue_delay after the oldest request arrived. The
+batch is concatenated along dimension 0, run, and the outputs are split back as
+views. Without dynamic batching each request runs on its own, as Triton's default
+scheduler does.
 
-Without dynamic batching each request runs on its own, as Triton's default
-scheduler does. A full queue sheds the request (QueueFull → 503/UNAVAILABLE);
-a request whose deadline passes, queued or running, fails with RequestTimeout.
+Where a batch runs: ONNX Runtime releases the GIL, so a run normally goes to a
+thread and the event loop keeps serving. Handing work to a thread and back costs
+~40 µs, though, which is more than a small model's whole run; when the model's
+recent run time (an exponential average) is under `inline_threshold_s` the batch
+runs on the loop thread instead, blocking it for less than that handoff would.
+Set the threshold to 0 to always use threads.
+
+A full queue sheds the request (QueueFull -> 503/UNAVAILABLE); a request whose
+deadline passes, queued or running, fails with RequestTimeout (504/DEADLINE_EXCEEDED).
+No worker tasks: dispatch is driven by arrivals, completions and one timer, so
+an idle request on an idle model costs no event-loop hop at all.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from .stats import ModelStats
 log = logging.getLogger(__name__)
 
 _perf_ns = time.perf_counter_ns
+_EWMA = 0.2  # weight of the newest run in the run-time average
 
 
 class _Pending:
@@ -55,8 +65,17 @@ def _classify_ort_error(exc: Exception) -> ServingError:
     return ServingError(f"ONNX Runtime failed to run the model: {kind}: {exc}")
 
 
+def _timed(run: Callable[[dict], list], feeds: dict):
+    """Run in the worker thread; time only the run itself, not the handoff."""
+    t = _perf_ns()
+    try:
+        return run(feeds), _perf_ns() - t, None
+    except Exception as exc:  # noqa: BLE001 - handed back to the requests
+        return None, _perf_ns() - t, exc
+
+
 class Scheduler:
-    """Queue + workers for one model version."""
+    """Queue + sessions of one model version."""
 
     def __init__(
         self,
@@ -69,6 +88,7 @@ class Scheduler:
         max_queue_size: int,
         metrics: ModelMetrics,
         stats: ModelStats,
+        inline_threshold_s: float = 100e-6,
     ) -> None:
         self.name = name
         self.version = version
@@ -78,29 +98,31 @@ class Scheduler:
         self.metrics = metrics
         self.stats = stats
         self._runners = runners
+        self._free = list(range(len(runners)))  # idle sessions
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._waiters: list[asyncio.Future] = []
         self._executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix=f"ort-{name}")
-        self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._inline_ns = int(inline_threshold_s * 1e9)
+        self._run_ns_avg = float("inf")  # unknown until measured: use threads
         target = policy.max_batch_size
         if policy.preferred_batch_sizes:
             target = max(policy.preferred_batch_sizes)
         self._target = max(target, 1)
         self._delay_ns = int(policy.max_queue_delay_s * 1e9)
-        metrics.queue_depth.set_function(lambda: len(self._queue))
+        self._closed = False
+        metrics.queue_depth = lambda: len(self._queue)
 
-    def start(self) -> None:
+    def start(self, run_ns_hint: float | None = None) -> None:
+        """Bind to the running loop; `run_ns_hint` is a measured run time (from warm-up)."""
         self._loop = asyncio.get_running_loop()
-        self._tasks = [
-            self._loop.create_task(self._worker(i), name=f"scheduler-{self.name}-{i}")
-            for i in range(len(self._runners))
-        ]
+        if run_ns_hint is not None:
+            self._run_ns_avg = run_ns_hint
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(ServingError("the server is shutting down"))
@@ -124,13 +146,9 @@ class Scheduler:
         self._queue.append(item)
         if timeout_s:
             item.timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
-        if self._waiters:
-            for w in self._waiters:
-                if not w.done():
-                    w.set_result(None)
-            self._waiters.clear()
+        self._dispatch()
         try:
-            return await item.future
+            return await item.future  # no suspension at all if it already ran inline
         finally:
             if item.timer is not None:
                 item.timer.cancel()
@@ -148,29 +166,41 @@ class Scheduler:
             except ValueError:
                 pass
 
-    # -- worker side --------------------------------------------------------
+    # -- dispatch ---------------------------------------------------------------
 
-    def _wait_arrival(self, timeout_ns: int | None) -> asyncio.Future:
-        fut = self._loop.create_future()
-        self._waiters.append(fut)
-        if timeout_ns is not None:
-            self._loop.call_later(timeout_ns / 1e9, _resolve, fut)
-        return fut
+    def _dispatch(self) -> None:
+        """Give idle sessions work while there is some that should run now."""
+        q = self._queue
+        while self._free and q and not self._closed:
+            first = q.popleft()
+            if first.future.done():  # cancelled or timed out while queued
+                continue
+            batch = [first]
+            size = first.batch
+            if self.policy.dynamic and size < self._target:
+                size = self._gather(first, batch, size)
+                if size < self._target:
+                    wait_ns = first.enqueued_ns + self._delay_ns - _perf_ns()
+                    if wait_ns > 0:
+                        # Not full yet and still inside max_queue_delay: put back, wake up later.
+                        q.extendleft(reversed(batch))
+                        if self._timer is None:
+                            self._timer = self._loop.call_later(wait_ns / 1e9, self._on_timer)
+                        return
+                if self.policy.preferred_batch_sizes and size not in self.policy.preferred_batch_sizes:
+                    size = self._trim_to_preferred(batch, size)
+            self._run(self._free.pop(), batch, size)
 
-    async def _next(self) -> _Pending:
-        while True:
-            while self._queue:
-                item = self._queue.popleft()
-                if not item.future.done():  # skip cancelled / timed-out requests
-                    return item
-            await self._wait_arrival(None)
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _gather(self, first: _Pending, batch: list[_Pending], size: int) -> int:
         """Move compatible queued requests into `batch` while they fit; return the new size."""
-        limit = self.policy.max_batch_size
+        limit = self._target
         q = self._queue
         skipped = []
-        while q and size < self._target:
+        while q and size < limit:
             item = q.popleft()
             if item.future.done():
                 continue
@@ -185,53 +215,28 @@ class Scheduler:
             q.extendleft(reversed(skipped))
         return size
 
-    async def _worker(self, index: int) -> None:
-        run = self._runners[index]
-        loop = self._loop
-        policy = self.policy
-        while True:
-            first = await self._next()
-            batch = [first]
-            size = first.batch
-            if policy.dynamic and size < self._target:
-                deadline = first.enqueued_ns + self._delay_ns
-                while True:
-                    size = self._gather(first, batch, size)
-                    if size >= self._target:
-                        break
-                    remaining = deadline - _perf_ns()
-                    if remaining <= 0:
-                        break
-                    await self._wait_arrival(remaining)
-                if policy.preferred_batch_sizes and size not in policy.preferred_batch_sizes:
-                    size = self._trim_to_preferred(batch, size)
-            batch = [b for b in batch if not b.future.done()]
-            if not batch:
-                continue
-            size = sum(b.batch for b in batch)
-            await self._execute(run, loop, batch, size)
-
     def _trim_to_preferred(self, batch: list[_Pending], size: int) -> int:
         """Cut the batch back to the largest preferred size it covers; the rest waits."""
         fitting = [p for p in self.policy.preferred_batch_sizes if p <= size]
         if not fitting:
             return size
         want = fitting[-1]
-        kept, total = [], 0
+        kept, total = 0, 0
         for item in batch:
-            if total + item.batch <= want:
-                kept.append(item)
-                total += item.batch
-            else:
+            if total + item.batch > want:
                 break
+            kept += 1
+            total += item.batch
         if total != want:
             return size  # request batch sizes do not add up to it exactly; run what we have
-        rest = batch[len(kept):]
-        del batch[len(kept):]
+        rest = batch[kept:]
+        del batch[kept:]
         self._queue.extendleft(reversed(rest))
         return total
 
-    async def _execute(self, run, loop, batch: list[_Pending], size: int) -> None:
+    # -- execution --------------------------------------------------------------
+
+    def _run(self, index: int, batch: list[_Pending], size: int) -> None:
         t0 = _perf_ns()
         m = self.metrics
         for item in batch:
@@ -245,35 +250,49 @@ class Scheduler:
             else:
                 first = batch[0].feeds
                 feeds = {n: np.concatenate([b.feeds[n] for b in batch]) for n in first}
-            t1 = _perf_ns()
-            outputs = await loop.run_in_executor(self._executor, run, feeds)
-            t2 = _perf_ns()
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to its requests
+        except Exception as exc:  # noqa: BLE001
+            self._complete(index, batch, size, t0, t0, None, 0, exc)
+            return
+        t1 = _perf_ns()
+        run = self._runners[index]
+        if self._run_ns_avg < self._inline_ns:
+            outputs, run_ns, exc = _timed(run, feeds)
+            self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, redispatch=False)
+            return
+        loop = self._loop
+        fut = self._executor.submit(_timed, run, feeds)
+        fut.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._complete, index, batch, size, t0, t1, *f.result())
+        )
+
+    def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, redispatch: bool = True) -> None:
+        self._free.append(index)
+        if exc is not None:
             err = exc if isinstance(exc, ServingError) else _classify_ort_error(exc)
-            if not isinstance(exc, ServingError) and not isinstance(err, InvalidInput):
+            if not isinstance(err, InvalidInput):
                 log.error("model %s: run of batch %d failed: %s", self.name, size, err.message)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(err)
-            return
-        names = self.output_names
-        if len(batch) == 1:
-            item = batch[0]
-            if not item.future.done():
-                item.future.set_result(dict(zip(names, outputs)))
         else:
-            offset = 0
-            for item in batch:
-                end = offset + item.batch
+            t2 = _perf_ns()
+            names = self.output_names
+            if len(batch) == 1:
+                item = batch[0]
                 if not item.future.done():
-                    item.future.set_result({n: o[offset:end] for n, o in zip(names, outputs)})
-                offset = end
-        t3 = _perf_ns()
-        m.compute_duration.observe((t2 - t1) / 1e9)
-        m.batch_size.observe(size)
-        self.stats.executed(size, len(batch), t1 - t0, t2 - t1, t3 - t2)
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
+                    item.future.set_result(dict(zip(names, outputs)))
+            else:
+                offset = 0
+                for item in batch:
+                    end = offset + item.batch
+                    if not item.future.done():
+                        item.future.set_result({n: o[offset:end] for n, o in zip(names, outputs)})
+                    offset = end
+            self._run_ns_avg = run_ns if self._run_ns_avg == float("inf") else (
+                (1 - _EWMA) * self._run_ns_avg + _EWMA * run_ns)
+            m = self.metrics
+            m.compute_duration.observe(run_ns / 1e9)
+            m.batch_size.observe(size)
+            self.stats.executed(size, len(batch), t1 - t0, run_ns, _perf_ns() - t2)
+        if redispatch:
+            self._dispatch()

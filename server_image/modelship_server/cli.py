@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--request-timeout", type=_non_negative(float), default=0.0, metavar="SECONDS",
                        help="default per-request timeout: HTTP 504 / gRPC DEADLINE_EXCEEDED after it "
                             "(default 0 = none; a request's own timeout or gRPC deadline wins)")
+    sched.add_argument("--inline-compute-threshold", type=_non_negative(float), default=100.0, metavar="MICROSECONDS",
+                       help="run a model on the event-loop thread instead of a worker thread while its average "
+                            "run takes less than this: the thread handoff (~40 us) would cost more than the run "
+                            "(default 100; 0 = always use worker threads)")
     rt = p.add_argument_group("ONNX Runtime")
     rt.add_argument("--execution-providers", type=_providers, default=("tensorrt", "cuda", "cpu"),
                     metavar="LIST",
@@ -186,6 +190,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         default_max_batch_size=args.default_max_batch_size,
         max_queue_size=args.max_queue_size or 256,
         request_timeout_s=args.request_timeout,
+        inline_threshold_s=args.inline_compute_threshold / 1e6,
         exit_timeout_s=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
         runtime=RuntimeOptions(

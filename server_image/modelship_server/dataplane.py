@@ -13,7 +13,7 @@ import time
 from tritonclient.grpc import model_config_pb2 as mc
 
 from . import __version__, validation
-from .errors import InvalidInput, ServingError
+from .errors import ServingError
 from .messages import InferRequest, InferResponse, Tensor
 from .metrics import Metrics, ModelMetrics
 from .registry import Registry, ServedModel
@@ -104,7 +104,7 @@ class DataPlane:
         mm = self._metrics_for(model)
         start = _perf()
         self.inflight += 1
-        mm.inflight.inc()
+        mm.inflight += 1
         outcome = "success"
         try:
             feeds, batch = validation.check_request(request, model)
@@ -121,8 +121,8 @@ class DataPlane:
         finally:
             elapsed = _perf() - start
             self.inflight -= 1
-            mm.inflight.dec()
-            mm.requests[(request.protocol, outcome)].inc()
+            mm.inflight -= 1
+            mm.requests[(request.protocol, outcome)] += 1
             mm.request_duration[request.protocol].observe(elapsed)
             model.stats.request_done(outcome == "success", int(elapsed * 1e9))
 

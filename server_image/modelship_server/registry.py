@@ -36,6 +36,7 @@ class LoadOptions:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     default_timeout_s: float = 0.0
+    inline_threshold_s: float = 100e-6
 
 
 class ServedModel:
@@ -59,6 +60,7 @@ class ServedModel:
         self.stats = ModelStats(name, version)
         self.load_seconds = 0.0
         self.default_timeout_s = 0.0
+        self.warm_run_ns: float | None = None  # a batch-1 run time measured at warm-up
 
     @property
     def ready(self) -> bool:
@@ -139,12 +141,12 @@ class Registry:
                 except ModelLoadError as exc:
                     model.state, model.reason = UNAVAILABLE, str(exc)
                     log.error("model %s version %s: %s", model.name, model.version, exc)
-                    mm.ready.set(0)
+                    mm.ready = 0
                     continue
                 except Exception as exc:  # noqa: BLE001 - a bad model must not take the server down
                     model.state, model.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
                     log.exception("model %s version %s failed to load", model.name, model.version)
-                    mm.ready.set(0)
+                    mm.ready = 0
                     continue
                 model.scheduler = Scheduler(
                     name=model.name,
@@ -155,11 +157,12 @@ class Registry:
                     max_queue_size=options.max_queue_size,
                     metrics=mm,
                     stats=model.stats,
+                    inline_threshold_s=options.inline_threshold_s,
                 )
-                model.scheduler.start()
+                model.scheduler.start(run_ns_hint=model.warm_run_ns)
                 model.state = READY
-                mm.ready.set(1)
-                mm.load_duration.set(model.load_seconds)
+                mm.ready = 1
+                mm.load_duration = model.load_seconds
                 log.info(
                     "model %s version %s ready in %.2f s (%d instance(s), providers %s, max_batch_size %d, dynamic batching %s)",
                     model.name, model.version, model.load_seconds, len(model.sessions),
@@ -225,6 +228,10 @@ def _load_version(model: ServedModel, options: LoadOptions, availability: dict) 
         for s in sessions:
             try:
                 s.run(names, feeds)
+                if model.warm_run_ns is None:  # time a second, warm run of the first sample
+                    t = time.perf_counter_ns()
+                    s.run(names, feeds)
+                    model.warm_run_ns = time.perf_counter_ns() - t
             except Exception as exc:  # noqa: BLE001
                 msg = f"warm-up inference failed on {model.model_path}: {type(exc).__name__}: {exc}"
                 if config.model_warmup:  # the user's own samples must work, as in Triton

@@ -98,6 +98,7 @@ async def serve(settings: Settings) -> int:
                 default_max_batch_size=settings.default_max_batch_size,
                 max_queue_size=settings.max_queue_size,
                 default_timeout_s=settings.request_timeout_s,
+                inline_threshold_s=settings.inline_threshold_s,
             )
         )
     )

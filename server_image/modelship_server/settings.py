@@ -24,6 +24,7 @@ class Settings:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     request_timeout_s: float = 0.0
+    inline_threshold_s: float = 100e-6
     exit_timeout_s: float = 30.0
     exit_on_error: bool = True
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
