@@ -238,10 +238,8 @@ class HttpConnection(asyncio.Protocol):
                 self.app.dp.registry.get(name, version)  # 404 / 503 before looking at the body
                 request = codec.decode_request(body, header_length, name, version)
                 self.busy = True
-                task = asyncio.get_running_loop().create_task(self.app.dp.infer(request))
-                task.add_done_callback(
-                    lambda t: self._infer_done(t, accept_encoding, keep_alive)
-                )
+                _run_eagerly(self.app.dp.infer(request),
+                             lambda result, exc: self._infer_done(result, exc, accept_encoding, keep_alive))
                 return
             if method not in (b"GET", b"POST", b"HEAD"):
                 self._send_error(405, f"method {method.decode()} is not allowed on {path}", close=not keep_alive)
@@ -254,14 +252,13 @@ class HttpConnection(asyncio.Protocol):
             log.exception("unexpected error on %s", path)
             self._send_error(500, f"internal error: {type(exc).__name__}: {exc}", close=not keep_alive)
 
-    def _infer_done(self, task: asyncio.Task, accept_encoding, keep_alive: bool) -> None:
+    def _infer_done(self, result, exc, accept_encoding, keep_alive: bool) -> None:
         self.busy = False
         if self.closing:
             return
-        exc = task.exception()
         if exc is None:
             try:
-                header, chunks, header_length = codec.encode_response(task.result())
+                header, chunks, header_length = codec.encode_response(result)
             except Exception as e:  # noqa: BLE001
                 log.exception("failed to encode a response")
                 self._send_error(500, f"internal error while encoding the response: {e}", close=not keep_alive)
@@ -319,6 +316,28 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             t.close()
             self.closing = True
+
+
+def _run_eagerly(coro, on_done) -> None:
+    """Drive a coroutine like a Task would, but start it now instead of on the next loop turn.
+
+    Python 3.12's eager tasks, for 3.11: a request whose model runs inline completes in
+    this very call (no Task object, no event-loop hop); one that must wait for a queue
+    or a worker thread resumes from the future it awaits, via that future's callback.
+    """
+    try:
+        fut = coro.send(None)
+    except StopIteration as stop:
+        on_done(stop.value, None)
+        return
+    except BaseException as exc:  # noqa: BLE001 - handed to the response writer
+        on_done(None, exc)
+        return
+    if fut is None:  # a bare `yield` (asyncio.sleep(0)): resume on the next turn
+        asyncio.get_running_loop().call_soon(_run_eagerly, coro, on_done)
+    else:
+        fut._asyncio_future_blocking = False
+        fut.add_done_callback(lambda _f: _run_eagerly(coro, on_done))
 
 
 def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
