@@ -6,7 +6,8 @@ from typing import Any
 
 
 def pod(name: str = "svc-abc", *, init: list[dict[str, Any]] | None = None, containers: list[dict[str, Any]] | None = None,
-        conditions: list[dict[str, Any]] | None = None, gpu: int = 0, deleting: bool = False) -> dict[str, Any]:
+        conditions: list[dict[str, Any]] | None = None, gpu: int = 0, deleting: bool = False,
+        product: str | None = None) -> dict[str, Any]:
     limits = {"memory": "2Gi"}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpu)
@@ -15,7 +16,8 @@ def pod(name: str = "svc-abc", *, init: list[dict[str, Any]] | None = None, cont
         meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     return {
         "metadata": meta,
-        "spec": {"containers": [{"name": "server", "resources": {"limits": limits}}]},
+        "spec": {"containers": [{"name": "server", "resources": {"limits": limits}}],
+                 **({"nodeSelector": {"nvidia.com/gpu.product": product}} if product else {})},
         "status": {
             "conditions": conditions or [],
             "initContainerStatuses": init or [],

@@ -151,10 +151,29 @@ def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
                     INSUFFICIENT_GPU,
                     f"waiting for GPU capacity: no node has {wanted} free (scheduler: {scheduler})",
                 )
+            gpu_request = _gpu_request(pod)
+            product = ((pod.get("spec") or {}).get("nodeSelector") or {}).get("nvidia.com/gpu.product")
+            if gpu_request and "didn't match Pod's node affinity/selector" in scheduler:
+                where = f"with nvidia.com/gpu.product={product}" if product else "that the pod's node selector admits"
+                return (
+                    INSUFFICIENT_GPU,
+                    f"waiting for GPU capacity: no node {where} has {gpu_request} free (scheduler: {scheduler})",
+                )
             if short:
                 return UNSCHEDULABLE, f"insufficient {', '.join(short)} (scheduler: {scheduler})"
             return UNSCHEDULABLE, f"no node fits (scheduler: {scheduler})"
     return None
+
+
+def _gpu_request(pod: Mapping[str, Any]) -> str | None:
+    """'1 nvidia.com/gpu' when the pod asks for NVIDIA GPUs or MIG slices, else None."""
+    names = sorted({
+        resource
+        for container in (pod.get("spec") or {}).get("containers") or []
+        for resource in ((container.get("resources") or {}).get("limits") or {})
+        if resource.startswith("nvidia.com/")
+    })
+    return _requested(pod, names) if names else None
 
 
 def _requested(pod: Mapping[str, Any], resources: list[str]) -> str:

@@ -1,0 +1,60 @@
+"""Specs the API server must refuse, each with the field its message must name.
+
+Shared by the unit test (pydantic refuses them the same way, for `modelship render`) and the
+cluster test (kube-apiserver refuses them through the CRD's schema and CEL rules).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+SHA = "0123456789abcdef" * 4
+VALID: dict[str, Any] = {"model": {"uri": "https://models.example.com/m.onnx", "sha256": SHA}}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID)
+    for dotted, value in changes.items():
+        node = spec
+        parts = dotted.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return spec
+
+
+# (id, spec, field the message must name, words the message must contain)
+INVALID: list[tuple[str, dict[str, Any], str, str]] = [
+    ("uri-scheme", _with(model__uri="ftp://h/m.onnx"), "spec.model.uri", "must be https://host/path"),
+    ("uri-no-path", _with(model__uri="https://models.example.com"), "spec.model.uri", "https://host/path"),
+    ("sha256-short", _with(model__sha256="abc"), "spec.model.sha256", "64 hexadecimal characters"),
+    ("sha256-not-hex", _with(model__sha256="z" * 64), "spec.model.sha256", "64 hexadecimal characters"),
+    ("no-model", {"runtime": "triton"}, "spec.model", "Required"),
+    ("runtime-unknown", _with(runtime="tensorflow"), "spec.runtime", "onnxruntime"),
+    ("autoscaling-bounds", _with(autoscaling={"minReplicas": 5, "maxReplicas": 2}),
+     "spec.autoscaling.minReplicas", "must not exceed spec.autoscaling.maxReplicas"),
+    ("triton-settings-on-onnxruntime", _with(triton={"instanceCount": 2}), "spec.triton", "applies only to runtime triton"),
+    ("onnxruntime-settings-on-triton", _with(runtime="triton", onnxruntime={"intraOpThreads": 2}),
+     "spec.onnxruntime", "applies only to runtime onnxruntime"),
+    ("tensorrt-without-gpu", _with(runtime="triton", triton={"tensorrt": True}), "spec.triton.tensorrt", "needs a GPU"),
+    ("mig-without-count", _with(resources={"gpu": {"migProfile": "1g.10gb"}}), "spec.resources.gpu.migProfile",
+     "count of at least 1"),
+    ("mig-profile-format", _with(resources={"gpu": {"count": 1, "migProfile": "big"}}), "spec.resources.gpu.migProfile",
+     "must look like 1g.10gb"),
+    ("product-without-count", _with(resources={"gpu": {"product": "NVIDIA-L4"}}), "spec.resources.gpu.product",
+     "count of at least 1"),
+    ("gpu-count-too-high", _with(resources={"gpu": {"count": 17}}), "spec.resources.gpu.count", "16"),
+    ("cpu-not-a-quantity", _with(resources={"cpu": "lots"}), "spec.resources.cpu", ""),
+    ("preferred-batch-above-max", _with(batching={"maxBatchSize": 8, "preferredBatchSizes": [4, 16]}),
+     "spec.batching.preferredBatchSizes", "at most spec.batching.maxBatchSize"),
+    ("grace-not-above-prestop", _with(rollout={"preStopDelaySeconds": 30, "terminationGracePeriodSeconds": 30}),
+     "spec.rollout.terminationGracePeriodSeconds", "must exceed spec.rollout.preStopDelaySeconds"),
+    ("builtin-autoscaling-without-slo", _with(autoscaling={"enabled": True}), "spec.slo", "required"),
+    ("replicas-negative", _with(replicas=-1), "spec.replicas", "0"),
+    ("pull-policy", _with(images={"pullPolicy": "Sometimes"}), "spec.images.pullPolicy", "IfNotPresent"),
+]
+
+
+def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": name}, "spec": spec}

@@ -1,0 +1,173 @@
+"""The operator on the real local control plane (kube-apiserver, scheduler, controller
+manager; kwok plays the kubelets, so pods of any image become Running and Ready)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from kube_helpers import (
+    CHILD_KINDS, OperatorProcess, apply, children, condition, get, is_ready, resource_versions, wait_for,
+)
+from msvc_samples import EXAMPLES, SHA, example
+
+pytestmark = pytest.mark.cluster
+
+
+def _msvc(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get(cluster, "msvc", "-n", namespace, name)
+
+
+def _events(cluster: Any, namespace: str, name: str) -> list[dict[str, Any]]:
+    items = get(cluster, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    return sorted(items, key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_each_example_becomes_ready_with_owned_children(cluster: Any, operator: OperatorProcess, namespace: str,
+                                                        path: Any) -> None:
+    manifest = example(path.name)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest, namespace)
+    cluster.kubectl("wait", "--for=condition=Ready", f"msvc/{name}", "-n", namespace, "--timeout=90s", timeout=100)
+    msvc = _msvc(cluster, namespace, name)
+    assert is_ready(msvc), msvc["status"]
+    assert condition(msvc, "Progressing")["status"] == "False"
+    assert condition(msvc, "Degraded")["status"] == "False"
+    status = msvc["status"]
+    assert status["endpoints"] == {"http": f"http://{name}.{namespace}.svc:8000", "grpc": f"{name}.{namespace}.svc:8001"}
+    assert status["replicaSummary"] == f"{status['readyReplicas']}/{status['readyReplicas']}"
+    owned = children(cluster, namespace, name)
+    expected = {"deployments", "services", "configmaps", "poddisruptionbudgets"}
+    if manifest["spec"].get("networkPolicy", {}).get("enabled"):
+        expected.add("networkpolicies")
+    assert {k for k, v in owned.items() if v} == expected
+    for kind, items in owned.items():
+        assert len(items) == (1 if kind in expected else 0), kind
+        for item in items:
+            refs = item["metadata"]["ownerReferences"]
+            assert refs == [{"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "name": name,
+                             "uid": msvc["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+            full = get(cluster, kind, "-n", namespace, item["metadata"]["name"], "--show-managed-fields")
+            managers = {m["manager"] for m in full["metadata"]["managedFields"] if m["operation"] == "Apply"}
+            assert managers == {"modelship"}, (kind, managers)
+    reasons = [e["reason"] for e in _events(cluster, namespace, name)]
+    assert "Available" in reasons, reasons
+
+
+def test_a_spec_change_rolls_the_deployment_and_goes_progressing_then_ready(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    manifest = example("cpu-onnxruntime.yaml")
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: is_ready(_msvc(cluster, namespace, "resnet50-cpu")), timeout=90, what="first Ready")
+    before = get(cluster, "deployment", "-n", namespace, "resnet50-cpu")
+    template_before = before["spec"]["template"]
+
+    manifest["spec"]["batching"]["maxBatchSize"] = 32
+    apply(cluster, manifest, namespace)
+    msvc = wait_for(lambda: (m := _msvc(cluster, namespace, "resnet50-cpu"))["metadata"]["generation"] == 2
+                    and is_ready(m) and m, timeout=90, what="Ready at generation 2")
+    assert msvc["status"]["observedGeneration"] == 2
+    after = get(cluster, "deployment", "-n", namespace, "resnet50-cpu")
+    assert after["spec"]["template"] != template_before
+    assert after["metadata"]["uid"] == before["metadata"]["uid"], "rolled in place, not replaced"
+    config = get(cluster, "configmap", "-n", namespace, "resnet50-cpu-model-config")
+    assert "max_batch_size: 32" in config["data"]["config.pbtxt"]
+    replicasets = get(cluster, "replicasets", "-n", namespace, "-l", "modelship.dev/modelservice=resnet50-cpu")["items"]
+    assert len(replicasets) == 2 and sorted(rs["spec"]["replicas"] for rs in replicasets) == [0, 2]
+
+    # The Events tell the story of generation 2: progressing first, then ready.
+    messages = [(e["reason"], e["message"]) for e in _events(cluster, namespace, "resnet50-cpu")]
+    progressing = [i for i, (r, m) in enumerate(messages) if m.startswith("Progressing=True") and "generation 2" in m]
+    ready = [i for i, (r, m) in enumerate(messages) if m.startswith("Ready=True") and "generation 2" in m]
+    assert progressing and ready and progressing[0] < ready[-1], messages
+
+
+def test_model_name_is_immutable(cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    manifest = example("cpu-onnxruntime.yaml")
+    apply(cluster, manifest, namespace)
+    manifest["spec"]["model"]["name"] = "renamed"
+    result = cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode != 0
+    assert "spec.model.name" in result.stderr and "immutable" in result.stderr
+
+
+def test_gpu_shortage_is_reported_and_heals_when_a_gpu_node_arrives(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    from modelship.devcluster.nodes import NodeShape
+
+    product = "NVIDIA-H100-80GB-HBM3"
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "llm"},
+        "spec": {"model": {"uri": "https://models.example.com/llm.onnx", "sha256": SHA}, "runtime": "triton",
+                 "resources": {"gpu": {"count": 1, "product": product}}},
+    }
+    apply(cluster, manifest, namespace)
+
+    def short() -> dict[str, Any] | None:
+        ready = condition(_msvc(cluster, namespace, "llm"), "Ready")
+        return ready if ready and ready["reason"] == "InsufficientGPU" else None
+
+    ready = wait_for(short, timeout=60, what="Ready=False reason InsufficientGPU")
+    assert ready["status"] == "False"
+    assert f"no node with nvidia.com/gpu.product={product} has 1 nvidia.com/gpu free" in ready["message"]
+    warnings = [e for e in _events(cluster, namespace, "llm") if e["type"] == "Warning"]
+    assert any(e["reason"] == "InsufficientGPU" for e in warnings)
+
+    node = f"gpu-h100-{uuid.uuid4().hex[:6]}"
+    cluster.add_node(NodeShape(node, cpu="32", memory="256Gi", gpus=1, gpu_product=product, gpu_memory_mib=81559))
+    try:
+        wait_for(lambda: is_ready(_msvc(cluster, namespace, "llm")), timeout=120, what="Ready after the node arrived")
+        pods = get(cluster, "pods", "-n", namespace, "-l", "modelship.dev/modelservice=llm")["items"]
+        assert [p["spec"]["nodeName"] for p in pods] == [node]
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+        cluster.kubectl("delete", "node", node, check=False)
+
+
+def test_deleting_the_modelservice_leaves_no_child(cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, example("cpu-onnxruntime.yaml"), namespace)
+    wait_for(lambda: is_ready(_msvc(cluster, namespace, "resnet50-cpu")), timeout=90, what="Ready")
+    cluster.kubectl("delete", "msvc", "-n", namespace, "resnet50-cpu", "--wait=true", "--timeout=30s")
+    left = lambda: {k: len(v) for k, v in children(cluster, namespace, "resnet50-cpu").items() if v} or None  # noqa: E731
+    wait_for(lambda: left() is None, timeout=60, what="the garbage collector to remove every child")
+    assert not get(cluster, "pods", "-n", namespace, "-l", "modelship.dev/modelservice=resnet50-cpu")["items"] or \
+        wait_for(lambda: not get(cluster, "pods", "-n", namespace, "-l",
+                                 "modelship.dev/modelservice=resnet50-cpu")["items"], timeout=60, what="pods gone")
+
+
+def test_turning_the_network_policy_off_removes_it(cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    manifest = example("cpu-onnxruntime.yaml")
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: children(cluster, namespace, "resnet50-cpu")["networkpolicies"], timeout=60, what="NetworkPolicy")
+    manifest["spec"]["networkPolicy"]["enabled"] = False
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: not children(cluster, namespace, "resnet50-cpu")["networkpolicies"], timeout=60,
+             what="NetworkPolicy removed")
+
+
+def test_after_convergence_sixty_idle_seconds_cause_zero_writes(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    names = []
+    for path in EXAMPLES:
+        manifest = example(path.name)
+        names.append(manifest["metadata"]["name"])
+        apply(cluster, manifest, namespace)
+    for name in names:
+        wait_for(lambda: is_ready(_msvc(cluster, namespace, name)), timeout=90, what=f"{name} Ready")
+    time.sleep(3)  # let the last status write land in everyone's view
+    before = resource_versions(cluster, namespace)
+    assert len(before) >= 3 + 3 * 4
+    audit_size = cluster.audit_log.stat().st_size
+    time.sleep(60)
+    after = resource_versions(cluster, namespace)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    with open(cluster.audit_log, "rb") as f:
+        f.seek(audit_size)
+        writes = [json.loads(line) for line in f if line.strip()]
+    ours = [w for w in writes if "modelship" in w.get("user", {}).get("username", "")]
+    assert ours == [], [(w["verb"], w.get("requestURI")) for w in ours]
