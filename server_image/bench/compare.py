@@ -267,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         ours = measure("modelship", http_url, grpc_url, args.seconds)
         proc.stop()
         others: dict = {}
-        for name, python, module, starter in (
-            ("KServe", args.kserve_python, "kserve", lambda py: start_kserve(py, repo)),
-            ("MLServer", args.mlserver_python, "mlserver", lambda py: start_mlserver(py, repo, root)),
+        # HTTP tensor format per server: KServe decodes tritonclient's binary extension but reads a
+        # JSON body without Content-Type as bytes; MLServer has no binary extension at all.
+        for name, python, module, starter, http_binary in (
+            ("KServe", args.kserve_python, "kserve", lambda py: start_kserve(py, repo), True),
+            ("MLServer", args.mlserver_python, "mlserver", lambda py: start_mlserver(py, repo, root), False),
         ):
             why = python_has(python, module)
             if why:
@@ -278,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             proc, h, g = starter(python)
             procs.append(proc)
-            # Their HTTP has no (MLServer) or partial binary extension: JSON keeps it comparable.
-            others[name] = measure(name, h, g, args.seconds, http_binary=False, image=False, nobatch=False)
+            others[name] = measure(name, h, g, args.seconds, http_binary=http_binary, image=False, nobatch=False)
             proc.stop()
         rows = summarize(raw, ours, others)
         print(f"\nmodelship-server comparison ({platform.node()}, {os.cpu_count()} cpus, onnxruntime {ort.__version__})")
