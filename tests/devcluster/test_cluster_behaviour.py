@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -172,3 +173,24 @@ def test_service_accounts_get_tokens_that_rbac_limits(cluster, namespace):
     assert json.loads(who.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
     denied = cluster.kubectl("get", "secrets", "-n", namespace, "--token", token, check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr
+
+
+def test_kubeconform_from_the_build_validates_offline_against_a_local_schema(cluster, tmp_path: Path):
+    """kubeconform needs no network when given schemas: the chart tests feed it the CRD's."""
+    (tmp_path / "Range.json").write_text(json.dumps({
+        "type": "object", "required": ["spec"],
+        "properties": {"spec": {"type": "object", "properties": {"min": {"type": "integer"}}}},
+    }))
+    good = tmp_path / "good.yaml"
+    good.write_text("apiVersion: test/v1\nkind: Range\nmetadata: {name: a}\nspec: {min: 1}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: test/v1\nkind: Range\nmetadata: {name: b}\nspec: {min: one}\n")
+    schema = f"-schema-location={tmp_path}/{{{{ .ResourceKind }}}}.json"
+
+    def kubeconform(path: Path):
+        return subprocess.run([str(cluster.bin_dir / "kubeconform"), schema, "-summary", str(path)],
+                              capture_output=True, text=True, timeout=30)
+
+    assert kubeconform(good).returncode == 0
+    rejected = kubeconform(bad)
+    assert rejected.returncode == 1 and "min" in rejected.stdout
