@@ -177,7 +177,7 @@ def test_service_accounts_get_tokens_that_rbac_limits(cluster, namespace):
 
 def test_kubeconform_from_the_build_validates_offline_against_a_local_schema(cluster, tmp_path: Path):
     """kubeconform needs no network when given schemas: the chart tests feed it the CRD's."""
-    (tmp_path / "Range.json").write_text(json.dumps({
+    (tmp_path / "range.json").write_text(json.dumps({
         "type": "object", "required": ["spec"],
         "properties": {"spec": {"type": "object", "properties": {"min": {"type": "integer"}}}},
     }))
