@@ -9,6 +9,7 @@ In steady state a reconcile makes no API call at all.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -89,25 +90,35 @@ class Reconciler:
         written = await self.kube.patch_status(meta["namespace"], meta["name"], status)
         self.written[key] = status
         self.store.upsert("ModelService", written)
-        for transition in transitions:
-            await self._event(written, transition)
+        await asyncio.gather(*(self._event(written, t) for t in transitions))
 
     async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> None:
         uid = msvc.metadata.uid
+        stale = []
         for obj in rendered.objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
-            if live is not None and _hash(live) == want and _controlled_by(live, uid):
-                continue
-            log.info("applying %s %s/%s", kind, msvc.metadata.namespace, name)
-            self.store.upsert(kind, await self.kube.apply(obj))
+            if live is None or _hash(live) != want or not _controlled_by(live, uid):
+                stale.append(obj)
+        # The ConfigMap first, so new pods find the config they mount; the rest at once.
+        first = [o for o in stale if o["kind"] == "ConfigMap"]
+        rest = [o for o in stale if o["kind"] != "ConfigMap"]
+        for group in (first, rest):
+            results = await asyncio.gather(*(self._apply(msvc, obj) for obj in group), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
         for ref in rendered.absent:
             live = self.store.child(key, ref.kind, ref.name)
             if live is not None and _controlled_by(live, uid):
                 log.info("deleting %s %s/%s (no longer wanted)", ref.kind, msvc.metadata.namespace, ref.name)
                 await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
                 self.store.remove(ref.kind, live)
+
+    async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
+        log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
+        self.store.upsert(obj["kind"], await self.kube.apply(obj))
 
     async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
         """A spec the API server accepted but the operator cannot serve (its checks are
