@@ -34,7 +34,9 @@ from modelship_server import bench, samples
 
 HERE = Path(__file__).resolve().parent
 
-COMPUTE_WIDTHS = (512, 2048, 2048, 2048, 512)  # ~10M MACs per sample: compute-bound
+# ~40M MACs and 160 MB of weights per sample: batch 1 is memory-bound (where batching pays),
+# batch 16 is compute-bound and long enough that per-request overhead is a small share.
+COMPUTE_WIDTHS = (1024, 4096, 4096, 4096, 1024)
 BATCH = 16
 CONFIGS = {
     "mlp": "max_batch_size: 16\ndynamic_batching { }\n",
@@ -60,7 +62,9 @@ def build_repo(root: Path) -> Path:
     samples.write_model(repo, "image", samples.image_classifier(), CONFIGS["image"])
     compute = samples.mlp(widths=COMPUTE_WIDTHS, seed=11)
     samples.write_model(repo, "compute", compute, CONFIGS["compute"])
-    samples.write_model(repo, "compute_nobatch", compute, CONFIGS["compute_nobatch"])
+    (repo / "compute_nobatch" / "1").mkdir(parents=True)  # the very same file, batching off
+    (repo / "compute_nobatch" / "config.pbtxt").write_text(CONFIGS["compute_nobatch"])
+    os.symlink(repo / "compute" / "1" / "model.onnx", repo / "compute_nobatch" / "1" / "model.onnx")
     return repo
 
 

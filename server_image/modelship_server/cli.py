@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "inter_op_thread_count wins)")
     rt.add_argument("--graph-optimization-level", choices=sorted(GRAPH_LEVELS), default="all",
                     help="ONNX Runtime graph optimizations (default all; config optimization.graph.level wins)")
+    rt.add_argument("--allow-spinning", type=_bool, default=False, metavar="BOOL",
+                    help="let ONNX Runtime's worker threads busy-wait between runs (default false: "
+                         "spinning steals the cores the server and its clients need; config "
+                         "parameter allow_spinning wins)")
     rt.add_argument("--cache-dir", default="/tmp/modelship-cache", metavar="DIR",
                     help="writable folder for TensorRT engine caches (default /tmp/modelship-cache)")
     life = p.add_argument_group("lifecycle")
@@ -198,6 +202,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
             intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads,
             graph_optimization_level=args.graph_optimization_level,
+            allow_spinning=args.allow_spinning,
             cache_dir=Path(args.cache_dir),
         ),
     ), args.log_level

@@ -49,6 +49,9 @@ class RuntimeOptions:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 0
     graph_optimization_level: str = "all"
+    # ORT's intra-op threads busy-wait after each run by default: good for back-to-back runs in
+    # a benchmark loop, bad in a server whose event loop and clients need the same cores.
+    allow_spinning: bool = False
     cache_dir: Path = Path("/tmp/modelship-cache")
 
 
@@ -136,6 +139,10 @@ def session_options(config: mc.ModelConfig, options: RuntimeOptions) -> ort.Sess
     if config.optimization.HasField("graph"):
         level = _TRITON_GRAPH_LEVEL.get(config.optimization.graph.level, "all")
     so.graph_optimization_level = GRAPH_LEVELS[level]
+    spin = config_parameter(config, "allow_spinning")
+    spinning = options.allow_spinning if spin is None else spin.strip().lower() in ("1", "true", "yes", "on")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3  # errors only: our own log says what matters
     return so
 
