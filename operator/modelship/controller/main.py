@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 from typing import Any, Sequence
 
 import kopf
@@ -86,7 +87,8 @@ async def resync(store: Store, queue: WorkQueue, every: float) -> None:
             queue.add(key)
 
 
-def build_registry(*, namespaces: Sequence[str], workers: int, resync_seconds: float) -> kopf.OperatorRegistry:
+def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resync_seconds: float) -> kopf.OperatorRegistry:
+    """The operator's kopf registry; `client` is the Kubernetes ApiClient its writes go through."""
     registry = kopf.OperatorRegistry()
     store = Store()
     queue = WorkQueue()
@@ -108,7 +110,7 @@ def build_registry(*, namespaces: Sequence[str], workers: int, resync_seconds: f
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
-        kube = KubeClient(api_client(), threads=max(4, workers))
+        kube = KubeClient(client, threads=max(4, workers))
         clients.append(kube)
         try:
             await prime(kube, store, namespaces)
@@ -151,7 +153,15 @@ def run_operator(
     )
     for noisy in ("kopf.objects", "kopf.activities.probe"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    registry = build_registry(namespaces=namespaces, workers=workers, resync_seconds=resync_seconds)
+    import kubernetes
+
+    try:
+        client = api_client()
+    except (kubernetes.config.ConfigException, OSError) as error:
+        print(f"error: no Kubernetes configuration ({error}); set KUBECONFIG or run inside a cluster",
+              file=sys.stderr)
+        return 2
+    registry = build_registry(client=client, namespaces=namespaces, workers=workers, resync_seconds=resync_seconds)
     kopf.run(
         registry=registry,
         standalone=True,

@@ -44,19 +44,29 @@ class Reconciler:
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # (uid, generation) -> the validated spec and its render, per ModelService.
+    _renders: dict[Key, tuple[tuple[Any, Any], ModelService, Rendered]] = dataclasses.field(default_factory=dict)
 
     async def reconcile(self, key: Key) -> None:
         """Bring one ModelService's children and status in line; raise KubeError to retry."""
         body = self.store.msvc(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.written.pop(key, None)
+            self._renders.pop(key, None)
             return  # deleted: the garbage collector removes the children (ownerReferences)
-        try:
-            msvc = ModelService.from_body(body)
-        except pydantic.ValidationError as error:
-            await self._report_invalid(key, body, error)
-            return
-        rendered = render_children(msvc)
+        meta = body["metadata"]
+        cached = self._renders.get(key)
+        if cached is not None and cached[0] == (meta.get("uid"), meta.get("generation")):
+            msvc, rendered = cached[1], cached[2]
+        else:
+            try:
+                msvc = ModelService.from_body(body)
+            except pydantic.ValidationError as error:
+                await self._report_invalid(key, body, error)
+                return
+            rendered = render_children(msvc)
+            # Pod events wake a ModelService far more often than its spec changes.
+            self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
         apply_error = None
         try:
             await self._apply_children(key, msvc, rendered)
