@@ -69,3 +69,13 @@ def test_concurrency_levels():
     assert bench.concurrency_levels("1:16:x2") == [1, 2, 4, 8, 16]
     assert bench.concurrency_levels("2:8:3") == [2, 5, 8]
     assert bench.concurrency_levels("1,4,16") == [1, 4, 16]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_clients(server, protocol, capsys):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    rc = bench.main(["-m", "mlp", "-i", protocol, "-u", url, "--async", "--concurrency-range", "4",
+                     "--measurement-interval", "400", "--warmup-interval", "100", "--output-format", "json", "-q"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["requests"] > 0 and rows[0]["errors"] == 0
