@@ -88,17 +88,27 @@ def raw_onnxruntime(repo: Path, seconds: float) -> dict:
     out["mlp_b1_p50_ms"] = p50_run(s, {"INPUT0": rng.random((1, 64), np.float32)}, 5000)
     s = ort.InferenceSession(str(repo / "image/1/model.onnx"))
     out["image_b1_p50_ms"] = p50_run(s, {"IMAGE": rng.random((1, 3, 48, 192), np.float32)}, 2000)
-    s = ort.InferenceSession(str(repo / "compute/1/model.onnx"))
-    x = rng.random((BATCH, COMPUTE_WIDTHS[0]), np.float32)
-    for _ in range(20):
-        s.run(None, {"INPUT0": x})
+    s = compute_session(repo)
+    out["compute_b16_infer_per_s"] = raw_compute_throughput(s, seconds)
+    x = rng.random((1, COMPUTE_WIDTHS[0]), np.float32)
+    out["compute_b1_p50_ms"] = p50_run(s, {"INPUT0": x}, 200)
+    return out
+
+
+def compute_session(repo: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(repo / "compute/1/model.onnx"))
+
+
+def raw_compute_throughput(session: ort.InferenceSession, seconds: float) -> float:
+    """Samples/s of back-to-back batch-16 runs of the compute model."""
+    x = np.random.default_rng(1).random((BATCH, COMPUTE_WIDTHS[0]), np.float32)
+    for _ in range(3):
+        session.run(None, {"INPUT0": x})
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        s.run(None, {"INPUT0": x})
+        session.run(None, {"INPUT0": x})
         n += 1
-    out["compute_b16_infer_per_s"] = n * BATCH / (time.perf_counter() - t0)
-    out["compute_b1_p50_ms"] = p50_run(s, {"INPUT0": x[:1]}, 500)
-    return out
+    return n * BATCH / (time.perf_counter() - t0)
 
 
 class Proc:
@@ -260,9 +270,10 @@ def summarize(raw: dict, ours: dict, others: dict) -> list[tuple[str, str, bool 
     rows.append(("MLP b1 c1 added p50, gRPC", f"{add_g:.3f} ms (target <= 0.300); empty gRPC call here: {fg:.3f} ms", add_g <= 0.3))
     rows.append(("MLP b1 c1 added p50, HTTP", f"{add_h:.3f} ms (target <= 0.400); empty HTTP call here: {fh:.3f} ms", add_h <= 0.4))
     t_b = thr(ours, "compute_grpc_c16")
-    rows.append(("compute c16 batched / raw ORT b16",
-                 f"{t_b:.0f} / {raw['compute_b16_infer_per_s']:.0f} infer/s = {ratio(t_b, raw['compute_b16_infer_per_s']):.2f} (target >= 0.80)",
-                 ratio(t_b, raw["compute_b16_infer_per_s"]) >= 0.8))
+    best_raw = max(raw["compute_b16_infer_per_s"], raw.get("compute_b16_infer_per_s_after", 0.0))
+    rows.append(("compute c16 batched / raw ORT b16 (best of 2)",
+                 f"{t_b:.0f} / {best_raw:.0f} infer/s = {ratio(t_b, best_raw):.2f} (target >= 0.80)",
+                 ratio(t_b, best_raw) >= 0.8))
     t_n = thr(ours, "compute_nobatch_grpc_c16")
     rows.append(("compute c16 batched / batching off", f"{t_b:.0f} / {t_n:.0f} = {ratio(t_b, t_n):.2f}x (target >= 2.5)",
                  ratio(t_b, t_n) >= 2.5))
@@ -308,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(proc)
         ours = measure("modelship", http_url, grpc_url, args.seconds)
         proc.stop()
+        # Other work on a shared machine moves raw throughput a lot between minutes: measure raw
+        # batch-16 again right after the server and compare with the best raw figure (conservative).
+        raw["compute_b16_infer_per_s_after"] = raw_compute_throughput(compute_session(repo), args.seconds)
+        log(f"  raw compute b16 again: {raw['compute_b16_infer_per_s_after']:.1f} infer/s")
         others: dict = {}
         # HTTP tensor format per server: KServe decodes tritonclient's binary extension but reads a
         # JSON body without Content-Type as bytes; MLServer has no binary extension at all.
