@@ -107,10 +107,11 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
         # (the chart installs the CRD first), and the RBAC stays free of cluster-wide reads
         # it would need for nothing else.
         settings.scanning.disabled = True
+        settings.persistence.diffbase_storage = handlers.NoDiffBase()
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
-        kube = KubeClient(client, threads=max(4, workers))
+        kube = KubeClient(client, threads=max(8, 2 * workers))
         clients.append(kube)
         try:
             await prime(kube, store, namespaces)
