@@ -56,6 +56,12 @@ def _module(name: str):  # noqa: ANN202 - a module object
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A subcommand with flags of its own (a `main(argv)`) gets the rest of the line untouched.
+    if argv and argv[0] in SUBCOMMANDS:
+        module = _module(SUBCOMMANDS[argv[0]][0])
+        if hasattr(module, "main"):
+            return int(module.main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
