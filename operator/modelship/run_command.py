@@ -15,8 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     parser.add_argument(
-        "--workers", type=int, default=16,
-        help="ModelServices reconciled concurrently (default: 16)",
+        "--workers", type=int, default=32,
+        help="ModelServices reconciled concurrently (default: 32)",
     )
     parser.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",

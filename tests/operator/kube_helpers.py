@@ -19,8 +19,10 @@ MANAGED = "app.kubernetes.io/managed-by=modelship"
 class OperatorProcess:
     """`modelship run` in its own process group; stopped by PID, even when a test fails."""
 
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, *, extra_env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.kubeconfig = kubeconfig
+        self.args = args
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -33,7 +35,7 @@ class OperatorProcess:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelship.cli", "run", "--liveness", "off", "--resync-seconds", "30"],
+            [sys.executable, "-m", "modelship.cli", "run", "--liveness", "off", "--resync-seconds", "30", *self.args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
         )
         log.close()

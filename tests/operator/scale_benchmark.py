@@ -115,6 +115,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--json", type=pathlib.Path, help="write the figures here too")
+    parser.add_argument("--workers", type=int, default=32, help="the operator's --workers")
     args = parser.parse_args()
 
     import kubernetes
@@ -154,7 +155,7 @@ def main() -> int:
         sa_config = workdir / "operator.kubeconfig"
         sa_config.write_text(yaml.safe_dump(admin))
 
-        operator = OperatorProcess(sa_config, workdir / "operator.log")
+        operator = OperatorProcess(sa_config, workdir / "operator.log", args=("--workers", str(args.workers)))
         operator.start()
         time.sleep(1)
         while "operator started" not in operator.log():
@@ -237,6 +238,7 @@ def main() -> int:
             "operator_writes_during_idle": sum(idle.values()),
             "latency_breakdown_p50_seconds": breakdown,
             "idle_seconds": args.idle_seconds,
+            "operator_workers": args.workers,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         }
         print(json.dumps(result, indent=2))
@@ -247,6 +249,9 @@ def main() -> int:
     finally:
         if operator is not None:
             operator.stop()
+            calls = [line for line in operator.log().splitlines() if "API calls:" in line]
+            if calls:
+                print(calls[-1].split("API calls: ", 1)[1])
         plane.down(quiet=True)
 
 

@@ -47,7 +47,8 @@ def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue)
     """Declare the watches on `registry`; `store` and `queue` are where events go."""
 
     def on_event(kind: str):  # noqa: ANN202 - a kopf handler
-        def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        # async: kopf runs sync handlers in a thread pool, a hop this dict update does not need
+        async def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
             if event.get("type") == "DELETED":
                 key = store.remove(kind, body)
                 if kind == api.KIND and key is not None:

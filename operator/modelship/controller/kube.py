@@ -44,6 +44,7 @@ class KubeClient:
         self._field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.calls: dict[str, int] = {}  # verb -> count, for the benchmark and the logs
+        self.seconds: dict[str, float] = {}  # verb -> total wall seconds, queueing included
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -102,7 +103,18 @@ class KubeClient:
                     content_type: str | None = None, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         self.calls[verb] = self.calls.get(verb, 0) + 1
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type, query)
+        started = loop.time()
+        try:
+            return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type, query)
+        finally:
+            self.seconds[verb] = self.seconds.get(verb, 0.0) + loop.time() - started
+
+    def summary(self) -> str:
+        """'verb: count calls, mean ms' for the logs."""
+        return ", ".join(
+            f"{verb}: {count} calls, {1000 * self.seconds.get(verb, 0.0) / count:.0f} ms mean"
+            for verb, count in sorted(self.calls.items())
+        )
 
     def _request(self, method: str, path: str, body: Any, content_type: str | None,
                  query: Mapping[str, str] | None) -> dict[str, Any]:

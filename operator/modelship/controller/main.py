@@ -139,7 +139,7 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
                 await task
         queue.close()
         for kube in clients:
-            log.info("API calls by verb: %s", kube.calls)
+            log.info("API calls: %s", kube.summary())
             kube.close()
 
     return registry
