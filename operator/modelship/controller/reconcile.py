@@ -43,7 +43,7 @@ class Reconciler:
     reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
-    written: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
     # (uid, generation) -> the validated spec and its render, per ModelService.
     _renders: dict[Key, tuple[tuple[Any, Any], ModelService, Rendered]] = dataclasses.field(default_factory=dict)
 
@@ -89,8 +89,10 @@ class Reconciler:
 
     def _previous(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any]:
         cached = dict(body.get("status") or {})
-        mine = self.written.get(key)
-        return {**cached, **mine} if mine else cached
+        uid, mine = self.written.get(key, (None, None))
+        if mine is None or uid != (body.get("metadata") or {}).get("uid"):
+            return cached  # nothing written yet, or for an earlier object of the same name
+        return {**cached, **mine}
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], previous: Mapping[str, Any],
                             status: dict[str, Any], transitions: list[c.Transition]) -> None:
@@ -98,8 +100,8 @@ class Reconciler:
             return
         meta = body["metadata"]
         written = await self.kube.patch_status(meta["namespace"], meta["name"], status)
-        self.written[key] = status
-        self.store.upsert("ModelService", written)
+        self.written[key] = (meta.get("uid"), status)
+        self.store.upsert("ModelService", written, own_write=True)
         await asyncio.gather(*(self._event(written, t) for t in transitions))
 
     async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> None:
@@ -128,7 +130,7 @@ class Reconciler:
 
     async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
         log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
-        self.store.upsert(obj["kind"], await self.kube.apply(obj))
+        self.store.upsert(obj["kind"], await self.kube.apply(obj), own_write=True)
 
     async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
         """A spec the API server accepted but the operator cannot serve (its checks are

@@ -4,10 +4,16 @@ Fed by kopf's watch events (and primed by one LIST per kind at startup), read by
 reconciler, so deciding "is anything to do?" costs no API call. Children and pods are
 indexed by the ModelService named in their `modelship.dev/modelservice` label.
 
-Our own writes go in too (the API server's response), so the next reconcile sees them at
-once. A watch event can still arrive afterwards carrying an older state; for objects with a
-`metadata.generation` (which only grows) an older generation is ignored, so a lagging watch
-never makes the reconciler re-apply an old spec.
+Our own writes go in only when they create an object the cache does not know yet. An
+update's response may reach us after the watch already delivered a newer state of the same
+object (a Deployment's status moves while our apply's response travels); storing it would
+move the cache back in time with no later event to fix it. The watch always delivers our own
+write too, so the cache catches up by itself; until then the reconciler at worst repeats an
+apply that changes nothing.
+
+For objects with a `metadata.generation` (which only grows), an event of an older generation
+than the cached one is ignored, so a lagging watch never makes the reconciler re-apply an old
+spec.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ class Store:
 
     # --- writes from watch events and from our own API responses ------------------------
 
-    def upsert(self, kind: str, body: Mapping[str, Any]) -> Key | None:
-        """Record `body`; return the ModelService key it belongs to (None if none)."""
+    def upsert(self, kind: str, body: Mapping[str, Any], *, own_write: bool = False) -> Key | None:
+        """Record `body`; return the ModelService key it belongs to (None if none).
+
+        `own_write`: `body` is the response to our own write; kept only if the object is new
+        to the cache (see the module docstring)."""
         key = self._key(kind, body)
         if key is None:
             return None
@@ -40,7 +49,10 @@ class Store:
             bucket, slot = self._pods.setdefault(key, {}), name
         else:
             bucket, slot = self._children.setdefault(key, {}), (kind, name)
-        if _older(body, bucket.get(slot)):
+        cached = bucket.get(slot)
+        if own_write and cached is not None and _uid(cached) == _uid(body):
+            return key
+        if _older(body, cached):
             return key
         bucket[slot] = dict(body)
         return key
@@ -96,3 +108,7 @@ def _older(new: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:
         return False  # deleted and re-created: a different object
     new_gen, old_gen = new_meta.get("generation"), old_meta.get("generation")
     return isinstance(new_gen, int) and isinstance(old_gen, int) and new_gen < old_gen
+
+
+def _uid(body: Mapping[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("uid")
