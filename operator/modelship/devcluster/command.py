@@ -75,7 +75,7 @@ def _down(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
         _say(f"nothing to stop: no control plane recorded in {plane.state_dir}")
         return 0
     stopped = plane.down()
-    _say(f"stopped {len(stopped)} process(es); data and logs stay in {plane.state_dir}" if stopped
+    _say(f"stopped {len(stopped)} process(es); logs stay in {plane.logs_dir} (the next `up` starts a fresh cluster)" if stopped
          else "its processes had already exited; nothing left running")
     return 0
 

@@ -211,8 +211,10 @@ class ControlPlane:
                 f"a control plane already runs from {self.state_dir}: {names}. "
                 "Use `modelship dev-cluster status` to inspect it or `modelship dev-cluster down` to stop it."
             )
-        if self.processes() or (self.state_dir / "etcd").exists():
-            self.progress(f"found stale state in {self.state_dir} (its processes are gone); starting fresh")
+        if self.processes():
+            self.progress(f"found stale state in {self.state_dir}: its processes exited without "
+                          "`dev-cluster down` (a reboot or a kill); discarding it and starting fresh")
+        if (self.state_dir / "etcd").exists():
             for leftover in ("etcd", "state.json", "kubeconfig"):
                 _remove(self.state_dir / leftover)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
