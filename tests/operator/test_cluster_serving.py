@@ -222,3 +222,60 @@ def test_after_convergence_sixty_idle_seconds_cause_zero_writes(
     ours = [w for w in writes if "modelship" in w.get("user", {}).get("username", "")
             and (w.get("objectRef") or {}).get("namespace") == namespace]
     assert ours == [], [(w["verb"], w.get("requestURI")) for w in ours]
+
+
+def test_the_operator_leaves_replicas_to_an_autoscaler(cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    """With autoscaling on, another field manager (an HPA, KEDA, the builtin autoscaler) owns
+    Deployment.spec.replicas; the operator neither resets it nor reports it as drift."""
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "scaled"},
+        "spec": {"model": {"uri": "https://models.example.com/m.onnx", "sha256": SHA}, "replicas": 1,
+                 "resources": {"cpu": "10m", "memory": "32Mi"},
+                 "autoscaling": {"enabled": True, "engine": "hpa", "minReplicas": 1, "maxReplicas": 5}},
+    }
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: is_ready(_msvc(cluster, namespace, "scaled")), timeout=90, what="Ready")
+    cluster.kubectl("scale", "deployment/scaled", "-n", namespace, "--replicas=3")
+    msvc = wait_for(lambda: (m := _msvc(cluster, namespace, "scaled"))["status"].get("replicaSummary") == "3/3"
+                    and is_ready(m) and m, timeout=90, what="3/3 Ready after the autoscaler scaled")
+    assert msvc["status"]["readyReplicas"] == 3
+    # a spec change re-applies the Deployment, and still leaves the replicas alone
+    manifest["spec"]["batching"] = {"maxBatchSize": 4}
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: (m := _msvc(cluster, namespace, "scaled"))["metadata"]["generation"] == 2 and is_ready(m),
+             timeout=90, what="Ready at generation 2")
+    assert get(cluster, "deployment", "-n", namespace, "scaled")["spec"]["replicas"] == 3
+
+
+def test_a_uri_the_operator_cannot_use_is_reported_and_nothing_is_created(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    """The CRD's CEL rule checks the URI's shape; the operator's parser is stricter (a path of
+    only slashes names no file). Such a spec gets Ready=False InvalidModelURI, and no children."""
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "nofile"},
+        "spec": {"model": {"uri": "https://models.example.com//", "sha256": SHA}},
+    }
+    apply(cluster, manifest, namespace)
+
+    def reported() -> dict[str, Any] | None:
+        ready = condition(_msvc(cluster, namespace, "nofile"), "Ready")
+        return ready if ready and ready["reason"] == "InvalidModelURI" else None
+
+    ready = wait_for(reported, timeout=60, what="Ready=False InvalidModelURI")
+    assert ready["status"] == "False" and "spec.model.uri has no file path" in ready["message"]
+    assert not any(children(cluster, namespace, "nofile").values())
+
+
+def test_without_an_autoscaler_the_spec_owns_replicas(cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService", "metadata": {"name": "fixed"},
+        "spec": {"model": {"uri": "https://models.example.com/m.onnx", "sha256": SHA}, "replicas": 2,
+                 "resources": {"cpu": "10m", "memory": "32Mi"}},
+    }
+    apply(cluster, manifest, namespace)
+    wait_for(lambda: is_ready(_msvc(cluster, namespace, "fixed")), timeout=90, what="Ready")
+    cluster.kubectl("scale", "deployment/fixed", "-n", namespace, "--replicas=4")
+    wait_for(lambda: get(cluster, "deployment", "-n", namespace, "fixed")["spec"]["replicas"] == 2, timeout=60,
+             what="the operator to restore spec.replicas")
+    wait_for(lambda: (m := _msvc(cluster, namespace, "fixed"))["status"].get("replicaSummary") == "2/2" and is_ready(m),
+             timeout=90, what="2/2 Ready")

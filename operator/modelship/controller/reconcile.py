@@ -111,7 +111,7 @@ class Reconciler:
             kind, name = obj["kind"], obj["metadata"]["name"]
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
-            if live is None or _hash(live) != want or not _controlled_by(live, uid):
+            if live is None or _hash(live) != want or not _controlled_by(live, uid) or _drifted(obj, live):
                 stale.append(obj)
         # The ConfigMap first, so new pods find the config they mount; the rest at once.
         first = [o for o in stale if o["kind"] == "ConfigMap"]
@@ -182,6 +182,14 @@ class Reconciler:
             await self.kube.create_event(event)
         except KubeError as error:  # an Event is a courtesy; never fail a reconcile over one
             log.warning("cannot post Event for %s/%s: %s", meta["namespace"], meta["name"], error)
+
+
+def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """Out-of-band changes the hash cannot see. One matters in practice: `kubectl scale` on a
+    Deployment whose replicas the operator owns (autoscaling off); the spec wins."""
+    if desired["kind"] != "Deployment" or "replicas" not in desired["spec"]:
+        return False
+    return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:
