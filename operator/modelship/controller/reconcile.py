@@ -23,6 +23,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.store import Key, Store
 from modelship.render import Rendered, names, render_children
+from modelship.render.artifact import ModelArtifact, original
 from modelship.status import conditions as c
 from modelship.status.compute import Observed, compute_status, status_changed
 
@@ -41,6 +42,11 @@ class Reconciler:
     store: Store
     clock: Callable[[], str] = utc_now
     reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
+    # Seams for the optimize issue: which artifact to serve (None: the spec's model, as
+    # `render.artifact.original`) and extra conditions such as Optimized. Both see the
+    # validated ModelService and the cache; both must be pure and cheap (called per reconcile).
+    choose_artifact: Callable[[ModelService, Store], ModelArtifact | None] | None = None
+    extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -57,14 +63,18 @@ class Reconciler:
         meta = body["metadata"]
         cached = self._renders.get(key)
         if cached is not None and cached[0] == (meta.get("uid"), meta.get("generation")):
-            msvc, rendered = cached[1], cached[2]
+            msvc = cached[1]
         else:
             try:
                 msvc = ModelService.from_body(body)
             except pydantic.ValidationError as error:
                 await self._report_invalid(key, body, error)
                 return
-            rendered = render_children(msvc)
+        artifact = self.choose_artifact(msvc, self.store) if self.choose_artifact else None
+        if cached is not None and cached[1] is msvc and cached[2].artifact == (artifact or original(msvc.spec)):
+            rendered = cached[2]
+        else:
+            rendered = render_children(msvc, artifact=artifact)
             # Pod events wake a ModelService far more often than its spec changes.
             self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
         apply_error = None
@@ -84,6 +94,7 @@ class Reconciler:
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=rendered.artifact.variant, desired_hash=deployment_hash, apply_error=apply_error,
+            extra_conditions=self.extra_conditions(msvc, self.store) if self.extra_conditions else (),
         )
         await self._write_status(key, body, previous, status, transitions)
 
