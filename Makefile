@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast clean
+.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-operator images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,23 @@ test: tools  ## run every test (unit, server, and on the real local control plan
 
 test-fast: venv  ## only the tests that need no control plane
 	$(BIN)/pytest -q -m 'not cluster' $(PYTEST_ARGS)
+
+lint-chart: tools  ## helm lint --strict the operator chart
+	$$($(BIN)/python -c 'from modelship.devcluster.toolchain import binary_paths; print(binary_paths()["helm"])') \
+		lint --strict charts/modelship
+
+bench-plane: tools  ## warm start-to-ready time and memory of the local plane (docs/dev-cluster.md)
+	$(BIN)/python benchmarks/dev_cluster.py --runs 5
+
+bench-server: venv  ## raw ONNX Runtime vs modelship-server (docs/server-benchmarks.md has the full command)
+	$(BIN)/python server_image/bench/compare.py --seconds 5
+
+bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/operator-scale.md)
+	$(BIN)/python tests/operator/scale_benchmark.py --count 500 --json docs/benchmarks/operator-scale-500.json
+
+images:  ## build the serving and operator images (needs a Docker engine; none runs on the dev VM)
+	docker build -f server_image/Dockerfile -t ghcr.io/modelship/server:0.1.0 .
+	docker build -f operator/Dockerfile -t ghcr.io/modelship/operator:0.1.0 .
 
 clean:  ## remove the venv and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -124,11 +124,6 @@ def main() -> int:
     from modelship.devcluster.plane import ControlPlane
     from modelship.devcluster.toolchain import ensure_binaries
 
-    from modelship.devcluster import plane as plane_module
-
-    # The dev cluster's Service range is a /24 (254 Services); N ModelServices need N.
-    # 10.0.0.0/16 keeps the same first address (the `kubernetes` Service, in the certificates).
-    plane_module.SERVICE_CIDR = "10.0.0.0/16"
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="modelship-bench-"))
     plane = ControlPlane(workdir / "plane", ensure_binaries(lambda line: None), progress=lambda line: None,
                          die_with_parent=True)

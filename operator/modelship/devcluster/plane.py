@@ -32,7 +32,7 @@ Progress = Callable[[str], None]
 
 # Start order; `down` stops in reverse so nothing loses its API server mid-shutdown.
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/16"  # room for thousands of Services (the 500-ModelService benchmark)
 POD_CIDR = "10.244.0.0/16"
 STOP_GRACE_SECONDS = 10.0
 
