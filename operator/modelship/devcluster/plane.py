@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -76,6 +77,14 @@ class ControlPlane:
         self.binaries = binaries or {}
         self.progress = progress
         self.die_with_parent = die_with_parent
+        self._pki: Pki | None = None
+
+    @property
+    def pki(self) -> Pki:
+        """The plane's certificates and tokens, created on first use and then read once."""
+        if self._pki is None:
+            self._pki = ensure_pki(self.state_dir / "pki")
+        return self._pki
 
     # ---- paths -------------------------------------------------------------------------
 
@@ -133,8 +142,8 @@ class ControlPlane:
     def up(self, nodes: Iterable[NodeShape] = DEFAULT_NODES, apiserver_port: int | None = None,
            timeout: float = 120.0) -> None:
         """Start every component, wait until the cluster schedules pods, create the nodes."""
-        missing = [n for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-                   if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
+        nodes = list(nodes)
+        missing = [n for n in COMPONENT_ORDER if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
         if missing:
             raise DevClusterError(f"binaries not built: {', '.join(missing)} (run `make tools`)")
         self._claim_state_dir()
@@ -187,7 +196,7 @@ class ControlPlane:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, user: str = "admin") -> bytes:
         """The raw response body of an authenticated request; DevClusterError on failure."""
-        pki = ensure_pki(self.state_dir / "pki")
+        pki = self.pki
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.server + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {pki.tokens[user]}")
@@ -225,7 +234,7 @@ class ControlPlane:
             (self.bin_dir / name).symlink_to(path)
 
     def _start_all(self, apiserver_port: int | None, deadline: float) -> None:
-        pki = ensure_pki(self.state_dir / "pki")
+        pki = self.pki
         if apiserver_port is not None and not _port_free(apiserver_port):
             raise DevClusterError(
                 f"port {apiserver_port} on 127.0.0.1 is already in use, so kube-apiserver cannot listen "
@@ -474,8 +483,6 @@ def _http_ok(url: str, insecure: bool = False) -> bool:
 
 
 def _remove(path: Path) -> None:
-    import shutil
-
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
