@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "modelship.bench_command",
         "load-test an Open Inference Protocol server (perf_analyzer-style sweep)",
     ),
+    "optimize": ("modelship_server.optimize.command", "optimize an ONNX model: candidate variants, accuracy gate, benchmark"),
 }
 
 

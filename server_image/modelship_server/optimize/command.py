@@ -1,0 +1,138 @@
+"""`modelship optimize`: the command line around the search.
+
+Everything a user can get wrong (missing file, corrupt model, wrong digest, a dataset that does
+not fit) ends in one line naming the problem and what to do, and exit code 2: in a Kubernetes
+Job that line becomes the termination message, so it must be readable without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user; the message is the whole story."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="the ONNX model file to optimize")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for model.onnx (the chosen variant) and report.json")
+    parser.add_argument("--sha256", help="expected sha256 of --model (hex); refuse the model if it differs")
+    parser.add_argument("--dataset", type=Path,
+                        help=".npz with one array per model input, samples on the first axis; used for "
+                             "calibration and the accuracy gate (default: random inputs from the model's shapes)")
+    parser.add_argument("--metric", default="cosine", choices=["cosine", "top1_agreement", "max_abs", "max_rel"],
+                        help="accuracy metric of the gate (default: cosine)")
+    parser.add_argument("--threshold-mean", type=float, default=None,
+                        help="bound on the metric's mean over inputs (default: 0.99 for similarity metrics, "
+                             "1e-2 for error metrics)")
+    parser.add_argument("--threshold-min", type=float, default=None,
+                        help="bound on the worst input: minimum for similarity metrics, maximum for error "
+                             "metrics (default: 0.98, or 5e-2 for error metrics)")
+    parser.add_argument("--budget-seconds", type=float, default=600.0,
+                        help="stop building candidates after this long (default: 600)")
+    parser.add_argument("--samples", type=int, default=32,
+                        help="generated inputs when no --dataset is given (default: 32)")
+    parser.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds (default: 7)")
+    parser.add_argument("--timing-calls", type=int, default=20, help="calls per variant per round (default: 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default: 0)")
+    parser.add_argument("--termination-log", type=Path,
+                        help="write the compact JSON summary (<= 4 KiB) here, e.g. /dev/termination-log")
+
+
+def _check_model(path: Path, expected_sha256: str | None):  # noqa: ANN202 - onnx.ModelProto
+    import onnx
+    import onnxruntime as ort
+
+    from .search import sha256_file
+
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist; pass --model with the path of an .onnx file")
+    if expected_sha256 is not None:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
+            raise UsageError(f"--sha256 {expected_sha256!r} is not 64 hex digits")
+        actual = sha256_file(path)
+        if actual != expected_sha256.lower():
+            raise UsageError(f"model file {path} has sha256 {actual}, expected {expected_sha256.lower()}; "
+                             "the file is not the one you meant (re-download it or fix --sha256)")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model file {path} is not a loadable ONNX model ({detail}); "
+                         "check that it is a complete .onnx export") from None
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"modelship optimize: error: {exc}", file=sys.stderr)
+        if args.termination_log:
+            _write(args.termination_log, f"error: {exc}"[:4096])
+        return EXIT_BAD_INPUT
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        print(f"modelship optimize: cannot write termination log {path}: {exc}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .gate import HIGHER_IS_BETTER, GateSpec
+    from .inputs import DatasetError, generate, input_specs, load_dataset
+    from .report import render_table, summary
+    from .search import optimize
+
+    model = _check_model(args.model, args.sha256)
+    higher = HIGHER_IS_BETTER[args.metric]
+    gate = GateSpec(metric=args.metric,
+                    threshold_mean=args.threshold_mean if args.threshold_mean is not None else (0.99 if higher else 1e-2),
+                    threshold_worst=args.threshold_min if args.threshold_min is not None else (0.98 if higher else 5e-2))
+    specs = input_specs(model)
+    try:
+        if args.dataset is not None:
+            feeds = load_dataset(args.dataset, specs)
+            source = f"dataset {args.dataset}"
+        else:
+            feeds = generate(specs, max(args.samples, 1), seed=args.seed)
+            source = f"generated ({len(feeds)} inputs, seed {args.seed})"
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    # Calibrate and validate on disjoint halves when there is enough data, so the gate is not
+    # judged on the very inputs the quantizer's ranges were fitted to.
+    half = len(feeds) // 2
+    calibration, validation = (feeds[:half], feeds[half:]) if half >= 2 else (feeds, feeds)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
+    report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
+                      budget_seconds=args.budget_seconds, rounds=args.timing_rounds, calls=args.timing_calls)
+    (args.output / "report.json").write_text(report.model_dump_json(indent=2))
+    print(render_table(report))
+    if args.termination_log:
+        _write(args.termination_log, summary(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (python -m modelship_server.optimize.command)."""
+    parser = argparse.ArgumentParser(prog="modelship optimize", description=__doc__.splitlines()[0])
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

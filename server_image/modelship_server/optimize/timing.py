@@ -1,0 +1,62 @@
+"""Robust timing: variants timed interleaved and repeated, judged against their own noise.
+
+A shared machine drifts (turbo, neighbours, caches); timing variants one after another would
+credit that drift to whichever ran in the quiet moment. Round-robin rounds spread the drift over
+all variants, and a variant beats the baseline only by more than the measured run-to-run spread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class TimingStats(BaseModel):
+    """Per-call latency of one variant: median over rounds, and relative run-to-run spread."""
+
+    median_ms: float
+    spread: float  # (p75 - p25) / median of the per-round means; 0.05 = 5 %
+    rounds_ms: list[float]
+
+
+def stats(rounds_ms: list[float]) -> TimingStats:
+    if not rounds_ms:
+        raise ValueError("no timing rounds")
+    values = np.asarray(rounds_ms, dtype=np.float64)
+    median = float(np.median(values))
+    q25, q75 = np.percentile(values, [25, 75])
+    spread = float((q75 - q25) / median) if median > 0 else 0.0
+    return TimingStats(median_ms=median, spread=spread, rounds_ms=[round(v, 6) for v in rounds_ms])
+
+
+def speedup(baseline: TimingStats, candidate: TimingStats) -> float:
+    """How many times faster the candidate is (>1 faster, <1 slower)."""
+    return baseline.median_ms / candidate.median_ms if candidate.median_ms > 0 else float("inf")
+
+
+def beats(baseline: TimingStats, candidate: TimingStats, min_gain: float = 0.0) -> bool:
+    """True only if the gain exceeds the noise of both measurements (and `min_gain`)."""
+    noise = max(baseline.spread, candidate.spread, min_gain)
+    return speedup(baseline, candidate) - 1.0 > noise
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 20,
+                     warmup: int = 3) -> dict[str, TimingStats]:
+    """Time each runner `calls` times per round, rounds in rotating order; stats per runner."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            run = runners[name]
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            per_round[name].append((time.perf_counter() - start) * 1000.0 / calls)
+    return {name: stats(values) for name, values in per_round.items()}
