@@ -124,7 +124,13 @@ def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) 
         q.quantize_dynamic(source, target, per_channel=recipe.per_channel, weight_type=q.QuantType.QInt8)
     elif recipe.kind == "static_int8":
         model = onnx.load(str(source))
-        excluded = [n.name for n in model.graph.node if n.op_type in STATIC_EXCLUDED_OPS and n.name]
+        unnamed = [n for n in model.graph.node if not n.name]
+        for i, node in enumerate(unnamed):  # exclusion works by node name; give every node one
+            node.name = f"modelship_{node.op_type}_{i}"
+        if unnamed:
+            source = workdir / f"{recipe.name}-named.onnx"
+            onnx.save(model, str(source))
+        excluded = [n.name for n in model.graph.node if n.op_type in STATIC_EXCLUDED_OPS]
         q.quantize_static(source, target, _Reader(calibration), quant_format=q.QuantFormat.QDQ,
                           per_channel=recipe.per_channel, nodes_to_exclude=excluded,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
