@@ -95,6 +95,10 @@ def _run(args: argparse.Namespace) -> int:
     from .report import render_table, summary
     from .search import optimize
 
+    import logging
+
+    # The quantizer logs advice on the root logger for every model; our progress lines suffice.
+    logging.getLogger().addFilter(lambda record: "pre-processing before quantization" not in record.getMessage())
     model = _check_model(args.model, args.sha256)
     higher = HIGHER_IS_BETTER[args.metric]
     gate = GateSpec(metric=args.metric,
