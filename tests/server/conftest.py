@@ -99,9 +99,8 @@ class ServerProcess:
             self._log.close()
 
 
-@pytest.fixture
-def start_server(tmp_path_factory):
-    """Start servers with `start_server(repo, *args, wait=True)`; all are stopped at teardown."""
+def _server_factory(tmp_path_factory):
+    """Yield `start(repo, *args, wait=True)`; every server it started is stopped afterwards."""
     started: list[ServerProcess] = []
 
     def start(repo: Path, *args: str, wait: bool = True) -> ServerProcess:
@@ -119,23 +118,16 @@ def start_server(tmp_path_factory):
             s.stop()
 
 
+@pytest.fixture
+def start_server(tmp_path_factory):
+    """Start servers with `start_server(repo, *args, wait=True)`; all are stopped at teardown."""
+    yield from _server_factory(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def module_server_factory(tmp_path_factory):
     """Like start_server, for servers shared by a whole test module."""
-    started: list[ServerProcess] = []
-
-    def start(repo: Path, *args: str) -> ServerProcess:
-        log = tmp_path_factory.mktemp("serverlog") / "server.log"
-        server = ServerProcess(repo, list(args), log)
-        started.append(server)
-        server.wait_ready()
-        return server
-
-    try:
-        yield start
-    finally:
-        for s in started:
-            s.stop()
+    yield from _server_factory(tmp_path_factory)
 
 
 def has_gpu() -> bool:
