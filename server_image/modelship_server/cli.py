@@ -21,6 +21,8 @@ from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
 from .settings import Settings
 
+LISTEN_ENV = "MODELSHIP_LISTEN_ADDRESS"
+
 EPILOG = """\
 model repository layout (Triton's):
   <repository>/<model>/config.pbtxt          optional; Triton's ModelConfig text format
@@ -113,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--http-port", type=_port, default=8000, metavar="PORT", help="HTTP/REST port (default 8000)")
     net.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
     net.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT", help="Prometheus /metrics port (default 8002)")
-    net.add_argument("--http-address", default="0.0.0.0", metavar="ADDR", help="address to bind HTTP on (default 0.0.0.0)")
-    net.add_argument("--grpc-address", default="0.0.0.0", metavar="ADDR", help="address to bind gRPC on (default 0.0.0.0)")
-    net.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDR", help="address to bind metrics on (default 0.0.0.0)")
+    # A node agent that gives each pod its own loopback address sets LISTEN_ENV (see
+    # docs/dev-cluster.md); in a real pod it is unset and the server binds every interface.
+    listen = os.environ.get(LISTEN_ENV) or "0.0.0.0"
+    for name in ("http", "grpc", "metrics"):
+        net.add_argument(f"--{name}-address", default=listen, metavar="ADDR",
+                         help=f"address to bind {name} on (default: env {LISTEN_ENV}, else 0.0.0.0)")
     net.add_argument("--allow-http", type=_bool, default=True, metavar="BOOL", help="serve HTTP (default true)")
     net.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL", help="serve gRPC (default true)")
     net.add_argument("--allow-metrics", type=_bool, default=True, metavar="BOOL", help="serve metrics (default true)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import urllib.request
 import signal
 import socket
 import subprocess
@@ -333,3 +335,38 @@ def test_cli_bad_values():
     assert r.returncode == 2 and "choose from tensorrt, cuda, cpu" in r.stderr
     r = run_cli("--help")
     assert r.returncode == 0 and "--model-repository" in r.stdout and "model repository layout" in r.stdout
+
+
+def test_listen_address_from_environment(tmp_path):
+    """Two servers on the same ports coexist when each gets its own loopback address via the
+    environment, as the local node agent gives every pod its own 127.x.y.z."""
+    from .conftest import free_ports
+
+    samples.write_model(tmp_path, "mlp", samples.mlp())
+    ports = free_ports(3)
+    args = [sys.executable, "-m", "modelship_server", "--model-repository", str(tmp_path),
+            "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    procs = []
+    try:
+        for address in ("127.0.0.2", "127.0.0.3"):
+            env = {**os.environ, "MODELSHIP_LISTEN_ADDRESS": address}
+            procs.append((address, subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.PIPE, text=True)))
+        for address, proc in procs:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.stderr.read()
+                try:
+                    with urllib.request.urlopen(f"http://{address}:{ports[0]}/v2/health/ready", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"server on {address} never became ready"
+                time.sleep(0.1)
+        with pytest.raises(OSError):  # nothing listens on the wildcard's loopback address
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=2)
+    finally:
+        for _, proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
