@@ -53,3 +53,68 @@ def int8_hostile(seed: int = 0) -> onnx.ModelProto:
 
 def mlp() -> onnx.ModelProto:
     return samples.mlp((32, 64, 10))
+
+
+def transformer_encoder(seed: int = 0, seq: int = 16, dim: int = 32, ffn: int = 64) -> onnx.ModelProto:
+    """One encoder block, [N, seq, dim] -> [N, seq, dim], written the way older exporters did:
+    layer norm and erf-GELU as primitive ops (what the transformer optimizer fuses),
+    single-head attention as MatMul -> scale -> Softmax -> MatMul."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int, scale: float = 0.2) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    def const(name: str, value: float) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(value, np.float32), name)
+
+    inits = [weight(n, dim, dim) for n in ("Wq", "Wk", "Wv", "Wo")] + [
+        weight("W1", dim, ffn), weight("B1", ffn, scale=0.05), weight("W2", ffn, dim), weight("B2", dim, scale=0.05),
+        numpy_helper.from_array(np.ones(dim, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(dim, np.float32), "beta"),
+        const("two", 2.0), const("eps", 1e-5), const("scale", 1.0 / np.sqrt(dim)),
+        const("sqrt2", float(np.sqrt(2.0))), const("one", 1.0), const("half", 0.5),
+    ]
+    nodes: list[onnx.NodeProto] = []
+
+    def layer_norm(x: str, out: str) -> None:
+        p = out + "_"
+        nodes.extend([
+            helper.make_node("ReduceMean", [x], [p + "mean"], axes=[-1], name=p + "mean"),
+            helper.make_node("Sub", [x, p + "mean"], [p + "centered"], name=p + "sub"),
+            helper.make_node("Pow", [p + "centered", "two"], [p + "sq"], name=p + "pow"),
+            helper.make_node("ReduceMean", [p + "sq"], [p + "var"], axes=[-1], name=p + "var"),
+            helper.make_node("Add", [p + "var", "eps"], [p + "vareps"], name=p + "addeps"),
+            helper.make_node("Sqrt", [p + "vareps"], [p + "std"], name=p + "sqrt"),
+            helper.make_node("Div", [p + "centered", p + "std"], [p + "norm"], name=p + "div"),
+            helper.make_node("Mul", [p + "norm", "gamma"], [p + "scaled"], name=p + "gamma"),
+            helper.make_node("Add", [p + "scaled", "beta"], [out], name=p + "beta"),
+        ])
+
+    for w in ("q", "k", "v"):
+        nodes.append(helper.make_node("MatMul", ["x", "W" + w], [w], name="proj_" + w))
+    nodes += [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled_scores"], name="scale_scores"),
+        helper.make_node("Softmax", ["scaled_scores"], ["probs"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
+        helper.make_node("MatMul", ["context", "Wo"], ["attn"], name="proj_o"),
+        helper.make_node("Add", ["x", "attn"], ["res1"], name="res1"),
+    ]
+    layer_norm("res1", "ln1")
+    nodes += [
+        helper.make_node("MatMul", ["ln1", "W1"], ["ff1"], name="ff1"),
+        helper.make_node("Add", ["ff1", "B1"], ["ff1b"], name="ff1b"),
+        helper.make_node("Div", ["ff1b", "sqrt2"], ["g_div"], name="gelu_div"),
+        helper.make_node("Erf", ["g_div"], ["g_erf"], name="gelu_erf"),
+        helper.make_node("Add", ["g_erf", "one"], ["g_add"], name="gelu_add"),
+        helper.make_node("Mul", ["ff1b", "g_add"], ["g_mul"], name="gelu_mul"),
+        helper.make_node("Mul", ["g_mul", "half"], ["gelu"], name="gelu_half"),
+        helper.make_node("MatMul", ["gelu", "W2"], ["ff2"], name="ff2"),
+        helper.make_node("Add", ["ff2", "B2"], ["ff2b"], name="ff2b"),
+        helper.make_node("Add", ["ln1", "ff2b"], ["res2"], name="res2"),
+    ]
+    layer_norm("res2", "y")
+    return samples._model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", seq, dim])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", seq, dim])], inits,
+                          "transformer_encoder")

@@ -13,7 +13,7 @@ import pytest
 
 import models
 
-FAST = ["--timing-rounds", "2", "--timing-calls", "2", "--samples", "6"]
+FAST = ["--timing-rounds", "2", "--timing-calls", "2", "--samples", "6", "--capacity-seconds", "0"]
 
 
 def optimize(*args: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,8 @@ def _search(tmp_path, model: onnx.ModelProto, recipes=None, **kwargs) -> tuple[R
     feeds = generate(input_specs(model), 8, seed=1)
     log = io.StringIO()
     if recipes is None:
-        recipes, skipped = cand.default_recipes(cpu_count=2, gpu_unavailable="no GPU in tests")
+        recipes, skipped = cand.default_recipes(cpu_count=2, gpu_unavailable="no GPU in tests",
+                                                transformer=cand.looks_like_transformer(model))
         kwargs.setdefault("skipped", skipped)
     report = optimize(path, tmp_path / "out", feeds[:4], feeds[4:], GateSpec(), input_source="generated",
                       recipes=recipes, progress=log, **FAST, **kwargs)
@@ -38,7 +39,8 @@ def _by_name(report: Report) -> dict:
     return {c.name: c for c in report.candidates}
 
 
-@pytest.mark.parametrize("make", [models.mlp, models.small_cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make", [models.mlp, models.small_cnn, models.transformer_encoder],
+                         ids=["mlp", "cnn", "transformer"])
 def test_chosen_variant_passes_gate_and_is_not_slower_than_baseline(tmp_path, make):
     report, log = _search(tmp_path, make())
     rows = _by_name(report)
@@ -62,6 +64,12 @@ def test_chosen_variant_passes_gate_and_is_not_slower_than_baseline(tmp_path, ma
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, generate(input_specs(make()), 1)[0])[0].shape[0] == 1
     assert "chosen:" in log and report.schema_version == SCHEMA_VERSION
+    # transformer fusion is tried exactly on transformers, and fusing keeps the outputs
+    if make is models.transformer_encoder:
+        fused = rows["transformer-fusion"]
+        assert fused.gate is not None and fused.gate.passed and fused.status in ("kept", "chosen")
+    else:
+        assert rows["transformer-fusion"].status == "skipped"
 
 
 def test_int8_hostile_model_is_rejected_by_the_gate_with_its_figure(tmp_path):
@@ -138,7 +146,8 @@ def test_summary_fits_a_termination_message(tmp_path):
     text = summary(report)
     assert len(text.encode()) <= 4096
     doc = json.loads(text)
-    assert doc["chosen"] == report.chosen and doc["sha256"] == report.output_sha256
+    assert doc["chosen"] == ("original" if report.chosen == "baseline" else report.chosen)
+    assert doc["sha256"] == report.output_sha256 and doc["outcome"] == report.outcome
     # a report with many long-winded candidates still fits, and says it was cut
     many = report.model_copy(deep=True)
     many.candidates = [c.model_copy(update={"name": f"c{i}-" + "x" * 60, "reason": "r" * 500})
@@ -152,7 +161,8 @@ def test_summary_fits_a_termination_message(tmp_path):
 def test_default_recipes_gpu_candidates_only_with_a_gpu():
     cpu_only, skipped = cand.default_recipes(cpu_count=4, gpu_unavailable="no driver")
     assert not any(r.kind == "fp16" for r in cpu_only)
-    assert {s.name for s in skipped} == {"fp16-cuda", "tensorrt"} and all("no driver" in s.reason for s in skipped)
+    gpu_skips = [s for s in skipped if s.name in ("fp16-cuda", "tensorrt")]
+    assert len(gpu_skips) == 2 and all("no driver" in s.reason for s in gpu_skips)
     with_gpu, _ = cand.default_recipes(cpu_count=1, gpu_unavailable=None)
     assert any(r.kind == "fp16" and r.providers[0] == "CUDAExecutionProvider" for r in with_gpu)
     assert not any(r.intra_op_threads == 1 for r in with_gpu)  # one core: no thread variant
@@ -162,3 +172,38 @@ def test_choose_recorded_timings_table():
     t = lambda m, s: TimingStats(median_ms=m, spread=s, rounds_ms=[m])  # noqa: E731
     assert choose("baseline", {"baseline": t(1.0, 0.3), "a": t(0.8, 0.1)}, {"a"})[0] == "baseline"
     assert choose("baseline", {"baseline": t(1.0, 0.1), "a": t(0.8, 0.1)}, {"a"})[0] == "a"
+
+
+def test_transformer_fusion_fuses_layer_norm_and_gelu(tmp_path):
+    source = tmp_path / "encoder.onnx"
+    onnx.save(models.transformer_encoder(), str(source))
+    assert cand.looks_like_transformer(models.transformer_encoder())
+    assert not cand.looks_like_transformer(models.small_cnn())
+    built = cand.build(cand.Recipe(name="transformer-fusion", kind="transformer_fusion"), source, tmp_path / "w", [])
+    ops = {n.op_type for n in onnx.load(str(built)).graph.node}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops and "Erf" not in ops and "ReduceMean" not in ops
+    # a graph with nothing to fuse is a build failure with the reason, which the search records
+    plain = tmp_path / "mlp.onnx"
+    onnx.save(models.mlp(), str(plain))
+    with pytest.raises(ValueError, match="found no attention, layer-norm or GELU pattern"):
+        cand.build(cand.Recipe(name="transformer-fusion", kind="transformer_fusion"), plain, tmp_path / "w2", [])
+
+
+@pytest.mark.parametrize("chosen, gates, outcome", [
+    ("dynamic-int8", [True, False], "optimized"),
+    ("baseline", [True, False], "baseline"),        # a variant passed but was not faster
+    ("baseline", [False, False], "accuracy_gate_failed"),
+    ("baseline", [], "baseline"),                     # nothing could be built or gated
+])
+def test_outcome(chosen, gates, outcome):
+    from modelship_server.optimize.gate import GateResult
+    from modelship_server.optimize.report import Candidate, outcome_of
+
+    def gate(passed):
+        return GateResult(metric="cosine", mean=1.0 if passed else 0.5, worst=1.0 if passed else 0.1,
+                          passed=passed, reason="r")
+
+    rows = [Candidate(name="baseline", status="kept", reason="reference")]
+    rows += [Candidate(name=f"v{i}", status="kept" if p else "rejected", reason="r", gate=gate(p))
+             for i, p in enumerate(gates)]
+    assert outcome_of(chosen, rows) == outcome

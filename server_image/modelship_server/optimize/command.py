@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_DIGEST_MISMATCH = 3  # --apply-recipe rebuilt a different file (see apply.py)
 
 
 class UsageError(Exception):
@@ -44,6 +45,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default: 0)")
     parser.add_argument("--termination-log", type=Path,
                         help="write the compact JSON summary (<= 4 KiB) here, e.g. /dev/termination-log")
+    cap = parser.add_argument_group("capacity model (the chosen variant on a real modelship-server)")
+    cap.add_argument("--slo-ms", type=float, default=None,
+                     help="latency objective per request; capacity is the highest rate within it "
+                          "(default: none, report the throughput knee)")
+    cap.add_argument("--slo-percentile", choices=["p50", "p90", "p95", "p99"], default="p95",
+                     help="which latency percentile the SLO bounds (default: p95)")
+    cap.add_argument("--max-batch-size", type=int, default=32,
+                     help="largest dynamic batch to try (default: 32)")
+    cap.add_argument("--capacity-seconds", type=float, default=60.0,
+                     help="time for the capacity sweep; 0 skips it (default: 60)")
+    rebuild = parser.add_argument_group("re-apply a chosen variant (what a serving pod's init step runs)")
+    rebuild.add_argument("--apply-recipe", metavar="JSON",
+                         help="build only this recipe from --model into --output/model.onnx; with --expect-sha256")
+    rebuild.add_argument("--expect-sha256", metavar="HEX",
+                         help="sha256 the rebuilt file must have (from the report); exit 3 if it differs")
 
 
 def _check_model(path: Path, expected_sha256: str | None):  # noqa: ANN202 - onnx.ModelProto
@@ -73,13 +89,15 @@ def _check_model(path: Path, expected_sha256: str | None):  # noqa: ANN202 - onn
 
 
 def run(args: argparse.Namespace) -> int:
+    from .apply import DigestMismatch
+
     try:
-        return _run(args)
-    except UsageError as exc:
+        return _apply(args) if args.apply_recipe is not None else _run(args)
+    except (UsageError, DigestMismatch) as exc:
         print(f"modelship optimize: error: {exc}", file=sys.stderr)
         if args.termination_log:
             _write(args.termination_log, f"error: {exc}"[:4096])
-        return EXIT_BAD_INPUT
+        return EXIT_DIGEST_MISMATCH if isinstance(exc, DigestMismatch) else EXIT_BAD_INPUT
 
 
 def _write(path: Path, text: str) -> None:
@@ -89,21 +107,10 @@ def _write(path: Path, text: str) -> None:
         print(f"modelship optimize: cannot write termination log {path}: {exc}", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .gate import HIGHER_IS_BETTER, GateSpec
+def _feeds(args: argparse.Namespace, model) -> tuple[list, list, str]:  # noqa: ANN001 - onnx.ModelProto
+    """Calibration and validation inputs, the same way for a search and for a re-apply."""
     from .inputs import DatasetError, generate, input_specs, load_dataset
-    from .report import render_table, summary
-    from .search import optimize
 
-    import logging
-
-    # The quantizer logs advice on the root logger for every model; our progress lines suffice.
-    logging.getLogger().addFilter(lambda record: "pre-processing before quantization" not in record.getMessage())
-    model = _check_model(args.model, args.sha256)
-    higher = HIGHER_IS_BETTER[args.metric]
-    gate = GateSpec(metric=args.metric,
-                    threshold_mean=args.threshold_mean if args.threshold_mean is not None else (0.99 if higher else 1e-2),
-                    threshold_worst=args.threshold_min if args.threshold_min is not None else (0.98 if higher else 5e-2))
     specs = input_specs(model)
     try:
         if args.dataset is not None:
@@ -118,12 +125,64 @@ def _run(args: argparse.Namespace) -> int:
     # judged on the very inputs the quantizer's ranges were fitted to.
     half = len(feeds) // 2
     calibration, validation = (feeds[:half], feeds[half:]) if half >= 2 else (feeds, feeds)
+    return calibration, validation, source
+
+
+def _quiet_quantizer() -> None:
+    import logging
+
+    # The quantizer logs advice on the root logger for every model; our progress lines suffice.
+    logging.getLogger().addFilter(lambda record: "pre-processing before quantization" not in record.getMessage())
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from .apply import apply, parse_recipe
+
+    if not args.expect_sha256 or not re.fullmatch(r"[0-9a-fA-F]{64}", args.expect_sha256):
+        raise UsageError(f"--apply-recipe needs --expect-sha256 with 64 hex digits; got {args.expect_sha256!r}")
+    try:
+        recipe = parse_recipe(args.apply_recipe)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _quiet_quantizer()
+    model = _check_model(args.model, args.sha256)
+    calibration, _, _ = _feeds(args, model)
+    digest = apply(args.model, args.output, recipe, args.expect_sha256, calibration)
+    print(f"modelship optimize: rebuilt variant {recipe.name} into {args.output / 'model.onnx'} (sha256 {digest})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .apply import args_for
+    from .capacity import measure
+    from .gate import HIGHER_IS_BETTER, GateSpec
+    from .report import render_table, summary
+    from .search import optimize
+
+    _quiet_quantizer()
+    if args.slo_ms is not None and args.slo_ms <= 0:
+        raise UsageError(f"--slo-ms must be a positive number of milliseconds; got {args.slo_ms:g}")
+    if args.max_batch_size < 1:
+        raise UsageError(f"--max-batch-size must be at least 1; got {args.max_batch_size}")
+    model = _check_model(args.model, args.sha256)
+    higher = HIGHER_IS_BETTER[args.metric]
+    gate = GateSpec(metric=args.metric,
+                    threshold_mean=args.threshold_mean if args.threshold_mean is not None else (0.99 if higher else 1e-2),
+                    threshold_worst=args.threshold_min if args.threshold_min is not None else (0.98 if higher else 5e-2))
+    calibration, validation, source = _feeds(args, model)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
     report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
                       budget_seconds=args.budget_seconds, rounds=args.timing_rounds, calls=args.timing_calls)
+    if report.outcome == "optimized":
+        report.apply_args = args_for(report.chosen_recipe, report.output_sha256, args.samples, args.seed,
+                                     args.dataset)
+    if args.capacity_seconds > 0:
+        report.capacity = measure(args.output / "model.onnx", report.chosen_recipe, slo_ms=args.slo_ms,
+                                  percentile=args.slo_percentile, max_batch_size=args.max_batch_size,
+                                  budget_seconds=args.capacity_seconds)
     (args.output / "report.json").write_text(report.model_dump_json(indent=2))
     print(render_table(report))
     if args.termination_log:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from .candidates import Recipe
+from .capacity import Capacity
 from .gate import GateResult, GateSpec
 from .timing import TimingStats
 
@@ -19,6 +20,10 @@ SCHEMA_VERSION = "modelship.dev/optimize-report/v1"
 SUMMARY_LIMIT = 4096
 
 Status = Literal["chosen", "kept", "rejected", "skipped"]
+# optimized: a variant beat the original; baseline: none did beyond the measured spread;
+# accuracy_gate_failed: every variant that was built failed the gate. The operator maps these
+# to the Optimized condition's reasons.
+Outcome = Literal["optimized", "baseline", "accuracy_gate_failed"]
 
 
 class Candidate(BaseModel):
@@ -37,14 +42,30 @@ class Report(BaseModel):
     schema_version: str = SCHEMA_VERSION
     model_sha256: str
     output_sha256: str
+    outcome: Outcome
     chosen: str
     chosen_recipe: Recipe
+    spread: float  # the baseline's run-to-run spread: what a variant must beat
     gate: GateSpec
     validation_inputs: int
     input_source: str  # "dataset <path>" or "generated (seed N)"
     onnxruntime_version: str
     duration_seconds: float
     candidates: list[Candidate]
+    capacity: Capacity | None = None
+    # How a serving pod rebuilds the chosen file from the original (see `apply`): the exact
+    # flags, so the operator passes them on without knowing recipes.
+    apply_args: list[str] = []
+
+
+def outcome_of(chosen: str, candidates: list[Candidate]) -> Outcome:
+    """Pure: what the search amounted to, from the chosen name and the candidates' fates."""
+    if chosen != "baseline":
+        return "optimized"
+    gated = [c for c in candidates if c.name != "baseline" and c.gate is not None]
+    if gated and not any(c.gate.passed for c in gated):
+        return "accuracy_gate_failed"
+    return "baseline"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -62,7 +83,15 @@ def render_table(report: Report) -> str:
             f"{_fmt(c.timing.spread * 100 if c.timing else None, '.1f') + ('%' if c.timing else ''):>7} "
             f"{_fmt(c.speedup, '.3f'):>8} {_fmt(c.gate.mean if c.gate else None, '.6f'):>18} "
             f"{_fmt(c.gate.worst if c.gate else None, '.6f'):>10}  {c.reason}")
-    lines.append(f"chosen: {report.chosen} (sha256 {report.output_sha256})")
+    lines.append(f"chosen: {report.chosen} ({report.outcome}; sha256 {report.output_sha256})")
+    if report.capacity is not None:
+        cap = report.capacity
+        batching = f"dynamic batching up to {cap.max_batch_size}, queue delay {cap.max_queue_delay_microseconds} us" \
+            if cap.dynamic_batching else "no dynamic batching"
+        slo = f"within the SLO of {cap.slo_ms:g} ms" if cap.slo_ms is not None and cap.within_slo else \
+            f"MISSES the SLO of {cap.slo_ms:g} ms even at concurrency 1" if cap.slo_ms is not None else "at the knee"
+        lines.append(f"capacity per replica: {cap.requests_per_second:.1f} req/s, {cap.percentile} "
+                     f"{cap.latency_ms:.3f} ms {slo}, with {batching}, {cap.concurrency} requests in flight")
     return "\n".join(lines)
 
 
@@ -71,11 +100,18 @@ def summary(report: Report, limit: int = SUMMARY_LIMIT) -> str:
     chosen = next((c for c in report.candidates if c.name == report.chosen), None)
     rows = [[c.name, c.status, None if c.speedup is None else round(c.speedup, 3),
              None if c.gate is None else round(c.gate.mean, 5), c.reason[:120]] for c in report.candidates]
+    cap = report.capacity
     doc = {
         "schema": SCHEMA_VERSION,
-        "chosen": report.chosen,
+        "outcome": report.outcome,
+        "chosen": "original" if report.chosen == "baseline" else report.chosen,
         "sha256": report.output_sha256,
         "speedup": None if chosen is None or chosen.speedup is None else round(chosen.speedup, 3),
+        "spread": round(report.spread, 4),
+        "apply_args": report.apply_args,
+        "session": {"intra_op_threads": report.chosen_recipe.intra_op_threads,
+                    "graph_optimization_level": report.chosen_recipe.graph_optimization_level},
+        "capacity": None if cap is None else cap.model_dump(exclude={"sweeps"}),
         "gate": f"{report.gate.metric} mean>={report.gate.threshold_mean:g} worst>={report.gate.threshold_worst:g}"
         if report.gate.metric in ("cosine", "top1_agreement") else
         f"{report.gate.metric} mean<={report.gate.threshold_mean:g} worst<={report.gate.threshold_worst:g}",

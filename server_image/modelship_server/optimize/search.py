@@ -21,7 +21,7 @@ import onnxruntime as ort
 from . import candidates as cand
 from .gate import GateSpec, evaluate
 from .inputs import Feed
-from .report import Candidate, Report
+from .report import Candidate, Report, outcome_of
 from .timing import TimingStats, beats, speedup, time_interleaved
 
 
@@ -77,7 +77,10 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
         print(f"[optimize {clock() - start:6.1f}s] {line}", file=progress, flush=True)
 
     if recipes is None:
-        recipes, default_skipped = cand.default_recipes()
+        import onnx
+
+        recipes, default_skipped = cand.default_recipes(
+            transformer=cand.looks_like_transformer(onnx.load(str(model), load_external_data=False)))
         skipped = default_skipped if skipped is None else skipped
     output_dir.mkdir(parents=True, exist_ok=True)
     base_recipe = cand.baseline_recipe()
@@ -135,8 +138,9 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
         out = output_dir / "model.onnx"
         shutil.copyfile(files[chosen], out)
     say(f"chosen: {chosen}")
+    ordered = [results["baseline"]] + [c for n, c in results.items() if n != "baseline"]
     return Report(model_sha256=sha256_file(model), output_sha256=sha256_file(out), chosen=chosen,
+                  outcome=outcome_of(chosen, ordered), spread=round(timings["baseline"].spread, 4),
                   chosen_recipe=results[chosen].recipe, gate=gate, validation_inputs=len(validation),
                   input_source=input_source, onnxruntime_version=ort.__version__,
-                  duration_seconds=round(clock() - start, 3),
-                  candidates=[results["baseline"]] + [c for n, c in results.items() if n != "baseline"])
+                  duration_seconds=round(clock() - start, 3), candidates=ordered)
