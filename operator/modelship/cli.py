@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "modelship.render_command",
         "print the objects the operator would create for a ModelService file (no cluster needed)",
     ),
+    "demo": (
+        "modelship.demo_command",
+        "the whole journey on the local cluster: optimize, roll out and query a model for real",
+    ),
     "dev-cluster": (
         "modelship.devcluster.command",
         "run a real local Kubernetes control plane (etcd, kube-apiserver, scheduler, kwok)",
