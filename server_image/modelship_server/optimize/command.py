@@ -16,6 +16,22 @@ EXIT_BAD_INPUT = 2
 EXIT_DIGEST_MISMATCH = 3  # --apply-recipe rebuilt a different file (see apply.py)
 
 
+DESCRIPTION = """\
+Make an ONNX model faster without making it wrong. Builds candidate variants (ONNX Runtime graph
+optimization, transformer fusion, dynamic and static int8, fp16 on a GPU, session settings),
+rejects those whose outputs drift past the accuracy gate, times the rest interleaved against the
+original, keeps the fastest that beats it beyond the measured noise (else the original), and
+measures how many requests per second one modelship-server replica then sustains within the SLO.
+
+  modelship optimize --model model.onnx --output out/ --slo-ms 50
+      writes out/model.onnx (the chosen variant) and out/report.json, prints a table
+  modelship optimize --model model.onnx --output out/ --dataset val.npz --metric top1_agreement
+
+Exit codes: 0 done; 2 bad input (the one-line message says what to fix); 3 --apply-recipe rebuilt
+a file whose sha256 differs from --expect-sha256.
+"""
+
+
 class UsageError(Exception):
     """Bad input from the user; the message is the whole story."""
 
@@ -192,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (python -m modelship_server.optimize.command)."""
-    parser = argparse.ArgumentParser(prog="modelship optimize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="modelship optimize", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(parser)
     return run(parser.parse_args(argv))
 
