@@ -135,14 +135,19 @@ class Scheduling(_Model):
 
 
 class Batching(_Model):
+    """Server-side dynamic batching. maxBatchSize and maxQueueDelayMicroseconds left unset mean
+    "let the optimize Job decide" (its measured capacity), else DEFAULT_MAX_BATCH_SIZE and
+    DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS; a value set here always wins over a measured one."""
+
     enabled: bool = True
-    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 1000
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(max_length=16)] | None = None
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> Batching:
-        if self.preferred_batch_sizes and any(s > self.max_batch_size for s in self.preferred_batch_sizes):
+        if self.preferred_batch_sizes and self.max_batch_size is not None and any(
+                s > self.max_batch_size for s in self.preferred_batch_sizes):
             raise ValueError(
                 "every spec.batching.preferredBatchSizes entry must be at most spec.batching.maxBatchSize "
                 f"({self.max_batch_size}); got {self.preferred_batch_sizes}"
@@ -150,12 +155,54 @@ class Batching(_Model):
         return self
 
 
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS = 1000
+
+AccuracyMetric = Literal["cosine", "top1Agreement", "maxAbs", "maxRel"]
+# Similarity metrics pass at or above their bounds; error metrics at or below.
+SIMILARITY_METRICS = ("cosine", "top1Agreement")
+# Bounds when the spec leaves them out: (mean, worst input).
+DEFAULT_ACCURACY_BOUNDS = {"cosine": (0.99, 0.98), "top1Agreement": (0.99, 0.98),
+                           "maxAbs": (0.01, 0.05), "maxRel": (0.01, 0.05)}
+
+
+class Accuracy(_Model):
+    """The accuracy gate every variant must pass against the original model's outputs."""
+
+    metric: AccuracyMetric = "cosine"
+    mean: Annotated[float, Field(ge=0)] | None = None
+    worst: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Accuracy:
+        similarity = self.metric in SIMILARITY_METRICS
+        for field, value in (("mean", self.mean), ("worst", self.worst)):
+            if similarity and value is not None and value > 1:
+                raise ValueError(
+                    f"spec.optimization.accuracy.{field} is a similarity bound for metric {self.metric} "
+                    f"and must be between 0 and 1; got {value:g}"
+                )
+        mean, worst = self.bounds()
+        if (similarity and worst > mean) or (not similarity and worst < mean):
+            relation = "at most" if similarity else "at least"
+            raise ValueError(
+                f"spec.optimization.accuracy.worst ({worst:g}) must be {relation} spec.optimization.accuracy.mean "
+                f"({mean:g}) for metric {self.metric}: the worst input cannot be held to a stricter bound than the mean"
+            )
+        return self
+
+    def bounds(self) -> tuple[float, float]:
+        """(mean, worst) with the metric's defaults filled in."""
+        default_mean, default_worst = DEFAULT_ACCURACY_BOUNDS[self.metric]
+        return (self.mean if self.mean is not None else default_mean,
+                self.worst if self.worst is not None else default_worst)
+
+
 class Optimization(_Model):
     enabled: bool = False
-    precisions: Annotated[list[Literal["fp32", "fp16", "int8"]], Field(max_length=3)] = Field(
-        default_factory=lambda: ["fp32", "fp16"]
-    )
-    accuracy_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
+    accuracy: Accuracy = Field(default_factory=Accuracy)
+    budget_seconds: Annotated[int, Field(ge=60, le=86_400)] = 600
+    failure_policy: Literal["FallbackToBaseline", "FailClosed"] = "FallbackToBaseline"
 
 
 class OnnxRuntimeSettings(_Model):
@@ -166,6 +213,7 @@ class OnnxRuntimeSettings(_Model):
 class TritonSettings(_Model):
     instance_count: Annotated[int, Field(ge=1, le=16)] = 1
     tensorrt: bool | None = None
+    tensorrt_precision: Literal["fp32", "fp16"] | None = None  # unset: fp16
 
 
 class SLO(_Model):
@@ -331,6 +379,26 @@ class Latency(_Model):
     target_milliseconds: int | None = None
 
 
+class CapacityStatus(_Model):
+    requests_per_second: float | None = None
+    percentile: str | None = None
+    latency_milliseconds: float | None = None
+    slo_milliseconds: float | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_microseconds: int | None = None
+    concurrency: int | None = None
+
+
+class OptimizationStatus(_Model):
+    job: str | None = None
+    outcome: str | None = None
+    variant: str | None = None
+    sha256: str | None = None
+    speedup: float | None = None
+    spread: float | None = None
+    capacity: CapacityStatus | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -340,4 +408,5 @@ class ModelServiceStatus(_Model):
     variant: str | None = None
     endpoints: Endpoints | None = None
     latency: Latency | None = None
+    optimization: OptimizationStatus | None = None
     conditions: list[Condition] | None = None

@@ -1,5 +1,7 @@
-"""The Deployment that serves the model: an init step that fetches and verifies the model,
-then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime triton).
+"""The Deployment that serves the model: an init step that fetches and verifies the model
+(and a second one that rebuilds the optimize Job's chosen variant from it, when there is
+one), then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime triton).
+The pod parts it shares with the optimize Job live in `pod`.
 
 Choices, and why:
 - maxUnavailable 0 with a surge: a rollout never lowers serving capacity.
@@ -20,14 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.render import names
+from modelship.render import names, pod
 from modelship.render.artifact import ModelArtifact
-from modelship.modeluri import parse as parse_uri
+from modelship.render.pod import CONFIG_MOUNT, MODEL_REPOSITORY, PVC_MOUNT, RUN_AS  # noqa: F401 - re-exported
 
-MODEL_REPOSITORY = "/models"
-CONFIG_MOUNT = "/etc/modelship/model-config"
-PVC_MOUNT = "/mnt/model-source"
-RUN_AS = 1000  # the non-root user of both modelship's server image and NGC's Triton image
+APPLY_VARIANT = "apply-variant"
 
 
 def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_hash: str) -> dict[str, Any]:
@@ -35,43 +34,13 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     name = msvc.metadata.name
     labels = names.labels(name, spec.runtime)
     model_dir = f"{MODEL_REPOSITORY}/{spec.model.name}"
-    source = parse_uri(artifact.uri)
 
-    volumes: list[dict[str, Any]] = [
-        {"name": "model-repository", "emptyDir": {}},
-        {"name": "model-config", "configMap": {"name": names.model_config(name)}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    fetch_mounts = [
-        {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
-        {"name": "model-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if source.scheme == "pvc":
-        volumes.append(
-            {"name": "model-source", "persistentVolumeClaim": {"claimName": source.location, "readOnly": True}}
-        )
-        fetch_mounts.append({"name": "model-source", "mountPath": PVC_MOUNT, "readOnly": True})
-
-    fetch = {
-        "name": "fetch-model",
-        "image": spec.images.server,
-        "imagePullPolicy": spec.images.pull_policy,
-        "command": ["python", "-m", "modelship.fetch"],
-        "args": [
-            f"--uri={artifact.uri}",
-            f"--sha256={artifact.sha256}",
-            f"--dest={model_dir}/1/model.onnx",
-            f"--pvc-mount={PVC_MOUNT}",
-            f"--copy={CONFIG_MOUNT}/config.pbtxt:{model_dir}/config.pbtxt",
-        ],
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": _container_security(read_only_root=True),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": fetch_mounts,
-    }
-    if spec.model.credentials is not None:
-        fetch["envFrom"] = [{"secretRef": {"name": spec.model.credentials.secret_name}}]
+    volumes = pod.base_volumes(msvc)
+    volumes.insert(1, {"name": "model-config", "configMap": {"name": names.model_config(name)}})
+    init = [pod.fetch_container(msvc, uri=artifact.uri, sha256=artifact.sha256,
+                                config_copy=f"{model_dir}/config.pbtxt")]
+    if artifact.apply_args:
+        init.append(apply_variant_container(msvc, artifact))
 
     server = _server_container(msvc)
     server["volumeMounts"] = [
@@ -82,24 +51,13 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
         server["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
 
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+    pod_spec = pod.base_pod_spec(msvc)
+    pod_spec.update({
         "terminationGracePeriodSeconds": spec.rollout.termination_grace_period_seconds,
-        "initContainers": [fetch],
+        "initContainers": init,
         "containers": [server],
         "volumes": volumes,
-    }
-    pod_spec.update(_scheduling(msvc))
-    if spec.images.pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.images.pull_secrets]
+    })
 
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": names.selector(name)},
@@ -122,8 +80,34 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": names.deployment(name), "namespace": msvc.metadata.namespace, "labels": labels},
+        "metadata": {
+            "name": names.deployment(name), "namespace": msvc.metadata.namespace, "labels": labels,
+            "annotations": {names.VARIANT_ANNOTATION: artifact.variant},
+        },
         "spec": deployment_spec,
+    }
+
+
+def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict[str, Any]:
+    """The init step after fetch-model that rebuilds the chosen variant from the verified
+    original and checks its sha256 (contract C2); it replaces model.onnx atomically. Same
+    resources as the server: building a variant can take what serving takes, and an init
+    step's requests do not add to the pod's."""
+    model_dir = f"{MODEL_REPOSITORY}/{msvc.spec.model.name}/1"
+    return {
+        "name": APPLY_VARIANT,
+        "image": msvc.spec.images.server,
+        "imagePullPolicy": msvc.spec.images.pull_policy,
+        "command": ["modelship", "optimize"],
+        "args": [f"--model={model_dir}/model.onnx", f"--output={model_dir}",
+                 f"--termination-log={pod.TERMINATION_LOG}", *artifact.apply_args],
+        "resources": pod.resources(msvc),
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
 
 
@@ -149,12 +133,6 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
             "--grpc-port", str(names.GRPC_PORT),
             "--metrics-port", str(names.METRICS_PORT),
         ]
-    requests: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
-    limits: dict[str, Any] = {"memory": spec.resources.memory}
-    gpu = spec.resources.gpu
-    if gpu.resource_name:
-        requests[gpu.resource_name] = gpu.count
-        limits[gpu.resource_name] = gpu.count
     container: dict[str, Any] = {
         "name": "server",
         "image": image,
@@ -165,12 +143,12 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
             {"name": "grpc", "containerPort": names.GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
         ],
-        "resources": {"requests": requests, "limits": limits},
+        "resources": pod.resources(msvc),
         "startupProbe": _probe("/v2/health/live", period=2, failures=150),  # up to 5 min to load
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=2),
         # Triton's NGC image writes outside /tmp; modelship's server does not.
-        "securityContext": _container_security(read_only_root=spec.runtime != "triton"),
+        "securityContext": pod.container_security(read_only_root=spec.runtime != "triton"),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.rollout.pre_stop_delay_seconds > 0:
@@ -185,38 +163,3 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
         "timeoutSeconds": 2,
         "failureThreshold": failures,
     }
-
-
-def _container_security(*, read_only_root: bool) -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": read_only_root,
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _scheduling(msvc: ModelService) -> dict[str, Any]:
-    """nodeSelector, tolerations, affinity and priority; GPU services also pin the product
-    and tolerate the usual `nvidia.com/gpu` taint of GPU nodes."""
-    spec = msvc.spec
-    out: dict[str, Any] = {}
-    node_selector = dict(spec.scheduling.node_selector or {})
-    tolerations = [t.wire() for t in spec.scheduling.tolerations or []]
-    gpu = spec.resources.gpu
-    if gpu.count > 0:
-        if gpu.product:
-            node_selector["nvidia.com/gpu.product"] = gpu.product
-        gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        if gpu_toleration not in tolerations:
-            tolerations.append(gpu_toleration)
-    if node_selector:
-        out["nodeSelector"] = node_selector
-    if tolerations:
-        out["tolerations"] = tolerations
-    if spec.scheduling.affinity:
-        out["affinity"] = spec.scheduling.affinity
-    if spec.scheduling.priority_class_name:
-        out["priorityClassName"] = spec.scheduling.priority_class_name
-    return out

@@ -7,25 +7,61 @@ message (not a string template) means a field or enum Triton would reject fails 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
-from modelship.api.v1alpha1 import ModelServiceSpec
+from modelship.api.v1alpha1 import (
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS, ModelServiceSpec,
+)
+from modelship.render.artifact import MeasuredBatching
 
 
-def model_config(spec: ModelServiceSpec):  # noqa: ANN201 - a ModelConfig protobuf message
+@dataclasses.dataclass(frozen=True)
+class EffectiveBatching:
+    max_batch_size: int  # 0: no batching at all
+    max_queue_delay_microseconds: int
+    dynamic: bool
+    preferred_batch_sizes: tuple[int, ...]
+
+
+def effective_batching(spec: ModelServiceSpec, measured: MeasuredBatching | None) -> EffectiveBatching:
+    """What the server batches: a value set in the spec, else the optimize Job's measured one,
+    else the documented default. Preferred sizes above the maximum are dropped (a measured
+    maximum may be below what a user listed; Triton refuses such a config)."""
+    batching = spec.batching
+    if not batching.enabled:
+        return EffectiveBatching(0, 0, False, ())
+    if batching.max_batch_size is not None:
+        size = batching.max_batch_size
+    elif measured is not None:
+        size = measured.max_batch_size
+    else:
+        size = DEFAULT_MAX_BATCH_SIZE
+    if batching.max_queue_delay_microseconds is not None:
+        delay = batching.max_queue_delay_microseconds
+    elif measured is not None:
+        delay = measured.max_queue_delay_microseconds
+    else:
+        delay = DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS
+    # Off only when the Job measured it as no better and the user set neither bound.
+    user_set = batching.max_batch_size is not None or batching.max_queue_delay_microseconds is not None
+    dynamic = size > 0 and (measured is None or measured.dynamic or user_set)
+    preferred = tuple(sorted({s for s in batching.preferred_batch_sizes or () if s <= size}))
+    return EffectiveBatching(size, delay if dynamic else 0, dynamic, preferred if dynamic else ())
+
+
+def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None):  # noqa: ANN201 - ModelConfig
     """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators."""
     from tritonclient.grpc import model_config_pb2 as pb  # heavy; imported on use
 
     config = pb.ModelConfig(name=spec.model.name, platform="onnxruntime_onnx", backend="onnxruntime")
     config.default_model_filename = "model.onnx"
-    batching = spec.batching
-    if batching.enabled:
-        config.max_batch_size = batching.max_batch_size
+    batching = effective_batching(spec, measured)
+    config.max_batch_size = batching.max_batch_size
+    if batching.dynamic:
         config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
         if batching.preferred_batch_sizes:
-            config.dynamic_batching.preferred_batch_size.extend(sorted(set(batching.preferred_batch_sizes)))
-    else:
-        config.max_batch_size = 0
+            config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
 
     on_gpu = spec.resources.gpu.count > 0
     group = config.instance_group.add()
@@ -36,8 +72,8 @@ def model_config(spec: ModelServiceSpec):  # noqa: ANN201 - a ModelConfig protob
     if spec.runtime == "triton" and on_gpu and _tensorrt(spec):
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
-        precision = "FP16" if "fp16" in spec.optimization.precisions else "FP32"
-        accelerator.parameters["precision_mode"] = precision
+        precision = (spec.triton.tensorrt_precision if spec.triton else None) or "fp16"
+        accelerator.parameters["precision_mode"] = precision.upper()
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
         accelerator.parameters["trt_engine_cache_enable"] = "true"
         accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
@@ -59,11 +95,11 @@ def _tensorrt(spec: ModelServiceSpec) -> bool:
     return True
 
 
-def render_pbtxt(spec: ModelServiceSpec) -> str:
-    """The text of config.pbtxt, deterministic for a given spec."""
+def render_pbtxt(spec: ModelServiceSpec, measured: MeasuredBatching | None = None) -> str:
+    """The text of config.pbtxt, deterministic for a given spec and measured batching."""
     from google.protobuf import text_format
 
-    return text_format.MessageToString(model_config(spec))
+    return text_format.MessageToString(model_config(spec, measured))
 
 
 def content_hash(text: str) -> str:

@@ -8,6 +8,10 @@ selector label never changes: a Deployment's selector is immutable.
 from __future__ import annotations
 
 SERVICE_LABEL = "modelship.dev/modelservice"
+# On optimize Jobs and their pods instead of SERVICE_LABEL: those pods must never match the
+# Service's or the Deployment's selector, nor count as serving pods in status.
+OPTIMIZE_LABEL = "modelship.dev/optimize-for"
+VARIANT_ANNOTATION = "modelship.dev/variant"  # on the Deployment: the variant its pods serve
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelship"}
 DESIRED_HASH_ANNOTATION = "modelship.dev/desired-hash"
 CONFIG_HASH_ANNOTATION = "modelship.dev/model-config-hash"
@@ -35,6 +39,25 @@ def network_policy(msvc_name: str) -> str:
 
 def model_config(msvc_name: str) -> str:
     return f"{msvc_name}-model-config"
+
+
+def optimize_job(msvc_name: str, digest: str) -> str:
+    """`<msvc>-optimize-<digest>`, cut to 63 characters: a Job's name is also a label value
+    on its pods. The digest covers the ModelService's name, so two long names sharing a
+    prefix still get distinct Jobs."""
+    suffix = f"-optimize-{digest}"
+    return f"{msvc_name[:63 - len(suffix)].rstrip('-')}{suffix}"
+
+
+def optimize_labels(msvc_name: str) -> dict[str, str]:
+    """Labels of an optimize Job and its pods (no SERVICE_LABEL, see OPTIMIZE_LABEL)."""
+    return {
+        OPTIMIZE_LABEL: msvc_name,
+        "app.kubernetes.io/name": "modelship-optimize",
+        "app.kubernetes.io/instance": msvc_name,
+        "app.kubernetes.io/component": "optimizer",
+        **MANAGED_BY,
+    }
 
 
 def selector(msvc_name: str) -> dict[str, str]:
