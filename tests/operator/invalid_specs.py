@@ -53,6 +53,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("builtin-autoscaling-without-slo", _with(autoscaling={"enabled": True}), "spec.slo", "required"),
     ("replicas-negative", _with(replicas=-1), "spec.replicas", "0"),
     ("pull-policy", _with(images={"pullPolicy": "Sometimes"}), "spec.images.pullPolicy", "IfNotPresent"),
+    ("cosine-bound-above-one", _with(optimization={"accuracy": {"metric": "cosine", "mean": 1.5}}),
+     "spec.optimization.accuracy.mean", "between 0 and 1"),
+    ("worst-stricter-than-mean", _with(optimization={"accuracy": {"metric": "maxAbs", "mean": 0.1, "worst": 0.01}}),
+     "spec.optimization.accuracy.worst", "must not be stricter than"),
+    ("failure-policy", _with(optimization={"failurePolicy": "Retry"}), "spec.optimization.failurePolicy",
+     "FallbackToBaseline"),
 ]
 
 

@@ -21,6 +21,7 @@ from modelship.render.names import MANAGED_BY
 WATCHED: tuple[tuple[str, str, str, str], ...] = (
     ("", "v1", "pods", "Pod"),
     ("apps", "v1", "deployments", "Deployment"),
+    ("batch", "v1", "jobs", "Job"),  # optimize Jobs
     ("", "v1", "configmaps", "ConfigMap"),
     ("", "v1", "services", "Service"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),

@@ -19,6 +19,7 @@ from modelship.render import CHILD_KINDS
 PLURALS: dict[tuple[str, str], str] = {(v, k): p for v, k, p in CHILD_KINDS}
 PLURALS[(api.API_VERSION, api.KIND)] = api.PLURAL
 PLURALS[("v1", "Event")] = "events"
+PLURALS[("batch/v1", "Job")] = "jobs"
 
 
 class KubeError(Exception):

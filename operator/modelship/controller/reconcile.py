@@ -1,10 +1,18 @@
-"""Reconcile one ModelService: render, apply what differs, observe, write status if it changed.
+"""Reconcile one ModelService: optimize, render, apply what differs, observe, write status if it changed.
 
 Level-triggered and idempotent: it reads the cache, not the event that woke it, so a
 restart at any point converges to the same result. It writes only when something differs:
 a child is applied when it is missing or its `desired-hash` annotation differs from the
 render's, and the status is patched only when a field the operator owns would change.
 In steady state a reconcile makes no API call at all.
+
+With spec.optimization.enabled, the optimize Job of the current spec comes first: it is
+created when missing, and until it has finished the ConfigMap and the Deployment are not
+applied, so a Deployment of an earlier spec keeps serving its variant untouched (the simplest
+state to reason about: what serves is always what some finished Job chose, or the original).
+The Job's result decides what rolls out (`status.optimization.decide`). Jobs of earlier
+specs go: a running one at once (its result can no longer matter), a finished one once the
+current Job has finished too.
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.store import Key, Store
 from modelship.render import Rendered, names, render_children
-from modelship.render.artifact import ModelArtifact, original
+from modelship.render.artifact import ORIGINAL, original
+from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
-from modelship.status.compute import Observed, compute_status, status_changed
+from modelship.status import optimization
+from modelship.status.compute import Observed, compute_status, status_changed, status_patch
 
 log = logging.getLogger("modelship.reconcile")
 
 INVALID_SPEC = "InvalidSpec"
+HELD_KINDS = ("ConfigMap", "Deployment")  # what waits for the optimize Job
 
 
 def utc_now() -> str:
@@ -42,10 +53,8 @@ class Reconciler:
     store: Store
     clock: Callable[[], str] = utc_now
     reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
-    # Seams for the optimize issue: which artifact to serve (None: the spec's model, as
-    # `render.artifact.original`) and extra conditions such as Optimized. Both see the
-    # validated ModelService and the cache; both must be pure and cheap (called per reconcile).
-    choose_artifact: Callable[[ModelService, Store], ModelArtifact | None] | None = None
+    # Seam for other components' conditions (e.g. ScalingLimited). Sees the validated
+    # ModelService and the cache; must be pure and cheap (called per reconcile).
     extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
@@ -70,33 +79,75 @@ class Reconciler:
             except pydantic.ValidationError as error:
                 await self._report_invalid(key, body, error)
                 return
-        artifact = self.choose_artifact(msvc, self.store) if self.choose_artifact else None
-        if cached is not None and cached[1] is msvc and cached[2].artifact == (artifact or original(msvc.spec)):
+        apply_error = None
+        try:
+            decision = await self._optimize(key, msvc)
+        except KubeError as error:
+            if error.status not in (400, 403, 422):
+                raise
+            apply_error = f"cannot create the optimize Job: {error}"
+            decision = optimization.Decision(
+                artifact=None, status=None, wait=optimization.Wait(optimization.OPTIMIZING, apply_error),
+                condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, optimization.FAILED, apply_error, warning=True))
+        # Held (None): render anyway, for the hash that tells whether the Deployment holds this spec.
+        artifact = decision.artifact or original(msvc.spec)
+        if cached is not None and cached[1] is msvc and cached[2].artifact == artifact:
             rendered = cached[2]
         else:
             rendered = render_children(msvc, artifact=artifact)
             # Pod events wake a ModelService far more often than its spec changes.
             self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
-        apply_error = None
         try:
-            await self._apply_children(key, msvc, rendered)
+            await self._apply_children(key, msvc, rendered, hold=decision.artifact is None)
         except KubeError as error:
             if error.status in (400, 403, 422):
                 apply_error = str(error)  # a fix needs a person, not a retry: say so in status
             else:
                 raise
         deployment_hash = _hash_of(rendered, "Deployment")
-        observed = Observed(
-            deployment=self.store.child(key, "Deployment", names.deployment(msvc.metadata.name)),
-            pods=self.store.pods(key),
-        )
+        deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
+        observed = Observed(deployment=deployment, pods=self.store.pods(key))
+        if decision.artifact is not None:
+            variant: str | None = decision.artifact.variant
+        else:  # what the Deployment of an earlier spec serves, if there is one
+            variant = _served_variant(deployment, msvc.metadata.uid)
         previous = self._previous(key, body)
+        extra = self.extra_conditions(msvc, self.store) if self.extra_conditions else []
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
-            variant=rendered.artifact.variant, desired_hash=deployment_hash, apply_error=apply_error,
-            extra_conditions=self.extra_conditions(msvc, self.store) if self.extra_conditions else (),
+            variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
+            extra_conditions=[decision.condition, *extra], wait=decision.wait,
+            extra_fields={"optimization": decision.status},
         )
         await self._write_status(key, body, previous, status, transitions)
+
+    async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
+        """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""
+        uid = msvc.metadata.uid
+        jobs = [j for j in self.store.children_of_kind(key, "Job") if _controlled_by(j, uid)]
+        if not msvc.spec.optimization.enabled:
+            await self._delete_jobs(msvc, jobs)
+            return optimization.disabled(msvc)
+        name = job_name(msvc)
+        job = self.store.child(key, "Job", name)
+        if job is None:
+            job = render_optimize_job(msvc)
+            log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
+            job = await self.kube.apply(job)
+            self.store.upsert("Job", job, own_write=True)
+        elif not _controlled_by(job, uid):
+            job = None  # of an earlier ModelService of this name: the garbage collector takes it
+        result = optimization.observe(job, self.store.job_pods(key), now=self.clock())
+        decision = optimization.decide(msvc, name, result)
+        others = [j for j in jobs if j["metadata"]["name"] != name]
+        await self._delete_jobs(msvc, others if decision.finished else [j for j in others if not _job_finished(j)])
+        return decision
+
+    async def _delete_jobs(self, msvc: ModelService, jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            log.info("deleting superseded optimize Job %s/%s", msvc.metadata.namespace, job["metadata"]["name"])
+            await self.kube.delete("batch/v1", "Job", msvc.metadata.namespace, job["metadata"]["name"])
+            self.store.remove("Job", job)
 
     def _previous(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any]:
         cached = dict(body.get("status") or {})
@@ -110,16 +161,20 @@ class Reconciler:
         if not status_changed(previous, status):
             return
         meta = body["metadata"]
-        written = await self.kube.patch_status(meta["namespace"], meta["name"], status)
+        written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
         self.written[key] = (meta.get("uid"), status)
         self.store.upsert("ModelService", written, own_write=True)
         await asyncio.gather(*(self._event(written, t) for t in transitions))
 
-    async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> None:
+    async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False) -> None:
+        """Apply what differs; `hold`: not the ConfigMap and the Deployment (they carry the
+        optimize Job's result, which this spec does not have yet)."""
         uid = msvc.metadata.uid
         stale = []
         for obj in rendered.objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
+            if hold and kind in HELD_KINDS:
+                continue
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
             if live is None or _hash(live) != want or not _controlled_by(live, uid) or _drifted(obj, live):
@@ -201,6 +256,18 @@ def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
     if desired["kind"] != "Deployment" or "replicas" not in desired["spec"]:
         return False
     return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
+
+
+def _served_variant(deployment: Mapping[str, Any] | None, uid: str | None) -> str | None:
+    if deployment is None or not _controlled_by(deployment, uid):
+        return None
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(names.VARIANT_ANNOTATION, ORIGINAL)
+
+
+def _job_finished(job: Mapping[str, Any]) -> bool:
+    return any(cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
+               for cond in (job.get("status") or {}).get("conditions") or [])
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:

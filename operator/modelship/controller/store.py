@@ -2,7 +2,10 @@
 
 Fed by kopf's watch events (and primed by one LIST per kind at startup), read by the
 reconciler, so deciding "is anything to do?" costs no API call. Children and pods are
-indexed by the ModelService named in their `modelship.dev/modelservice` label.
+indexed by the ModelService named in their `modelship.dev/modelservice` label; optimize Jobs
+and their pods by the one in `modelship.dev/optimize-for`, and those pods are kept apart
+from the serving pods (they never count as serving). Only objects labelled as managed by
+modelship are watched, so the cache holds the operator's own Jobs, not every Job.
 
 Our own writes go in only when they create an object the cache does not know yet. An
 update's response may reach us after the watch already delivered a newer state of the same
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from modelship.render.names import SERVICE_LABEL
+from modelship.render.names import OPTIMIZE_LABEL, SERVICE_LABEL
 
 Key = tuple[str, str]  # (namespace, ModelService name)
 
@@ -30,6 +33,7 @@ class Store:
         self._msvcs: dict[Key, dict[str, Any]] = {}
         self._children: dict[Key, dict[tuple[str, str], dict[str, Any]]] = {}  # (kind, name) -> body
         self._pods: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._job_pods: dict[Key, dict[str, dict[str, Any]]] = {}
 
     # --- writes from watch events and from our own API responses ------------------------
 
@@ -46,7 +50,7 @@ class Store:
             bucket: dict[Any, dict[str, Any]] = self._msvcs
             slot: Any = key
         elif kind == "Pod":
-            bucket, slot = self._pods.setdefault(key, {}), name
+            bucket, slot = self._pod_bucket(body).setdefault(key, {}), name
         else:
             bucket, slot = self._children.setdefault(key, {}), (kind, name)
         cached = bucket.get(slot)
@@ -64,7 +68,7 @@ class Store:
         if kind == "ModelService":
             self._msvcs.pop(key, None)
         elif kind == "Pod":
-            self._pods.get(key, {}).pop(name, None)
+            self._pod_bucket(body).get(key, {}).pop(name, None)
         else:
             self._children.get(key, {}).pop((kind, name), None)
         return key
@@ -74,6 +78,7 @@ class Store:
         self._msvcs.pop(key, None)
         self._children.pop(key, None)
         self._pods.pop(key, None)
+        self._job_pods.pop(key, None)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -86,6 +91,13 @@ class Store:
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return list(self._pods.get(key, {}).values())
 
+    def children_of_kind(self, key: Key, kind: str) -> list[dict[str, Any]]:
+        return [body for (k, _), body in self._children.get(key, {}).items() if k == kind]
+
+    def job_pods(self, key: Key) -> list[dict[str, Any]]:
+        """Pods of this ModelService's optimize Jobs."""
+        return list(self._job_pods.get(key, {}).values())
+
     def keys(self) -> Iterator[Key]:
         return iter(list(self._msvcs))
 
@@ -95,8 +107,13 @@ class Store:
         namespace = meta.get("namespace", "")
         if kind == "ModelService":
             return (namespace, meta.get("name", ""))
-        owner = (meta.get("labels") or {}).get(SERVICE_LABEL)
+        labels = meta.get("labels") or {}
+        owner = labels.get(SERVICE_LABEL) or labels.get(OPTIMIZE_LABEL)
         return (namespace, owner) if owner else None
+
+    def _pod_bucket(self, body: Mapping[str, Any]) -> dict[Key, dict[str, dict[str, Any]]]:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return self._pods if SERVICE_LABEL in labels else self._job_pods
 
 
 def _older(new: Mapping[str, Any], cached: Mapping[str, Any] | None) -> bool:

@@ -17,6 +17,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.render import names
 from modelship.status import conditions as c
 from modelship.status.diagnosis import Problem, diagnose
+from modelship.status.optimization import Wait
 
 AVAILABLE = "Available"
 ROLLOUT_IN_PROGRESS = "RolloutInProgress"
@@ -88,7 +89,8 @@ def rollout_of(msvc: ModelService, deployment: Mapping[str, Any] | None, desired
 
 
 def compute_conditions(
-    msvc: ModelService, rollout: Rollout, problem: Problem | None, *, apply_error: str | None
+    msvc: ModelService, rollout: Rollout, problem: Problem | None, *, apply_error: str | None,
+    wait: Wait | None = None,
 ) -> list[c.ConditionSpec]:
     generation = msvc.metadata.generation
     if apply_error is not None:
@@ -109,6 +111,8 @@ def compute_conditions(
     old_serving = rollout.available - rollout.ready if rollout.total > rollout.updated else 0
     if old_serving > 0:
         progress += f"; {old_serving} replicas of the previous spec still serve"
+    if wait is not None:
+        return _waiting(wait, problem, old_serving)
 
     if problem is not None:
         ready = c.ConditionSpec(c.READY, c.FALSE, problem.reason, problem.message, warning=True)
@@ -134,27 +138,48 @@ def compute_conditions(
     return [ready, progressing, degraded]
 
 
+def _waiting(wait: Wait, problem: Problem | None, old_serving: int) -> list[c.ConditionSpec]:
+    """This generation does not roll out yet (its optimize Job runs) or at all (it failed
+    under FailClosed); the Deployment of the previous spec, if any, keeps serving."""
+    message = wait.message
+    if old_serving > 0:
+        message += f"; {old_serving} replicas of the previous spec still serve"
+    ready = c.ConditionSpec(c.READY, c.FALSE, wait.reason, message, warning=wait.blocked)
+    if wait.blocked:
+        return [ready, c.ConditionSpec(c.PROGRESSING, c.FALSE, wait.reason, message),
+                c.ConditionSpec(c.DEGRADED, c.TRUE, wait.reason, message, warning=True)]
+    if problem is not None:  # on the pods of the previous spec
+        degraded = c.ConditionSpec(c.DEGRADED, c.TRUE, problem.reason, problem.message, warning=True)
+    else:
+        degraded = c.ConditionSpec(c.DEGRADED, c.FALSE, AS_EXPECTED, "no problem found")
+    return [ready, c.ConditionSpec(c.PROGRESSING, c.TRUE, wait.reason, message), degraded]
+
+
 def compute_status(
     msvc: ModelService,
     *,
     observed: Observed,
     previous: Mapping[str, Any] | None,
     now: str,
-    variant: str = "original",
+    variant: str | None = "original",
     desired_hash: str | None = None,
     apply_error: str | None = None,
     extra_conditions: Sequence[c.ConditionSpec] = (),
+    wait: Wait | None = None,
+    extra_fields: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[c.Transition]]:
     """The status to write and the condition transitions since `previous`.
 
     `desired_hash` is the Deployment's rendered hash; a Deployment carrying another one
-    does not yet hold this spec. `extra_conditions` is the seam for other components'
-    conditions (Optimized).
+    does not yet hold this spec. `extra_conditions` and `extra_fields` are the seams for
+    other components' conditions (Optimized, ScalingLimited) and fields (optimization,
+    autoscaling); a field set to None is removed. `wait` holds Ready back while this spec's
+    rollout waits (for its optimize Job) or is refused. `variant` None: nothing serves yet.
     """
     previous = previous or {}
     rollout = rollout_of(msvc, observed.deployment, desired_hash)
     problem = diagnose(observed.pods)
-    computed = compute_conditions(msvc, rollout, problem, apply_error=apply_error) + list(extra_conditions)
+    computed = compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait) + list(extra_conditions)
     merged, transitions = c.merge(
         previous.get("conditions"), computed, generation=msvc.metadata.generation, now=now
     )
@@ -168,10 +193,27 @@ def compute_status(
         "endpoints": names.endpoints(msvc.metadata.name, msvc.metadata.namespace),
         "conditions": merged,
     }
+    status.update(extra_fields or {})
     return status, transitions
 
 
 def status_changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """True when writing `new` would change any field the operator owns."""
+    """True when writing `new` would change any field the operator owns (None: absent)."""
     previous = previous or {}
     return any(previous.get(key) != value for key, value in new.items())
+
+
+def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns `previous` into `new` for the keys of `new`: a merge patch
+    merges nested objects, so keys an object no longer has are sent as null. Top-level keys
+    not in `new` belong to other writers and are left alone."""
+    previous = previous or {}
+    return {key: _object_patch(previous.get(key), value) for key, value in new.items()}
+
+
+def _object_patch(old: Any, new: Any) -> Any:
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    patch.update({key: _object_patch(old.get(key), value) for key, value in new.items()})
+    return patch

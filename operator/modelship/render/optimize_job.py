@@ -1,0 +1,147 @@
+"""The optimize Job: `modelship optimize` on the service's own hardware, before it rolls out.
+
+Named `<msvc>-optimize-<digest>`, where the digest covers everything the result depends on:
+the model's sha256, the gate, the budget, the SLO, the batching bounds, the resources (GPU
+product, count and MIG profile included), the scheduling and the server image. A spec change
+that matters makes a new Job; a re-run, a restart or a change that does not matter (replicas,
+rollout settings, the model's URI for the same digest) finds the existing one. The failure
+policy is not in the digest: it decides what happens after the Job, not what the Job finds.
+
+The pod is the serving pod's twin where it counts: the same `fetch-model` step, resources,
+scheduling and security (`render.pod`). The summary of the run (contract C1) comes back as
+the `optimize` container's termination message, which the operator reads; so no TTL is set:
+the operator deletes a Job itself once a newer one of the same ModelService has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from modelship.api.v1alpha1 import ModelService
+from modelship.fetch.outcomes import FetchOutcome
+from modelship.render import names, pod
+
+CONTAINER = "optimize"
+BACKOFF_LIMIT = 1  # one retry for a crash or an eviction; bad input fails at once (below)
+DEADLINE_MARGIN_SECONDS = 300  # download, baseline, timing and the capacity sweep
+CAPACITY_MAX_BATCH_SIZE = 32  # the optimizer's own default bound, passed explicitly
+EXIT_BAD_INPUT = 2  # `modelship optimize`: corrupt model, digest mismatch, dataset that does not fit
+# The gate's metric names on the command line.
+METRIC_FLAGS = {"cosine": "cosine", "top1Agreement": "top1_agreement", "maxAbs": "max_abs", "maxRel": "max_rel"}
+# Fetch failures no retry can fix.
+PERMANENT_FETCH_FAILURES = sorted(o.exit_code for o in (
+    FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED, FetchOutcome.NOT_FOUND))
+DIGEST_LENGTH = 10
+
+
+def optimize_args(msvc: ModelService) -> list[str]:
+    """The flags of `modelship optimize` (contracts C1 and C3), all explicit so a default
+    that moves in the optimizer does not silently change what a Job name stands for."""
+    spec = msvc.spec
+    model_dir = f"{pod.MODEL_REPOSITORY}/{spec.model.name}"
+    mean, worst = spec.optimization.accuracy.bounds()
+    args = [
+        f"--model={pod.model_path(msvc)}",
+        f"--output={model_dir}/optimized",
+        f"--sha256={spec.model.sha256.lower()}",
+        f"--metric={METRIC_FLAGS[spec.optimization.accuracy.metric]}",
+        f"--threshold-mean={mean:g}",
+        f"--threshold-min={worst:g}",
+        f"--budget-seconds={spec.optimization.budget_seconds}",
+        f"--max-batch-size={capacity_max_batch_size(msvc)}",
+    ]
+    if spec.slo is not None:
+        args += [f"--slo-ms={spec.slo.latency_milliseconds}", f"--slo-percentile={spec.slo.percentile}"]
+    args.append(f"--termination-log={pod.TERMINATION_LOG}")
+    return args
+
+
+def capacity_max_batch_size(msvc: ModelService) -> int:
+    """The bound of the capacity search: the user's maxBatchSize when set (serving will use
+    it), 1 with batching off, else the optimizer's default."""
+    batching = msvc.spec.batching
+    if not batching.enabled:
+        return 1
+    return batching.max_batch_size if batching.max_batch_size is not None else CAPACITY_MAX_BATCH_SIZE
+
+
+def inputs(msvc: ModelService) -> dict[str, Any]:
+    """Everything the Job's result depends on (and nothing else: see the module docstring)."""
+    return {
+        "modelservice": msvc.metadata.name,
+        "model": msvc.spec.model.sha256.lower(),
+        "args": optimize_args(msvc),
+        "image": msvc.spec.images.server,
+        "resources": pod.resources(msvc),
+        "scheduling": pod.scheduling(msvc),
+    }
+
+
+def digest(msvc: ModelService) -> str:
+    canonical = json.dumps(inputs(msvc), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:DIGEST_LENGTH]
+
+
+def job_name(msvc: ModelService) -> str:
+    return names.optimize_job(msvc.metadata.name, digest(msvc))
+
+
+def active_deadline_seconds(msvc: ModelService) -> int:
+    """The budget bounds only the candidate search; timing the survivors and the capacity
+    sweep come after it, the download before."""
+    return 2 * msvc.spec.optimization.budget_seconds + DEADLINE_MARGIN_SECONDS
+
+
+def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
+    """The Job for `msvc`'s current spec, with labels and (when the ModelService has a uid)
+    a controller ownerReference, so deleting the ModelService deletes its Jobs."""
+    from modelship.render import owner_reference  # the package imports this module
+
+    spec = msvc.spec
+    labels = names.optimize_labels(msvc.metadata.name)
+    optimize = {
+        "name": CONTAINER,
+        "image": spec.images.server,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": ["modelship", "optimize"],
+        "args": optimize_args(msvc),
+        "resources": pod.resources(msvc),
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePath": pod.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "model-repository", "mountPath": pod.MODEL_REPOSITORY},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec = pod.base_pod_spec(msvc)
+    pod_spec.update({
+        "restartPolicy": "Never",
+        "initContainers": [pod.fetch_container(msvc, uri=spec.model.uri, sha256=spec.model.sha256.lower(),
+                                               config_copy=None)],
+        "containers": [optimize],
+        "volumes": pod.base_volumes(msvc),
+    })
+    metadata: dict[str, Any] = {"name": job_name(msvc), "namespace": msvc.metadata.namespace, "labels": labels}
+    if msvc.metadata.uid:
+        metadata["ownerReferences"] = [owner_reference(msvc)]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "activeDeadlineSeconds": active_deadline_seconds(msvc),
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [EXIT_BAD_INPUT]}},
+                {"action": "FailJob", "onExitCodes": {"containerName": "fetch-model", "operator": "In",
+                                                      "values": PERMANENT_FETCH_FAILURES}},
+                # preemption or a drain is not the optimizer's fault: retry without counting it
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
