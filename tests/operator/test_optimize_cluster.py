@@ -187,6 +187,18 @@ def test_a_failed_job_falls_back_to_the_original(cluster: Any, operator: Operato
     failed = get(cluster, "job", "-n", namespace, job)
     assert any(c["type"] == "Failed" and c["status"] == "True" for c in failed["status"]["conditions"]), \
         "exit code 2 (bad input) fails the Job at once, without a retry"
+    assert len(get(cluster, "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={job}")["items"]) == 1
+
+    # settled: the finished Job, its pod and the status cause no further writes
+    time.sleep(3)
+    audit_size = cluster.audit_log.stat().st_size
+    time.sleep(20)
+    with open(cluster.audit_log, "rb") as f:
+        f.seek(audit_size)
+        writes = [json.loads(line) for line in f if line.strip()]
+    ours = [w for w in writes if "modelship" in w.get("user", {}).get("username", "")
+            and (w.get("objectRef") or {}).get("namespace") == namespace and w.get("verb") not in ("get", "list", "watch")]
+    assert ours == [], [(w["verb"], w.get("requestURI")) for w in ours]
 
 
 def test_a_failed_job_with_fail_closed_rolls_out_nothing_and_says_why(
