@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from modelship.fetch.outcomes import FetchOutcome
 
 FETCH_CONTAINER = "fetch-model"
+APPLY_VARIANT_CONTAINER = "apply-variant"
 
 IMAGE_PULL_FAILED = "ImagePullFailed"
 CRASH_LOOP = "CrashLoop"
@@ -22,6 +23,8 @@ CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 INSUFFICIENT_GPU = "InsufficientGPU"
 UNSCHEDULABLE = "Unschedulable"
 FETCH_FAILED = "ModelFetchFailed"  # the fetch step failed with an exit code outside the table
+# Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
+VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
 
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 PRIORITY = [
@@ -31,6 +34,7 @@ PRIORITY = [
     FetchOutcome.NOT_FOUND.reason,
     FetchOutcome.UNREACHABLE.reason,
     FETCH_FAILED,
+    VARIANT_REBUILD_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -116,6 +120,11 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
             detail = detail[len(prefix):] if detail.startswith(prefix) else detail
             return outcome.reason, f"model fetch failed: {detail or f'exit code {code}'}"
         return FETCH_FAILED, f"model fetch failed with exit code {code}: {detail or failed.get('reason', '')}".rstrip(": ")
+    if init and cname == APPLY_VARIANT_CONTAINER and failed:
+        detail = (failed.get("message") or "").strip().splitlines()
+        return (VARIANT_REBUILD_FAILED,
+                f"rebuilding the optimized variant failed (exit code {failed.get('exitCode')}): "
+                f"{detail[-1] if detail else failed.get('reason', '')}")
     if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
         restarts = container.get("restartCount", 0)
         why = ""
