@@ -31,7 +31,12 @@ def _sha(path) -> str:
     (models.small_cnn, cand.Recipe(name="static-int8-qdq", kind="static_int8", per_channel=True)),
     (models.small_cnn, cand.Recipe(name="ort-all", kind="ort_all")),
     (models.transformer_encoder, cand.Recipe(name="transformer-fusion", kind="transformer_fusion")),
-], ids=["dynamic-int8", "static-int8-calibrated", "ort-all", "transformer-fusion"])
+    (models.transformer_encoder, cand.Recipe(name="fusion+mixed", kind="dynamic_int8", per_channel=True,
+                                             fuse_transformer=True, float_fraction=0.25)),
+    (models.int8_hostile, cand.Recipe(name="mixed", kind="dynamic_int8", per_channel=True, float_fraction=0.1)),
+    (models.small_cnn, cand.Recipe(name="conv-only", kind="static_int8", per_channel=True, op_types=["Conv"])),
+], ids=["dynamic-int8", "static-int8-calibrated", "ort-all", "transformer-fusion", "fusion+mixed-int8",
+        "mixed-int8-calibrated", "static-int8-conv-only"])
 def test_rebuild_reproduces_the_measured_file(tmp_path, make, recipe):
     """What the Job measured is what the pod serves: a rebuild in another folder, from another
     copy of the original, with the recorded flags, gives the same bytes."""
@@ -90,14 +95,18 @@ def test_feeds_split_is_shared_by_search_and_rebuild():
     assert len(calibration) == 16 and len(validation) == 16 and "seed 0" in source
 
 
-@pytest.mark.parametrize("make", [models.small_cnn, models.transformer_encoder], ids=["cnn", "transformer"])
+@pytest.mark.parametrize("make", [models.small_cnn, models.transformer_encoder, models.int8_hostile],
+                         ids=["cnn", "transformer", "mlp"])
 def test_every_recipe_builds_the_same_bytes_every_time(tmp_path, make):
     """Repeated builds must not differ (ONNX Runtime's layout passes once named nodes from a hash map)."""
     model = make()
     onnx.save(model, str(tmp_path / "model.onnx"))
     feeds = generate(input_specs(model), 8, seed=0)
     recipes, _ = cand.default_recipes(cpu_count=2, gpu_unavailable="no GPU in tests",
-                                      transformer=cand.looks_like_transformer(model))
+                                      transformer=cand.looks_like_transformer(model),
+                                      convolutional=cand.has_convolutions(model))
+    kinds = {(r.kind, r.fuse_transformer, r.float_fraction > 0, r.op_types is not None) for r in recipes}
+    assert len(kinds) >= 4  # every family of recipes this model gets is covered, not just one
     for recipe in recipes:
         digests = {_sha(cand.build(recipe, tmp_path / "model.onnx", tmp_path / f"w{i}", feeds)) for i in range(4)}
         assert len(digests) == 1, f"{recipe.name} built {len(digests)} different files"

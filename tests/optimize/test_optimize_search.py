@@ -82,7 +82,7 @@ def test_int8_hostile_model_is_rejected_by_the_gate_with_its_figure(tmp_path):
         assert row.gate.mean < 0.99
         assert f"{row.gate.mean:.6g}" in row.reason  # the measured figure is in the reason
         assert row.timing is None  # rejected candidates are not timed
-    assert not report.chosen.startswith(("static-int8", "dynamic-int8"))
+    assert report.chosen == "baseline" or rows[report.chosen].gate.passed  # a rejected one is never chosen
     assert rows["ort-all"].gate.passed  # fp32 graph optimization keeps accuracy
     table = render_table(report)
     assert "static-int8-qdq" in table and "gate failed" in table

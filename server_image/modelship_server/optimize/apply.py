@@ -42,7 +42,7 @@ def args_for(recipe: Recipe, sha256: str, samples: int, seed: int, dataset: Path
     """The flags that make `modelship optimize` rebuild this recipe (recorded in the report)."""
     args = ["--apply-recipe", recipe.model_dump_json(), "--expect-sha256", sha256,
             "--samples", str(samples), "--seed", str(seed)]
-    if dataset is not None and recipe.kind == "static_int8":
+    if dataset is not None and (recipe.kind == "static_int8" or recipe.float_fraction > 0):  # calibrated
         args += ["--dataset", str(dataset)]
     return args
 

@@ -6,11 +6,13 @@ and so the operator can later set the same session settings when it serves that 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from pydantic import BaseModel
@@ -21,6 +23,9 @@ Kind = Literal["baseline", "ort_all", "transformer_fusion", "dynamic_int8", "sta
 # Ops whose int8 versions lose too much (normalisation, softmax): left in float in static QDQ.
 STATIC_EXCLUDED_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "SkipLayerNormalization",
                                         "SimplifiedLayerNormalization", "GroupNormalization")
+# Fractions of weighted nodes kept in float by the mixed-precision int8 recipes.
+MIXED_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
+WEIGHTED_OPS: dict[str, int] = {"MatMul": 1, "Gemm": 1, "Attention": 1, "Conv": 1}  # op -> weight input
 _LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
@@ -31,6 +36,15 @@ class Recipe(BaseModel):
     name: str
     kind: Kind
     per_channel: bool = False
+    # int8 kinds: run ONNX Runtime's transformer fusions first (attention, skip layer norm,
+    # bias GELU), so the quantizer sees the fused operators (QAttention) and fewer small nodes.
+    fuse_transformer: bool = False
+    # int8 kinds: keep this fraction of the weighted nodes (MatMul, Gemm, Attention, Conv) in
+    # float, the ones whose simulated int8 error on the calibration inputs is largest. Accuracy
+    # lost to int8 concentrates in a few layers (outlier activations); these stay exact.
+    float_fraction: float = 0.0
+    # int8 kinds: quantize only these operator types (None: every type the quantizer supports).
+    op_types: list[str] | None = None
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     graph_optimization_level: Literal["basic", "all"] = "all"
     providers: list[str] = ["CPUExecutionProvider"]
@@ -58,8 +72,12 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and "MatMul" in ops and has_norm
 
 
+def has_convolutions(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "Conv" for node in model.graph.node)
+
+
 def default_recipes(cpu_count: int | None = None, gpu_unavailable: str | None = "unchecked",
-                    transformer: bool = False) -> tuple[list[Recipe], list[Skipped]]:
+                    transformer: bool = False, convolutional: bool = False) -> tuple[list[Recipe], list[Skipped]]:
     """The candidate list, and the candidates that cannot run here with the reason."""
     cpus = cpu_count or os.cpu_count() or 1
     if gpu_unavailable == "unchecked":
@@ -73,9 +91,22 @@ def default_recipes(cpu_count: int | None = None, gpu_unavailable: str | None = 
     recipes += [
         Recipe(name="dynamic-int8", kind="dynamic_int8"),
         Recipe(name="dynamic-int8-per-channel", kind="dynamic_int8", per_channel=True),
+    ]
+    if transformer:  # fused attention quantizes whole (QAttention); mixed precision rescues accuracy
+        recipes += [Recipe(name="fusion+dynamic-int8-per-channel", kind="dynamic_int8", per_channel=True,
+                           fuse_transformer=True)]
+        recipes += [Recipe(name=f"fusion+dynamic-int8-per-channel-float-{round(f * 100)}pct", kind="dynamic_int8",
+                           per_channel=True, fuse_transformer=True, float_fraction=f) for f in MIXED_FRACTIONS]
+    else:
+        recipes += [Recipe(name=f"dynamic-int8-per-channel-float-{round(f * 100)}pct", kind="dynamic_int8",
+                           per_channel=True, float_fraction=f) for f in MIXED_FRACTIONS[:1]]
+    recipes += [
         Recipe(name="static-int8-qdq", kind="static_int8"),
         Recipe(name="static-int8-qdq-per-channel", kind="static_int8", per_channel=True),
     ]
+    if convolutional:  # int8 convolutions pay off where int8 elementwise/pool ops would not
+        recipes.append(Recipe(name="static-int8-qdq-conv-only", kind="static_int8", per_channel=True,
+                              op_types=["Conv"]))
     if cpus > 1:  # one thread per request can beat a contended pool for small models
         recipes.append(Recipe(name="ort-all-1-thread", kind="ort_all", intra_op_threads=1))
     if gpu_unavailable is None:
@@ -134,10 +165,139 @@ def _canonical_node_names(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) -> Path:
-    """Write the variant's model file under `workdir` and return its path."""
+def _fuse_transformer(source: Path, target: Path) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    before = onnx.load(str(source))
+    ops_before = sorted(node.op_type for node in before.graph.node)
+    # opt_level 0: only the transformer fusions; ORT's own levels still run when served.
+    fused = optimize_model(before, model_type="bert", opt_level=0)
+    if sorted(node.op_type for node in fused.model.graph.node) == ops_before:
+        raise ValueError("the transformer optimizer found no attention, layer-norm or GELU pattern to fuse")
+    fused.save_model_to_file(str(target))
+
+
+def _with_node_names(source: Path, scratch: Path) -> tuple[Path, onnx.ModelProto]:
+    """The quantizer excludes nodes by name: give every unnamed node one (by position, so a
+    rebuild names them the same), writing a copy only when something was unnamed."""
+    model = onnx.load(str(source))
+    unnamed = [n for n in model.graph.node if not n.name]
+    for i, node in enumerate(unnamed):
+        node.name = f"modelship_{node.op_type}_{i}"
+    if not unnamed:
+        return source, model
+    onnx.save(model, str(scratch))
+    return scratch, model
+
+
+def _fake_int8(values: np.ndarray, per_channel_axis: int | None, symmetric: bool) -> np.ndarray:
+    """`values` rounded to the int8/uint8 grid the quantizer would use (per tensor or per channel)."""
+    if per_channel_axis is None:
+        lo, hi = np.minimum(values.min(), 0.0), np.maximum(values.max(), 0.0)
+    else:
+        axes = tuple(a for a in range(values.ndim) if a != per_channel_axis % values.ndim)
+        lo = np.minimum(values.min(axis=axes, keepdims=True), 0.0)
+        hi = np.maximum(values.max(axis=axes, keepdims=True), 0.0)
+    if symmetric:
+        scale = np.maximum(np.abs(lo), np.abs(hi)) / 127.0
+        scale = np.where(scale == 0, 1.0, scale)
+        return np.clip(np.round(values / scale), -127, 127) * scale
+    scale = (hi - lo) / 255.0
+    scale = np.where(scale == 0, 1.0, scale)
+    zero = np.round(-lo / scale)
+    return (np.clip(np.round(values / scale) + zero, 0, 255) - zero) * scale
+
+
+def _relative(error: np.ndarray, reference: np.ndarray) -> float:
+    norm = float(np.linalg.norm(reference))
+    return float(np.linalg.norm(error)) / norm if norm > 0 else 0.0
+
+
+def int8_sensitivity(model: onnx.ModelProto, calibration: list[Feed], per_channel: bool,
+                     op_types: list[str] | None = None, samples: int = 8) -> list[tuple[float, str]]:
+    """(simulated relative int8 error, node name) of every weighted node, largest first.
+
+    Each node is judged alone on its real inputs (one float run on calibration inputs, 1 thread
+    so the figures do not depend on the core count): activations on the uint8 grid of their
+    range, weights on the int8 grid (per output channel or per tensor). MatMul-like nodes
+    compare products; Conv, whose product is costly to redo here, adds input and weight error.
+    Figures are rounded before ranking so a rebuild on the same hardware ranks the same way.
+    """
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and (op_types is None or n.op_type in op_types)
+             and len(n.input) > WEIGHTED_OPS[n.op_type] and n.input[WEIGHTED_OPS[n.op_type]] in weights
+             and n.input[0] not in weights]
+    if not nodes or not calibration:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    taps = sorted({n.input[0] for n in nodes} - outputs)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in taps)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    wanted = {n.input[0] for n in nodes}
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for feed in calibration[:samples]:
+        for name, value in zip(names, session.run(None, feed)):
+            if name in wanted:
+                seen[name].append(np.asarray(value, np.float64))
+    ranked = []
+    for node in nodes:
+        w = numpy_helper.to_array(weights[node.input[WEIGHTED_OPS[node.op_type]]]).astype(np.float64)
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            w = w.T
+        errors = []
+        for x in seen[node.input[0]]:
+            xq = _fake_int8(x, None, symmetric=False)
+            if node.op_type == "Conv":
+                wq = _fake_int8(w, 0 if per_channel else None, symmetric=True)
+                errors.append(_relative(xq - x, x) + _relative(wq - w, w))
+            else:
+                wq = _fake_int8(w, -1 if per_channel else None, symmetric=True)
+                x2 = x.reshape(-1, x.shape[-1])
+                errors.append(_relative(xq.reshape(x2.shape) @ wq - x2 @ w, x2 @ w))
+        ranked.append((float(f"{np.mean(errors):.4g}"), node.name))
+    ranked.sort(key=lambda item: (-item[0], item[1]))
+    return ranked
+
+
+def _quantize(recipe: Recipe, source: Path, workdir: Path, target: Path, calibration: list[Feed]) -> None:
     from onnxruntime import quantization as q
 
+    if recipe.fuse_transformer:
+        fused = workdir / f"{recipe.name}-fused.onnx"
+        _fuse_transformer(source, fused)
+        source = fused
+    source, model = _with_node_names(source, workdir / f"{recipe.name}-named.onnx")
+    excluded: list[str] = []
+    if recipe.float_fraction > 0:
+        ranked = int8_sensitivity(model, calibration, recipe.per_channel, recipe.op_types)
+        keep = min(len(ranked), math.ceil(recipe.float_fraction * len(ranked)))
+        excluded = [name for _, name in ranked[:keep]]
+        # The dynamic quantizer first rewrites Gemm as MatMul + Add, naming the MatMul <name>_MatMul.
+        gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+        excluded += [f"{name}_MatMul" for name in excluded if name in gemms]
+    # Fused contrib operators have no ONNX shape inference; their outputs are float.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if recipe.fuse_transformer else {}
+    if recipe.kind == "dynamic_int8":
+        q.quantize_dynamic(source, target, per_channel=recipe.per_channel, weight_type=q.QuantType.QInt8,
+                           nodes_to_exclude=excluded, op_types_to_quantize=recipe.op_types, extra_options=extra)
+    else:
+        excluded += [n.name for n in model.graph.node if n.op_type in STATIC_EXCLUDED_OPS]
+        q.quantize_static(source, target, _Reader(calibration), quant_format=q.QuantFormat.QDQ,
+                          per_channel=recipe.per_channel, nodes_to_exclude=excluded,
+                          op_types_to_quantize=recipe.op_types, extra_options=extra,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+
+
+def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) -> Path:
+    """Write the variant's model file under `workdir` and return its path."""
     workdir.mkdir(parents=True, exist_ok=True)
     target = workdir / f"{recipe.name}.onnx"
     if recipe.kind == "baseline":
@@ -148,29 +308,9 @@ def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) 
         ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         _canonical_node_names(target)
     elif recipe.kind == "transformer_fusion":
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        before = onnx.load(str(source))
-        ops_before = sorted(node.op_type for node in before.graph.node)
-        # opt_level 0: only the transformer fusions; ORT's own levels still run when served.
-        fused = optimize_model(before, model_type="bert", opt_level=0)
-        if sorted(node.op_type for node in fused.model.graph.node) == ops_before:
-            raise ValueError("the transformer optimizer found no attention, layer-norm or GELU pattern to fuse")
-        fused.save_model_to_file(str(target))
-    elif recipe.kind == "dynamic_int8":
-        q.quantize_dynamic(source, target, per_channel=recipe.per_channel, weight_type=q.QuantType.QInt8)
-    elif recipe.kind == "static_int8":
-        model = onnx.load(str(source))
-        unnamed = [n for n in model.graph.node if not n.name]
-        for i, node in enumerate(unnamed):  # exclusion works by node name; give every node one
-            node.name = f"modelship_{node.op_type}_{i}"
-        if unnamed:
-            source = workdir / f"{recipe.name}-named.onnx"
-            onnx.save(model, str(source))
-        excluded = [n.name for n in model.graph.node if n.op_type in STATIC_EXCLUDED_OPS]
-        q.quantize_static(source, target, _Reader(calibration), quant_format=q.QuantFormat.QDQ,
-                          per_channel=recipe.per_channel, nodes_to_exclude=excluded,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+        _fuse_transformer(source, target)
+    elif recipe.kind in ("dynamic_int8", "static_int8"):
+        _quantize(recipe, source, workdir, target, calibration)
     elif recipe.kind == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

@@ -79,8 +79,9 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
     if recipes is None:
         import onnx
 
-        recipes, default_skipped = cand.default_recipes(
-            transformer=cand.looks_like_transformer(onnx.load(str(model), load_external_data=False)))
+        graph = onnx.load(str(model), load_external_data=False)
+        recipes, default_skipped = cand.default_recipes(transformer=cand.looks_like_transformer(graph),
+                                                        convolutional=cand.has_convolutions(graph))
         skipped = default_skipped if skipped is None else skipped
     output_dir.mkdir(parents=True, exist_ok=True)
     base_recipe = cand.baseline_recipe()
