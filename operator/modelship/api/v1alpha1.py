@@ -221,11 +221,28 @@ class SLO(_Model):
     percentile: Literal["p50", "p90", "p95", "p99"] = "p95"
 
 
+class PrometheusSettings(_Model):
+    """Where the autoscaler reads the pods' metrics instead of scraping them itself."""
+
+    url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s]+$")]
+    pod_label: Annotated[str, StringConstraints(max_length=128, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")] = "pod"
+    namespace_label: Annotated[str, StringConstraints(max_length=128, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")] = "namespace"
+    rate_window_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
 class Autoscaling(_Model):
     enabled: bool = False
     engine: Literal["builtin", "hpa", "keda"] = "builtin"
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
+    # The builtin engine's knobs (docs/autoscaling.md); hpa and keda read the scale-down
+    # window and the target utilization too.
+    interval_seconds: Annotated[int, Field(ge=1, le=300)] = 2
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+    panic_threshold: Annotated[float, Field(ge=1.1, le=10)] = 2.0
+    target_utilization: Annotated[float, Field(ge=0.1, le=1)] = 0.8
+    capacity_per_replica: Annotated[float, Field(ge=0.001, le=1_000_000)] | None = None
+    prometheus: PrometheusSettings | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -399,6 +416,17 @@ class OptimizationStatus(_Model):
     capacity: CapacityStatus | None = None
 
 
+class AutoscalingStatus(_Model):
+    engine: str | None = None
+    desired_replicas: int | None = None
+    current_replicas: int | None = None
+    observed_requests_per_second: float | None = None
+    capacity_per_replica: float | None = None
+    capacity_source: str | None = None
+    reason: str | None = None
+    last_scale_time: str | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -409,4 +437,5 @@ class ModelServiceStatus(_Model):
     endpoints: Endpoints | None = None
     latency: Latency | None = None
     optimization: OptimizationStatus | None = None
+    autoscaling: AutoscalingStatus | None = None
     conditions: list[Condition] | None = None
