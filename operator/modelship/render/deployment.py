@@ -24,7 +24,7 @@ from typing import Any
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import names, pod
 from modelship.render.artifact import ModelArtifact
-from modelship.render.pod import CONFIG_MOUNT, MODEL_REPOSITORY, PVC_MOUNT, RUN_AS  # noqa: F401 - re-exported
+from modelship.render.pod import MODEL_REPOSITORY
 
 APPLY_VARIANT = "apply-variant"
 
