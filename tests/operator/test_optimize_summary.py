@@ -55,6 +55,8 @@ def test_a_success_summary_parses_with_every_figure() -> None:
     (json.dumps(summary(sha256="xyz")), "sha256 must be 64 hex digits"),
     (json.dumps(summary(apply_args=[])), "gives no apply_args"),
     (json.dumps(summary(apply_args="--apply-recipe")), "apply_args must be a list of strings"),
+    (json.dumps(summary(apply_args=["--apply-recipe", "{}", "--expect-sha256", "cd" * 32])),
+     "apply_args must pass --expect-sha256 " + VARIANT_SHA),
     (json.dumps(summary(speedup="fast")), "speedup must be a non-negative number; got 'fast'"),
     (json.dumps(summary(capacity={"requests_per_second": 1.0})), "capacity needs requests_per_second"),
     (json.dumps(summary(capacity={"requests_per_second": 1.0, "max_batch_size": 2.5,

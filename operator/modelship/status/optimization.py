@@ -125,6 +125,11 @@ def parse_summary(text: str | None) -> Summary:
     if outcome == "optimized" and (not apply_args or sha256 is None):
         raise SummaryError(f"the optimize summary chose variant {chosen} but gives no apply_args and sha256 "
                            "to rebuild it in the serving pods")
+    if outcome == "optimized":
+        expected = apply_args[apply_args.index("--expect-sha256") + 1:][:1] if "--expect-sha256" in apply_args else []
+        if [e.lower() for e in expected] != [sha256.lower()]:
+            raise SummaryError(f"the optimize summary's apply_args must pass --expect-sha256 {sha256.lower()} (its "
+                               f"sha256), or the serving pods would refuse the rebuilt variant; got {expected or 'none'}")
     return Summary(
         outcome=outcome,
         chosen=chosen,
