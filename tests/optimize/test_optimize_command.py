@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 import models
+from modelship_server.optimize.command import MIN_CAPACITY_SECONDS, capacity_seconds_left, split_budget
 
 FAST = ["--timing-rounds", "2", "--timing-calls", "2", "--samples", "6", "--capacity-seconds", "0"]
 
@@ -100,3 +101,24 @@ def test_misfitting_dataset(tmp_path, model_file, arrays, needle):
     data = tmp_path / "data.npz"
     np.savez(data, **arrays)
     _bad_input(optimize("--model", str(model_file), "--output", str(tmp_path / "o"), "--dataset", str(data)), needle)
+
+
+@pytest.mark.parametrize("budget, capacity, search", [
+    (600.0, 60.0, 540.0),  # the sweep's own time is reserved
+    (100.0, 60.0, 75.0),  # at most a quarter of the budget...
+    (40.0, 60.0, 25.0),  # ...but never less than the minimum
+    (600.0, 0.0, 600.0),  # no sweep: the search gets everything
+    (10.0, 60.0, 0.0),
+])
+def test_split_budget_reserves_the_capacity_sweep(budget, capacity, search):
+    assert split_budget(budget, capacity) == search
+
+
+@pytest.mark.parametrize("budget, elapsed, capacity, expected", [
+    (600.0, 300.0, 60.0, 60.0),  # plenty left: its own cap
+    (600.0, 570.0, 60.0, 30.0),  # what is left
+    (600.0, 650.0, 60.0, MIN_CAPACITY_SECONDS),  # over budget: still the minimum
+    (600.0, 650.0, 5.0, 5.0),  # never more than asked for
+])
+def test_capacity_gets_what_is_left_never_less_than_the_minimum(budget, elapsed, capacity, expected):
+    assert capacity_seconds_left(budget, elapsed, capacity) == expected

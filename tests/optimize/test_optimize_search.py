@@ -97,6 +97,24 @@ def test_budget_exhausted_skips_the_remaining_candidates(tmp_path):
     assert report.chosen == "baseline" and "budget exhausted" in log
 
 
+def test_a_short_budget_scales_timing_down_and_bounds_the_search(tmp_path):
+    from modelship_server import samples
+
+    model = samples.mlp((512, 2048, 2048, 10))  # ~1 ms a call: 40 x 200 calls of 3 variants ~ 24 s
+    path = tmp_path / "in.onnx"
+    onnx.save(model, str(path))
+    feeds = generate(input_specs(model), 8, seed=1)
+    recipes = [cand.Recipe(name="ort-all", kind="ort_all"), cand.Recipe(name="ort-all-1-thread", kind="ort_all",
+                                                                        intra_op_threads=1)]
+    log = io.StringIO()
+    report = optimize(path, tmp_path / "out", feeds[:4], feeds[4:], GateSpec(), input_source="generated",
+                      recipes=recipes, skipped=[], progress=log, budget_seconds=4.0, rounds=40, calls=200)
+    assert report.timing_rounds * report.timing_calls < 40 * 200
+    assert report.timing_rounds >= 3 and report.timing_calls >= 2
+    assert "scaled down from 40 x 200" in log.getvalue()
+    assert report.duration_seconds < 4.0 + 2.0  # the estimate may be off by a little, not by the full plan
+
+
 def test_a_recipe_that_fails_to_build_is_rejected_not_fatal(tmp_path):
     # static int8 without calibration data cannot compute ranges: the quantizer raises
     model = models.mlp()

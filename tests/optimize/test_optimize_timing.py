@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelship_server.optimize.search import choose
-from modelship_server.optimize.timing import TimingStats, beats, speedup, stats, time_interleaved
+from modelship_server.optimize.timing import (TimingStats, beats, cost_seconds, plan, speedup, stats,
+                                              time_interleaved)
 
 
 def t(median: float, spread: float) -> TimingStats:
@@ -63,3 +64,18 @@ def test_time_interleaved_runs_every_variant_each_round_in_rotating_order():
     timed = calls[3:]  # after one warmup call each
     firsts = [timed[i * 6] for i in range(3)]  # first runner of each round (2 calls x 3 runners per round)
     assert firsts == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("budget, per_call, expected", [
+    (100.0, [1.0, 1.0], (7, 20)),  # 0.6 s needed: as asked
+    (0.2, [1.0, 1.0], (7, 13)),  # fewer calls per round first
+    (0.05, [1.0, 1.0], (7, 3)),
+    (0.02, [1.0, 1.0], (3, 2)),  # then fewer rounds, down to the minimum
+    (0.0, [1.0, 1.0], (3, 2)),  # never below it, even with no time left
+    (1.0, [0.0], (7, 20)),  # nothing measurable: as asked
+])
+def test_plan_scales_calls_then_rounds_to_the_budget(budget, per_call, expected):
+    assert plan(budget, per_call, rounds=7, calls=20) == expected
+    rounds, calls = expected
+    if expected != (3, 2):
+        assert cost_seconds(per_call, rounds, calls) <= max(budget, 0.0) or sum(per_call) == 0

@@ -14,6 +14,22 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_DIGEST_MISMATCH = 3  # --apply-recipe rebuilt a different file (see apply.py)
+MIN_CAPACITY_SECONDS = 15.0  # below this a sweep measures server start-up, not capacity
+
+
+def split_budget(budget_seconds: float, capacity_seconds: float) -> float:
+    """Seconds the search may use so the capacity sweep still gets its share: its own
+    --capacity-seconds, but at most a quarter of the budget and at least the minimum."""
+    if capacity_seconds <= 0:
+        return budget_seconds
+    reserve = max(min(MIN_CAPACITY_SECONDS, capacity_seconds), min(capacity_seconds, budget_seconds / 4))
+    return max(0.0, budget_seconds - reserve)
+
+
+def capacity_seconds_left(budget_seconds: float, elapsed: float, capacity_seconds: float) -> float:
+    """What the capacity sweep gets: what is left of the budget, capped by --capacity-seconds,
+    never below the minimum (a run over budget still reports a capacity, briefly measured)."""
+    return max(min(MIN_CAPACITY_SECONDS, capacity_seconds), min(capacity_seconds, budget_seconds - elapsed))
 
 
 DESCRIPTION = """\
@@ -53,7 +69,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bound on the worst input: minimum for similarity metrics, maximum for error "
                              "metrics (default: 0.98, or 5e-2 for error metrics)")
     parser.add_argument("--budget-seconds", type=float, default=600.0,
-                        help="stop building candidates after this long (default: 600)")
+                        help="time for the whole run: candidates, timing (scaled down when short) and the "
+                             "capacity sweep, which gets what is left but at least "
+                             f"{MIN_CAPACITY_SECONDS:g}s (default: 600)")
     parser.add_argument("--samples", type=int, default=32,
                         help="generated inputs when no --dataset is given (default: 32)")
     parser.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds (default: 7)")
@@ -175,6 +193,9 @@ def _run(args: argparse.Namespace) -> int:
     from .report import render_table, summary
     from .search import optimize
 
+    import time
+
+    started = time.monotonic()
     _quiet_quantizer()
     if args.slo_ms is not None and args.slo_ms <= 0:
         raise UsageError(f"--slo-ms must be a positive number of milliseconds; got {args.slo_ms:g}")
@@ -190,15 +211,18 @@ def _run(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
+    search_budget = split_budget(args.budget_seconds, args.capacity_seconds) - (time.monotonic() - started)
     report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
-                      budget_seconds=args.budget_seconds, rounds=args.timing_rounds, calls=args.timing_calls)
+                      budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls)
     if report.outcome == "optimized":
         report.apply_args = args_for(report.chosen_recipe, report.output_sha256, args.samples, args.seed,
                                      args.dataset)
     if args.capacity_seconds > 0:
         report.capacity = measure(args.output / "model.onnx", report.chosen_recipe, slo_ms=args.slo_ms,
                                   percentile=args.slo_percentile, max_batch_size=args.max_batch_size,
-                                  budget_seconds=args.capacity_seconds)
+                                  budget_seconds=capacity_seconds_left(args.budget_seconds,
+                                                                       time.monotonic() - started,
+                                                                       args.capacity_seconds))
     (args.output / "report.json").write_text(report.model_dump_json(indent=2))
     print(render_table(report))
     if args.termination_log:

@@ -52,6 +52,8 @@ class Report(BaseModel):
     onnxruntime_version: str
     duration_seconds: float
     candidates: list[Candidate]
+    timing_rounds: int | None = None  # as run: scaled down from the flags when the budget was short
+    timing_calls: int | None = None
     capacity: Capacity | None = None
     # How a serving pod rebuilds the chosen file from the original (see `apply`): the exact
     # flags, so the operator passes them on without knowing recipes.

@@ -22,7 +22,7 @@ from . import candidates as cand
 from .gate import GateSpec, evaluate
 from .inputs import Feed
 from .report import Candidate, Report, outcome_of
-from .timing import TimingStats, beats, speedup, time_interleaved
+from .timing import TimingStats, beats, cost_seconds, plan, speedup, time_interleaved
 
 
 def sha256_file(path: Path) -> str:
@@ -66,11 +66,27 @@ def _run(session: ort.InferenceSession, feeds: list[Feed]) -> list[list[np.ndarr
     return [session.run(None, feed) for feed in feeds]
 
 
+def _timed_run(session: ort.InferenceSession, feeds: list[Feed],
+               clock: Callable[[], float]) -> tuple[list[list[np.ndarray]], float]:
+    """Outputs on every feed, and the mean milliseconds per call (the timing plan's estimate)."""
+    t0 = clock()
+    outputs = _run(session, feeds)
+    return outputs, (clock() - t0) * 1000.0 / max(len(feeds), 1)
+
+
+MIN_TIMING_ROUNDS, MIN_TIMING_CALLS = 3, 2
+
+
 def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation: list[Feed], gate: GateSpec,
              *, input_source: str, budget_seconds: float = 600.0, rounds: int = 7, calls: int = 20,
              recipes: list[cand.Recipe] | None = None, skipped: list[cand.Skipped] | None = None,
              progress: TextIO = sys.stderr, clock: Callable[[], float] = time.monotonic) -> Report:
-    """Run the whole search and write output_dir/model.onnx; the report says what happened."""
+    """Run the whole search and write output_dir/model.onnx; the report says what happened.
+
+    `budget_seconds` bounds the whole search: a candidate is built only if, after the longest
+    build so far, the survivors can still be timed at the minimum rounds and calls; timing then
+    gets `rounds` x `calls` scaled down to what is left (see timing.plan).
+    """
     start = clock()
 
     def say(line: str) -> None:
@@ -93,12 +109,18 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
         work = Path(tmp)
         files["baseline"] = cand.build(base_recipe, model, work, calibration)
         sessions["baseline"] = cand.open_session(base_recipe, files["baseline"])
-        reference = _run(sessions["baseline"], validation)
+        reference, base_ms = _timed_run(sessions["baseline"], validation, clock)
+        per_call_ms: dict[str, float] = {"baseline": base_ms}
+        longest_build = 0.0
         results["baseline"] = Candidate(name="baseline", recipe=base_recipe, status="kept", reason="reference",
                                         size_bytes=files["baseline"].stat().st_size)
         say(f"baseline ready; {len(recipes)} candidates, budget {budget_seconds:g}s")
         for recipe in recipes:
-            if clock() - start > budget_seconds:
+            # Reserve: this build (as long as the longest so far) and timing everything kept
+            # plus this one (as slow as the slowest so far) at the minimum rounds and calls.
+            reserve = longest_build + cost_seconds(list(per_call_ms.values()) + [max(per_call_ms.values())],
+                                                   MIN_TIMING_ROUNDS, MIN_TIMING_CALLS)
+            if clock() - start + reserve > budget_seconds:
                 results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="skipped",
                                                  reason="budget exhausted")
                 say(f"{recipe.name}: skipped, budget exhausted")
@@ -107,12 +129,14 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
             try:
                 path = cand.build(recipe, model, work, calibration)
                 session = cand.open_session(recipe, path)
-                outputs = _run(session, validation)
+                outputs, call_ms = _timed_run(session, validation, clock)
             except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
                 results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
                                                  reason=f"build failed: {type(exc).__name__}: {str(exc)[:200]}")
                 say(f"{recipe.name}: build failed ({type(exc).__name__})")
                 continue
+            finally:
+                longest_build = max(longest_build, clock() - t0)
             verdict = evaluate(gate, reference, outputs)
             entry = Candidate(name=recipe.name, recipe=recipe, status="kept" if verdict.passed else "rejected",
                               reason=("gate passed: " if verdict.passed else "gate failed: ") + verdict.reason,
@@ -122,9 +146,14 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
             if verdict.passed:
                 passed.add(recipe.name)
                 sessions[recipe.name], files[recipe.name] = session, path
+                per_call_ms[recipe.name] = call_ms
         for item in skipped or []:
             results[item.name] = Candidate(name=item.name, status="skipped", reason=item.reason)
-        say(f"timing {len(sessions)} variants: {rounds} interleaved rounds of {calls} calls")
+        wanted = (rounds, calls)
+        rounds, calls = plan(budget_seconds - (clock() - start), list(per_call_ms.values()), rounds, calls,
+                             min_rounds=min(MIN_TIMING_ROUNDS, rounds), min_calls=min(MIN_TIMING_CALLS, calls))
+        scaled = "" if (rounds, calls) == wanted else f" (scaled down from {wanted[0]} x {wanted[1]} to fit the budget)"
+        say(f"timing {len(sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
         feed = validation[0]
         timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
                                    rounds=rounds, calls=calls)
@@ -144,4 +173,5 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
                   outcome=outcome_of(chosen, ordered), spread=round(timings["baseline"].spread, 4),
                   chosen_recipe=results[chosen].recipe, gate=gate, validation_inputs=len(validation),
                   input_source=input_source, onnxruntime_version=ort.__version__,
+                  timing_rounds=rounds, timing_calls=calls,
                   duration_seconds=round(clock() - start, 3), candidates=ordered)

@@ -43,6 +43,30 @@ def beats(baseline: TimingStats, candidate: TimingStats, min_gain: float = 0.0) 
     return speedup(baseline, candidate) - 1.0 > noise
 
 
+def plan(budget_seconds: float, per_call_ms: list[float], rounds: int, calls: int, warmup: int = 3,
+         min_rounds: int = 3, min_calls: int = 2) -> tuple[int, int]:
+    """(rounds, calls) for timing variants whose single calls take `per_call_ms`, within budget.
+
+    Calls per round go first (rounds are what the spread is measured over), then rounds, never
+    below the minimums: past them, timing more briefly would measure noise, not the variants.
+    """
+    per_call_all = sum(per_call_ms) / 1000.0  # one call of every variant, seconds
+    if per_call_all <= 0:
+        return rounds, calls
+    affordable = budget_seconds / per_call_all - warmup  # calls of every variant that fit
+    if rounds * calls <= affordable:
+        return rounds, calls
+    fit_calls = int(affordable // rounds)
+    if fit_calls >= min_calls:
+        return rounds, min(calls, fit_calls)
+    return max(min_rounds, min(rounds, int(affordable // min_calls))), min(calls, min_calls)
+
+
+def cost_seconds(per_call_ms: list[float], rounds: int, calls: int, warmup: int = 3) -> float:
+    """Estimated wall time of time_interleaved for these variants and settings."""
+    return sum(per_call_ms) / 1000.0 * (warmup + rounds * calls)
+
+
 def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 20,
                      warmup: int = 3) -> dict[str, TimingStats]:
     """Time each runner `calls` times per round, rounds in rotating order; stats per runner."""
