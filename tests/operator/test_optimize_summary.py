@@ -22,7 +22,7 @@ def summary(**changes: Any) -> dict[str, Any]:
         "sha256": VARIANT_SHA, "speedup": 1.42, "spread": 0.031,
         "apply_args": ["--apply-recipe", '{"name":"ort-all"}', "--expect-sha256", VARIANT_SHA,
                        "--samples", "32", "--seed", "0"],
-        "session": {"intra_op_threads": 0},  # a key this operator does not know: ignored
+        "session": {"intra_op_threads": 0, "graph_optimization_level": "all"},  # 0: the runtime's default
         "capacity": {"requests_per_second": 812.0, "percentile": "p95", "latency_ms": 4.1, "slo_ms": 50.0,
                      "max_batch_size": 8, "dynamic_batching": True, "max_queue_delay_microseconds": 1000,
                      "concurrency": 4, "within_slo": True},
@@ -192,6 +192,22 @@ def test_optimized_serves_the_variant_with_the_measured_batching() -> None:
                                      "sloMilliseconds": 50.0, "maxBatchSize": 8, "maxQueueDelayMicroseconds": 1000,
                                      "concurrency": 4}}
     assert d.wait is None and d.finished
+
+
+def test_the_variants_session_threads_are_served_unless_the_spec_sets_them() -> None:
+    from modelship.render.model_config import render_pbtxt
+
+    one_thread = succeeded(session={"intra_op_threads": 1, "graph_optimization_level": "all"})
+    d = o.decide(msvc(), JOB, one_thread)
+    assert d.artifact is not None and d.artifact.intra_op_threads == 1
+    assert 'key: "intra_op_thread_count"' in render_pbtxt(msvc().spec, d.artifact.batching, d.artifact.intra_op_threads)
+    assert o.decide(msvc(), JOB, succeeded()).artifact.intra_op_threads is None  # 0 reads as the default
+    spec = ModelService.from_body(body(spec={"model": {"uri": "https://h.example/m.onnx", "sha256": SHA},
+                                             "onnxruntime": {"intraOpThreads": 2}})).spec
+    pbtxt = render_pbtxt(spec, None, 1)
+    assert 'string_value: "2"' in pbtxt and 'string_value: "1"' not in pbtxt  # the spec wins
+    with pytest.raises(o.SummaryError, match="session must be an object"):
+        o.parse_summary(json.dumps(summary(session=[1])))
 
 
 def test_no_faster_variant_serves_the_original_and_names_the_closest() -> None:

@@ -55,7 +55,7 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
     """All children of `msvc`, each with labels, a controller ownerReference (when the
     ModelService has a uid) and a desired-hash annotation."""
     artifact = artifact or original(msvc.spec)
-    pbtxt = render_pbtxt(msvc.spec, artifact.batching)
+    pbtxt = render_pbtxt(msvc.spec, artifact.batching, artifact.intra_op_threads)
     objects: list[dict[str, Any] | None] = [
         render_config_map(msvc, pbtxt=pbtxt),
         render_deployment(msvc, artifact=artifact, config_hash=content_hash(pbtxt)),

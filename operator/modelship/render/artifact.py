@@ -35,6 +35,9 @@ class ModelArtifact:
     variant: str  # shown in status.variant and `kubectl get msvc`
     apply_args: tuple[str, ...] = ()  # non-empty: rebuild the variant in the pod (C2)
     batching: MeasuredBatching | None = None
+    # The session threads the variant was timed with (e.g. one thread per request); served
+    # with the same unless spec.onnxruntime.intraOpThreads says otherwise.
+    intra_op_threads: int | None = None
 
 
 def original(spec: ModelServiceSpec, *, batching: MeasuredBatching | None = None) -> ModelArtifact:
@@ -42,9 +45,9 @@ def original(spec: ModelServiceSpec, *, batching: MeasuredBatching | None = None
 
 
 def variant(spec: ModelServiceSpec, name: str, apply_args: list[str] | tuple[str, ...],
-            *, batching: MeasuredBatching | None = None) -> ModelArtifact:
+            *, batching: MeasuredBatching | None = None, intra_op_threads: int | None = None) -> ModelArtifact:
     """The optimize Job's chosen variant, rebuilt from the spec's original in every pod."""
     if not apply_args:
         raise ValueError(f"variant {name} has no apply arguments: the pods could not rebuild it")
     return ModelArtifact(uri=spec.model.uri, sha256=spec.model.sha256.lower(), variant=name,
-                         apply_args=tuple(apply_args), batching=batching)
+                         apply_args=tuple(apply_args), batching=batching, intra_op_threads=intra_op_threads)

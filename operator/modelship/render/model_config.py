@@ -50,8 +50,10 @@ def effective_batching(spec: ModelServiceSpec, measured: MeasuredBatching | None
     return EffectiveBatching(size, delay if dynamic else 0, dynamic, preferred if dynamic else ())
 
 
-def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None):  # noqa: ANN201 - ModelConfig
-    """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators."""
+def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,  # noqa: ANN201 - ModelConfig
+                 intra_op_threads: int | None = None):
+    """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators, and the
+    session threads (the spec's, else those the chosen variant was timed with)."""
     from tritonclient.grpc import model_config_pb2 as pb  # heavy; imported on use
 
     config = pb.ModelConfig(name=spec.model.name, platform="onnxruntime_onnx", backend="onnxruntime")
@@ -78,13 +80,14 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
         accelerator.parameters["trt_engine_cache_enable"] = "true"
         accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
 
-    if spec.onnxruntime is not None:
-        for key, value in (
-            ("intra_op_thread_count", spec.onnxruntime.intra_op_threads),
-            ("inter_op_thread_count", spec.onnxruntime.inter_op_threads),
-        ):
-            if value is not None:
-                config.parameters[key].string_value = str(value)
+    ort_settings = spec.onnxruntime
+    spec_intra = ort_settings.intra_op_threads if ort_settings is not None else None
+    for key, value in (
+        ("intra_op_thread_count", spec_intra if spec_intra is not None else intra_op_threads),
+        ("inter_op_thread_count", ort_settings.inter_op_threads if ort_settings is not None else None),
+    ):
+        if value is not None:
+            config.parameters[key].string_value = str(value)
     return config
 
 
@@ -95,11 +98,12 @@ def _tensorrt(spec: ModelServiceSpec) -> bool:
     return True
 
 
-def render_pbtxt(spec: ModelServiceSpec, measured: MeasuredBatching | None = None) -> str:
+def render_pbtxt(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,
+                 intra_op_threads: int | None = None) -> str:
     """The text of config.pbtxt, deterministic for a given spec and measured batching."""
     from google.protobuf import text_format
 
-    return text_format.MessageToString(model_config(spec, measured))
+    return text_format.MessageToString(model_config(spec, measured, intra_op_threads))
 
 
 def content_hash(text: str) -> str:

@@ -90,6 +90,7 @@ class Summary:
     gate: str
     candidates: tuple[Candidate, ...]
     truncated: bool = False
+    intra_op_threads: int | None = None  # the chosen variant's session threads; None: runtime default
 
 
 def parse_summary(text: str | None) -> Summary:
@@ -141,7 +142,18 @@ def parse_summary(text: str | None) -> Summary:
         gate=str(doc.get("gate") or ""),
         candidates=tuple(_candidates(doc.get("candidates"))),
         truncated=bool(doc.get("truncated")),
+        intra_op_threads=_session_threads(doc.get("session")),
     )
+
+
+def _session_threads(raw: Any) -> int | None:
+    """`session.intra_op_threads` of the chosen recipe; 0 (the runtime's default) reads as None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SummaryError(f"the optimize summary's session must be an object or null; got {_snippet(json.dumps(raw))}")
+    threads = _integer(raw, "intra_op_threads", "session.")
+    return threads or None
 
 
 def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float | None:
@@ -377,7 +389,8 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         spread = f" (run-to-run spread {summary.spread:.1%})" if summary.spread is not None else ""
         condition = c.ConditionSpec(c.OPTIMIZED, c.TRUE, SUCCEEDED,
                                     f"serving variant {summary.chosen}, {speed}{spread}{capacity}")
-        artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching)
+        artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching,
+                           intra_op_threads=summary.intra_op_threads)
     elif summary.outcome == "baseline":
         spread = f" ({summary.spread:.1%})" if summary.spread is not None else ""
         closest = _closest_by_speed(summary)
