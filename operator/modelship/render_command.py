@@ -77,12 +77,17 @@ def render_text(text: str, *, source: str, namespace: str | None, out: TextIO, e
                 print(f"  {line}", file=err)
             failed = True
             continue
+        if msvc.spec.optimization.enabled:
+            from modelship.render.optimize_job import render_optimize_job
+
+            rendered.append(render_optimize_job(msvc))
         rendered.extend(render_children(msvc).objects)
     if failed:
         return USAGE_ERROR
     out.write(
         "# Rendered by `modelship render`. In a cluster the operator also sets a controller\n"
-        "# ownerReference to the ModelService on every object.\n"
+        "# ownerReference to the ModelService on every object. With optimization enabled the\n"
+        "# optimize Job runs first; the Deployment shown serves the original until the Job has chosen.\n"
     )
     out.write(yaml.dump_all(rendered, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
     return 0

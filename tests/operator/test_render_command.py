@@ -20,8 +20,22 @@ def test_every_example_renders() -> None:
     for example in EXAMPLES:
         result = _render(str(example))
         assert result.returncode == 0, result.stderr
-        kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
+        docs = list(yaml.safe_load_all(result.stdout))
+        kinds = [d["kind"] for d in docs if d["kind"] != "Job"]
         assert kinds[:4] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"], example
+
+
+def test_an_optimized_service_shows_its_optimize_job_first(tmp_path: pathlib.Path) -> None:
+    spec = yaml.safe_load(EXAMPLES[0].read_text())
+    spec["spec"]["optimization"] = {"enabled": True, "budgetSeconds": 300}
+    path = tmp_path / "optimized.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _render(str(path))
+    assert result.returncode == 0, result.stderr
+    job = next(yaml.safe_load_all(result.stdout))
+    assert job["kind"] == "Job" and job["metadata"]["name"].startswith(spec["metadata"]["name"] + "-optimize-")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["modelship", "optimize"] and "--budget-seconds=300" in " ".join(container["args"])
 
 
 def test_bad_spec_names_each_field_without_a_traceback(tmp_path: pathlib.Path) -> None:
