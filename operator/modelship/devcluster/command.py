@@ -13,7 +13,10 @@ DESCRIPTION = """\
 Run a real Kubernetes control plane on this machine, no Docker needed: etcd, kube-apiserver,
 kube-controller-manager and kube-scheduler built from pinned Go modules (the first `up` compiles
 them, which takes several minutes; later runs reuse the cache), plus kwok faking the kubelets of
-two CPU nodes, two GPU nodes and one MIG-partitioned A100.
+two CPU nodes, two GPU nodes and one MIG-partitioned A100, and a local node agent whose nodes
+local-0 and local-1 run modelship's own pods for real as local processes (select them with the
+nodeSelector node.modelship.dev/agent=local). A small web server serves the files put in the
+state directory's models/ folder (its URL: `status`), for ModelServices' model.uri.
 
   modelship dev-cluster up            start it (prints progress; returns when pods can be scheduled)
   modelship dev-cluster status        what runs, where, and the nodes
@@ -89,6 +92,7 @@ def _status(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
     for record in records:
         _say(f"{record.name:24} pid {record.pid:<8} {'running' if record.name in alive else 'EXITED'}")
     _say(f"API server: {plane.server}")
+    _say(f"model store: {plane.model_store_url or '-'} (serves {plane.models_dir})")
     _say(f"kubeconfig: {plane.kubeconfig}")
     _say(f"binaries:   {plane.bin_dir} (kubectl, helm, kubeconform, ...)")
     if "kube-apiserver" in alive:

@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from modelship.devcluster.agent.backoff import DEFAULT_CAP, DEFAULT_INITIAL
+from modelship.devcluster.agent.node import DEFAULT_NODE_NAMES
 from modelship.devcluster.errors import DevClusterError
 from modelship.devcluster.nodes import DEFAULT_NODES, KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeShape, node_manifest
 from modelship.devcluster.pki import Pki, ensure_pki
@@ -32,7 +35,14 @@ from modelship.devcluster.pki import Pki, ensure_pki
 Progress = Callable[[str], None]
 
 # Start order; `down` stops in reverse so nothing loses its API server mid-shutdown.
-COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# The last two are Python modules of this package: the model store and the local node agent.
+GO_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+PYTHON_COMPONENTS = {"model-store": "modelship.devcluster.agent.modelstore",
+                     "node-agent": "modelship.devcluster.agent"}
+COMPONENT_ORDER = (*GO_COMPONENTS, *PYTHON_COMPONENTS)
+# Pods that do not select the agent's nodes must land on kwok's: the agent's nodes carry a
+# PreferNoSchedule taint, and the scheduler weighs it above every other score (default 3).
+TAINT_TOLERATION_WEIGHT = 50
 SERVICE_CIDR = "10.0.0.0/16"  # room for thousands of Services (the 500-ModelService benchmark)
 POD_CIDR = "10.244.0.0/16"
 STOP_GRACE_SECONDS = 10.0
@@ -70,10 +80,13 @@ class ControlPlane:
     """One plane's state directory and the processes recorded in it."""
 
     def __init__(self, state_dir: Path, binaries: dict[str, Path] | None = None, progress: Progress = print,
-                 *, die_with_parent: bool = False):
+                 *, die_with_parent: bool = False, backoff_initial: float = DEFAULT_INITIAL,
+                 backoff_cap: float = DEFAULT_CAP):
         """`die_with_parent` ties every component's life to this process (for test sessions:
-        a killed pytest must not leave a control plane behind); `dev-cluster up` detaches instead."""
+        a killed pytest must not leave a control plane behind); `dev-cluster up` detaches instead.
+        `backoff_*`: the node agent's CrashLoopBackOff delays (tests shorten them)."""
         self.state_dir = Path(state_dir).resolve()
+        self.backoff = (backoff_initial, backoff_cap)
         self.binaries = binaries or {}
         self.progress = progress
         self.die_with_parent = die_with_parent
@@ -104,6 +117,20 @@ class ControlPlane:
     @property
     def audit_log(self) -> Path:
         return self.logs_dir / "audit.log"
+
+    @property
+    def models_dir(self) -> Path:
+        """What the model store serves: a file here is at `model_store_url` + its name."""
+        return self.state_dir / "models"
+
+    @property
+    def agent_dir(self) -> Path:
+        """The node agent's pods (volumes, logs, termination messages)."""
+        return self.state_dir / "agent"
+
+    @property
+    def model_store_url(self) -> str:
+        return self.read_state().get("model_store_url", "")
 
     @property
     def _state_file(self) -> Path:
@@ -143,7 +170,7 @@ class ControlPlane:
            timeout: float = 120.0) -> None:
         """Start every component, wait until the cluster schedules pods, create the nodes."""
         nodes = list(nodes)
-        missing = [n for n in COMPONENT_ORDER if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
+        missing = [n for n in GO_COMPONENTS if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
         if missing:
             raise DevClusterError(f"binaries not built: {', '.join(missing)} (run `make tools`)")
         self._claim_state_dir()
@@ -155,6 +182,8 @@ class ControlPlane:
             for shape in nodes:
                 self.add_node(shape)
             self._wait(deadline, "nodes to be Ready (kwok)", lambda: self._nodes_ready([n.name for n in nodes]))
+            self._wait(deadline, "the local node agent's nodes to be Ready",
+                       lambda: self._nodes_ready(list(DEFAULT_NODE_NAMES)), component="node-agent")
             self._wait(deadline, "the default ServiceAccount", self._default_service_account_exists)
         except BaseException:
             self.progress("start-up failed; stopping what was started")
@@ -163,7 +192,8 @@ class ControlPlane:
         self.progress(f"control plane ready in {time.monotonic() - started:.1f}s; kubeconfig: {self.kubeconfig}")
 
     def down(self, quiet: bool = False) -> list[str]:
-        """Stop every recorded process (SIGTERM, then SIGKILL after a grace period)."""
+        """Stop every recorded process (SIGTERM, then SIGKILL after a grace period), then any
+        pod process the node agent left (it stops its pods itself; this covers a killed agent)."""
         records = self.processes()
         stopped = []
         for record in sorted(records, key=lambda r: -COMPONENT_ORDER.index(r.name) if r.name in COMPONENT_ORDER else 0):
@@ -172,6 +202,12 @@ class ControlPlane:
                 stopped.append(record.name)
                 if not quiet:
                     self.progress(f"stopped {record.name} (pid {record.pid})")
+        if self.agent_dir.is_dir():
+            from modelship.devcluster.agent.process import sweep
+
+            leftovers = sweep(self.agent_dir)
+            if leftovers and not quiet:
+                self.progress(f"stopped {len(leftovers)} pod process(es) the node agent left behind")
         if self._state_file.exists():
             state = self.read_state()
             state["processes"] = []
@@ -244,10 +280,12 @@ class ControlPlane:
         ports = {
             "etcd": _free_port(), "etcd-peer": _free_port(), "apiserver": apiserver_port or _free_port(),
             "controller-manager": _free_port(), "scheduler": _free_port(), "kwok": _free_port(),
+            "model-store": _free_port(),
         }
         server = f"https://127.0.0.1:{ports['apiserver']}"
         state = self.read_state()
-        state.update({"ports": ports, "server": server})
+        state.update({"ports": ports, "server": server,
+                      "model_store_url": f"http://127.0.0.1:{ports['model-store']}/"})
         self._write_state(state)
         kubeconfigs = {
             user: self._write_kubeconfig(
@@ -300,12 +338,11 @@ class ControlPlane:
             "--kube-api-qps=200", "--kube-api-burst=400", "--profiling=false",
         ])
         self._spawn("kube-scheduler", [
-            f"--kubeconfig={kubeconfigs['system:kube-scheduler']}",
+            f"--config={self._scheduler_config(kubeconfigs['system:kube-scheduler'])}",
             f"--authentication-kubeconfig={kubeconfigs['system:kube-scheduler']}",
             f"--authorization-kubeconfig={kubeconfigs['system:kube-scheduler']}",
             "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
-            f"--cert-dir={self.state_dir / 'pki' / 'scheduler'}",
-            "--leader-elect=false", "--profiling=false",
+            f"--cert-dir={self.state_dir / 'pki' / 'scheduler'}", "--profiling=false",
         ])
         self._spawn("kwok", [
             f"--kubeconfig={kubeconfigs['kwok']}", f"--config={self._kwok_config()}",
@@ -319,6 +356,29 @@ class ControlPlane:
                            ("kube-scheduler", ports["scheduler"])):
             self._wait(deadline, name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure=True),
                        component=name)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn("model-store", [f"--dir={self.models_dir}", f"--port={ports['model-store']}"])
+        self._wait(deadline, "the model store", lambda: _http_ok(f"http://127.0.0.1:{ports['model-store']}/"),
+                   component="model-store")
+        self._spawn("node-agent", [
+            f"--kubeconfig={self.kubeconfig}", f"--state-dir={self.agent_dir}",
+            f"--nodes={','.join(DEFAULT_NODE_NAMES)}",
+            f"--backoff-initial={self.backoff[0]}", f"--backoff-cap={self.backoff[1]}",
+        ])
+
+    def _scheduler_config(self, kubeconfig: Path) -> Path:
+        """The default profile, with the taint score weighted so untolerated PreferNoSchedule
+        taints (the node agent's) decide before anything else does."""
+        config = {
+            "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": "default-scheduler", "plugins": {"score": {"enabled": [
+                {"name": "TaintToleration", "weight": TAINT_TOLERATION_WEIGHT}]}}}],
+        }
+        path = self.state_dir / "scheduler.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     def _kwok_config(self) -> Path:
         """kwok's stages (node and pod lifecycles), from the files kept next to its binary."""
@@ -330,7 +390,9 @@ class ControlPlane:
         return path
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        binary = str(self.binaries[name])
+        binary = sys.executable if name in PYTHON_COMPONENTS else str(self.binaries[name])
+        if name in PYTHON_COMPONENTS:
+            args = ["-m", PYTHON_COMPONENTS[name], *args]
         self.progress(f"starting {name}")
         log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         try:

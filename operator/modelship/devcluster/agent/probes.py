@@ -1,0 +1,130 @@
+"""Startup, liveness and readiness probes, and the preStop hook, run for real.
+
+httpGet and tcpSocket go to the pod's own loopback address (the host a kubelet would use is
+the pod IP); exec runs inside the container's mount namespace (nsenter) with its environment;
+grpc uses the standard grpc.health.v1 service when grpcio is installed. Thresholds, periods,
+initial delays and timeouts follow the kubelet's defaults and rules (`ProbeTracker`, pure).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass
+class ProbeTracker:
+    """Consecutive results against the thresholds of one probe; `result` is None until decided."""
+
+    spec: Mapping[str, Any]
+    started_at: float
+    result: bool | None = None
+    successes: int = 0
+    failures: int = 0
+    next_at: float = field(default=0.0)
+    last_message: str = ""
+
+    def __post_init__(self) -> None:
+        self.next_at = self.started_at + self.initial_delay
+
+    @property
+    def initial_delay(self) -> float:
+        return float(self.spec.get("initialDelaySeconds", 0))
+
+    @property
+    def period(self) -> float:
+        return float(self.spec.get("periodSeconds", 10))
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("timeoutSeconds", 1))
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def record(self, ok: bool, now: float, message: str = "") -> bool | None:
+        """Add one result; the decided outcome (True/False) or None while undecided."""
+        self.next_at = now + self.period
+        self.last_message = message
+        if ok:
+            self.successes += 1
+            self.failures = 0
+            if self.successes >= int(self.spec.get("successThreshold", 1)):
+                self.result = True
+        else:
+            self.failures += 1
+            self.successes = 0
+            if self.failures >= int(self.spec.get("failureThreshold", 3)):
+                self.result = False
+        return self.result
+
+
+def resolve_port(port: Any, ports: list[Mapping[str, Any]]) -> int:
+    """A number, or the name of one of the container's ports."""
+    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        return int(port)
+    for item in ports:
+        if item.get("name") == port:
+            return int(item["containerPort"])
+    raise ValueError(f"port {port!r} is not a number nor the name of one of the container's ports")
+
+
+def check(handler: Mapping[str, Any], *, pod_ip: str, ports: list[Mapping[str, Any]], pid: int,
+          env: Mapping[str, str], timeout: float) -> tuple[bool, str]:
+    """Run one probe (or preStop handler); (success, message)."""
+    try:
+        if "httpGet" in handler:
+            spec = handler["httpGet"]
+            connection = http.client.HTTPConnection(spec.get("host") or pod_ip, resolve_port(spec.get("port"), ports),
+                                                    timeout=timeout)
+            try:
+                headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
+                headers.setdefault("User-Agent", "kube-probe/modelship-agent")
+                connection.request("GET", spec.get("path") or "/", headers=headers)
+                response = connection.getresponse()
+                response.read()
+            finally:
+                connection.close()
+            ok = 200 <= response.status < 400
+            return ok, "" if ok else f"HTTP probe failed with statuscode: {response.status}"
+        if "tcpSocket" in handler:
+            spec = handler["tcpSocket"]
+            with socket.create_connection((spec.get("host") or pod_ip, resolve_port(spec.get("port"), ports)),
+                                          timeout=timeout):
+                return True, ""
+        if "exec" in handler:
+            command = handler["exec"].get("command") or []
+            result = subprocess.run(["nsenter", f"--target={pid}", "--mount", "--", *command], env=dict(env),
+                                    capture_output=True, timeout=timeout, check=False)
+            output = (result.stdout + result.stderr).decode(errors="replace").strip()[-500:]
+            return result.returncode == 0, output or f"command exited with {result.returncode}"
+        if "grpc" in handler:
+            return _grpc(handler["grpc"], pod_ip, timeout)
+        if "sleep" in handler:
+            time.sleep(float(handler["sleep"].get("seconds", 0)))
+            return True, ""
+    except subprocess.TimeoutExpired:
+        return False, f"command timed out after {timeout:g}s"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    return False, f"unsupported handler {sorted(handler)}"
+
+
+def _grpc(spec: Mapping[str, Any], pod_ip: str, timeout: float) -> tuple[bool, str]:
+    try:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError:
+        return False, "grpc probes need grpcio-health-checking, which is not installed"
+    with grpc.insecure_channel(f"{pod_ip}:{spec['port']}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=spec.get("service", "")), timeout=timeout)
+        except grpc.RpcError as exc:
+            return False, f"gRPC health check failed: {exc.code()}"
+    ok = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return ok, "" if ok else f"service not serving: {reply.status}"
