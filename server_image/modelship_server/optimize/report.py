@@ -76,12 +76,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def render_table(report: Report) -> str:
     """A fixed-width table: one line per candidate, then the decision."""
-    header = f"{'candidate':<30} {'status':<8} {'median ms':>10} {'spread':>7} {'speedup':>8} " \
+    width = max([len("candidate")] + [len(c.name) for c in report.candidates])
+    header = f"{'candidate':<{width}} {'status':<8} {'median ms':>10} {'spread':>7} {'speedup':>8} " \
              f"{report.gate.metric + ' mean':>18} {'worst':>10}  reason"
     lines = [header, "-" * len(header)]
     for c in report.candidates:
         lines.append(
-            f"{c.name:<30} {c.status:<8} {_fmt(c.timing.median_ms if c.timing else None, '.4f'):>10} "
+            f"{c.name:<{width}} {c.status:<8} {_fmt(c.timing.median_ms if c.timing else None, '.4f'):>10} "
             f"{_fmt(c.timing.spread * 100 if c.timing else None, '.1f') + ('%' if c.timing else ''):>7} "
             f"{_fmt(c.speedup, '.3f'):>8} {_fmt(c.gate.mean if c.gate else None, '.6f'):>18} "
             f"{_fmt(c.gate.worst if c.gate else None, '.6f'):>10}  {c.reason}")
