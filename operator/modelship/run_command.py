@@ -19,8 +19,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="ModelServices reconciled concurrently (default: 32)",
     )
     parser.add_argument(
-        "--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
-        help="where kopf serves the liveness probe (default: http://0.0.0.0:8080/healthz; 'off' disables)",
+        "--liveness", default="http://0.0.0.0:8081/healthz", metavar="URL",
+        help="where kopf serves the liveness probe (default: http://0.0.0.0:8081/healthz; 'off' disables)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=8080, metavar="PORT",
+        help="serve the operator's Prometheus metrics on this port at /metrics (default: 8080; 0 disables)",
+    )
+    parser.add_argument(
+        "--prometheus-url", default=None, metavar="URL",
+        help="read serving pods' metrics from this Prometheus for the builtin autoscaler "
+             "(default: scrape each pod; spec.autoscaling.prometheus.url wins)",
     )
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0,
@@ -38,4 +47,6 @@ def run(args: argparse.Namespace) -> int:
         liveness=None if args.liveness == "off" else args.liveness,
         resync_seconds=args.resync_seconds,
         verbose=args.verbose,
+        metrics_port=args.metrics_port,
+        prometheus_url=args.prometheus_url,
     )

@@ -12,11 +12,14 @@ import contextlib
 import logging
 import random
 import sys
+import time
 from typing import Any, Sequence
 
 import kopf
 
 from modelship import api
+from modelship.autoscale.loop import Autoscaler
+from modelship.autoscale.metrics import OperatorMetrics
 from modelship.controller import handlers
 from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.queue import WorkQueue
@@ -60,21 +63,29 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
                 store.upsert(kind, item)
 
 
-async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, int]) -> None:
+async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, int],
+                 metrics: OperatorMetrics | None = None) -> None:
     while True:
         key = await queue.get()
+        started = time.perf_counter()
         try:
             await reconciler.reconcile(key)
             failures.pop(key, None)
         except KubeError as error:
+            if metrics is not None:
+                metrics.reconcile_errors.labels("api").inc()
             count = failures[key] = failures.get(key, 0) + 1
             delay = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (count - 1)) * random.uniform(0.8, 1.2)
             log.warning("reconcile of %s/%s failed (%s); retrying in %.0fs", *key, error, delay)
             queue.add_after(key, delay)
         except Exception:  # a bug: log it, keep the operator alive, retry later
+            if metrics is not None:
+                metrics.reconcile_errors.labels("crash").inc()
             log.exception("reconcile of %s/%s crashed", *key)
             queue.add_after(key, RETRY_MAX_SECONDS)
         finally:
+            if metrics is not None:
+                metrics.reconcile_duration.observe(time.perf_counter() - started)
             queue.done(key)
 
 
@@ -87,7 +98,8 @@ async def resync(store: Store, queue: WorkQueue, every: float) -> None:
             queue.add(key)
 
 
-def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resync_seconds: float) -> kopf.OperatorRegistry:
+def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resync_seconds: float,
+                   metrics: OperatorMetrics | None = None, prometheus_url: str | None = None) -> kopf.OperatorRegistry:
     """The operator's kopf registry; `client` is the Kubernetes ApiClient its writes go through."""
     registry = kopf.OperatorRegistry()
     store = Store()
@@ -122,9 +134,11 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
                     "apply crds/ (the Helm chart does this on install)", delay=10,
                 ) from None
             raise kopf.TemporaryError(f"cannot list what the operator manages: {error}", delay=10) from None
-        reconciler = Reconciler(kube=kube, store=store)
+        autoscaler = Autoscaler(kube=kube, store=store, wake=queue.add, metrics=metrics, prometheus_url=prometheus_url)
+        reconciler = Reconciler(kube=kube, store=store, extra_status=autoscaler.status_for)
         failures: dict[Any, int] = {}
-        tasks.extend(asyncio.create_task(worker(reconciler, queue, failures)) for _ in range(workers))
+        tasks.extend(asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers))
+        tasks.append(asyncio.create_task(autoscaler.supervise()))
         tasks.append(asyncio.create_task(resync(store, queue, resync_seconds)))
         for key in store.keys():
             queue.add(key)
@@ -146,7 +160,8 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
 
 
 def run_operator(
-    *, namespaces: Sequence[str], workers: int, liveness: str | None, resync_seconds: float, verbose: bool
+    *, namespaces: Sequence[str], workers: int, liveness: str | None, resync_seconds: float, verbose: bool,
+    metrics_port: int = 0, prometheus_url: str | None = None,
 ) -> int:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -162,7 +177,11 @@ def run_operator(
         print(f"error: no Kubernetes configuration ({error}); set KUBECONFIG or run inside a cluster",
               file=sys.stderr)
         return 2
-    registry = build_registry(client=client, namespaces=namespaces, workers=workers, resync_seconds=resync_seconds)
+    metrics = OperatorMetrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    registry = build_registry(client=client, namespaces=namespaces, workers=workers, resync_seconds=resync_seconds,
+                              metrics=metrics, prometheus_url=prometheus_url)
     kopf.run(
         registry=registry,
         standalone=True,

@@ -56,6 +56,9 @@ class Reconciler:
     # Seam for other components' conditions (e.g. ScalingLimited). Sees the validated
     # ModelService and the cache; must be pure and cheap (called per reconcile).
     extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
+    # Seam for the autoscaler: status fields (autoscaling, latency; None removes) and
+    # conditions (ScalingLimited, AutoscalerReady), so the reconciler stays the one status writer.
+    extra_status: Callable[[Key, ModelService], tuple[Mapping[str, Any], list[c.ConditionSpec]]] | None = None
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -113,11 +116,12 @@ class Reconciler:
             variant = _served_variant(deployment, msvc.metadata.uid)
         previous = self._previous(key, body)
         extra = self.extra_conditions(msvc, self.store) if self.extra_conditions else []
+        scaling_fields, scaling_conditions = self.extra_status(key, msvc) if self.extra_status else ({}, [])
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
-            extra_conditions=[decision.condition, *extra], wait=decision.wait,
-            extra_fields={"optimization": decision.status},
+            extra_conditions=[decision.condition, *extra, *scaling_conditions], wait=decision.wait,
+            extra_fields={"optimization": decision.status, **scaling_fields},
         )
         await self._write_status(key, body, previous, status, transitions)
 
