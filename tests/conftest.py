@@ -78,7 +78,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
         print(f"[dev-cluster] {line}", file=sys.stderr, flush=True)
 
     binaries = ensure_binaries(progress)
-    plane = ControlPlane(tmp_path_factory.mktemp("dev-cluster"), binaries, progress=progress, die_with_parent=True)
+    # Short CrashLoopBackOff delays (1s doubling to 4s) keep the node agent's tests fast.
+    plane = ControlPlane(tmp_path_factory.mktemp("dev-cluster"), binaries, progress=progress, die_with_parent=True,
+                         backoff_initial=1.0, backoff_cap=4.0)
     try:
         plane.up()
         yield Cluster(plane)

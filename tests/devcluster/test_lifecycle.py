@@ -129,13 +129,14 @@ def test_up_over_stale_state_starts_fresh_and_down_leaves_no_process(tmp_path: P
         plane.up(nodes=DEFAULT_NODES[:1])
         assert any("found stale state" in line for line in lines)
         assert {p.name for p in plane.running()} == {
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+            "model-store", "node-agent"}
         with pytest.raises(DevClusterError, match="already runs from"):
             plane.up()
     finally:
         records = plane.processes()
         plane.down(quiet=True)
-    assert len(records) == 5 and plane.running() == []
+    assert len(records) == 7 and plane.running() == []
 
 
 KILLED_SESSION = """
@@ -157,7 +158,7 @@ def test_a_killed_test_session_leaves_no_control_plane_behind(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", KILLED_SESSION, str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     pids = [int(p) for p in result.stdout.split()]
-    assert len(pids) == 5, result.stderr
+    assert len(pids) == 7, result.stderr
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_runs(pid, tmp_path) for pid in pids):
         time.sleep(0.1)

@@ -205,7 +205,10 @@ class ControlPlane:
         if self.agent_dir.is_dir():
             from modelship.devcluster.agent.process import sweep
 
+            from modelship.devcluster.agent.addresses import remove_route
+
             leftovers = sweep(self.agent_dir)
+            remove_route(self.agent_dir)
             if leftovers and not quiet:
                 self.progress(f"stopped {len(leftovers)} pod process(es) the node agent left behind")
         if self._state_file.exists():

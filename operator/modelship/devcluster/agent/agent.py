@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelship.devcluster.agent.addresses import AddressPool
+from modelship.devcluster.agent.addresses import AddressPool, remove_route, routed_pool
 from modelship.devcluster.agent.backoff import BackoffPolicy
 from modelship.devcluster.agent.kube import ApiError, Kube
 from modelship.devcluster.agent.node import NodeKeeper
@@ -33,7 +33,7 @@ class Agent:
         self.dir = Path(agent_dir).resolve()
         self.node_names = node_names
         self.backoff = backoff
-        self.pool = AddressPool(str(self.dir))
+        self.pool: AddressPool | None = None
         self.nodes = NodeKeeper(kube, node_names)
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
@@ -50,6 +50,8 @@ class Agent:
             log.info("stopped %d process(es) left by a previous agent run", len(leftovers))
         shutil.rmtree(self.pods_dir, ignore_errors=True)
         self.pods_dir.mkdir(parents=True)
+        self.pool, how = routed_pool(str(self.dir), self.dir)
+        log.info("%s", how)
         while not self.stopping.is_set():
             try:
                 self.nodes.register()
@@ -62,7 +64,7 @@ class Agent:
                     for n in self.node_names]
         for thread in watchers:
             thread.start()
-        log.info("agent ready: nodes %s, pod addresses 127.%d.0.0/16", ", ".join(self.node_names), self.pool.octet)
+        log.info("agent ready: nodes %s", ", ".join(self.node_names))
         self.stopping.wait()
         self._shutdown()
 
@@ -79,6 +81,7 @@ class Agent:
         for worker in workers:
             worker.thread.join(max(0.1, deadline - time.monotonic()))
         sweep(self.dir, grace=0.5)
+        remove_route(self.dir)
 
     def _watch(self, node: str) -> None:
         path = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"

@@ -122,6 +122,7 @@ class PodWorker:
         finally:
             for container in self.init + self.containers:
                 container.kill_now()
+            self.on_exit(self)  # address and folder released before the object goes, like a kubelet
             if self.delete_when_stopped and not self.gone:
                 try:
                     self.kube.call("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{self.name}",
@@ -129,7 +130,6 @@ class PodWorker:
                 except ApiError as exc:
                     if exc.status not in (404, 409):
                         log.warning("pod %s: final delete failed: %s", self.key, exc)
-            self.on_exit(self)
 
     def _run(self) -> None:
         self.publish()
@@ -153,7 +153,7 @@ class PodWorker:
             if not container.run() or self.stopping.is_set():
                 self.stopping.wait()
                 return
-        threads = [threading.Thread(target=c.run, name=f"{self.key}/{c.name}", daemon=True) for c in self.containers]
+        threads = [threading.Thread(target=c.run_safely, name=f"{self.key}/{c.name}", daemon=True) for c in self.containers]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -238,6 +238,13 @@ class Container:
         process = self.process
         if process is not None and process.poll() is None:
             process.stop(0)
+
+    def run_safely(self) -> None:
+        try:
+            self.run()
+        except Exception:  # a bug in one container's loop must not leave its process unwatched
+            log.exception("pod %s: container %s failed", self.worker.key, self.name)
+            self.kill_now()
 
     def run(self) -> bool:
         """Run until done (init: until success); True when it completed successfully."""

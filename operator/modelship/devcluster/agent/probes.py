@@ -46,7 +46,7 @@ class ProbeTracker:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def record(self, ok: bool, now: float, message: str = "") -> bool | None:
+    def record(self, ok: bool, message: str = "", *, now: float) -> bool | None:
         """Add one result; the decided outcome (True/False) or None while undecided."""
         self.next_at = now + self.period
         self.last_message = message
