@@ -57,7 +57,7 @@ bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/
 
 images:  ## build the serving and operator images (needs a Docker engine; none runs on the dev VM)
 	docker build -f server_image/Dockerfile -t ghcr.io/modelship/modelship-server:0.1.0 .
-	docker build -f operator/Dockerfile -t ghcr.io/modelship/operator:0.1.0 .
+	docker build -f operator/Dockerfile -t ghcr.io/modelship/modelship-operator:0.1.0 .
 
 clean:  ## remove the venv and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .pytest_cache build *.egg-info
