@@ -349,3 +349,23 @@ def test_down_leaves_no_pod_process_even_after_the_agent_was_killed(tmp_path):
         plane.down(quiet=True)
     assert processes_with(AGENT_DIR_ENV, str(plane.agent_dir)) == []
     assert plane.running() == []
+
+
+IN_CLUSTER = """
+from kubernetes import client, config
+config.load_incluster_config()
+review = client.AuthenticationV1Api().create_self_subject_review(client.V1SelfSubjectReview())
+open('/dev/termination-log', 'w').write(review.status.user_info.username)
+"""
+
+
+def test_the_operator_image_gets_a_working_in_cluster_config(cluster, namespace):
+    """The ServiceAccount token (TokenRequest API), the kube-root-ca.crt CA and
+    KUBERNETES_SERVICE_HOST/PORT are enough for a client inside the pod, as `modelship run` needs."""
+    apply(cluster, namespace, pod("incluster", [{"name": "main", "image": "ghcr.io/modelship/modelship:0.1.0",
+                                                 "command": ["python", "-c", IN_CLUSTER]}], restartPolicy="Never"))
+    p = wait_for("the pod to finish", lambda: (lambda p: p if p["status"].get("phase") in ("Succeeded", "Failed")
+                                               else None)(get_json(cluster, "pod", "incluster", "-n", namespace)))
+    terminated = p["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert p["status"]["phase"] == "Succeeded", terminated
+    assert terminated["message"] == f"system:serviceaccount:{namespace}:default"
