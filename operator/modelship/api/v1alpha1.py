@@ -251,6 +251,9 @@ class Autoscaling(_Model):
                 f"spec.autoscaling.minReplicas ({self.min_replicas}) must not exceed "
                 f"spec.autoscaling.maxReplicas ({self.max_replicas})"
             )
+        if self.enabled and self.engine == "keda" and self.prometheus is None:
+            raise ValueError("spec.autoscaling.prometheus.url is required for engine keda "
+                             "(its prometheus trigger queries that server)")
         return self
 
 

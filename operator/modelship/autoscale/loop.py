@@ -97,17 +97,18 @@ class Autoscaler:
 
     # --- the reconciler's seam ---------------------------------------------------------------
 
-    def status_for(self, key: Key, msvc: ModelService) -> tuple[dict[str, Any], list[c.ConditionSpec]]:
-        """status.autoscaling / status.latency and ScalingLimited for `msvc` (pure read of state)."""
+    def status_for(self, key: Key, msvc: ModelService, unavailable: frozenset[str] = frozenset()
+                   ) -> tuple[dict[str, Any], list[c.ConditionSpec]]:
+        """status.autoscaling / status.latency, ScalingLimited and AutoscalerReady for `msvc`
+        (a read of the loop's state; `unavailable`: kinds whose CRD is missing)."""
         autoscaling = msvc.spec.autoscaling
+        status = (self.store.msvc(key) or {}).get("status") or {}
         if not autoscaling.enabled:
-            previous = c.find(((self.store.msvc(key) or {}).get("status") or {}).get("conditions"),
-                              report.SCALING_LIMITED)
-            conditions = [] if previous is None else [c.ConditionSpec(
-                report.SCALING_LIMITED, c.FALSE, "AutoscalingDisabled", "spec.autoscaling.enabled is false")]
-            return report.status_fields(None), conditions
+            return report.status_fields(None), report.disabled_conditions(status.get("conditions"))
+        ready = report.autoscaler_ready(msvc, unavailable)
         if autoscaling.engine != "builtin":
-            return {}, []  # hpa / keda: render/autoscaler.py and their own conditions
+            capacity = capacity_of(msvc, status)
+            return report.status_fields(report.static_view(msvc, capacity)), ready
         view = self.views.get(key)
         if view is None:
             capacity = capacity_of(msvc, (self.store.msvc(key) or {}).get("status"))
@@ -116,7 +117,7 @@ class Autoscaler:
                                percentile=msvc.spec.slo.percentile if msvc.spec.slo else None,
                                slo_milliseconds=msvc.spec.slo.latency_milliseconds if msvc.spec.slo else None,
                                max_replicas=autoscaling.max_replicas)
-        return report.status_fields(view), report.limited_condition(view)
+        return report.status_fields(view), report.limited_condition(view) + ready
 
     # --- tasks ---------------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class OperatorMetrics:
                           "Observed demand (answered + shed + backlog growth), all pods.", labels, registry=r)
         self.desired = Gauge("modelship_operator_desired_replicas", "Replicas the builtin autoscaler wants.",
                              labels, registry=r)
+        self.max_replicas = Gauge("modelship_operator_max_replicas", "spec.autoscaling.maxReplicas.", labels,
+                                  registry=r)
         self.capacity = Gauge("modelship_operator_capacity_per_replica",
                               "Requests/s per replica the autoscaler plans with (after online correction).",
                               labels, registry=r)
@@ -67,6 +69,7 @@ class OperatorMetrics:
         ns, name = key
         self.decisions.labels(ns, name, decision.direction, decision_reason(decision)).inc()
         self.desired.labels(ns, name).set(decision.desired)
+        self.max_replicas.labels(ns, name).set(policy.max_replicas)
         self.capacity.labels(ns, name).set(decision.capacity_per_replica)
         self.slo.labels(ns, name, policy.percentile).set(policy.slo_seconds)
         if decision.observed_latency_seconds is not None:
@@ -76,7 +79,8 @@ class OperatorMetrics:
 
     def forget(self, key: tuple[str, str]) -> None:
         """Drop a deleted service's series (a gauge would otherwise report it forever)."""
-        for metric in (self.latency, self.slo, self.rate, self.desired, self.capacity, self.decisions):
+        for metric in (self.latency, self.slo, self.rate, self.desired, self.max_replicas, self.capacity,
+                       self.decisions):
             for labels in list(metric._metrics):  # prometheus-client keeps children by label tuple
                 if tuple(labels[:2]) == key:
                     metric.remove(*labels)

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Iterable, Mapping
 
+from modelship.api.v1alpha1 import ModelService
+from modelship.render import names
+from modelship.render.autoscaler import target_per_pod
 from modelship.status import conditions as c
 
 SCALING_LIMITED = "ScalingLimited"
 SLO_MISSED_AT_MAX = "SLOMissedAtMaxReplicas"
 WITHIN_LIMITS = "WithinLimits"
 NOT_MEASURED = "NotMeasured"
+AUTOSCALER_READY = "AutoscalerReady"
+KEDA_NOT_INSTALLED = "KEDANotInstalled"
+AUTOSCALING_DISABLED = "AutoscalingDisabled"
 RELATIVE_CHANGE = 0.10
 
 
@@ -118,3 +124,41 @@ def limited_condition(view: View | None) -> list[c.ConditionSpec]:
             warning=True)]
     return [c.ConditionSpec(SCALING_LIMITED, c.FALSE, WITHIN_LIMITS,
                             f"the load fits within maxReplicas ({view.max_replicas})")]
+
+
+def autoscaler_ready(msvc: ModelService, unavailable: frozenset[str]) -> list[c.ConditionSpec]:
+    """AutoscalerReady: can the chosen engine act at all? False when KEDA is chosen but its
+    CRD is not installed (the ScaledObject's apply answered 404)."""
+    engine = msvc.spec.autoscaling.engine
+    name = names.deployment(msvc.metadata.name)
+    if engine == "keda" and "ScaledObject" in unavailable:
+        return [c.ConditionSpec(
+            AUTOSCALER_READY, c.FALSE, KEDA_NOT_INSTALLED,
+            "engine keda needs KEDA, but the CRD scaledobjects.keda.sh is not installed in this cluster: "
+            "install KEDA (its ScaledObject is applied on the next resync) or choose engine builtin or hpa",
+            warning=True)]
+    what = {"builtin": "the builtin latency loop scales the Deployment",
+            "hpa": f"HorizontalPodAutoscaler {name} scales the Deployment",
+            "keda": f"KEDA ScaledObject {name} scales the Deployment"}[engine]
+    reason = {"builtin": "BuiltinEngine", "hpa": "HPAEngine", "keda": "KEDAEngine"}[engine]
+    return [c.ConditionSpec(AUTOSCALER_READY, c.TRUE, reason, what)]
+
+
+def disabled_conditions(previous: Iterable[Mapping[str, Any]] | None) -> list[c.ConditionSpec]:
+    """With autoscaling off, conditions it set before turn False instead of lingering."""
+    out = []
+    for type_ in (SCALING_LIMITED, AUTOSCALER_READY):
+        if c.find(previous, type_) is not None:
+            out.append(c.ConditionSpec(type_, c.FALSE, AUTOSCALING_DISABLED, "spec.autoscaling.enabled is false"))
+    return out
+
+
+def static_view(msvc: ModelService, capacity: Any) -> View:
+    """What status says for engines hpa and keda: their target, which does not move."""
+    engine = msvc.spec.autoscaling.engine
+    target = target_per_pod(msvc, capacity.requests_per_second if capacity.source == "optimization" else None)
+    what = "HorizontalPodAutoscaler" if engine == "hpa" else "KEDA ScaledObject"
+    return View(engine=engine, capacity_per_replica=capacity.requests_per_second, capacity_source=capacity.source,
+                reason=f"{what} {names.deployment(msvc.metadata.name)} targets {target:.3g} requests/s per pod",
+                slo_milliseconds=msvc.spec.slo.latency_milliseconds if msvc.spec.slo else None,
+                max_replicas=msvc.spec.autoscaling.max_replicas)

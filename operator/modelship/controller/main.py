@@ -25,6 +25,7 @@ from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
 from modelship.controller.store import Store
+from modelship.render import AUTOSCALER_KINDS
 from modelship.render.names import MANAGED_BY
 
 log = logging.getLogger("modelship.operator")
@@ -59,6 +60,22 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
         for path in paths:
             for item in await kube.list(path, label_selector=label_selector):
                 item.setdefault("apiVersion", f"{group}/{version}" if group else version)
+                item.setdefault("kind", kind)
+                store.upsert(kind, item)
+    # HPAs and ScaledObjects are not watched (KEDA may not be installed: 404, skipped); one
+    # LIST tells the reconciler which exist, so switching engines removes the old autoscaler.
+    for api_version, kind, plural in AUTOSCALER_KINDS:
+        paths = [f"/apis/{api_version}/{plural}"] if not namespaces else [
+            f"/apis/{api_version}/namespaces/{ns}/{plural}" for ns in namespaces]
+        for path in paths:
+            try:
+                items = await kube.list(path, label_selector=selector)
+            except KubeError as error:
+                if error.status == 404:
+                    break
+                raise
+            for item in items:
+                item.setdefault("apiVersion", api_version)
                 item.setdefault("kind", kind)
                 store.upsert(kind, item)
 

@@ -31,6 +31,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.store import Key, Store
 from modelship.render import Rendered, names, render_children
+from modelship.render.autoscaler import measured_capacity
 from modelship.render.artifact import ORIGINAL, original
 from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
@@ -41,6 +42,7 @@ log = logging.getLogger("modelship.reconcile")
 
 INVALID_SPEC = "InvalidSpec"
 HELD_KINDS = ("ConfigMap", "Deployment")  # what waits for the optimize Job
+OPTIONAL_KINDS = ("ScaledObject",)  # children whose CRD may be missing (KEDA)
 
 
 def utc_now() -> str:
@@ -58,7 +60,10 @@ class Reconciler:
     extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
     # Seam for the autoscaler: status fields (autoscaling, latency; None removes) and
     # conditions (ScalingLimited, AutoscalerReady), so the reconciler stays the one status writer.
-    extra_status: Callable[[Key, ModelService], tuple[Mapping[str, Any], list[c.ConditionSpec]]] | None = None
+    # The third argument: kinds whose API is not installed (OPTIONAL_KINDS that answered 404).
+    extra_status: Callable[[Key, ModelService, frozenset[str]],
+                           tuple[Mapping[str, Any], list[c.ConditionSpec]]] | None = None
+    unavailable: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -70,6 +75,7 @@ class Reconciler:
         body = self.store.msvc(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.written.pop(key, None)
+            self.unavailable.pop(key, None)
             self._renders.pop(key, None)
             return  # deleted: the garbage collector removes the children (ownerReferences)
         meta = body["metadata"]
@@ -94,10 +100,12 @@ class Reconciler:
                 condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, optimization.FAILED, apply_error, warning=True))
         # Held (None): render anyway, for the hash that tells whether the Deployment holds this spec.
         artifact = decision.artifact or original(msvc.spec)
-        if cached is not None and cached[1] is msvc and cached[2].artifact == artifact:
+        capacity = measured_capacity(decision.status)
+        if cached is not None and cached[1] is msvc and cached[2].artifact == artifact \
+                and cached[2].measured_capacity == capacity:
             rendered = cached[2]
         else:
-            rendered = render_children(msvc, artifact=artifact)
+            rendered = render_children(msvc, artifact=artifact, measured_capacity=capacity)
             # Pod events wake a ModelService far more often than its spec changes.
             self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
         try:
@@ -116,7 +124,8 @@ class Reconciler:
             variant = _served_variant(deployment, msvc.metadata.uid)
         previous = self._previous(key, body)
         extra = self.extra_conditions(msvc, self.store) if self.extra_conditions else []
-        scaling_fields, scaling_conditions = self.extra_status(key, msvc) if self.extra_status else ({}, [])
+        scaling_fields, scaling_conditions = self.extra_status(
+            key, msvc, frozenset(self.unavailable.get(key, ()))) if self.extra_status else ({}, [])
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
@@ -191,7 +200,7 @@ class Reconciler:
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 raise errors[0]
-        for ref in rendered.absent:
+        for ref in [*rendered.absent, *rendered.absent_autoscalers]:
             live = self.store.child(key, ref.kind, ref.name)
             if live is not None and _controlled_by(live, uid):
                 log.info("deleting %s %s/%s (no longer wanted)", ref.kind, msvc.metadata.namespace, ref.name)
@@ -200,7 +209,17 @@ class Reconciler:
 
     async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
         log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
-        self.store.upsert(obj["kind"], await self.kube.apply(obj), own_write=True)
+        key = (msvc.metadata.namespace, msvc.metadata.name)
+        try:
+            applied = await self.kube.apply(obj)
+        except KubeError as error:
+            if error.status == 404 and obj["kind"] in OPTIONAL_KINDS:
+                # Its CRD is not installed (KEDA): a condition says so; the resync retries.
+                self.unavailable.setdefault(key, set()).add(obj["kind"])
+                return
+            raise
+        self.unavailable.get(key, set()).discard(obj["kind"])
+        self.store.upsert(obj["kind"], applied, own_write=True)
 
     async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
         """A spec the API server accepted but the operator cannot serve (its checks are

@@ -16,6 +16,7 @@ from modelship import api
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import names
 from modelship.render.artifact import ModelArtifact, original
+from modelship.render.autoscaler import render_hpa, render_scaled_object
 from modelship.render.config_map import render_config_map
 from modelship.render.deployment import render_deployment
 from modelship.render.disruption import render_pod_disruption_budget
@@ -23,15 +24,23 @@ from modelship.render.model_config import content_hash, render_pbtxt
 from modelship.render.network import render_network_policy
 from modelship.render.service import render_service
 
-# Every kind a ModelService may own, in the order they are applied (config before the pods
-# that read it). apiVersion, kind, plural.
-CHILD_KINDS: tuple[tuple[str, str, str], ...] = (
+# The kinds every ModelService renders or lists as absent, in the order they are applied
+# (config before the pods that read it). apiVersion, kind, plural.
+CORE_KINDS: tuple[tuple[str, str, str], ...] = (
     ("v1", "ConfigMap", "configmaps"),
     ("apps/v1", "Deployment", "deployments"),
     ("v1", "Service", "services"),
     ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
 )
+# The autoscaler an engine other than builtin needs (at most one). Kept apart from the core
+# kinds: they are not watched (the KEDA CRD may not exist), and listed in `absent_autoscalers`.
+AUTOSCALER_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+)
+# Every kind a ModelService may own.
+CHILD_KINDS = CORE_KINDS + AUTOSCALER_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +58,15 @@ class Rendered:
     objects: list[dict[str, Any]]
     absent: list[ChildRef]
     artifact: ModelArtifact
+    absent_autoscalers: list[ChildRef] = dataclasses.field(default_factory=list)
+    measured_capacity: float | None = None  # requests/s per replica the HPA/KEDA target came from
 
 
-def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None) -> Rendered:
+def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None,
+                    measured_capacity: float | None = None) -> Rendered:
     """All children of `msvc`, each with labels, a controller ownerReference (when the
-    ModelService has a uid) and a desired-hash annotation."""
+    ModelService has a uid) and a desired-hash annotation. `measured_capacity`: the optimize
+    Job's requests/s per replica, the HPA/KEDA target's base when the spec sets none."""
     artifact = artifact or original(msvc.spec)
     pbtxt = render_pbtxt(msvc.spec, artifact.batching, artifact.intra_op_threads)
     objects: list[dict[str, Any] | None] = [
@@ -65,11 +78,16 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
     ]
     absent = [
         ChildRef(api_version, kind, msvc.metadata.name)
-        for (api_version, kind, _), obj in zip(CHILD_KINDS, objects)
+        for (api_version, kind, _), obj in zip(CORE_KINDS, objects)
         if obj is None
     ]
-    finished = [_finish(obj, msvc) for obj in objects if obj is not None]
-    return Rendered(objects=finished, absent=absent, artifact=artifact)
+    autoscalers = [render_hpa(msvc, measured_capacity=measured_capacity),
+                   render_scaled_object(msvc, measured_capacity=measured_capacity)]
+    absent_autoscalers = [ChildRef(api_version, kind, names.deployment(msvc.metadata.name))
+                          for (api_version, kind, _), obj in zip(AUTOSCALER_KINDS, autoscalers) if obj is None]
+    finished = [_finish(obj, msvc) for obj in [*objects, *autoscalers] if obj is not None]
+    return Rendered(objects=finished, absent=absent, artifact=artifact, absent_autoscalers=absent_autoscalers,
+                    measured_capacity=measured_capacity)
 
 
 def owner_reference(msvc: ModelService) -> dict[str, Any]:
