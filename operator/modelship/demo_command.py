@@ -135,18 +135,31 @@ class Demo:
         path = folder / MODEL_FILE
         onnx.save(samples.mlp((256, 512, 512, 10)), str(path))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.say(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}...) "
-                 f"served at {store_url}/{MODEL_FILE}")
-        return f"{store_url.rstrip('/')}/{MODEL_FILE}", digest
+        url = f"{store_url.rstrip('/')}/{MODEL_FILE}"
+        self.say(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}...) served at {url}")
+        return url, digest
 
     def install(self) -> None:
         self.say("installing the CRD and the operator (Helm chart charts/modelship)")
         self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
-        self.helm("upgrade", "--install", "modelship", str(REPO / "charts" / "modelship"),
-                  "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                  "--set-json", f"nodeSelector={json.dumps(AGENT_SELECTOR)}", "--wait", "--timeout", "180s")
+        self.wait_for("the CRD to be established", self._crd_established, 60)
+        self._tool("helm", ("upgrade", "--install", "modelship", str(REPO / "charts" / "modelship"),
+                            "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+                            "--set-json", f"nodeSelector={json.dumps(AGENT_SELECTOR)}", "--wait", "--timeout", "180s"),
+                   capture=True)  # its NOTES are for people installing by hand
         self.say("operator pod is Ready")
+
+    def _crd_established(self) -> bool:
+        crd = self.plane.api("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/modelservices.modelship.dev")
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or [])
+
+    def wait_for(self, what: str, check, seconds: float) -> None:  # noqa: ANN001 - a callable
+        deadline = time.monotonic() + seconds
+        while not check():
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {seconds:g}s waiting for {what}")
+            time.sleep(0.5)
 
     def apply(self, url: str, digest: str) -> dict[str, Any]:
         manifest = service_manifest(url, digest)
@@ -197,12 +210,19 @@ class Demo:
         import onnxruntime as ort
         import tritonclient.http as httpclient
 
-        slices = self.plane.api("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
-                                       f"?labelSelector=kubernetes.io/service-name={NAME}")
-        addresses = [a for s in slices.get("items", []) for e in s.get("endpoints") or []
-                     if (e.get("conditions") or {}).get("ready") for a in e.get("addresses") or []]
-        if not addresses:
-            raise DemoError(f"Service {NAME} has no ready endpoint; see `kubectl get endpointslices`")
+        addresses: list[str] = []
+
+        def endpoints() -> bool:  # the endpoints controller may trail the pod's readiness a little
+            slices = self.plane.api("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+                                           f"?labelSelector=kubernetes.io/service-name={NAME}")
+            addresses[:] = [a for s in slices.get("items", []) for e in s.get("endpoints") or []
+                            if (e.get("conditions") or {}).get("ready") for a in e.get("addresses") or []]
+            return bool(addresses)
+
+        try:
+            self.wait_for(f"a ready endpoint of Service {NAME}", endpoints, 30)
+        except DemoError as exc:
+            raise DemoError(f"{exc}; see `kubectl get endpointslices` and `kubectl get events`") from None
         x = np.random.default_rng(7).standard_normal((1, 256)).astype(np.float32)
         reference = ort.InferenceSession(str(self.plane.state_dir / "models" / MODEL_FILE),
                                          providers=["CPUExecutionProvider"]).run(None, {"INPUT0": x})[0]
@@ -225,9 +245,6 @@ class Demo:
 
     def kubectl(self, *args: str, capture: bool = False) -> str:
         return self._tool("kubectl", args, capture)
-
-    def helm(self, *args: str) -> str:
-        return self._tool("helm", args, False)
 
     def _tool(self, name: str, args: tuple[str, ...], capture: bool) -> str:
         cmd = [str(self.plane.bin_dir / name), "--kubeconfig", str(self.plane.kubeconfig), *args]
