@@ -214,6 +214,8 @@ def test_an_unknown_image_waits_like_a_failed_pull(cluster, namespace):
     message = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
     assert image in message and "modelship-server" in message
     assert p["status"]["phase"] == "Pending" and condition(p, "Ready") == "False"
+    events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=triton")["items"]
+    assert any(e["reason"] == "Failed" and image in e["message"] for e in events), events
 
 
 def test_a_command_that_exits_at_once_crash_loops_with_growing_back_off(cluster, namespace):
@@ -234,6 +236,8 @@ def test_a_command_that_exits_at_once_crash_loops_with_growing_back_off(cluster,
     assert container["lastState"]["terminated"]["exitCode"] == 1
     p = get_json(cluster, "pod", "crash", "-n", namespace)
     assert p["status"]["phase"] == "Running" and condition(p, "Ready") == "False"
+    events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=crash")["items"]
+    assert any(e["reason"] == "BackOff" for e in events), events
 
 
 def test_a_readiness_probe_that_never_succeeds_keeps_the_pod_unready(cluster, namespace):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from modelship.devcluster.agent import images, probes
+from modelship.devcluster.agent import events, images, probes
 from modelship.devcluster.agent.backoff import BackoffPolicy, should_restart
 from modelship.devcluster.agent.envvars import ConfigError, container_env, expand
 from modelship.devcluster.agent.kube import ApiError, Kube
@@ -32,6 +32,7 @@ HOST_IP = "127.0.0.1"
 MESSAGE_LIMIT = 4096
 LOG_FALLBACK_LINES, LOG_FALLBACK_BYTES = 80, 2048
 TICK = 0.1
+TOKEN_REFRESH_SECONDS = 1800.0  # tokens are asked for ~1 h, like the kubelet's; renewed at half-life
 
 
 def now_iso() -> str:
@@ -146,6 +147,7 @@ class PodWorker:
         if self.stopping.is_set():
             return
         self.sandbox_ready = True
+        threading.Thread(target=self._refresh_tokens, name=f"tokens-{self.key}", daemon=True).start()
         for container in self.init + self.containers:
             container.view.state = waiting("PodInitializing" if self.init else "ContainerCreating")
         self.publish()
@@ -159,6 +161,18 @@ class PodWorker:
         for thread in threads:
             thread.join()
         self.stopping.wait()  # a finished pod keeps its status and folder until it is deleted
+
+    def _refresh_tokens(self) -> None:
+        writer = VolumeWriter(self.kube, self.pod, self.dir, pod_ip=self.pod_ip, host_ip=HOST_IP)
+        while not self.stopping.wait(TOKEN_REFRESH_SECONDS):
+            try:
+                writer.refresh_tokens()
+            except (ApiError, OSError) as exc:
+                log.warning("pod %s: token refresh failed: %s", self.key, exc)
+
+    def event(self, reason: str, message: str, container: str, kind: str = "Warning") -> None:
+        if not self.gone:
+            events.emit(self.kube, self.pod, reason=reason, message=message, container=container, kind=kind)
 
     # ---- status ------------------------------------------------------------------------
 
@@ -254,6 +268,7 @@ class Container:
             message = images.unknown_image_message(self.view.image)
             self.view.state = waiting("ErrImagePull", message)
             self.publish()
+            worker.event("Failed", f"Failed to pull image \"{self.view.image}\": {message}", self.name)
             if worker.stopping.wait(min(worker.backoff.initial, 5.0)):
                 return False
             self.view.state = waiting("ImagePullBackOff", f'Back-off pulling image "{self.view.image}": {message}')
@@ -267,6 +282,8 @@ class Container:
             try:
                 argv, env, mounts = self.configure(local)
             except (ConfigError, ApiError) as exc:
+                if self.view.state.get("waiting", {}).get("reason") != "CreateContainerConfigError":
+                    worker.event("Failed", f"Error: {exc}", self.name)
                 self.view.state = waiting("CreateContainerConfigError", str(exc))
                 self.publish()
                 worker.stopping.wait(3.0)
@@ -311,6 +328,8 @@ class Container:
                 self.view.state = waiting("CrashLoopBackOff", f"back-off {delay:g}s restarting failed container="
                                           f"{self.name} pod={worker.name}_{worker.namespace}({worker.uid})")
                 self.publish()
+                worker.event("BackOff", f"Back-off restarting failed container {self.name} in pod {worker.name}",
+                             self.name)
                 worker.stopping.wait(delay)
         return False
 
@@ -350,18 +369,22 @@ class Container:
                         self.publish()
                     elif result is False:
                         why = f"Startup probe failed: {startup.last_message}"
+                        worker.event("Unhealthy", why, self.name)
                         return self.shut_down(process, self._grace()), why
             else:
                 liveness = trackers.get("liveness")
                 if liveness is not None and liveness.due(now):
                     if liveness.record(*self._probe(liveness), now=time.monotonic()) is False:
                         why = f"Liveness probe failed: {liveness.last_message}"
+                        worker.event("Unhealthy", why, self.name)
                         return self.shut_down(process, self._grace()), why
                 readiness = trackers.get("readiness")
                 if readiness is not None and readiness.due(now):
                     readiness.record(*self._probe(readiness), now=time.monotonic())
                     ready = readiness.result is True
                     if ready != self.view.ready:
+                        if not ready:
+                            worker.event("Unhealthy", f"Readiness probe failed: {readiness.last_message}", self.name)
                         self.view.ready = ready
                         self.publish()
             time.sleep(TICK)

@@ -45,13 +45,17 @@ def project_keys(data: Mapping[str, bytes], items: list[dict[str, Any]] | None, 
 
 
 def _write(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Each file replaced atomically in its folder: a container that has the folder bound sees
+    either the old or the new content (a refreshed token), never half of one."""
     for relative, (content, mode) in files.items():
         target = root / relative
         if ".." in Path(relative).parts:
             raise ConfigError(f"volume path {relative!r} may not contain '..'")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-        os.chmod(target, mode)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(content)
+        os.chmod(partial, mode)
+        partial.replace(target)
 
 
 class VolumeWriter:
@@ -106,6 +110,15 @@ class VolumeWriter:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target
+
+    def refresh_tokens(self) -> None:
+        """Rewrite the service-account tokens of projected volumes in place, before they expire."""
+        for volume in self.pod.get("spec", {}).get("volumes") or []:
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                spec = source.get("serviceAccountToken")
+                if spec is not None:
+                    mode = volume["projected"].get("defaultMode", 0o644)
+                    _write(self.root / volume["name"], {spec.get("path", "token"): (self.token(spec).encode(), mode)})
 
     def _object_files(self, volume: Mapping[str, Any], where: str) -> dict[str, tuple[bytes, int]]:
         kind = "configmap" if "configMap" in volume else "secret"
