@@ -19,3 +19,19 @@ from server.conftest import _server_factory  # noqa: E402  (the one server facto
 def module_server_factory(tmp_path_factory: pytest.TempPathFactory):
     """Start real modelship-server processes; all are stopped when the module ends."""
     yield from _server_factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def kube(cluster):
+    """The operator's KubeClient on the session's control plane, with the ModelService CRD."""
+    import kubernetes
+
+    from modelship.controller.kube import KubeClient
+
+    cluster.kubectl("apply", "--server-side", "-f", str(TESTS.parent / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    client = KubeClient(kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    try:
+        yield client
+    finally:
+        client.close()

@@ -29,7 +29,6 @@ pytestmark = pytest.mark.cluster
 NS = "autoscale-loop"
 NAME = "scaled"
 KEY = (NS, NAME)
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +36,6 @@ def server(module_server_factory, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     samples.write_model(repo, MODEL, samples.slow(size=128, rows=64, repeats=4), CONFIG)
     return module_server_factory(repo)
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Any):
-    import kubernetes
-
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
-    cluster.kubectl("create", "namespace", NS, check=False)
-    client = KubeClient(kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig)))
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def modelservice() -> dict[str, Any]:
@@ -91,6 +76,7 @@ def events(cluster: Any, reason: str) -> list[dict[str, Any]]:
 
 
 def test_loop_scales_through_the_scale_subresource_and_reports_through_the_reconciler(cluster, kube, server) -> None:
+    cluster.kubectl("create", "namespace", NS, check=False)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(modelservice()))
 
     async def scenario() -> None:
