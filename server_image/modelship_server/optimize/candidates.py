@@ -177,14 +177,45 @@ def _fuse_transformer(source: Path, target: Path) -> None:
     fused.save_model_to_file(str(target))
 
 
-def _with_node_names(source: Path, scratch: Path) -> tuple[Path, onnx.ModelProto]:
-    """The quantizer excludes nodes by name: give every unnamed node one (by position, so a
-    rebuild names them the same), writing a copy only when something was unnamed."""
+QDQ_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel scales) is opset 13
+
+
+def _prepared(source: Path, scratch: Path, min_opset: int = 0) -> tuple[Path, onnx.ModelProto]:
+    """The model as the quantizers need it, written to `scratch` only when it changed.
+
+    - Constant nodes holding tensors become initializers: some exporters (Paddle2ONNX, older
+      TensorFlow converters) write every weight as a Constant node, and the quantizers only
+      quantize weights that are initializers (else they fail, or treat weights as activations).
+    - Every node gets a name (by position, so a rebuild names them the same): exclusion is by name.
+    - The default opset is raised to `min_opset` when lower (per-channel QDQ needs 13).
+    """
     model = onnx.load(str(source))
-    unnamed = [n for n in model.graph.node if not n.name]
+    changed = False
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < min_opset:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, min_opset)
+        changed = True
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if node.op_type == "Constant" and not node.domain and value is not None and len(node.output) == 1:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            changed = True
+        else:
+            kept.append(node)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(kept)
+    unnamed = [n for n in graph.node if not n.name]
     for i, node in enumerate(unnamed):
         node.name = f"modelship_{node.op_type}_{i}"
-    if not unnamed:
+    if not (changed or unnamed):
         return source, model
     onnx.save(model, str(scratch))
     return scratch, model
@@ -274,7 +305,9 @@ def _quantize(recipe: Recipe, source: Path, workdir: Path, target: Path, calibra
         fused = workdir / f"{recipe.name}-fused.onnx"
         _fuse_transformer(source, fused)
         source = fused
-    source, model = _with_node_names(source, workdir / f"{recipe.name}-named.onnx")
+    per_channel_qdq = recipe.kind == "static_int8" and recipe.per_channel
+    source, model = _prepared(source, workdir / f"{recipe.name}-prepared.onnx",
+                              min_opset=QDQ_PER_CHANNEL_OPSET if per_channel_qdq else 0)
     excluded: list[str] = []
     if recipe.float_fraction > 0:
         ranked = int8_sensitivity(model, calibration, recipe.per_channel, recipe.op_types)
