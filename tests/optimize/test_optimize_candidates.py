@@ -79,3 +79,28 @@ def test_default_recipes_offer_each_family_where_it_applies():
     assert "static-int8-qdq-conv-only" in names(convolutional=True)
     assert "static-int8-qdq-conv-only" not in transformer
     assert "dynamic-int8-per-channel-float-10pct" in names()
+
+
+def _constant_weights_opset12(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph as a Paddle2ONNX-style export: weights as Constant nodes, opset 12."""
+    constants = [onnx.helper.make_node("Constant", [], [init.name], value=init) for init in model.graph.initializer]
+    graph = onnx.helper.make_graph(constants + list(model.graph.node), "constants", list(model.graph.input),
+                                   list(model.graph.output))
+    out = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 12)])
+    out.ir_version = 8
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_weights_written_as_constant_nodes_at_opset_12_still_quantize(tmp_path):
+    path, feeds = _saved(tmp_path, _constant_weights_opset12(models.small_cnn()))
+    reference = _outputs(path, feeds[8:])
+    for recipe in (cand.Recipe(name="s", kind="static_int8", per_channel=True, op_types=["Conv"]),
+                   cand.Recipe(name="d", kind="dynamic_int8", per_channel=True)):
+        built = onnx.load(str(cand.build(recipe, path, tmp_path / recipe.name, feeds[:8])))
+        assert not any(n.op_type == "Constant" for n in built.graph.node)  # weights became initializers
+        ops = {n.op_type for n in built.graph.node}
+        assert ops & {"QuantizeLinear", "DequantizeLinear", "ConvInteger", "DynamicQuantizeLinear"}, ops
+        gate = evaluate(GateSpec(threshold_mean=0.9, threshold_worst=0.8), reference,
+                        _outputs(tmp_path / recipe.name / f"{recipe.name}.onnx", feeds[8:]))
+        assert gate.passed, gate.reason
