@@ -402,7 +402,9 @@ class ControlPlane:
             process = subprocess.Popen(
                 [binary, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=self.state_dir,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                # The agent gets SIGTERM rather than SIGKILL: it then stops its pods and removes its route.
+                preexec_fn=(_die_with_parent_gently if name in PYTHON_COMPONENTS else _die_with_parent)
+                if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -521,6 +523,14 @@ def _die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _die_with_parent_gently() -> None:
+    """As `_die_with_parent`, with SIGTERM: for components that clean up after themselves."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:
