@@ -8,6 +8,7 @@ import http.client
 import json
 import threading
 import time
+from typing import Callable
 
 
 @dataclasses.dataclass
@@ -16,6 +17,7 @@ class LoadResult:
     finished: float
     latencies: list[float]
     failures: int
+    errors: list[str]
 
     @property
     def rate(self) -> float:
@@ -34,10 +36,16 @@ def body(name: str, width: int) -> bytes:
 class Load:
     """`rate` requests per second from `threads` threads (each paced to rate/threads) until stop()."""
 
-    def __init__(self, port: int, path: str, payload: bytes, rate: float, threads: int = 4) -> None:
+    def __init__(self, port: int, path: str, payload: bytes, rate: float, threads: int = 4,
+                 hosts: Callable[[], list[str]] | None = None) -> None:
+        """`hosts`: where to send, asked before every request (round-robin over its answer),
+        as kube-proxy would spread a Service's traffic; default 127.0.0.1."""
         self.port, self.path, self.payload = port, path, payload
+        self.hosts = hosts or (lambda: ["127.0.0.1"])
+        self.errors: list[str] = []
         self.interval = threads / rate
         self.latencies: list[float] = []
+        self.done_at: list[float] = []
         self.failures = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -59,11 +67,12 @@ class Load:
             for t in self._threads:
                 t.join(30)
             self.finished = time.time()
-        return LoadResult(self.started, self.finished, list(self.latencies), self.failures)
+        return LoadResult(self.started, self.finished, list(self.latencies), self.failures, list(self.errors))
 
     def _run(self, index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connections: dict[str, http.client.HTTPConnection] = {}
         next_at = time.monotonic() + index * self.interval / len(self._threads)
+        sent = index
         try:
             while not self._stop.is_set():
                 delay = next_at - time.monotonic()
@@ -72,21 +81,40 @@ class Load:
                     if self._stop.is_set():
                         return
                 next_at += self.interval
+                hosts = self.hosts()
+                host = hosts[sent % len(hosts)]
+                sent += 1
+                conn = connections.get(host)
+                if conn is None:
+                    conn = connections[host] = http.client.HTTPConnection(host, self.port, timeout=30)
                 t0 = time.perf_counter()
+                error = None
                 try:
                     conn.request("POST", self.path, body=self.payload)
                     response = conn.getresponse()
                     response.read()
-                    ok = response.status == 200
-                except OSError:
-                    ok = False
+                    if response.status != 200:
+                        error = f"{host}: HTTP {response.status}"
+                except OSError as exc:
+                    error = f"{host}: {exc}"
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                    connections.pop(host, None)
                 elapsed = time.perf_counter() - t0
                 with self._lock:
-                    if ok:
+                    if error is None:
                         self.latencies.append(elapsed)
+                        self.done_at.append(time.time())
                     else:
                         self.failures += 1
+                        if len(self.errors) < 5:
+                            self.errors.append(error)
         finally:
-            conn.close()
+            for conn in connections.values():
+                conn.close()
+
+    def recent_quantile(self, q: float, seconds: float) -> float | None:
+        """Client-side quantile of the requests that finished in the last `seconds`."""
+        with self._lock:
+            cut = time.time() - seconds
+            recent = sorted(lat for lat, at in zip(self.latencies, self.done_at) if at >= cut)
+        return recent[min(len(recent) - 1, int(q * len(recent)))] if recent else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 import time
@@ -195,8 +196,8 @@ def run_operator(
               file=sys.stderr)
         return 2
     metrics = OperatorMetrics()
-    if metrics_port:
-        metrics.serve(metrics_port)
+    if metrics_port:  # on the pod's own address under the local node agent (contract C5)
+        metrics.serve(metrics_port, addr=os.environ.get("MODELSHIP_LISTEN_ADDRESS", "0.0.0.0"))
     registry = build_registry(client=client, namespaces=namespaces, workers=workers, resync_seconds=resync_seconds,
                               metrics=metrics, prometheus_url=prometheus_url)
     kopf.run(
