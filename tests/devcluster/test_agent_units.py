@@ -4,6 +4,9 @@ probe thresholds, pod status, volume keys and mount plans, pod addresses."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,24 @@ def test_addresses_are_distinct_non_loopback_and_reused_after_release():
     assert pool.allocate() == first
     fallback = AddressPool("/some/state", routed=False)
     assert ipaddress.ip_address(fallback.allocate()).is_loopback
+
+
+def test_a_block_held_by_a_live_agent_is_skipped_and_a_dead_holders_is_reclaimed(tmp_path: Path):
+    from modelship.devcluster.agent.addresses import _claim
+
+    def pool_for(block):
+        return AddressPool("k", block=block)
+
+    registry = tmp_path / "routes"
+    registry.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)  # modelship.devcluster.agent"])
+    try:
+        (registry / pool_for(7).cidr.replace("/", "_")).write_text(str(live.pid))
+        (registry / pool_for(8).cidr.replace("/", "_")).write_text("999999999")  # no such process
+        removed = []
+        claimed = _claim(pool_for, 7, registry, unroute=removed.append)
+    finally:
+        live.kill()
+        live.wait()
+    assert claimed.cidr == pool_for(8).cidr and removed == [claimed.cidr]  # the dead holder's route goes
+    assert (registry / claimed.cidr.replace("/", "_")).read_text() == str(os.getpid())

@@ -6,7 +6,8 @@ in the loopback range"), so Services would never get endpoints. Instead the agen
 /24 of 198.18.0.0/15 (RFC 2544's benchmarking range, never routed on the Internet) local with
 `ip route replace local <block> dev lo table local` (the AnyIP trick: every address of the block
 is then bindable, no per-address setup), and removes that route when it stops. The block comes
-from the state directory, so two planes on one machine rarely share one. Without the right to
+from the state directory; a registry in /run keeps two live agents off the same block and lets
+the next agent reclaim the block of one that was SIGKILLed. Without the right to
 change routes (not root), pods fall back to 127.x.y.z: they still run and answer on their
 addresses, but Services get no endpoints.
 """
@@ -14,9 +15,11 @@ addresses, but Services get no endpoints.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
 
 ROUTE_FILE = "route"
 
@@ -34,8 +37,8 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 class AddressPool:
     """First-free allocation of one /24: .1 to .254."""
 
-    def __init__(self, key: str, *, routed: bool = True):
-        block = block_for(key)
+    def __init__(self, key: str, *, routed: bool = True, block: int | None = None):
+        block = block_for(key) if block is None else block
         self.prefix = f"198.{18 + block // 256}.{block % 256}" if routed else f"127.{100 + block % 128}.{block // 128}"
         self.cidr = f"{self.prefix}.0/24"
         self._used: set[int] = set()
@@ -58,9 +61,49 @@ class AddressPool:
                 self._used.discard(int(address.rsplit(".", 1)[1]) - 1)
 
 
-def routed_pool(key: str, agent_dir: Path) -> tuple[AddressPool, str]:
+# Which agent (PID) holds which block, machine-wide: a block whose agent died without cleaning
+# up (SIGKILL) is reclaimed by the next agent, and two live agents never share a block.
+REGISTRY = Path("/run/modelship-dev-cluster/routes")
+
+
+def _holder_alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"modelship.devcluster.agent" in cmdline
+
+
+def _unroute(cidr: str) -> None:
+    _ip("route", "del", "local", cidr, "dev", "lo", "table", "local")
+
+
+def _claim(pool_for: Callable[[int], AddressPool], first: int, registry: Path,
+           unroute: Callable[[str], None] = _unroute) -> AddressPool | None:
+    """The first block from `first` on that no live agent holds, its stale route removed."""
+    registry.mkdir(parents=True, exist_ok=True)
+    for step in range(512):
+        pool = pool_for((first + step) % 512)
+        record = registry / pool.cidr.replace("/", "_")
+        try:
+            holder = int(record.read_text().strip() or 0)
+        except (OSError, ValueError):
+            holder = 0
+        if holder and holder != os.getpid() and _holder_alive(holder):
+            continue
+        if holder:
+            unroute(pool.cidr)
+        record.write_text(str(os.getpid()))
+        return pool
+    return None
+
+
+def routed_pool(key: str, agent_dir: Path, registry: Path = REGISTRY) -> tuple[AddressPool, str]:
     """A pool whose block is made local on `lo`, or the loopback fallback; and a line saying which."""
-    pool = AddressPool(key)
+    try:
+        pool = _claim(lambda block: AddressPool(key, block=block), block_for(key), registry) or AddressPool(key)
+    except OSError:  # no /run to write to: the hashed block, unregistered
+        pool = AddressPool(key)
     result = _ip("route", "replace", "local", pool.cidr, "dev", "lo", "table", "local")
     if result.returncode == 0:
         (agent_dir / ROUTE_FILE).write_text(pool.cidr)
@@ -79,3 +122,4 @@ def remove_route(agent_dir: Path) -> None:
         return
     _ip("route", "del", "local", cidr, "dev", "lo", "table", "local")
     record.unlink(missing_ok=True)
+    (REGISTRY / cidr.replace("/", "_")).unlink(missing_ok=True)
