@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-operator images clean
+.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-operator bench-autoscale images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench-server: venv  ## raw ONNX Runtime vs modelship-server (docs/server-benchma
 
 bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/operator-scale.md)
 	$(BIN)/python tests/operator/scale_benchmark.py --count 500 --json docs/benchmarks/operator-scale-500.json
+
+bench-autoscale: venv  ## builtin autoscaler vs CPU HPA vs KEDA polling on one replayed trace (docs/autoscaling.md)
+	$(BIN)/python benchmarks/autoscale_trace.py --json docs/benchmarks/autoscale-trace.json
 
 images:  ## build the serving and operator images (needs a Docker engine; none runs on the dev VM)
 	docker build -f server_image/Dockerfile -t ghcr.io/modelship/modelship-server:0.1.0 .
