@@ -373,3 +373,14 @@ def test_the_operator_image_gets_a_working_in_cluster_config(cluster, namespace)
     terminated = p["status"]["containerStatuses"][0]["state"]["terminated"]
     assert p["status"]["phase"] == "Succeeded", terminated
     assert terminated["message"] == f"system:serviceaccount:{namespace}:default"
+
+
+def test_a_pod_bound_past_the_scheduler_that_does_not_fit_is_rejected(cluster, namespace):
+    manifest = pod("huge", [python("main", "pass", resources={"requests": {"cpu": "5"}})], restartPolicy="Never")
+    manifest["spec"].pop("nodeSelector")
+    manifest["spec"]["nodeName"] = "local-0"  # 4 CPUs
+    apply(cluster, namespace, manifest)
+    p = wait_for("the rejection", lambda: (lambda p: p if p["status"].get("phase") == "Failed" else None)(
+        get_json(cluster, "pod", "huge", "-n", namespace)), timeout=30)
+    assert p["status"]["reason"] == "OutOfcpu"
+    assert "cpu, requested: 5, used: " in p["status"]["message"] and "capacity: 4" in p["status"]["message"]

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,8 @@ def test_a_block_held_by_a_live_agent_is_skipped_and_a_dead_holders_is_reclaimed
     registry.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)  # modelship.devcluster.agent"])
     try:
+        while b"modelship.devcluster.agent" not in Path(f"/proc/{live.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # until the exec: before it, /proc shows pytest's command line
         (registry / pool_for(7).cidr.replace("/", "_")).write_text(str(live.pid))
         (registry / pool_for(8).cidr.replace("/", "_")).write_text("999999999")  # no such process
         removed = []
@@ -241,3 +244,28 @@ def test_a_block_held_by_a_live_agent_is_skipped_and_a_dead_holders_is_reclaimed
         live.wait()
     assert claimed.cidr == pool_for(8).cidr and removed == [claimed.cidr]  # the dead holder's route goes
     assert (registry / claimed.cidr.replace("/", "_")).read_text() == str(os.getpid())
+
+
+def test_quantities_and_admission_like_a_kubelet():
+    from decimal import Decimal
+
+    from modelship.devcluster.agent.admission import admit, quantity
+
+    assert quantity("100m") == Decimal("0.1") and quantity("1.5Gi") == 1.5 * 2 ** 30 and quantity(4) == 4
+    with pytest.raises(ValueError, match="not a Kubernetes quantity: '1 cpu'"):
+        quantity("1 cpu")
+
+    def pod_with(cpu, init_cpu=None):
+        spec = {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]}
+        if init_cpu:
+            spec["initContainers"] = [{"name": "i", "resources": {"requests": {"cpu": init_cpu}}}]
+        return {"spec": spec}
+
+    capacity = {"cpu": "4", "memory": "8Gi", "pods": "16"}
+    assert admit(pod_with("2"), [pod_with("2")], capacity) is None
+    assert admit(pod_with("2"), [pod_with("2"), pod_with("100m")], capacity) == (
+        "OutOfcpu", "Pod was rejected: Node didn't have enough resource: cpu, requested: 2, used: 2.1, capacity: 4")
+    assert admit(pod_with("1", init_cpu="5"), [], capacity)[0] == "OutOfcpu"  # the largest init container counts
+    bare = {"spec": {"containers": [{"name": "c"}]}}
+    assert admit(bare, [bare] * 15, capacity) is None
+    assert admit(bare, [bare] * 16, capacity)[0] == "OutOfpods"

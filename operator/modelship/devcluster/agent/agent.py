@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelship.devcluster.agent.admission import admit
 from modelship.devcluster.agent.addresses import AddressPool, remove_route, routed_pool
 from modelship.devcluster.agent.backoff import BackoffPolicy
 from modelship.devcluster.agent.kube import ApiError, Kube
-from modelship.devcluster.agent.node import NodeKeeper
+from modelship.devcluster.agent.node import CAPACITY, NodeKeeper
 from modelship.devcluster.agent.podworker import PodWorker
 from modelship.devcluster.agent.process import sweep
 
@@ -131,6 +132,12 @@ class Agent:
                 if meta.get("deletionTimestamp"):
                     self._delete_now(pod)  # never started here (or finished before this agent ran)
                 return
+            node = pod.get("spec", {}).get("nodeName")
+            rejected = admit(pod, [w.pod for w in self.workers.values() if w.pod.get("spec", {}).get("nodeName") == node
+                                   and not w.finished], CAPACITY)
+            if rejected is not None:
+                self._reject(pod, *rejected)
+                return
             address = self.pool.allocate()
             worker = PodWorker(kube=self.kube, pod=pod, pod_ip=address, pod_dir=self.pods_dir / meta["uid"],
                                agent_dir=self.dir, backoff=self.backoff, api_address=(self.kube.host, self.kube.port),
@@ -151,6 +158,17 @@ class Agent:
         self.pool.release(worker.pod_ip)
         worker.cleanup()
         log.info("pod %s: stopped and cleaned up", worker.key)
+
+    def _reject(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """Like a kubelet's admission failure: the pod ends Failed before anything runs."""
+        meta = pod["metadata"]
+        log.info("pod %s/%s: rejected: %s", meta["namespace"], meta["name"], message)
+        try:
+            self.kube.call("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                           {"status": {"phase": "Failed", "reason": reason, "message": message}},
+                           content_type="application/merge-patch+json")
+        except ApiError as exc:
+            log.warning("pod %s/%s: rejecting failed: %s", meta["namespace"], meta["name"], exc)
 
     def _delete_now(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]

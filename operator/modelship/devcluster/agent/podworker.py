@@ -89,6 +89,11 @@ class PodWorker:
         return f"{self.namespace}/{self.name}"
 
     @property
+    def finished(self) -> bool:
+        """Succeeded or Failed: its resources are free again."""
+        return (self._written or {}).get("phase") in ("Succeeded", "Failed")
+
+    @property
     def restart_policy(self) -> str:
         return self.pod.get("spec", {}).get("restartPolicy", "Always")
 
