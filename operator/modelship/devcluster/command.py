@@ -120,9 +120,12 @@ def _print_nodes(plane) -> None:  # noqa: ANN001
         capacity = status.get("capacity", {})
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
         accelerators = ", ".join(f"{k}={v}" for k, v in capacity.items() if k.startswith("nvidia.com/"))
-        product = node["metadata"].get("labels", {}).get("nvidia.com/gpu.product")
+        labels = node["metadata"].get("labels", {})
+        product = labels.get("nvidia.com/gpu.product")
         if product:
             accelerators += f" ({product})"
+        if labels.get("node.modelship.dev/agent") == "local":
+            accelerators = "- (real pods: the local node agent)"
         _say(f"{node['metadata']['name']:18} {str(ready):6} {capacity.get('cpu', '?'):>4} "
              f"{capacity.get('memory', '?'):>7}  {accelerators or '-'}")
 
