@@ -298,19 +298,50 @@ def int8_sensitivity(model: onnx.ModelProto, calibration: list[Feed], per_channe
     return ranked
 
 
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+_SENSITIVITY: dict[str, list[tuple[float, str]]] = {}
+
+
+def _sensitivity_once(model: onnx.ModelProto, calibration: list[Feed], per_channel: bool,
+                      op_types: list[str] | None) -> list[tuple[float, str]]:
+    """int8_sensitivity, computed once per (model, inputs, settings) in this process: the
+    mixed-precision recipes of one search differ only in how many of the ranked nodes they keep."""
+    import hashlib
+
+    key = hashlib.sha256(model.SerializeToString())
+    for feed in calibration[:8]:
+        for name in sorted(feed):
+            key.update(name.encode())
+            key.update(np.ascontiguousarray(feed[name]).tobytes())
+    key.update(repr((per_channel, op_types)).encode())
+    digest = key.hexdigest()
+    if digest not in _SENSITIVITY:
+        _SENSITIVITY.clear()  # one model at a time; do not hold on to old rankings
+        _SENSITIVITY[digest] = int8_sensitivity(model, calibration, per_channel, op_types)
+    return _SENSITIVITY[digest]
+
+
 def _quantize(recipe: Recipe, source: Path, workdir: Path, target: Path, calibration: list[Feed]) -> None:
     from onnxruntime import quantization as q
 
     if recipe.fuse_transformer:
-        fused = workdir / f"{recipe.name}-fused.onnx"
-        _fuse_transformer(source, fused)
+        # Several recipes start from the same fused graph: fuse once per source file and folder.
+        fused = workdir / f"fused-{_digest(source.read_bytes())[:16]}.onnx"
+        if not fused.is_file():
+            _fuse_transformer(source, fused.with_suffix(".partial"))
+            fused.with_suffix(".partial").rename(fused)
         source = fused
     per_channel_qdq = recipe.kind == "static_int8" and recipe.per_channel
     source, model = _prepared(source, workdir / f"{recipe.name}-prepared.onnx",
                               min_opset=QDQ_PER_CHANNEL_OPSET if per_channel_qdq else 0)
     excluded: list[str] = []
     if recipe.float_fraction > 0:
-        ranked = int8_sensitivity(model, calibration, recipe.per_channel, recipe.op_types)
+        ranked = _sensitivity_once(model, calibration, recipe.per_channel, recipe.op_types)
         keep = min(len(ranked), math.ceil(recipe.float_fraction * len(ranked)))
         excluded = [name for _, name in ranked[:keep]]
         # The dynamic quantizer first rewrites Gemm as MatMul + Add, naming the MatMul <name>_MatMul.
