@@ -234,8 +234,9 @@ def test_a_command_that_exits_at_once_crash_loops_with_growing_back_off(cluster,
     container = wait_for("4 restarts", restarts, timeout=60, every=0.1)
     assert delays[:3] == [1, 2, 4], delays  # the session's agent: 1s doubling to a 4s cap
     assert container["lastState"]["terminated"]["exitCode"] == 1
-    p = get_json(cluster, "pod", "crash", "-n", namespace)
-    assert p["status"]["phase"] == "Running" and condition(p, "Ready") == "False"
+    p = wait_for("back-off again", lambda: (lambda p: p if p["status"]["containerStatuses"][0]["state"].get(
+        "waiting") else None)(get_json(cluster, "pod", "crash", "-n", namespace)), every=0.1)
+    assert p["status"]["phase"] == "Running" and condition(p, "Ready") == "False"  # as a kubelet shows it
     events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=crash")["items"]
     assert any(e["reason"] == "BackOff" for e in events), events
 

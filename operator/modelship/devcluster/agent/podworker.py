@@ -81,6 +81,7 @@ class PodWorker:
         self.gone = False  # the object was deleted outright: nothing to write any more
         self._lock = threading.Lock()
         self._written: dict[str, Any] | None = None
+        self._retry_pending = False
         self.volumes: dict[str, Path] = {}
         self.thread = threading.Thread(target=self._main, name=f"pod-{self.namespace}/{self.name}", daemon=True)
 
@@ -200,8 +201,17 @@ class PodWorker:
                 if exc.status == 404:
                     self.gone = True
                     self.stop(0, delete=False, gone=True)
-                else:
-                    log.warning("pod %s: status update failed: %s", self.key, exc)
+                else:  # try again soon: a lost final status would leave a Job waiting forever
+                    log.warning("pod %s: status update failed (retrying): %s", self.key, exc)
+                    if not self._retry_pending:
+                        self._retry_pending = True
+                        timer = threading.Timer(1.0, self._retry_publish)
+                        timer.daemon = True
+                        timer.start()
+
+    def _retry_publish(self) -> None:
+        self._retry_pending = False
+        self.publish()
 
     # ---- helpers the containers use ----------------------------------------------------
 
