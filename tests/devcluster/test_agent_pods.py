@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -315,18 +314,6 @@ def test_deletion_kills_a_process_that_ignores_sigterm_after_the_grace_period(cl
     took = time.monotonic() - started
     assert 1.8 <= took < 8, took
     assert pids and not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-
-
-KILLED_AGENT = """
-import sys, time
-from pathlib import Path
-from modelship.devcluster.plane import ControlPlane
-from modelship.devcluster.toolchain import ensure_binaries
-from modelship.devcluster.nodes import DEFAULT_NODES
-plane = ControlPlane(Path(sys.argv[1]), ensure_binaries(lambda _: None), progress=lambda _: None)
-plane.up(nodes=DEFAULT_NODES[:1])
-print(plane.kubeconfig, flush=True)
-"""
 
 
 def test_down_leaves_no_pod_process_even_after_the_agent_was_killed(tmp_path):
