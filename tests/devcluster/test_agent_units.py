@@ -269,3 +269,29 @@ def test_quantities_and_admission_like_a_kubelet():
     bare = {"spec": {"containers": [{"name": "c"}]}}
     assert admit(bare, [bare] * 15, capacity) is None
     assert admit(bare, [bare] * 16, capacity)[0] == "OutOfpods"
+
+
+def test_grpc_probe_speaks_the_standard_health_service():
+    """A real gRPC server (grpcio) with a generic handler for grpc.health.v1.Health/Check."""
+    from concurrent import futures
+
+    import grpc
+
+    from modelship.devcluster.agent.probes import check
+
+    statuses = {b"": b"\x08\x01", b"\x0a\x04down": b"\x08\x02"}  # "" -> SERVING, "down" -> NOT_SERVING
+    handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(lambda request, context: statuses[request])})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        common = {"pod_ip": "127.0.0.1", "ports": [], "pid": 0, "env": {}, "timeout": 2.0}
+        assert check({"grpc": {"port": port}}, **common) == (True, "")
+        assert check({"grpc": {"port": port, "service": "down"}}, **common) == (
+            False, "service not serving (status 2)")
+    finally:
+        server.stop(0)
+    ok, message = check({"grpc": {"port": port}}, **common)
+    assert not ok and "gRPC health check failed" in message
