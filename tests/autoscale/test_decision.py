@@ -192,6 +192,13 @@ def test_at_max_with_slo_missed_is_limited() -> None:
     assert (d.desired, d.limited) == (10, True)
 
 
+def test_lowered_max_applies_at_once() -> None:
+    # maxReplicas went from 10 to 3 while 5 run: the spec is the bound, no window to wait out,
+    # and it does not need metrics (here: none) to know that.
+    d = run(snap(pods(5, 0, scraped_at=None), p95_ms=None, samples=0), 5, policy=dataclasses.replace(POLICY, max_replicas=3))
+    assert (d.desired, d.direction) == (3, "down")
+
+
 def test_within_limits_is_not_limited() -> None:
     d = run(snap(pods(3, 70)), 3)
     assert d.limited is False

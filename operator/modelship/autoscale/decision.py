@@ -134,6 +134,9 @@ def decide(snapshot: Snapshot, policy: Policy, *, current: int, state: State, no
                   if desired == 0 else f"no replica runs; starting minReplicas ({desired})")
         return _finish(desired, current, reason, state, rps=None, latency=None,
                        capacity=base_capacity, panic=False, limited=False, held=True)
+    if current > hi:  # maxReplicas was lowered: follow the spec now, measured or not
+        return _finish(hi, current, f"scale down {current}->{hi}: maxReplicas is {hi}", state, rps=None,
+                       latency=None, capacity=base_capacity, panic=False, limited=False, held=True)
     if not ready or not fresh or missing * 2 > len(ready) - len(young):
         if not ready:
             why = f"no ready pod yet ({starting} starting)"
