@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelship_server.optimize.search import choose
-from modelship_server.optimize.timing import (TimingStats, beats, cost_seconds, plan, speedup, stats,
+from modelship_server.optimize.timing import (TimingStats, beats, cost_seconds, outpaced, plan, speedup, stats,
                                               time_interleaved)
 
 
@@ -79,3 +79,24 @@ def test_plan_scales_calls_then_rounds_to_the_budget(budget, per_call, expected)
     rounds, calls = expected
     if expected != (3, 2):
         assert cost_seconds(per_call, rounds, calls) <= max(budget, 0.0) or sum(per_call) == 0
+
+
+@pytest.mark.parametrize("rounds, expected", [
+    ({"baseline": [10, 10, 10], "fast": [5, 5, 5], "slow": [9, 9, 9]}, {"slow"}),  # 9 > 5 beyond 0 % noise
+    ({"baseline": [10, 10, 10], "fast": [5, 5.5, 6], "close": [5.2, 5.6, 6.1]}, set()),  # within noise
+    ({"baseline": [30, 30, 30], "fast": [5, 5, 5]}, set()),  # the baseline is never dropped
+    ({"fast": [5, 5, 5], "slow": [9, 9, 9]}, {"slow"}),
+])
+def test_outpaced_drops_only_variants_slower_than_the_lead_beyond_noise(rounds, expected):
+    assert outpaced(rounds, {"baseline"}) == expected
+
+
+def test_racing_stops_timing_an_outpaced_variant_but_never_the_baseline():
+    import time as _time
+
+    runners = {"baseline": lambda: _time.sleep(0.002), "fast": lambda: None,
+               "slow": lambda: _time.sleep(0.004)}
+    result = time_interleaved(runners, rounds=8, calls=2, warmup=0, protected={"baseline"}, race_after=3)
+    assert len(result["baseline"].rounds_ms) == 8 and len(result["fast"].rounds_ms) == 8
+    assert len(result["slow"].rounds_ms) == 3  # dropped after the third round
+    assert len(time_interleaved(runners, rounds=4, calls=1, warmup=0)["slow"].rounds_ms) == 4  # no racing: all

@@ -155,9 +155,15 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
         scaled = "" if (rounds, calls) == wanted else f" (scaled down from {wanted[0]} x {wanted[1]} to fit the budget)"
         say(f"timing {len(sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
         feed = validation[0]
+        # Racing: from round 3 on, a variant outpaced by another beyond noise stops being timed.
         timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
-                                   rounds=rounds, calls=calls)
-        chosen, reasons = choose("baseline", timings, passed)
+                                   rounds=rounds, calls=calls, protected={"baseline"},
+                                   race_after=MIN_TIMING_ROUNDS)
+        raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
+        chosen, reasons = choose("baseline", timings, passed - raced_out)
+        for name in raced_out & passed:
+            reasons[name] = (f"outpaced by a faster variant beyond noise after {len(timings[name].rounds_ms)} of "
+                             f"{rounds} rounds ({speedup(timings['baseline'], timings[name]):.3f}x); timing stopped")
         for name, stats in timings.items():
             entry = results[name]
             entry.timing = stats

@@ -67,20 +67,46 @@ def cost_seconds(per_call_ms: list[float], rounds: int, calls: int, warmup: int 
     return sum(per_call_ms) / 1000.0 * (warmup + rounds * calls)
 
 
+def outpaced(per_round: dict[str, list[float]], protected: set[str]) -> set[str]:
+    """Variants already slower than the fastest unprotected one beyond both their spreads.
+
+    Such a variant cannot be chosen (the choice is the fastest that beats the baseline), so
+    timing it further only costs time. Pure, so the rule is table-tested.
+    """
+    current = {name: stats(values) for name, values in per_round.items() if values}
+    open_ = [name for name in current if name not in protected]
+    if len(open_) < 2:
+        return set()
+    best = min(open_, key=lambda name: current[name].median_ms)
+    lead = current[best]
+    return {name for name in open_ if name != best and current[name].median_ms > lead.median_ms * (
+        1.0 + max(current[name].spread, lead.spread))}
+
+
 def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 20,
-                     warmup: int = 3) -> dict[str, TimingStats]:
-    """Time each runner `calls` times per round, rounds in rotating order; stats per runner."""
+                     warmup: int = 3, protected: set[str] | None = None,
+                     race_after: int | None = None) -> dict[str, TimingStats]:
+    """Time each runner `calls` times per round, rounds in rotating order; stats per runner.
+
+    With `race_after`, from that many rounds on a runner outpaced by another (see `outpaced`)
+    stops being timed; `protected` runners (the baseline) always run every round. The stats of
+    a dropped runner cover the rounds it ran.
+    """
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name]()
     per_round: dict[str, list[float]] = {name: [] for name in names}
+    active = list(names)
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = [n for n in names[r % len(names):] + names[:r % len(names)] if n in active]
         for name in order:
             run = runners[name]
             start = time.perf_counter()
             for _ in range(calls):
                 run()
             per_round[name].append((time.perf_counter() - start) * 1000.0 / calls)
+        if race_after is not None and r + 1 >= race_after and r + 1 < rounds:
+            dropped = outpaced({n: per_round[n] for n in active}, protected or set())
+            active = [n for n in active if n not in dropped]
     return {name: stats(values) for name, values in per_round.items()}
