@@ -372,3 +372,16 @@ def test_a_pod_bound_past_the_scheduler_that_does_not_fit_is_rejected(cluster, n
         get_json(cluster, "pod", "huge", "-n", namespace)), timeout=30)
     assert p["status"]["reason"] == "OutOfcpu"
     assert "cpu, requested: 5, used: " in p["status"]["message"] and "capacity: 4" in p["status"]["message"]
+
+
+def test_pods_that_do_not_select_the_agent_stay_on_kwoks_nodes(cluster, namespace):
+    cluster.kubectl("create", "deployment", "elsewhere", "--image=registry.example/web:1", "--replicas=8",
+                    "-n", namespace)
+
+    def nodes():
+        pods = get_json(cluster, "pods", "-n", namespace, "-l", "app=elsewhere")["items"]
+        names = [p["spec"].get("nodeName") for p in pods]
+        return names if len(names) == 8 and all(names) else None
+
+    placed = wait_for("8 scheduled pods", nodes)
+    assert not [n for n in placed if n.startswith("local-")], placed
