@@ -18,7 +18,7 @@ class TimingStats(BaseModel):
     """Per-call latency of one variant: median over rounds, and relative run-to-run spread."""
 
     median_ms: float
-    spread: float  # (p75 - p25) / median of the per-round means; 0.05 = 5 %
+    spread: float  # (p75 - p25) / median of the per-round medians; 0.05 = 5 %
     rounds_ms: list[float]
 
 
@@ -86,7 +86,8 @@ def outpaced(per_round: dict[str, list[float]], protected: set[str]) -> set[str]
 def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 20,
                      warmup: int = 3, protected: set[str] | None = None,
                      race_after: int | None = None) -> dict[str, TimingStats]:
-    """Time each runner `calls` times per round, rounds in rotating order; stats per runner.
+    """Time each runner `calls` times per round, rounds in rotating order; stats per runner
+    over the rounds' median calls.
 
     With `race_after`, from that many rounds on a runner outpaced by another (see `outpaced`)
     stops being timed; `protected` runners (the baseline) always run every round. The stats of
@@ -102,10 +103,14 @@ def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, 
         order = [n for n in names[r % len(names):] + names[:r % len(names)] if n in active]
         for name in order:
             run = runners[name]
-            start = time.perf_counter()
+            durations = []
             for _ in range(calls):
+                start = time.perf_counter()
                 run()
-            per_round[name].append((time.perf_counter() - start) * 1000.0 / calls)
+                durations.append(time.perf_counter() - start)
+            # The round's median call, not its mean: a neighbour's burst on a shared machine
+            # hits a few calls, and should not move the whole round.
+            per_round[name].append(float(np.median(durations)) * 1000.0)
         if race_after is not None and r + 1 >= race_after and r + 1 < rounds:
             dropped = outpaced({n: per_round[n] for n in active}, protected or set())
             active = [n for n in active if n not in dropped]
