@@ -267,12 +267,13 @@ def test_a_liveness_failure_restarts_the_container(cluster, namespace):
 
 
 TRAPS_SIGTERM = """
-import signal, sys, time, subprocess
+import os, signal, sys, time, subprocess
+EVENTS = os.environ['OUT'] + '/events'
 child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
 def term(*_):
-    open('/out/events', 'a').write('sigterm\\n'); time.sleep(0.5); sys.exit(0)
+    open(EVENTS, 'a').write('sigterm\\n'); time.sleep(0.5); sys.exit(0)
 signal.signal(signal.SIGTERM, term)
-open('/out/events', 'a').write('started\\n')
+open(EVENTS, 'a').write('started\\n')
 time.sleep(600)
 """
 
@@ -285,9 +286,11 @@ def _pod_processes(cluster, uid: str) -> list[int]:
 def test_deletion_runs_pre_stop_then_sigterm_and_leaves_no_process(cluster, namespace, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    hook = {"exec": {"command": ["python", "-c", "open('/out/events', 'a').write('prestop\\n')"]}}
+    # Mounted where it already is on the host, so the test creates no mount point outside tmp_path.
+    hook = {"exec": {"command": ["python", "-c", "import os; open(os.environ['OUT'] + '/events', 'a').write('prestop\\n')"]}}
     apply(cluster, namespace, pod("graceful", [python("main", TRAPS_SIGTERM, lifecycle={"preStop": hook},
-                                                      volumeMounts=[{"name": "out", "mountPath": "/out"}])],
+                                                      env=[{"name": "OUT", "value": str(out)}],
+                                                      volumeMounts=[{"name": "out", "mountPath": str(out)}])],
                                   volumes=[{"name": "out", "hostPath": {"path": str(out)}}],
                                   terminationGracePeriodSeconds=20))
     wait_for("the container to start", lambda: (out / "events").exists())
