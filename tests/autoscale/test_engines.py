@@ -189,3 +189,15 @@ def test_a_fresh_operator_finds_the_hpa_and_removes_it_when_the_engine_changes(c
         assert cluster.kubectl("-n", NS, "get", "hpa", name, check=False).returncode != 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.cluster
+def test_the_api_server_refuses_keda_without_a_prometheus_url(cluster, kube) -> None:
+    cluster.kubectl("create", "namespace", NS, check=False)
+    body = spec("keda")
+    del body["autoscaling"]["prometheus"]
+    result = cluster.kubectl("apply", "-f", "-", check=False, input=json.dumps({
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": "no-prometheus", "namespace": NS}, "spec": body}))
+    assert result.returncode != 0
+    assert "spec.autoscaling.prometheus.url is required for engine keda" in result.stderr, result.stderr
