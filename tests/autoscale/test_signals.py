@@ -4,7 +4,6 @@ Prometheus server, checked against what the load generator did."""
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import shutil
 import socket
 import subprocess
