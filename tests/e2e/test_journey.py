@@ -1,0 +1,202 @@
+"""The whole journey on the local cluster, for real: apply, optimize, roll out, serve, update, delete.
+
+The operator runs as a pod of its Helm chart, the optimize Job runs `modelship optimize` and the
+serving pods run `modelship-server`, all as local processes started by the cluster's node agent,
+so every step below is the real code path, not kwok's fake pods. The tests in this module run in
+order and share one ModelService.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+
+from modelship_server import samples
+from traffic import Traffic, processes_with_env, ready_addresses
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "e2e"
+OPERATOR_NAMESPACE = "modelship-e2e"
+NAME = "journey"
+AGENT_NODES = {"node.modelship.dev/agent": "local"}
+MSVC_PATH = f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{NAME}"
+
+
+def wait_for(what: str, check, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
+
+
+def condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in (msvc.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
+
+
+@pytest.fixture(scope="module")
+def model(cluster) -> dict[str, Any]:  # noqa: ANN001
+    """A generated MLP published on the cluster's model store."""
+    folder = cluster.plane.state_dir / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "journey-mlp.onnx"
+    onnx.save(samples.mlp((128, 256, 256, 10)), str(path))
+    store = cluster.plane.read_state()["model_store_url"].rstrip("/")
+    return {"path": path, "url": f"{store}/journey-mlp.onnx",
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture(scope="module")
+def operator_pod(cluster):  # noqa: ANN001, ANN201
+    """The operator installed from its chart, watching only this module's namespace."""
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.helm("upgrade", "--install", "modelship-e2e", str(REPO / "charts" / "modelship"),
+                 "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+                 "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
+                 "--set-json", f"nodeSelector={json.dumps(AGENT_NODES)}",
+                 "--set", "resyncSeconds=30", "--wait", "--timeout", "180s", timeout=240)
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=60s", check=False)
+        cluster.helm("uninstall", "modelship-e2e", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+        cluster.kubectl("delete", "namespace", NAMESPACE, OPERATOR_NAMESPACE, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def service(cluster, model, operator_pod) -> dict[str, Any]:  # noqa: ANN001
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": model["url"], "sha256": model["sha256"], "name": "mlp"},
+            "replicas": 1,
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "scheduling": {"nodeSelector": AGENT_NODES},
+            "optimization": {"enabled": True},
+            "slo": {"latencyMilliseconds": 50, "percentile": "p95"},
+            "rollout": {"preStopDelaySeconds": 2, "terminationGracePeriodSeconds": 15},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    started = time.monotonic()
+    msvc = wait_for("the ModelService to be Ready", lambda: _ready(cluster), timeout=420, interval=1)
+    return {"manifest": manifest, "ready_seconds": time.monotonic() - started, "first": msvc}
+
+
+def _ready(cluster) -> dict[str, Any] | None:  # noqa: ANN001
+    msvc = cluster.api("GET", MSVC_PATH)
+    ready = condition(msvc, "Ready")
+    generation = msvc["metadata"]["generation"]
+    if ready and ready["status"] == "True" and (msvc.get("status") or {}).get("observedGeneration") == generation:
+        return msvc
+    return None
+
+
+def _job_summary(cluster) -> dict[str, Any]:  # noqa: ANN001
+    """The optimize Job's own word: the termination message of its finished pod."""
+    pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=batch.kubernetes.io/job-name")
+    for pod in pods.get("items", []):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if cs["name"] == "optimize" and terminated.get("exitCode") == 0:
+                return json.loads(terminated["message"])
+    raise AssertionError(f"no finished optimize pod in {NAMESPACE}: {json.dumps(pods)[:2000]}")
+
+
+def test_optimized_and_serving(cluster, model, service, tmp_path):  # noqa: ANN001
+    msvc = service["first"]
+    summary = _job_summary(cluster)
+    # the Job ran the real optimizer: every candidate was built, gated and timed
+    assert summary["schema"] == "modelship.dev/optimize-report/v1"
+    assert len(summary["candidates"]) >= 5 and summary["capacity"]["requests_per_second"] > 0
+    status = msvc["status"]
+    optimization = status["optimization"]
+    assert optimization["outcome"] == summary["outcome"] and optimization["sha256"] == summary["sha256"]
+    assert status["variant"] == summary["chosen"]
+    assert condition(msvc, "Optimized")["status"] == "True", condition(msvc, "Optimized")
+
+    # what the pods serve is the chosen variant: rebuild it here from the recorded recipe
+    served_file = model["path"]
+    if summary["outcome"] == "optimized":
+        out = tmp_path / "variant"
+        shutil_copy = tmp_path / "original.onnx"
+        shutil_copy.write_bytes(model["path"].read_bytes())
+        rebuilt = subprocess.run([sys.executable, "-m", "modelship.cli", "optimize", "--model", str(shutil_copy),
+                                  "--output", str(out), *summary["apply_args"]], capture_output=True, text=True,
+                                 timeout=300)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        served_file = out / "model.onnx"
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    variant = ort.InferenceSession(str(served_file), providers=["CPUExecutionProvider"]).run(None, {"INPUT0": x})[0]
+    original = ort.InferenceSession(str(model["path"]), providers=["CPUExecutionProvider"]).run(None, {"INPUT0": x})[0]
+    addresses = ready_addresses(cluster.api, NAMESPACE, NAME)
+    assert len(addresses) == 1
+    client = httpclient.InferenceServerClient(f"{addresses[0]}:8000")
+    try:
+        request = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        served = client.infer("mlp", [request]).as_numpy("OUTPUT0")
+    finally:
+        client.close()
+    np.testing.assert_allclose(served, variant, rtol=1e-4, atol=1e-5)
+    cosine = (served * original).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(original, axis=1))
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98  # the default gate
+    print(f"apply -> Ready in {service['ready_seconds']:.1f}s; chosen {summary['chosen']} "
+          f"({summary['outcome']}, speedup {summary['speedup']})")
+
+
+def test_spec_change_rolls_out_under_load_without_failed_requests(cluster, service):  # noqa: ANN001
+    before = set(ready_addresses(cluster.api, NAMESPACE, NAME))
+    feed = {"INPUT0": np.ones((1, 128), np.float32)}
+    with Traffic(cluster.api, NAMESPACE, NAME, "mlp", feed, clients=2) as traffic:
+        time.sleep(2)
+        cluster.kubectl("patch", "msvc", NAME, "-n", NAMESPACE, "--type=merge",
+                        "-p", json.dumps({"spec": {"rollout": {"preStopDelaySeconds": 3}}}))
+        wait_for("the new generation to be Ready", lambda: _ready(cluster), timeout=240, interval=1)
+        after = wait_for("the old pod to leave the endpoints",
+                         lambda: (a := set(ready_addresses(cluster.api, NAMESPACE, NAME))) and not (a & before) and a,
+                         timeout=120)
+        time.sleep(2)
+    assert traffic.failed == 0, traffic.errors
+    assert traffic.ok > 50 and before & traffic.seen and after & traffic.seen  # both generations served
+    deployment = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}")
+    pre_stop = deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+    assert pre_stop["sleep"]["seconds"] == 3
+
+
+def test_delete_stops_every_process_and_leaves_no_object(cluster, service):  # noqa: ANN001
+    pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+    addresses = {p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")}
+    assert addresses and processes_with_env("MODELSHIP_LISTEN_ADDRESS", addresses)
+    cluster.kubectl("delete", "msvc", NAME, "-n", NAMESPACE, "--wait=true", "--timeout=60s")
+
+    def nothing_left() -> bool:
+        for path in (f"/api/v1/namespaces/{NAMESPACE}/pods", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments",
+                     f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", f"/api/v1/namespaces/{NAMESPACE}/services",
+                     f"/api/v1/namespaces/{NAMESPACE}/configmaps?labelSelector=app.kubernetes.io/managed-by=modelship",
+                     f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets"):
+            if cluster.api("GET", path).get("items"):
+                return False
+        return not processes_with_env("MODELSHIP_LISTEN_ADDRESS", addresses)
+
+    wait_for("every object and process of the service to be gone", nothing_left, timeout=120, interval=1)
