@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-operator bench-autoscale images clean
+.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,13 +22,8 @@ venv: $(BIN)/modelship  ## create .venv with modelship and its dev dependencies
 tools: venv  ## build the control-plane binaries from Go modules (cached in ~/.cache/modelship)
 	$(BIN)/python -m modelship.devcluster.toolchain
 
-demo: tools  ## the main job: bring up the local cluster and show its nodes
-	$(BIN)/modelship dev-cluster up --state-dir $(STATE_DIR)
-	@echo
-	KUBECONFIG=$(STATE_DIR)/kubeconfig $(STATE_DIR)/bin/kubectl get nodes -L nvidia.com/gpu.product
-	@echo
-	@echo "Try it:  export KUBECONFIG=$(STATE_DIR)/kubeconfig PATH=$(STATE_DIR)/bin:\$$PATH"
-	@echo "Stop it: make down"
+demo: tools  ## the main job: local cluster, operator, a ModelService optimized, rolled out and queried for real
+	$(BIN)/modelship demo --state-dir $(STATE_DIR)
 
 down: venv  ## stop the local cluster started by `make demo`
 	$(BIN)/modelship dev-cluster down --state-dir $(STATE_DIR)
@@ -51,6 +46,9 @@ bench-plane: tools  ## warm start-to-ready time and memory of the local plane (d
 
 bench-server: venv  ## raw ONNX Runtime vs modelship-server (docs/server-benchmarks.md has the full command)
 	$(BIN)/python server_image/bench/compare.py --seconds 5
+
+bench-apply: tools  ## apply -> Ready -> first inference on the local cluster, optimization off and on (docs/end-to-end.md)
+	$(BIN)/python benchmarks/apply_to_inference.py --runs 3 --json docs/benchmarks/apply-to-inference.json
 
 bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/operator-scale.md)
 	$(BIN)/python tests/operator/scale_benchmark.py --count 500 --json docs/benchmarks/operator-scale-500.json
