@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale images clean
+.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,13 @@ bench-apply: tools  ## apply -> Ready -> first inference on the local cluster, o
 
 bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/operator-scale.md)
 	$(BIN)/python tests/operator/scale_benchmark.py --count 500 --json docs/benchmarks/operator-scale-500.json
+
+OLIVE_VENV ?= /tmp/modelship-olive
+
+bench-optimize: venv  ## modelship optimize vs Microsoft Olive on MiniLM and a CNN, 100 MB Job wall time (docs/optimize-benchmarks.md)
+	@test -x $(OLIVE_VENV)/bin/python || ($(PYTHON) -m venv $(OLIVE_VENV) && \
+		$(OLIVE_VENV)/bin/pip install --quiet -r benchmarks/requirements-olive.txt)
+	$(BIN)/python benchmarks/optimize_models.py --olive-python $(OLIVE_VENV)/bin/python --repeat 2 --job-budget-seconds 600 120
 
 bench-autoscale: venv  ## builtin autoscaler vs CPU HPA vs KEDA polling on one replayed trace (docs/autoscaling.md)
 	$(BIN)/python benchmarks/autoscale_trace.py --json docs/benchmarks/autoscale-trace.json
