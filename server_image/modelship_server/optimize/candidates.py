@@ -166,7 +166,12 @@ def _canonical_node_names(path: Path) -> None:
 
 
 def _fuse_transformer(source: Path, target: Path) -> None:
+    import logging
+
     from onnxruntime.transformers.optimizer import optimize_model
+
+    # It warns when the producer is not "pytorch" although model_type is given; noise in the Job log.
+    logging.getLogger("onnxruntime.transformers.optimizer").setLevel(logging.ERROR)
 
     before = onnx.load(str(source))
     ops_before = sorted(node.op_type for node in before.graph.node)
