@@ -97,7 +97,7 @@ def test_the_job_runs_the_optimizer_with_the_gate_budget_slo_and_batching_bound(
     assert optimize["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] == 1
-    assert job["spec"]["activeDeadlineSeconds"] == 2 * 900 + 300
+    assert job["spec"]["activeDeadlineSeconds"] == 900 + 300
     assert "ttlSecondsAfterFinished" not in job["spec"]
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "FailJob", "onExitCodes": {"containerName": "optimize", "operator": "In", "values": [2]}} in rules
