@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelship.devcluster.agent.node import AGENT_LABEL, AGENT_LABEL_VALUE, AGENT_TOLERATION
+
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo-mlp"
 MODEL_FILE = "demo-mlp.onnx"
 OPERATOR_NAMESPACE = "modelship-system"
-AGENT_SELECTOR = {"node.modelship.dev/agent": "local"}
+AGENT_SELECTOR = {AGENT_LABEL: AGENT_LABEL_VALUE}
+AGENT_TOLERATIONS = [AGENT_TOLERATION]  # the agent's nodes are tainted so only pods that ask run there
 
 
 DESCRIPTION = """\
@@ -74,7 +77,7 @@ def service_manifest(model_url: str, sha256: str) -> dict[str, Any]:
             "runtime": "onnxruntime",
             "replicas": 1,
             "resources": {"cpu": "1", "memory": "1Gi"},
-            "scheduling": {"nodeSelector": dict(AGENT_SELECTOR)},
+            "scheduling": {"nodeSelector": dict(AGENT_SELECTOR), "tolerations": list(AGENT_TOLERATIONS)},
             "optimization": {"enabled": True},
             "slo": {"latencyMilliseconds": 20, "percentile": "p95"},
             "rollout": {"preStopDelaySeconds": 1, "terminationGracePeriodSeconds": 10},
@@ -145,7 +148,8 @@ class Demo:
         self.wait_for("the CRD to be established", self._crd_established, 60)
         self._tool("helm", ("upgrade", "--install", "modelship", str(REPO / "charts" / "modelship"),
                             "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                            "--set-json", f"nodeSelector={json.dumps(AGENT_SELECTOR)}", "--wait", "--timeout", "180s"),
+                            "--set-json", f"nodeSelector={json.dumps(AGENT_SELECTOR)}",
+                            "--set-json", f"tolerations={json.dumps(AGENT_TOLERATIONS)}", "--wait", "--timeout", "180s"),
                    capture=True)  # its NOTES are for people installing by hand
         self.say("operator pod is Ready")
 

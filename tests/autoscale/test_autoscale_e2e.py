@@ -24,6 +24,7 @@ import onnx
 import pytest
 
 from load import Load, body
+from modelship.devcluster.agent.node import AGENT_TOLERATION
 from modelship_server import samples
 
 pytestmark = pytest.mark.cluster
@@ -109,7 +110,8 @@ def test_load_step_scales_up_meets_the_slo_and_scales_back_down(cluster, model, 
         "spec": {
             "model": {"uri": model["url"], "sha256": model["sha256"], "name": "mlp"},
             "resources": {"cpu": "250m", "memory": "256Mi"},
-            "scheduling": {"nodeSelector": {"node.modelship.dev/agent": "local"}},
+            "scheduling": {"nodeSelector": {"node.modelship.dev/agent": "local"},
+                           "tolerations": [AGENT_TOLERATION]},
             "rollout": {"preStopDelaySeconds": 3, "terminationGracePeriodSeconds": 20},
             "slo": {"latencyMilliseconds": SLO_MS, "percentile": "p95"},
             "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "intervalSeconds": 1,

@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 import yaml
 
+from modelship.devcluster.agent.node import AGENT_TOLERATION
 from modelship.devcluster.agent.process import AGENT_DIR_ENV, POD_UID_ENV, processes_with
 
 pytestmark = pytest.mark.cluster
 
 LOCAL = {"node.modelship.dev/agent": "local"}
+TOLERATE = [AGENT_TOLERATION]  # the agent's nodes are tainted NoSchedule
 SERVER_IMAGE = "ghcr.io/modelship/modelship-server:0.1.0"
 
 
@@ -51,7 +53,7 @@ def apply(cluster, namespace: str, *objects: dict) -> None:
 
 def pod(name: str, containers: list[dict], **spec) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"nodeSelector": LOCAL, "containers": containers, **spec}}
+            "spec": {"nodeSelector": LOCAL, "tolerations": TOLERATE, "containers": containers, **spec}}
 
 
 def python(name: str, code: str, **extra) -> dict:
@@ -99,7 +101,7 @@ def serving_objects(name: str, uri: str, sha256: str, replicas: int) -> list[dic
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {
         "replicas": replicas, "selector": {"matchLabels": labels},
         "template": {"metadata": {"labels": labels}, "spec": {
-            "nodeSelector": LOCAL, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 10,
+            "nodeSelector": LOCAL, "tolerations": TOLERATE, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 10,
             "volumes": [{"name": "model-repository", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
             "initContainers": [{
                 "name": "fetch-model", "image": SERVER_IMAGE, "command": ["python", "-m", "modelship.fetch"],
@@ -171,7 +173,7 @@ def test_a_job_completes_and_its_termination_message_is_in_pod_status(cluster, n
             "{'outcome': 'optimized', 'pod': os.environ['POD'], 'ip': os.environ['MODELSHIP_LISTEN_ADDRESS']}))")
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "optimize"}, "spec": {
         "backoffLimit": 0, "template": {"spec": {
-            "nodeSelector": LOCAL, "restartPolicy": "Never",
+            "nodeSelector": LOCAL, "tolerations": TOLERATE, "restartPolicy": "Never",
             "containers": [python("optimize", code, env=[
                 {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])]}}}}
     apply(cluster, namespace, job)

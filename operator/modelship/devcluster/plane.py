@@ -40,9 +40,6 @@ GO_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sche
 PYTHON_COMPONENTS = {"model-store": "modelship.devcluster.agent.modelstore",
                      "node-agent": "modelship.devcluster.agent"}
 COMPONENT_ORDER = (*GO_COMPONENTS, *PYTHON_COMPONENTS)
-# Pods that do not select the agent's nodes must land on kwok's: the agent's nodes carry a
-# PreferNoSchedule taint, and the scheduler weighs it above every other score (default 3).
-TAINT_TOLERATION_WEIGHT = 50
 SERVICE_CIDR = "10.0.0.0/16"  # room for thousands of Services (the 500-ModelService benchmark)
 POD_CIDR = "10.244.0.0/16"
 STOP_GRACE_SECONDS = 10.0
@@ -370,14 +367,11 @@ class ControlPlane:
         ])
 
     def _scheduler_config(self, kubeconfig: Path) -> Path:
-        """The default profile, with the taint score weighted so untolerated PreferNoSchedule
-        taints (the node agent's) decide before anything else does."""
+        """The scheduler's connection settings; its default profile schedules as a cluster would."""
         config = {
             "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
             "clientConnection": {"kubeconfig": str(kubeconfig)},
             "leaderElection": {"leaderElect": False},
-            "profiles": [{"schedulerName": "default-scheduler", "plugins": {"score": {"enabled": [
-                {"name": "TaintToleration", "weight": TAINT_TOLERATION_WEIGHT}]}}}],
         }
         path = self.state_dir / "scheduler.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

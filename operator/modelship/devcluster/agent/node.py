@@ -2,9 +2,10 @@
 renewed every few seconds, and the Ready condition's heartbeat in the node's status.
 
 The nodes carry the label `node.modelship.dev/agent: local` (what a ModelService selects to
-run for real) and a PreferNoSchedule taint: pods that do not ask for these nodes go to kwok's
-nodes while any fits (the plane's scheduler weighs that taint heavily), and pods that select
-them need no toleration.
+run for real) and a NoSchedule taint with the same key and value, which such a pod tolerates
+(`AGENT_TOLERATION`). The taint is hard on purpose: a pod that did not ask for these nodes
+must never land here when kwok's nodes are full, because here it would really run (and, with
+a made-up model URI, never become Ready), where on kwok it would simply wait.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ log = logging.getLogger("modelship.agent")
 
 AGENT_LABEL = "node.modelship.dev/agent"
 AGENT_LABEL_VALUE = "local"
-AGENT_TAINT = {"key": AGENT_LABEL, "value": AGENT_LABEL_VALUE, "effect": "PreferNoSchedule"}
+AGENT_TAINT = {"key": AGENT_LABEL, "value": AGENT_LABEL_VALUE, "effect": "NoSchedule"}
+AGENT_TOLERATION = {"key": AGENT_LABEL, "operator": "Equal", "value": AGENT_LABEL_VALUE, "effect": "NoSchedule"}
 DEFAULT_NODE_NAMES = ("local-0", "local-1")
 CAPACITY = {"cpu": "4", "memory": "8Gi", "pods": "16", "ephemeral-storage": "20Gi"}
 LEASE_SECONDS = 40
