@@ -206,3 +206,51 @@ def test_delete_stops_every_process_and_leaves_no_object(cluster, service):  # n
         return not processes_with_env("MODELSHIP_LISTEN_ADDRESS", addresses)
 
     wait_for("every object and process of the service to be gone", nothing_left, timeout=120, interval=1)
+
+
+def _problem_service(cluster, name: str, model_entry: dict[str, Any], **spec: Any) -> None:  # noqa: ANN001
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"model": model_entry, "replicas": 1, "resources": {"cpu": "250m", "memory": "512Mi"},
+                 "scheduling": {"nodeSelector": AGENT_NODES, "tolerations": AGENT_TOLERATIONS}, **spec},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def _not_ready_because(cluster, name: str, reason: str, timeout: float = 120) -> dict[str, Any]:  # noqa: ANN001
+    def seen() -> dict[str, Any] | None:
+        msvc = cluster.api("GET", f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{name}")
+        ready = condition(msvc, "Ready")
+        return ready if ready and ready["status"] == "False" and ready["reason"] == reason else None
+
+    return wait_for(f"{name}: Ready=False with reason {reason}", seen, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", ["unknown-image", "missing-model", "corrupt-model"])
+def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster, model, operator_pod, case):  # noqa: ANN001
+    """What the agent reports for real (a pull it cannot do, a fetch that fails, a server that
+    exits at once) reaches the ModelService's Ready condition with a reason that names it."""
+    name = f"bad-{case}"
+    entry = {"uri": model["url"], "sha256": model["sha256"], "name": "mlp"}
+    try:
+        if case == "unknown-image":
+            _problem_service(cluster, name, entry, images={"server": "registry.example/other-server:1"})
+            ready = _not_ready_because(cluster, name, "ImagePullFailed")
+            assert "registry.example/other-server:1" in ready["message"]
+        elif case == "missing-model":
+            _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "absent")})
+            ready = _not_ready_because(cluster, name, "ModelNotFound")
+            assert "absent.onnx" in ready["message"] or "404" in ready["message"], ready
+        else:  # bytes that match their digest but are no ONNX model: the server exits, again and again
+            bad = model["path"].parent / "corrupt.onnx"
+            bad.write_bytes(b"this is not an onnx model\n" * 100)
+            digest = hashlib.sha256(bad.read_bytes()).hexdigest()
+            _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "corrupt"),
+                                             "sha256": digest})
+            ready = _not_ready_because(cluster, name, "CrashLoop", timeout=180)
+            pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=modelship.dev/modelservice={name}")
+            restarts = [cs["restartCount"] for p in pods["items"] for cs in p["status"].get("containerStatuses") or []]
+            assert restarts and max(restarts) >= 1, pods
+    finally:
+        cluster.kubectl("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", "--timeout=90s", check=False)
