@@ -390,3 +390,31 @@ def test_pods_that_do_not_select_the_agent_stay_on_kwoks_nodes(cluster, namespac
 
     placed = wait_for("8 scheduled pods", nodes)
     assert not [n for n in placed if n.startswith("local-")], placed
+
+
+def test_a_volume_over_the_installation_does_not_hide_it(cluster, namespace):
+    """A checkout under /tmp (a CI clone) and a pod with an emptyDir at /tmp: the container's
+    commands and sources are bound back on top of the volume. Here the volume covers the
+    folder that holds this installation's virtualenv, whatever that folder is."""
+    import sys
+
+    covered = str(Path(sys.prefix).resolve().parent)
+    code = ("import modelship, modelship_server, onnxruntime, os; "
+            "open('/dev/termination-log', 'w').write(str(sorted(os.listdir(os.path.dirname(os.path.dirname("
+            "modelship.__file__))))[:3]))")
+    manifest = pod("covered", [python("main", code, volumeMounts=[{"name": "scratch", "mountPath": covered}])],
+                   restartPolicy="Never", volumes=[{"name": "scratch", "emptyDir": {}}])
+    apply(cluster, namespace, manifest)
+    p = wait_for("the pod to finish", lambda: (lambda p: p if p["status"].get("phase") in ("Succeeded", "Failed")
+                                               else None)(get_json(cluster, "pod", "covered", "-n", namespace)))
+    terminated = p["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert p["status"]["phase"] == "Succeeded", terminated
+
+
+def test_hidden_installation_paths_are_found():
+    from modelship.devcluster.agent.launch import hidden_by
+
+    paths = ["/opt/py", "/tmp/clone", "/tmp/clone/.venv"]
+    assert hidden_by(paths, ["/tmp"]) == ["/tmp/clone", "/tmp/clone/.venv"]
+    assert hidden_by(paths, ["/tmp/clone/.venv"]) == ["/tmp/clone/.venv"]
+    assert hidden_by(paths, ["/tmp/clon", "/models", "/opt/python"]) == []  # prefixes of names do not count

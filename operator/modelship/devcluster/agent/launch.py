@@ -9,6 +9,11 @@ because a bind over /tmp (an emptyDir) would otherwise hide sources that live un
 Mount points that do not exist on this machine (/models, /dev/termination-log, ...) are
 created on the host as empty folders or files: a mount namespace isolates mounts, not the
 file tree underneath them.
+
+The container's commands are this installation's (its virtualenv, its Python, and for an
+editable install the repository's sources). A pod volume over a folder that holds them (an
+emptyDir at /tmp when the checkout lives under /tmp, as a CI clone may) would hide them, so
+those paths are bound back, read-only, on top of the pod's volumes.
 """
 
 from __future__ import annotations
@@ -35,13 +40,36 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
+def installation_paths() -> list[str]:
+    """Folders the container's commands come from: the virtualenv, the base Python, and the
+    folders holding the `modelship` and `modelship_server` packages (the sources, when editable)."""
+    import importlib.util
+
+    paths = {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])}
+    spec = importlib.util.find_spec("modelship_server")
+    if spec is not None and spec.origin:
+        paths.add(str(Path(spec.origin).resolve().parents[1]))
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def hidden_by(paths: list[str], targets: list[str]) -> list[str]:
+    """The paths that lie at or under a mount target, so the mount would hide them (pure)."""
+    def under(path: str, target: str) -> bool:
+        return path == target or path.startswith(target.rstrip("/") + "/")
+
+    return [p for p in paths if any(under(p, t) for t in targets)]
+
+
 def enter(mounts: list[dict], working_dir: str | None) -> None:
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     # Opened inside the new namespace (a bind source must belong to it), before any bind.
+    keep = hidden_by(installation_paths(), [m["target"] for m in mounts])
+    restore = [(os.open(p, os.O_PATH), {"source": p, "target": p, "readOnly": True}) for p in keep]
     handles = [(os.open(m["source"], os.O_PATH), m) for m in mounts]
-    for fd, mount in sorted(handles, key=lambda h: len(Path(h[1]["target"]).parts)):
+    ordered = sorted(handles, key=lambda h: len(Path(h[1]["target"]).parts)) + restore
+    for fd, mount in ordered:
         target = Path(mount["target"])
         if not target.exists():
             if os.path.isdir(f"/proc/self/fd/{fd}"):
