@@ -26,6 +26,7 @@ import pytest
 from load import Load, body
 from modelship.devcluster.agent.node import AGENT_TOLERATION
 from modelship_server import samples
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -34,17 +35,6 @@ NAME = "elastic"
 CAPACITY = 20.0  # declared per replica: 0.8 x 20 = 16 planned, so 40 req/s wants 3
 SLO_MS = 100
 WINDOW = 20
-
-
-def wait_for(what: str, check, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {last!r}")
 
 
 def ready_addresses(cluster: Any) -> list[str]:

@@ -25,6 +25,7 @@ import tritonclient.http as httpclient
 from modelship_server import samples
 from modelship.devcluster.agent.node import AGENT_TOLERATION
 from traffic import Traffic, processes_with_env, ready_addresses
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -35,17 +36,6 @@ NAME = "journey"
 AGENT_NODES = {"node.modelship.dev/agent": "local"}
 AGENT_TOLERATIONS = [AGENT_TOLERATION]  # the agent's nodes are tainted NoSchedule
 MSVC_PATH = f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{NAME}"
-
-
-def wait_for(what: str, check, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
 
 
 def condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -8,8 +8,9 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 from typing import Any, Callable
+
+import waiting
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHILD_KINDS = ["deployments", "services", "configmaps", "poddisruptionbudgets", "networkpolicies"]
@@ -65,14 +66,8 @@ class OperatorProcess:
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    """The operator tests' spelling of `waiting.wait_for` (predicate first, `what` by keyword)."""
+    return waiting.wait_for(what, predicate, timeout, interval)
 
 
 def get(cluster: Any, *args: str) -> dict[str, Any]:
