@@ -159,6 +159,9 @@ def test_pending_and_running() -> None:
     pending = o.observe(job(), [unschedulable], now=NOW)
     assert pending.state == "pending" and "waiting for GPU capacity" in pending.detail
     assert o.observe(job(), [pod(phase="Running", running=True)], now=NOW).state == "running"
+    # the pod finished, the Job has no condition yet: still running, not "waiting to start"
+    finishing = o.observe(job(), [pod(message=json.dumps(summary()))], now=NOW)
+    assert finishing.state == "running" and "recording" in finishing.detail
 
 
 def test_pods_of_another_job_are_ignored() -> None:

@@ -259,6 +259,9 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], *,
             return JobResult("pending", detail=problem.message)
     if any((p.get("status") or {}).get("phase") == "Running" for p in mine):
         return JobResult("running", detail="fetching the model")
+    if any(_terminated(p, CONTAINER) is not None for p in mine):
+        # The pod is done; the Job controller has not recorded it yet (a second or so).
+        return JobResult("running", detail="finished; the Job controller is recording it")
     return JobResult("pending", detail="waiting for its pod to start")
 
 
