@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, interval: float = 0.5) -> T:
     """Call `check` until it returns something truthy and return that; on timeout, fail with
     `what` and the last value seen, which is usually the clue."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -119,18 +118,13 @@ class Proc:
                                      env={**os.environ, **(env or {})}, cwd=cwd)
 
     def wait_ready(self, url: str, model: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: see {self.logfile.name}")
-            try:
-                with urllib.request.urlopen(f"http://{url}/v2/models/{model}/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout} s: see {self.logfile.name}")
+        from modelship_server.readiness import wait_until_ok
+
+        try:
+            wait_until_ok(f"http://{url}/v2/models/{model}/ready", self.proc, timeout=timeout, what=self.name,
+                          interval=0.2)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}: see {self.logfile.name}") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:

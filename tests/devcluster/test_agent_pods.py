@@ -16,11 +16,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import yaml
+from waiting import wait_for
 
 from modelship.devcluster.agent.node import AGENT_TOLERATION
 from modelship.devcluster.agent.process import AGENT_DIR_ENV, POD_UID_ENV, processes_with
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.cluster
 LOCAL = {"node.modelship.dev/agent": "local"}
 TOLERATE = [AGENT_TOLERATION]  # the agent's nodes are tainted NoSchedule
 SERVER_IMAGE = "ghcr.io/modelship/modelship-server:0.1.0"
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0, every: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def get_json(cluster, *args: str) -> dict:
@@ -62,16 +51,6 @@ def python(name: str, code: str, **extra) -> dict:
 
 def condition(p: dict, kind: str) -> str | None:
     return next((c["status"] for c in p["status"].get("conditions", []) if c["type"] == kind), None)
-
-
-@pytest.fixture
-def namespace(cluster, request):
-    name = ("a-" + request.node.name.replace("_", "-").lower()[:40]).rstrip("-")
-    cluster.kubectl("create", "namespace", name)
-    wait_for("the namespace's default ServiceAccount",
-             lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def tiny_model(path: Path) -> str:
@@ -210,7 +189,7 @@ def test_an_unknown_image_waits_like_a_failed_pull(cluster, namespace):
         reasons.add(state.get("reason"))
         return p if state.get("reason") == "ImagePullBackOff" else None
 
-    p = wait_for("ImagePullBackOff", waiting, timeout=30, every=0.1)
+    p = wait_for("ImagePullBackOff", waiting, timeout=30, interval=0.1)
     assert "ErrImagePull" in reasons
     message = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
     assert image in message and "modelship-server" in message
@@ -232,11 +211,11 @@ def test_a_command_that_exits_at_once_crash_loops_with_growing_back_off(cluster,
             delays.append(int(match.group(1)))
         return container if container.get("restartCount", 0) >= 4 else None
 
-    container = wait_for("4 restarts", restarts, timeout=60, every=0.1)
+    container = wait_for("4 restarts", restarts, timeout=60, interval=0.1)
     assert delays[:3] == [1, 2, 4], delays  # the session's agent: 1s doubling to a 4s cap
     assert container["lastState"]["terminated"]["exitCode"] == 1
     p = wait_for("back-off again", lambda: (lambda p: p if p["status"]["containerStatuses"][0]["state"].get(
-        "waiting") else None)(get_json(cluster, "pod", "crash", "-n", namespace)), every=0.1)
+        "waiting") else None)(get_json(cluster, "pod", "crash", "-n", namespace)), interval=0.1)
     assert p["status"]["phase"] == "Running" and condition(p, "Ready") == "False"  # as a kubelet shows it
     events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=crash")["items"]
     assert any(e["reason"] == "BackOff" for e in events), events

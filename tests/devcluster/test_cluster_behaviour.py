@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)
-
-
 def get_json(cluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
-@pytest.fixture
-def namespace(cluster, request):
-    name = ("t-" + request.node.name.replace("_", "-").lower()[:40]).rstrip("-")
-    cluster.kubectl("create", "namespace", name)
-    wait_for("the namespace's default ServiceAccount",
-             lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def test_deployment_pods_become_ready_and_are_garbage_collected(cluster, namespace):

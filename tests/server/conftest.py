@@ -11,11 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from modelship_server.readiness import wait_until_ok
 
 
 def free_ports(n: int) -> list[int]:
@@ -69,17 +70,11 @@ class ServerProcess:
             return e.code
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.status("/v2/health/ready") == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+        try:
+            wait_until_ok(f"http://{self.http_url}/v2/health/ready", self.proc, timeout=timeout, what="server",
+                          on_exit=self.log, interval=0.05)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log()}") from None
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable, Literal, TextIO
 
@@ -176,19 +175,10 @@ class _Server:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"modelship-server exited with {self.proc.returncode}: "
-                                   f"{self.log.read_text(errors='replace')[-500:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"modelship-server not ready after {timeout:g}s")
+        from modelship_server.readiness import wait_until_ok
+
+        wait_until_ok(f"http://127.0.0.1:{self.http}/v2/health/ready", self.proc, timeout=timeout,
+                      what="modelship-server", on_exit=lambda: self.log.read_text(errors="replace")[-500:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
