@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 from pydantic import BaseModel
 
 from .inputs import Feed
+from .sensitivity import ranked_once
+from .workfolder import shared_file
 
 Kind = Literal["baseline", "ort_all", "transformer_fusion", "dynamic_int8", "static_int8", "fp16"]
 # Ops whose int8 versions lose too much (normalisation, softmax): left in float in static QDQ.
@@ -25,7 +26,6 @@ STATIC_EXCLUDED_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "SkipLa
                                         "SimplifiedLayerNormalization", "GroupNormalization")
 # Fractions of weighted nodes kept in float by the mixed-precision int8 recipes.
 MIXED_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
-WEIGHTED_OPS: dict[str, int] = {"MatMul": 1, "Gemm": 1, "Attention": 1, "Conv": 1}  # op -> weight input
 _LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
@@ -126,16 +126,23 @@ def baseline_recipe() -> Recipe:
     return Recipe(name="baseline", kind="baseline", graph_optimization_level="all")
 
 
-def session_options(recipe: Recipe) -> ort.SessionOptions:
+def session_options(recipe: Recipe, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[recipe.graph_optimization_level]
     options.intra_op_num_threads = recipe.intra_op_threads
     options.log_severity_level = 3  # quantized graphs log harmless warnings
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def open_session(recipe: Recipe, path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(recipe), providers=recipe.providers)
+def open_session(recipe: Recipe, path: Path, spinning: bool = True) -> ort.InferenceSession:
+    """A session for the recipe's file. Sessions timed side by side need `spinning=False`: after
+    a call, ONNX Runtime's pool threads busy-wait for more work, and those of the variant timed
+    last would steal cores from the next one (measured on MiniLM, 2 cores: the first calls after
+    a switch ran 1.3-2x slower with spinning on, not at all slower with it off; steady calls the
+    same either way). A served model has no neighbour, so serving keeps the default."""
+    return ort.InferenceSession(str(path), session_options(recipe, spinning), providers=recipe.providers)
 
 
 class _Reader:
@@ -163,6 +170,14 @@ def _canonical_node_names(path: Path) -> None:
     for i, node in enumerate(model.graph.node):
         node.name = f"{node.op_type}_{i}"
     onnx.save(model, str(path))
+
+
+def _ort_optimized(recipe: Recipe, source: Path, target: Path) -> None:
+    """ONNX Runtime's own graph optimizations at the recipe's level, saved as a file."""
+    options = session_options(recipe)
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    _canonical_node_names(target)
 
 
 def _fuse_transformer(source: Path, target: Path) -> None:
@@ -226,127 +241,23 @@ def _prepared(source: Path, scratch: Path, min_opset: int = 0) -> tuple[Path, on
     return scratch, model
 
 
-def _fake_int8(values: np.ndarray, per_channel_axis: int | None, symmetric: bool) -> np.ndarray:
-    """`values` rounded to the int8/uint8 grid the quantizer would use (per tensor or per channel)."""
-    if per_channel_axis is None:
-        lo, hi = np.minimum(values.min(), 0.0), np.maximum(values.max(), 0.0)
-    else:
-        axes = tuple(a for a in range(values.ndim) if a != per_channel_axis % values.ndim)
-        lo = np.minimum(values.min(axis=axes, keepdims=True), 0.0)
-        hi = np.maximum(values.max(axis=axes, keepdims=True), 0.0)
-    if symmetric:
-        scale = np.maximum(np.abs(lo), np.abs(hi)) / 127.0
-        scale = np.where(scale == 0, 1.0, scale)
-        return np.clip(np.round(values / scale), -127, 127) * scale
-    scale = (hi - lo) / 255.0
-    scale = np.where(scale == 0, 1.0, scale)
-    zero = np.round(-lo / scale)
-    return (np.clip(np.round(values / scale) + zero, 0, 255) - zero) * scale
-
-
-def _relative(error: np.ndarray, reference: np.ndarray) -> float:
-    norm = float(np.linalg.norm(reference))
-    return float(np.linalg.norm(error)) / norm if norm > 0 else 0.0
-
-
-def int8_sensitivity(model: onnx.ModelProto, calibration: list[Feed], per_channel: bool,
-                     op_types: list[str] | None = None, samples: int = 8) -> list[tuple[float, str]]:
-    """(simulated relative int8 error, node name) of every weighted node, largest first.
-
-    Each node is judged alone on its real inputs (one float run on calibration inputs, 1 thread
-    so the figures do not depend on the core count): activations on the uint8 grid of their
-    range, weights on the int8 grid (per output channel or per tensor). MatMul-like nodes
-    compare products; Conv, whose product is costly to redo here, adds input and weight error.
-    Figures are rounded before ranking so a rebuild on the same hardware ranks the same way.
-    """
-    from onnx import numpy_helper
-
-    weights = {init.name: init for init in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and (op_types is None or n.op_type in op_types)
-             and len(n.input) > WEIGHTED_OPS[n.op_type] and n.input[WEIGHTED_OPS[n.op_type]] in weights
-             and n.input[0] not in weights]
-    if not nodes or not calibration:
-        return []
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    taps = sorted({n.input[0] for n in nodes} - outputs)
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in taps)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    wanted = {n.input[0] for n in nodes}
-    seen: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-    for feed in calibration[:samples]:
-        for name, value in zip(names, session.run(None, feed)):
-            if name in wanted:
-                seen[name].append(np.asarray(value, np.float64))
-    ranked = []
-    for node in nodes:
-        w = numpy_helper.to_array(weights[node.input[WEIGHTED_OPS[node.op_type]]]).astype(np.float64)
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
-            w = w.T
-        errors = []
-        for x in seen[node.input[0]]:
-            xq = _fake_int8(x, None, symmetric=False)
-            if node.op_type == "Conv":
-                wq = _fake_int8(w, 0 if per_channel else None, symmetric=True)
-                errors.append(_relative(xq - x, x) + _relative(wq - w, w))
-            else:
-                wq = _fake_int8(w, -1 if per_channel else None, symmetric=True)
-                x2 = x.reshape(-1, x.shape[-1])
-                errors.append(_relative(xq.reshape(x2.shape) @ wq - x2 @ w, x2 @ w))
-        ranked.append((float(f"{np.mean(errors):.4g}"), node.name))
-    ranked.sort(key=lambda item: (-item[0], item[1]))
-    return ranked
-
-
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-_SENSITIVITY: dict[str, list[tuple[float, str]]] = {}
-
-
-def _sensitivity_once(model: onnx.ModelProto, calibration: list[Feed], per_channel: bool,
-                      op_types: list[str] | None) -> list[tuple[float, str]]:
-    """int8_sensitivity, computed once per (model, inputs, settings) in this process: the
-    mixed-precision recipes of one search differ only in how many of the ranked nodes they keep."""
-    import hashlib
-
-    key = hashlib.sha256(model.SerializeToString())
-    for feed in calibration[:8]:
-        for name in sorted(feed):
-            key.update(name.encode())
-            key.update(np.ascontiguousarray(feed[name]).tobytes())
-    key.update(repr((per_channel, op_types)).encode())
-    digest = key.hexdigest()
-    if digest not in _SENSITIVITY:
-        _SENSITIVITY.clear()  # one model at a time; do not hold on to old rankings
-        _SENSITIVITY[digest] = int8_sensitivity(model, calibration, per_channel, op_types)
-    return _SENSITIVITY[digest]
-
-
 def _quantize(recipe: Recipe, source: Path, workdir: Path, target: Path, calibration: list[Feed]) -> None:
     from onnxruntime import quantization as q
 
     if recipe.fuse_transformer:
-        # Several recipes start from the same fused graph: fuse once per source file and folder.
-        fused = workdir / f"fused-{_digest(source.read_bytes())[:16]}.onnx"
-        if not fused.is_file():
-            _fuse_transformer(source, fused.with_suffix(".partial"))
-            fused.with_suffix(".partial").rename(fused)
-        source = fused
+        source = shared_file(workdir, "fused", source, _fuse_transformer)
     per_channel_qdq = recipe.kind == "static_int8" and recipe.per_channel
-    source, model = _prepared(source, workdir / f"{recipe.name}-prepared.onnx",
-                              min_opset=QDQ_PER_CHANNEL_OPSET if per_channel_qdq else 0)
+    prepared = workdir / f"{recipe.name}-prepared.onnx"
+    source, model = _prepared(source, prepared, min_opset=QDQ_PER_CHANNEL_OPSET if per_channel_qdq else 0)
+    if source != prepared:
+        # The quantizers write `<input>-inferred.onnx` beside their input and delete it after:
+        # builds running in parallel from one file would trip over each other's.
+        prepared.unlink(missing_ok=True)
+        prepared.symlink_to(source.resolve())
+        source = prepared
     excluded: list[str] = []
     if recipe.float_fraction > 0:
-        ranked = _sensitivity_once(model, calibration, recipe.per_channel, recipe.op_types)
+        ranked = ranked_once(model, calibration, recipe.per_channel, recipe.op_types, workdir)
         keep = min(len(ranked), math.ceil(recipe.float_fraction * len(ranked)))
         excluded = [name for _, name in ranked[:keep]]
         # The dynamic quantizer first rewrites Gemm as MatMul + Add, naming the MatMul <name>_MatMul.
@@ -372,12 +283,11 @@ def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) 
     if recipe.kind == "baseline":
         shutil.copyfile(source, target)
     elif recipe.kind == "ort_all":
-        options = session_options(recipe)
-        options.optimized_model_filepath = str(target)
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        _canonical_node_names(target)
+        # The optimized graph does not depend on the session's threads: one file for every ort_all recipe.
+        shutil.copyfile(shared_file(workdir, f"ort-{recipe.graph_optimization_level}", source,
+                                lambda s, t: _ort_optimized(recipe, s, t)), target)
     elif recipe.kind == "transformer_fusion":
-        _fuse_transformer(source, target)
+        shutil.copyfile(shared_file(workdir, "fused", source, _fuse_transformer), target)
     elif recipe.kind in ("dynamic_int8", "static_int8"):
         _quantize(recipe, source, workdir, target, calibration)
     elif recipe.kind == "fp16":

@@ -75,7 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=32,
                         help="generated inputs when no --dataset is given (default: 32)")
     parser.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds (default: 7)")
-    parser.add_argument("--timing-calls", type=int, default=20, help="calls per variant per round (default: 20)")
+    parser.add_argument("--timing-calls", type=int, default=10, help="calls per variant per round (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default: 0)")
     parser.add_argument("--termination-log", type=Path,
                         help="write the compact JSON summary (<= 4 KiB) here, e.g. /dev/termination-log")
@@ -162,15 +162,9 @@ def _feeds(args: argparse.Namespace, model) -> tuple[list, list, str]:  # noqa: 
     return calibration, validation, source
 
 
-def _quiet_quantizer() -> None:
-    import logging
-
-    # The quantizer logs advice on the root logger for every model; our progress lines suffice.
-    logging.getLogger().addFilter(lambda record: "pre-processing before quantization" not in record.getMessage())
-
-
 def _apply(args: argparse.Namespace) -> int:
     from .apply import apply, parse_recipe
+    from .builds import quiet_quantizer
 
     if not args.expect_sha256 or not re.fullmatch(r"[0-9a-fA-F]{64}", args.expect_sha256):
         raise UsageError(f"--apply-recipe needs --expect-sha256 with 64 hex digits; got {args.expect_sha256!r}")
@@ -178,7 +172,7 @@ def _apply(args: argparse.Namespace) -> int:
         recipe = parse_recipe(args.apply_recipe)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _quiet_quantizer()
+    quiet_quantizer()
     model = _check_model(args.model, args.sha256)
     calibration, _, _ = _feeds(args, model)
     digest = apply(args.model, args.output, recipe, args.expect_sha256, calibration)
@@ -188,6 +182,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .apply import args_for
+    from .builds import quiet_quantizer
     from .capacity import measure
     from .gate import HIGHER_IS_BETTER, GateSpec
     from .report import render_table, summary
@@ -196,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     started = time.monotonic()
-    _quiet_quantizer()
+    quiet_quantizer()
     if args.slo_ms is not None and args.slo_ms <= 0:
         raise UsageError(f"--slo-ms must be a positive number of milliseconds; got {args.slo_ms:g}")
     if args.max_batch_size < 1:

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import candidates as cand
+from .builds import Builds, Built, available_memory_bytes, usable_cpus, worker_count
 from .gate import GateSpec, evaluate
 from .inputs import Feed
 from .report import Candidate, Report, outcome_of
@@ -77,21 +78,131 @@ def _timed_run(session: ort.InferenceSession, feeds: list[Feed],
 MIN_TIMING_ROUNDS, MIN_TIMING_CALLS = 3, 2
 
 
+class BuildFailed(Exception):
+    """A candidate's build raised; the message is the build's own error."""
+
+
+class _Search:
+    """One search's state, phase by phase: the baseline, builds gated as they finish, timing."""
+
+    def __init__(self, model: Path, validation: list[Feed], gate: GateSpec, budget_seconds: float,
+                 progress: TextIO, clock: Callable[[], float]):
+        self.model, self.validation, self.gate = model, validation, gate
+        self.budget_seconds, self.progress, self.clock = budget_seconds, progress, clock
+        self.start = clock()
+        self.results: dict[str, Candidate] = {}
+        self.sessions: dict[str, ort.InferenceSession] = {}  # what passed the gate, plus the baseline
+        self.files: dict[str, Path] = {}
+        self.per_call_ms: dict[str, float] = {}
+        self.longest_build = 0.0
+        self.reference: list[list[np.ndarray]] = []
+
+    def say(self, line: str) -> None:
+        print(f"[optimize {self.clock() - self.start:6.1f}s] {line}", file=self.progress, flush=True)
+
+    def baseline(self, work: Path) -> None:
+        recipe = cand.baseline_recipe()
+        path = cand.build(recipe, self.model, work, [])
+        self.sessions["baseline"] = cand.open_session(recipe, path, spinning=False)
+        self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
+                                                                  self.clock)
+        self.files["baseline"] = path
+        self.results["baseline"] = Candidate(name="baseline", recipe=recipe, status="kept", reason="reference",
+                                             size_bytes=path.stat().st_size)
+
+    def affordable(self) -> bool:
+        """Whether one more build fits: as long as the longest so far, then timing everything kept
+        plus it (as slow as the slowest so far) at the minimum rounds and calls."""
+        slowest = max(self.per_call_ms.values())
+        reserve = self.longest_build + cost_seconds(list(self.per_call_ms.values()) + [slowest],
+                                                    MIN_TIMING_ROUNDS, MIN_TIMING_CALLS)
+        return self.clock() - self.start + reserve <= self.budget_seconds
+
+    def build_all(self, recipes: list[cand.Recipe], builds: Builds) -> None:
+        """Build every recipe the budget allows, `builds.workers` at a time; gate each as it lands."""
+        queue = list(recipes)
+        while queue or builds.in_flight:
+            while queue and builds.in_flight < builds.workers:
+                recipe = queue.pop(0)
+                if self.affordable():
+                    builds.submit(recipe)
+                else:
+                    self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="skipped",
+                                                          reason="budget exhausted")
+                    self.say(f"{recipe.name}: skipped, budget exhausted")
+            if builds.in_flight:
+                self.assess(builds.next_done())
+
+    def assess(self, built: Built) -> None:
+        """Open the built file, run it on the validation inputs and gate it against the baseline."""
+        recipe, t0 = built.recipe, self.clock()
+        try:
+            if built.path is None:
+                raise BuildFailed(built.error or "no file")
+            session = cand.open_session(recipe, built.path, spinning=False)
+            outputs, call_ms = _timed_run(session, self.validation, self.clock)
+        except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
+            detail = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
+                                                  reason=f"build failed: {detail}")
+            self.say(f"{recipe.name}: build failed ({detail.split(':')[0]})")
+            return
+        finally:
+            self.longest_build = max(self.longest_build, built.seconds + self.clock() - t0)
+        verdict = evaluate(self.gate, self.reference, outputs)
+        entry = Candidate(name=recipe.name, recipe=recipe, status="kept" if verdict.passed else "rejected",
+                          reason=("gate passed: " if verdict.passed else "gate failed: ") + verdict.reason,
+                          gate=verdict, size_bytes=built.path.stat().st_size,
+                          build_seconds=round(built.seconds + self.clock() - t0, 3))
+        self.results[recipe.name] = entry
+        self.say(f"{recipe.name}: {entry.reason}")
+        if verdict.passed:
+            self.sessions[recipe.name], self.files[recipe.name] = session, built.path
+            self.per_call_ms[recipe.name] = call_ms
+
+    def time_and_choose(self, rounds: int, calls: int) -> tuple[str, dict[str, TimingStats], int, int]:
+        """Time what passed, interleaved and raced, within what is left of the budget; choose."""
+        wanted = (rounds, calls)
+        rounds, calls = plan(self.budget_seconds - (self.clock() - self.start), list(self.per_call_ms.values()),
+                             rounds, calls, min_rounds=min(MIN_TIMING_ROUNDS, rounds),
+                             min_calls=min(MIN_TIMING_CALLS, calls))
+        scaled = "" if (rounds, calls) == wanted else f" (scaled down from {wanted[0]} x {wanted[1]} to fit the budget)"
+        self.say(f"timing {len(self.sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
+        feed = self.validation[0]
+        # Racing: from round 3 on, a variant outpaced by another beyond noise stops being timed.
+        timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in self.sessions.items()},
+                                   rounds=rounds, calls=calls, protected={"baseline"},
+                                   race_after=MIN_TIMING_ROUNDS)
+        raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
+        passed = set(self.sessions) - {"baseline"}
+        chosen, reasons = choose("baseline", timings, passed - raced_out)
+        for name in raced_out & passed:
+            reasons[name] = (f"outpaced by a faster variant beyond noise after {len(timings[name].rounds_ms)} of "
+                             f"{rounds} rounds ({speedup(timings['baseline'], timings[name]):.3f}x); timing stopped")
+        for name, stats in timings.items():
+            entry = self.results[name]
+            entry.timing = stats
+            entry.speedup = round(speedup(timings["baseline"], stats), 4)
+            if name in reasons:
+                entry.reason = reasons[name] if name == "baseline" else f"{entry.reason}; {reasons[name]}"
+            entry.status = "chosen" if name == chosen else entry.status
+        return chosen, timings, rounds, calls
+
+
 def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation: list[Feed], gate: GateSpec,
-             *, input_source: str, budget_seconds: float = 600.0, rounds: int = 7, calls: int = 20,
+             *, input_source: str, budget_seconds: float = 600.0, rounds: int = 7, calls: int = 10,
              recipes: list[cand.Recipe] | None = None, skipped: list[cand.Skipped] | None = None,
-             progress: TextIO = sys.stderr, clock: Callable[[], float] = time.monotonic) -> Report:
+             workers: int | None = None, progress: TextIO = sys.stderr,
+             clock: Callable[[], float] = time.monotonic) -> Report:
     """Run the whole search and write output_dir/model.onnx; the report says what happened.
 
     `budget_seconds` bounds the whole search: a candidate is built only if, after the longest
     build so far, the survivors can still be timed at the minimum rounds and calls; timing then
-    gets `rounds` x `calls` scaled down to what is left (see timing.plan).
+    gets `rounds` x `calls` scaled down to what is left (see timing.plan). Candidates are built
+    by `workers` processes at once (default: as many as the CPUs and memory allow, builds.py);
+    gating and timing stay in this process.
     """
-    start = clock()
-
-    def say(line: str) -> None:
-        print(f"[optimize {clock() - start:6.1f}s] {line}", file=progress, flush=True)
-
+    search = _Search(model, validation, gate, budget_seconds, progress, clock)
     if recipes is None:
         import onnx
 
@@ -99,85 +210,29 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
         recipes, default_skipped = cand.default_recipes(transformer=cand.looks_like_transformer(graph),
                                                         convolutional=cand.has_convolutions(graph))
         skipped = default_skipped if skipped is None else skipped
+    skipped = skipped or []
     output_dir.mkdir(parents=True, exist_ok=True)
-    base_recipe = cand.baseline_recipe()
-    results: dict[str, Candidate] = {}
-    sessions: dict[str, ort.InferenceSession] = {}
-    files: dict[str, Path] = {}
-    passed: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="modelship-optimize-") as tmp:
-        work = Path(tmp)
-        files["baseline"] = cand.build(base_recipe, model, work, calibration)
-        sessions["baseline"] = cand.open_session(base_recipe, files["baseline"])
-        reference, base_ms = _timed_run(sessions["baseline"], validation, clock)
-        per_call_ms: dict[str, float] = {"baseline": base_ms}
-        longest_build = 0.0
-        results["baseline"] = Candidate(name="baseline", recipe=base_recipe, status="kept", reason="reference",
-                                        size_bytes=files["baseline"].stat().st_size)
-        say(f"baseline ready; {len(recipes)} candidates, budget {budget_seconds:g}s")
-        for recipe in recipes:
-            # Reserve: this build (as long as the longest so far) and timing everything kept
-            # plus this one (as slow as the slowest so far) at the minimum rounds and calls.
-            reserve = longest_build + cost_seconds(list(per_call_ms.values()) + [max(per_call_ms.values())],
-                                                   MIN_TIMING_ROUNDS, MIN_TIMING_CALLS)
-            if clock() - start + reserve > budget_seconds:
-                results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="skipped",
-                                                 reason="budget exhausted")
-                say(f"{recipe.name}: skipped, budget exhausted")
-                continue
-            t0 = clock()
-            try:
-                path = cand.build(recipe, model, work, calibration)
-                session = cand.open_session(recipe, path)
-                outputs, call_ms = _timed_run(session, validation, clock)
-            except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
-                results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
-                                                 reason=f"build failed: {type(exc).__name__}: {str(exc)[:200]}")
-                say(f"{recipe.name}: build failed ({type(exc).__name__})")
-                continue
-            finally:
-                longest_build = max(longest_build, clock() - t0)
-            verdict = evaluate(gate, reference, outputs)
-            entry = Candidate(name=recipe.name, recipe=recipe, status="kept" if verdict.passed else "rejected",
-                              reason=("gate passed: " if verdict.passed else "gate failed: ") + verdict.reason,
-                              gate=verdict, size_bytes=path.stat().st_size, build_seconds=round(clock() - t0, 3))
-            results[recipe.name] = entry
-            say(f"{recipe.name}: {entry.reason}")
-            if verdict.passed:
-                passed.add(recipe.name)
-                sessions[recipe.name], files[recipe.name] = session, path
-                per_call_ms[recipe.name] = call_ms
-        for item in skipped or []:
-            results[item.name] = Candidate(name=item.name, status="skipped", reason=item.reason)
-        wanted = (rounds, calls)
-        rounds, calls = plan(budget_seconds - (clock() - start), list(per_call_ms.values()), rounds, calls,
-                             min_rounds=min(MIN_TIMING_ROUNDS, rounds), min_calls=min(MIN_TIMING_CALLS, calls))
-        scaled = "" if (rounds, calls) == wanted else f" (scaled down from {wanted[0]} x {wanted[1]} to fit the budget)"
-        say(f"timing {len(sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
-        feed = validation[0]
-        # Racing: from round 3 on, a variant outpaced by another beyond noise stops being timed.
-        timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
-                                   rounds=rounds, calls=calls, protected={"baseline"},
-                                   race_after=MIN_TIMING_ROUNDS)
-        raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
-        chosen, reasons = choose("baseline", timings, passed - raced_out)
-        for name in raced_out & passed:
-            reasons[name] = (f"outpaced by a faster variant beyond noise after {len(timings[name].rounds_ms)} of "
-                             f"{rounds} rounds ({speedup(timings['baseline'], timings[name]):.3f}x); timing stopped")
-        for name, stats in timings.items():
-            entry = results[name]
-            entry.timing = stats
-            entry.speedup = round(speedup(timings["baseline"], stats), 4)
-            if name in reasons:
-                entry.reason = reasons[name] if name == "baseline" else f"{entry.reason}; {reasons[name]}"
-            entry.status = "chosen" if name == chosen else entry.status
+    if workers is None:
+        workers = worker_count(usable_cpus(), model.stat().st_size, available_memory_bytes())
+    with tempfile.TemporaryDirectory(prefix="modelship-optimize-") as tmp, \
+            Builds(model, Path(tmp), calibration, workers) as builds:
+        builds.start()  # workers start up while the baseline runs
+        search.baseline(Path(tmp))
+        search.say(f"baseline ready; {len(recipes)} candidates, budget {budget_seconds:g}s, {workers} build "
+                   f"worker{'s' if workers > 1 else ''}")
+        search.build_all(recipes, builds)
+        for item in skipped:
+            search.results[item.name] = Candidate(name=item.name, status="skipped", reason=item.reason)
+        chosen, timings, rounds, calls = search.time_and_choose(rounds, calls)
         out = output_dir / "model.onnx"
-        shutil.copyfile(files[chosen], out)
-    say(f"chosen: {chosen}")
-    ordered = [results["baseline"]] + [c for n, c in results.items() if n != "baseline"]
+        shutil.copyfile(search.files[chosen], out)
+    search.say(f"chosen: {chosen}")
+    # Builds finish in any order; the report lists candidates in the order they were proposed.
+    results = search.results
+    ordered = [results["baseline"]] + [results[r.name] for r in recipes] + [results[k.name] for k in skipped]
     return Report(model_sha256=sha256_file(model), output_sha256=sha256_file(out), chosen=chosen,
                   outcome=outcome_of(chosen, ordered), spread=round(timings["baseline"].spread, 4),
                   chosen_recipe=results[chosen].recipe, gate=gate, validation_inputs=len(validation),
                   input_source=input_source, onnxruntime_version=ort.__version__,
                   timing_rounds=rounds, timing_calls=calls,
-                  duration_seconds=round(clock() - start, 3), candidates=ordered)
+                  duration_seconds=round(clock() - search.start, 3), candidates=ordered)
