@@ -1,4 +1,5 @@
-"""Model URIs: the one parser for `spec.model.uri`, shared by render and the fetch step.
+"""Model URIs: the one parser for `spec.model.uri` (and `spec.optimization.dataset.uri`, which
+takes the same schemes), shared by render and the fetch step.
 
 Standard library only, because the fetch step imports it inside the serving image. The
 CRD's CEL rule accepts the same shapes; this module is the precise version both sides use.
@@ -34,45 +35,45 @@ class ModelURI:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def parse(uri: str) -> ModelURI:
-    """Parse and check `uri`; raise InvalidModelURI naming the expected form and the value."""
+def parse(uri: str, *, field: str = "spec.model.uri") -> ModelURI:
+    """Parse and check `uri`; raise InvalidModelURI naming `field`, the expected form and the value."""
     if not isinstance(uri, str) or not uri:
-        raise InvalidModelURI("spec.model.uri must be a non-empty string")
+        raise InvalidModelURI(f"{field} must be a non-empty string")
     if any(c.isspace() for c in uri):
-        raise InvalidModelURI(f"spec.model.uri must not contain whitespace; got {uri!r}")
+        raise InvalidModelURI(f"{field} must not contain whitespace; got {uri!r}")
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidModelURI(
-            f"spec.model.uri must start with https://, http://, s3:// or pvc://; got {uri!r}"
+            f"{field} must start with https://, http://, s3:// or pvc://; got {uri!r}"
         )
     if parts.query or parts.fragment:
         if scheme != "http" and scheme != "https":
-            raise InvalidModelURI(f"spec.model.uri of scheme {scheme} takes no ?query or #fragment; got {uri!r}")
+            raise InvalidModelURI(f"{field} of scheme {scheme} takes no ?query or #fragment; got {uri!r}")
     host = parts.netloc
     path = parts.path
     if scheme in ("http", "https"):
         if not parts.hostname:
-            raise InvalidModelURI(f"spec.model.uri has no host; expected {scheme}://host/path, got {uri!r}")
+            raise InvalidModelURI(f"{field} has no host; expected {scheme}://host/path, got {uri!r}")
         if not path.strip("/"):
-            raise InvalidModelURI(f"spec.model.uri has no file path; expected {scheme}://host/path, got {uri!r}")
+            raise InvalidModelURI(f"{field} has no file path; expected {scheme}://host/path, got {uri!r}")
         if parts.query:
             path = f"{path}?{parts.query}"
         return ModelURI(scheme=scheme, location=host, path=path, raw=uri)
     key = path.lstrip("/")
     if scheme == "s3":
         if not _BUCKET.match(host):
-            raise InvalidModelURI(f"spec.model.uri names no valid S3 bucket; expected s3://bucket/key, got {uri!r}")
+            raise InvalidModelURI(f"{field} names no valid S3 bucket; expected s3://bucket/key, got {uri!r}")
         if not key:
-            raise InvalidModelURI(f"spec.model.uri has no object key; expected s3://bucket/key, got {uri!r}")
+            raise InvalidModelURI(f"{field} has no object key; expected s3://bucket/key, got {uri!r}")
         return ModelURI(scheme=scheme, location=host, path=key, raw=uri)
     # pvc://claim/path/in/volume
     if not _DNS_LABEL.match(host) or len(host) > 253:
         raise InvalidModelURI(
-            f"spec.model.uri names no valid PersistentVolumeClaim; expected pvc://claim/path, got {uri!r}"
+            f"{field} names no valid PersistentVolumeClaim; expected pvc://claim/path, got {uri!r}"
         )
     if not key or any(seg == ".." for seg in key.split("/")):
         raise InvalidModelURI(
-            f"spec.model.uri needs a path inside the claim without '..'; expected pvc://claim/path, got {uri!r}"
+            f"{field} needs a path inside the claim without '..'; expected pvc://claim/path, got {uri!r}"
         )
     return ModelURI(scheme=scheme, location=host, path=key, raw=uri)

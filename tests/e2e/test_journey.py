@@ -3,7 +3,8 @@
 The operator runs as a pod of its Helm chart, the optimize Job runs `modelship optimize` and the
 serving pods run `modelship-server`, all as local processes started by the cluster's node agent,
 so every step below is the real code path, not kwok's fake pods. The tests in this module run in
-order and share one ModelService.
+order and share one ModelService, whose optimize Job calibrates and gates on a published .npz
+(spec.optimization.dataset).
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def model(cluster) -> dict[str, Any]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
+def dataset(cluster, model) -> dict[str, Any]:  # noqa: ANN001
+    """Calibration and validation inputs for the MLP, an .npz published next to it: the journey's
+    optimize Job runs on these instead of generated ones (spec.optimization.dataset). On the
+    journey's own service, not a second one: another real optimize Job would add ~40 s."""
+    path = model["path"].parent / "journey-mlp-inputs.npz"
+    rng = np.random.default_rng(5)
+    with open(path, "wb") as f:
+        np.savez(f, INPUT0=rng.standard_normal((32, 128)).astype(np.float32))
+    store = cluster.plane.read_state()["model_store_url"].rstrip("/")
+    return {"path": path, "url": f"{store}/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture(scope="module")
 def operator_pod(cluster):  # noqa: ANN001, ANN201
     """The operator installed from its chart, watching only this module's namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
@@ -75,7 +89,7 @@ def operator_pod(cluster):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def service(cluster, model, operator_pod) -> dict[str, Any]:  # noqa: ANN001
+def service(cluster, model, dataset, operator_pod) -> dict[str, Any]:  # noqa: ANN001
     manifest = {
         "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
@@ -84,7 +98,7 @@ def service(cluster, model, operator_pod) -> dict[str, Any]:  # noqa: ANN001
             "replicas": 1,
             "resources": {"cpu": "1", "memory": "1Gi"},
             "scheduling": {"nodeSelector": AGENT_NODES, "tolerations": AGENT_TOLERATIONS},
-            "optimization": {"enabled": True},
+            "optimization": {"enabled": True, "dataset": {"uri": dataset["url"], "sha256": dataset["sha256"]}},
             "slo": {"latencyMilliseconds": 50, "percentile": "p95"},
             "rollout": {"preStopDelaySeconds": 2, "terminationGracePeriodSeconds": 15},
         },
@@ -104,20 +118,28 @@ def _ready(cluster) -> dict[str, Any] | None:  # noqa: ANN001
     return None
 
 
-def _job_summary(cluster) -> dict[str, Any]:  # noqa: ANN001
-    """The optimize Job's own word: the termination message of its finished pod."""
+def _job_pod(cluster) -> tuple[dict[str, Any], dict[str, Any]]:  # noqa: ANN001
+    """The optimize Job's finished pod, and its own word: the termination message."""
     pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=batch.kubernetes.io/job-name")
     for pod in pods.get("items", []):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated") or {}
             if cs["name"] == "optimize" and terminated.get("exitCode") == 0:
-                return json.loads(terminated["message"])
+                return pod, json.loads(terminated["message"])
     raise AssertionError(f"no finished optimize pod in {NAMESPACE}: {json.dumps(pods)[:2000]}")
 
 
-def test_optimized_and_serving(cluster, model, service, tmp_path):  # noqa: ANN001
+def test_optimized_and_serving(cluster, model, dataset, service, tmp_path):  # noqa: ANN001
     msvc = service["first"]
-    summary = _job_summary(cluster)
+    job_pod, summary = _job_pod(cluster)
+    # the Job fetched the published .npz (sha256 verified) and the optimizer ran on it: the full
+    # report, left in the finished pod's model repository (an emptyDir: a folder of the node agent)
+    volumes = cluster.plane.agent_dir / "pods" / job_pod["metadata"]["uid"] / "volumes"
+    report = json.loads((volumes / "model-repository" / "mlp" / "optimized" / "report.json").read_text())
+    assert report["input_source"] == "dataset /dataset/dataset.npz", report["input_source"]
+    assert (volumes / "dataset" / "dataset.npz").read_bytes() == dataset["path"].read_bytes()
+    fetched = {s["name"]: s for s in job_pod["status"]["initContainerStatuses"]}["fetch-dataset"]
+    assert "sha256 verified" in fetched["state"]["terminated"]["message"]
     # the Job ran the real optimizer: every candidate was built, gated and timed
     assert summary["schema"] == "modelship.dev/optimize-report/v1"
     assert len(summary["candidates"]) >= 5 and summary["capacity"]["requests_per_second"] > 0
@@ -130,14 +152,21 @@ def test_optimized_and_serving(cluster, model, service, tmp_path):  # noqa: ANN0
                 "accuracy_gate_failed": ("False", "AccuracyGateFailed")}[summary["outcome"]]
     assert (optimized["status"], optimized["reason"]) == expected, optimized
 
+    # serving pods fetch the dataset only when the chosen variant's rebuild reads it (calibrated)
+    deployment = cluster.api("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}")
+    init = [c["name"] for c in deployment["spec"]["template"]["spec"]["initContainers"]]
+    calibrated = "--dataset" in summary["apply_args"]
+    assert ("fetch-dataset" in init) == calibrated, (init, summary["apply_args"])
+
     # what the pods serve is the chosen variant: rebuild it here from the recorded recipe
     served_file = model["path"]
     if summary["outcome"] == "optimized":
         out = tmp_path / "variant"
         original_copy = tmp_path / "original.onnx"
         original_copy.write_bytes(model["path"].read_bytes())
+        apply_args = [str(dataset["path"]) if a == "/dataset/dataset.npz" else a for a in summary["apply_args"]]
         rebuilt = subprocess.run([sys.executable, "-m", "modelship.cli", "optimize", "--model", str(original_copy),
-                                  "--output", str(out), *summary["apply_args"]], capture_output=True, text=True,
+                                  "--output", str(out), *apply_args], capture_output=True, text=True,
                                  timeout=300)
         assert rebuilt.returncode == 0, rebuilt.stderr
         served_file = out / "model.onnx"
@@ -158,7 +187,7 @@ def test_optimized_and_serving(cluster, model, service, tmp_path):  # noqa: ANN0
     cosine = (served * original).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(original, axis=1))
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98  # the default gate
     print(f"apply -> Ready in {service['ready_seconds']:.1f}s; chosen {summary['chosen']} "
-          f"({summary['outcome']}, speedup {summary['speedup']})")
+          f"({summary['outcome']}, speedup {summary['speedup']}, calibrated on the dataset: {calibrated})")
 
 
 def test_spec_change_rolls_out_under_load_without_failed_requests(cluster, service):  # noqa: ANN001

@@ -59,6 +59,14 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.optimization.accuracy.worst", "must not be stricter than"),
     ("failure-policy", _with(optimization={"failurePolicy": "Retry"}), "spec.optimization.failurePolicy",
      "FallbackToBaseline"),
+    ("dataset-uri-scheme", _with(optimization={"dataset": {"uri": "ftp://h/val.npz", "sha256": SHA}}),
+     "spec.optimization.dataset.uri", "must be https://host/path"),
+    ("dataset-uri-no-path", _with(optimization={"dataset": {"uri": "s3://bucket-1", "sha256": SHA}}),
+     "spec.optimization.dataset.uri", "s3://bucket/key"),
+    ("dataset-sha256-short", _with(optimization={"dataset": {"uri": "https://h/val.npz", "sha256": "abc"}}),
+     "spec.optimization.dataset.sha256", "64 hexadecimal characters"),
+    ("dataset-sha256-missing", _with(optimization={"dataset": {"uri": "https://h/val.npz"}}),
+     "spec.optimization.dataset.sha256", "Required"),
 ]
 
 

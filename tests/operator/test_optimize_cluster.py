@@ -72,9 +72,11 @@ def deployments(cluster: Any, namespace: str, name: str) -> list[dict[str, Any]]
     return get(cluster, "deployments", "-n", namespace, "-l", f"modelship.dev/modelservice={name}")["items"]
 
 
-def finish_pod(cluster: Any, namespace: str, job: str, *, exit_code: int, message: str) -> None:
+def finish_pod(cluster: Any, namespace: str, job: str, *, exit_code: int, message: str,
+               failed_init: str | None = None) -> None:
     """Stand in for the kubelet (kwok's pods don't run): end the Job's pod with this exit code
-    and termination message, written through the pods/status subresource."""
+    and termination message, written through the pods/status subresource. `failed_init`: the
+    init step that ends with them instead, so the optimizer never starts."""
     pod = wait_for(lambda: next(iter(get(cluster, "pods", "-n", namespace, "-l",
                                          f"batch.kubernetes.io/job-name={job}")["items"]), None),
                    timeout=30, what=f"a pod of Job {job}")
@@ -87,13 +89,20 @@ def finish_pod(cluster: Any, namespace: str, job: str, *, exit_code: int, messag
         "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
                        {"type": "Initialized", "status": "True", "lastTransitionTime": now},
                        {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
-        "initContainerStatuses": [{"name": "fetch-model", "image": image, "imageID": "", "ready": True,
-                                   "restartCount": 0, "state": {"terminated": done}}],
+        "initContainerStatuses": [{"name": c["name"], "image": image, "imageID": "", "ready": True,
+                                   "restartCount": 0, "state": {"terminated": done}}
+                                  for c in pod["spec"]["initContainers"]],
         "containerStatuses": [{"name": "optimize", "image": image, "imageID": "", "ready": False, "restartCount": 0,
                                "state": {"terminated": {**done, "exitCode": exit_code,
                                                         "reason": "Completed" if exit_code == 0 else "Error",
                                                         "message": message}}}],
     }
+    if failed_init is not None:
+        for status in pod["status"]["initContainerStatuses"]:
+            if status["name"] == failed_init:
+                status["ready"] = False
+                status["state"] = {"terminated": {**done, "exitCode": exit_code, "reason": "Error", "message": message}}
+        pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
     meta = pod["metadata"]
     cluster.api("PUT", f"/api/v1/namespaces/{namespace}/pods/{meta['name']}/status", pod)
 
@@ -213,3 +222,56 @@ def test_a_failed_job_with_fail_closed_rolls_out_nothing_and_says_why(
     time.sleep(3)
     assert deployments(cluster, namespace, "closed") == []
     assert get(cluster, "configmaps", "-n", namespace, "-l", "modelship.dev/modelservice=closed")["items"] == []
+
+
+DATASET = {"uri": "https://data.example.com/val.npz", "sha256": "d5" * 32}
+
+
+def test_a_dataset_is_fetched_by_the_one_job_and_by_serving_pods_that_rebuild_from_it(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    """The contract with the API server and the real Job controller: one Job per dataset, a
+    fetch-dataset step and --dataset in the pod spec the Job controller accepted, and a
+    calibrated variant's Deployment fetching the same file to the same path."""
+    m = manifest("data", dataset=DATASET)
+    apply(cluster, m, namespace)
+    names = wait_for(lambda: job_names(cluster, namespace, "data"), timeout=30, what="the optimize Job")
+    apply(cluster, m, namespace)
+    time.sleep(2)
+    assert job_names(cluster, namespace, "data") == names and len(names) == 1, "the same dataset, the same Job"
+    pod_spec = jobs(cluster, namespace, "data")[0]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-dataset"]
+    fetch = pod_spec["initContainers"][1]
+    assert fetch["command"] == ["python", "-m", "modelship.fetch"]
+    assert f"--uri={DATASET['uri']}" in fetch["args"] and f"--sha256={DATASET['sha256']}" in fetch["args"]
+    assert "--dest=/dataset/dataset.npz" in fetch["args"]
+    assert "--dataset=/dataset/dataset.npz" in pod_spec["containers"][0]["args"]
+    # its pod, created by the real Job controller from that template, is what gets finished
+    calibrated = [*APPLY_ARGS, "--dataset", "/dataset/dataset.npz"]
+    finish_pod(cluster, namespace, names[0], exit_code=0,
+               message=summary().replace(json.dumps(APPLY_ARGS, separators=(",", ":")),
+                                         json.dumps(calibrated, separators=(",", ":"))))
+    dep = wait_for(lambda: deployments(cluster, namespace, "data"), timeout=60, what="the Deployment")[0]
+    init = dep["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["fetch-model", "fetch-dataset", "apply-variant"]
+    assert init[1]["args"] == fetch["args"] and init[2]["args"][-2:] == ["--dataset", "/dataset/dataset.npz"]
+
+    changed = manifest("data", dataset={**DATASET, "sha256": "e6" * 32})
+    apply(cluster, changed, namespace)
+    wait_for(lambda: (n := job_names(cluster, namespace, "data")) != names and len(n) == 2, timeout=30,
+             what="a new Job for the new dataset")
+
+
+def test_a_dataset_that_cannot_be_fetched_fails_the_job_at_once_and_says_so(
+        cluster: Any, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, manifest("nodata", dataset=DATASET), namespace)
+    job = wait_for(lambda: job_names(cluster, namespace, "nodata"), timeout=30, what="the optimize Job")[0]
+    finish_pod(cluster, namespace, job, exit_code=14, failed_init="fetch-dataset",
+               message=f"ModelNotFound: {DATASET['uri']}: HTTP 404 Not Found")
+    optimized = wait_for(lambda: (c := optimized_condition(cluster, namespace, "nodata")) and c["reason"] == "Failed"
+                         and c, timeout=60, what="Optimized=False/Failed")
+    assert "fetching spec.optimization.dataset failed" in optimized["message"], optimized
+    assert DATASET["uri"] in optimized["message"] and "HTTP 404" in optimized["message"]
+    failed = get(cluster, "job", "-n", namespace, job)
+    assert any(c["type"] == "Failed" and c["status"] == "True" and c["reason"] == "PodFailurePolicy"
+               for c in failed["status"]["conditions"]), failed["status"]
+    assert len(get(cluster, "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={job}")["items"]) == 1

@@ -38,6 +38,19 @@ def test_an_optimized_service_shows_its_optimize_job_first(tmp_path: pathlib.Pat
     assert container["command"] == ["modelship", "optimize"] and "--budget-seconds=300" in " ".join(container["args"])
 
 
+def test_a_dataset_shows_in_the_optimize_job(tmp_path: pathlib.Path) -> None:
+    spec = yaml.safe_load(EXAMPLES[0].read_text())
+    spec["spec"]["optimization"] = {"enabled": True,
+                                    "dataset": {"uri": "https://data.example/val.npz", "sha256": "d5" * 32}}
+    path = tmp_path / "dataset.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _render(str(path))
+    assert result.returncode == 0, result.stderr
+    pod = next(yaml.safe_load_all(result.stdout))["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-dataset"]
+    assert "--dataset=/dataset/dataset.npz" in pod["containers"][0]["args"]
+
+
 def test_bad_spec_names_each_field_without_a_traceback(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

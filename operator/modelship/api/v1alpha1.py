@@ -45,6 +45,20 @@ class SecretRef(_Model):
     secret_name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
+def _check_uri(value: str, field: str) -> str:
+    modeluri.parse(value, field=field)  # raises InvalidModelURI (a ValueError) with the message
+    return value
+
+
+def _check_sha256(value: str, field: str) -> str:
+    if not _SHA256.match(value):
+        raise ValueError(
+            f"{field} must be 64 hexadecimal characters (sha256sum output); "
+            f"got {len(value)} characters"
+        )
+    return value
+
+
 class ModelSource(_Model):
     uri: Annotated[str, StringConstraints(max_length=2048)]
     sha256: Annotated[str, StringConstraints(max_length=64)]
@@ -55,18 +69,12 @@ class ModelSource(_Model):
     @pydantic.field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        modeluri.parse(value)  # raises InvalidModelURI (a ValueError) with the message
-        return value
+        return _check_uri(value, "spec.model.uri")
 
     @pydantic.field_validator("sha256")
     @classmethod
     def _sha256(cls, value: str) -> str:
-        if not _SHA256.match(value):
-            raise ValueError(
-                f"spec.model.sha256 must be 64 hexadecimal characters (sha256sum output); "
-                f"got {len(value)} characters"
-            )
-        return value
+        return _check_sha256(value, "spec.model.sha256")
 
 
 class PullSecret(_Model):
@@ -198,9 +206,30 @@ class Accuracy(_Model):
                 self.worst if self.worst is not None else default_worst)
 
 
+class Dataset(_Model):
+    """The optimize Job's calibration and validation inputs: an .npz with one array per model
+    input, samples on the first axis (the first half calibrates, the second half gates). Same
+    schemes and checks as spec.model, and fetched with spec.model.credentials: one Secret per
+    service, since model and data usually live in the same store."""
+
+    uri: Annotated[str, StringConstraints(max_length=2048)]
+    sha256: Annotated[str, StringConstraints(max_length=64)]
+
+    @pydantic.field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_uri(value, "spec.optimization.dataset.uri")
+
+    @pydantic.field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        return _check_sha256(value, "spec.optimization.dataset.sha256")
+
+
 class Optimization(_Model):
     enabled: bool = False
     accuracy: Accuracy = Field(default_factory=Accuracy)
+    dataset: Dataset | None = None  # unset: inputs generated from the model's shapes
     budget_seconds: Annotated[int, Field(ge=60, le=86_400)] = 600
     failure_policy: Literal["FallbackToBaseline", "FailClosed"] = "FallbackToBaseline"
 

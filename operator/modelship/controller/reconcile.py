@@ -227,7 +227,9 @@ class Reconciler:
         from modelship.render_command import format_validation_error
 
         problems = format_validation_error(error)
-        reason = "InvalidModelURI" if any(p.startswith("spec.model.uri") for p in problems) else INVALID_SPEC
+        reason = ("InvalidModelURI" if any(p.startswith("spec.model.uri") for p in problems) else
+                  "InvalidDatasetURI" if any(p.startswith("spec.optimization.dataset.uri") for p in problems) else
+                  INVALID_SPEC)
         message = "; ".join(problems)
         meta = body.get("metadata") or {}
         generation = meta.get("generation")

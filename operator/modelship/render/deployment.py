@@ -1,7 +1,8 @@
 """The Deployment that serves the model: an init step that fetches and verifies the model
 (and a second one that rebuilds the optimize Job's chosen variant from it, when there is
-one), then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime triton).
-The pod parts it shares with the optimize Job live in `pod`.
+one, after a step that fetches and verifies the dataset the variant was calibrated on, when
+it was), then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime
+triton). The pod parts it shares with the optimize Job live in `pod`.
 
 Choices, and why:
 - maxUnavailable 0 with a surge: a rollout never lowers serving capacity.
@@ -39,6 +40,10 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     volumes.insert(1, {"name": "model-config", "configMap": {"name": names.model_config(name)}})
     init = [pod.fetch_container(msvc, uri=artifact.uri, sha256=artifact.sha256,
                                 config_copy=f"{model_dir}/config.pbtxt")]
+    if artifact.dataset is not None:  # only a calibrated variant's rebuild reads it
+        init.append(pod.fetch_dataset_container(msvc, uri=artifact.dataset.uri, sha256=artifact.dataset.sha256,
+                                                dest=artifact.dataset.path))
+        volumes += pod.dataset_volumes(msvc, artifact.dataset.uri)
     if artifact.apply_args:
         init.append(apply_variant_container(msvc, artifact))
 
@@ -94,6 +99,12 @@ def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict
     resources as the server: building a variant can take what serving takes, and an init
     step's requests do not add to the pod's."""
     model_dir = f"{MODEL_REPOSITORY}/{msvc.spec.model.name}/1"
+    mounts = [
+        {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if artifact.dataset is not None:
+        mounts.append(pod.dataset_mount())
     return {
         "name": APPLY_VARIANT,
         "image": msvc.spec.images.server,
@@ -104,10 +115,7 @@ def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict
         "resources": pod.resources(msvc),
         "securityContext": pod.container_security(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": mounts,
     }
 
 

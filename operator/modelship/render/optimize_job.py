@@ -1,16 +1,20 @@
 """The optimize Job: `modelship optimize` on the service's own hardware, before it rolls out.
 
 Named `<msvc>-optimize-<digest>`, where the digest covers everything the result depends on:
-the model's sha256, the gate, the budget, the SLO, the batching bounds, the resources (GPU
-product, count and MIG profile included), the scheduling and the server image. A spec change
-that matters makes a new Job; a re-run, a restart or a change that does not matter (replicas,
-rollout settings, the model's URI for the same digest) finds the existing one. The failure
-policy is not in the digest: it decides what happens after the Job, not what the Job finds.
+the model's sha256, the dataset's sha256 (when spec.optimization.dataset is set), the gate,
+the budget, the SLO, the batching bounds, the resources (GPU product, count and MIG profile
+included), the scheduling and the server image. A spec change that matters makes a new Job; a
+re-run, a restart or a change that does not matter (replicas, rollout settings, the model's or
+the dataset's URI for the same digest) finds the existing one. The failure policy is not in
+the digest: it decides what happens after the Job, not what the Job finds.
 
 The pod is the serving pod's twin where it counts: the same `fetch-model` step, resources,
-scheduling and security (`render.pod`). The summary of the run (contract C1) comes back as
-the `optimize` container's termination message, which the operator reads; so no TTL is set:
-the operator deletes a Job itself once a newer one of the same ModelService has finished.
+scheduling and security (`render.pod`). With a dataset, a `fetch-dataset` step (the same fetch
+code) places it at `pod.DATASET_PATH` and the optimizer reads it there (`--dataset`); a
+calibrated variant's apply_args then name that path, and serving pods fetch it to the same.
+The summary of the run (contract C1) comes back as the `optimize` container's termination
+message, which the operator reads; so no TTL is set: the operator deletes a Job itself once a
+newer one of the same ModelService has finished.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def optimize_args(msvc: ModelService) -> list[str]:
     ]
     if spec.slo is not None:
         args += [f"--slo-ms={spec.slo.latency_milliseconds}", f"--slo-percentile={spec.slo.percentile}"]
+    if spec.optimization.dataset is not None:
+        args.append(f"--dataset={pod.DATASET_PATH}")
     args.append(f"--termination-log={pod.TERMINATION_LOG}")
     return args
 
@@ -68,8 +74,10 @@ def capacity_max_batch_size(msvc: ModelService) -> int:
 
 
 def inputs(msvc: ModelService) -> dict[str, Any]:
-    """Everything the Job's result depends on (and nothing else: see the module docstring)."""
-    return {
+    """Everything the Job's result depends on (and nothing else: see the module docstring).
+    The dataset's key is there only when one is set, so a spec without one keeps the name its
+    Job had before datasets existed (an operator upgrade re-runs no Job)."""
+    out: dict[str, Any] = {
         "modelservice": msvc.metadata.name,
         "model": msvc.spec.model.sha256.lower(),
         "args": optimize_args(msvc),
@@ -77,6 +85,9 @@ def inputs(msvc: ModelService) -> dict[str, Any]:
         "resources": pod.resources(msvc),
         "scheduling": pod.scheduling(msvc),
     }
+    if msvc.spec.optimization.dataset is not None:
+        out["dataset"] = msvc.spec.optimization.dataset.sha256.lower()
+    return out
 
 
 def digest(msvc: ModelService) -> str:
@@ -94,6 +105,21 @@ def active_deadline_seconds(msvc: ModelService) -> int:
     return msvc.spec.optimization.budget_seconds + DEADLINE_MARGIN_SECONDS
 
 
+def failure_rules(msvc: ModelService) -> list[dict[str, Any]]:
+    """Fail the Job at once on what no retry can fix: the optimizer's bad input (a corrupt
+    model, a dataset that does not fit) and a fetch step's permanent failure, the dataset's
+    included; its rule is there only with a dataset (a rule must name a container of the pod)."""
+    fetch_steps = [pod.FETCH_MODEL] + ([pod.FETCH_DATASET] if msvc.spec.optimization.dataset is not None else [])
+    return [
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                              "values": [EXIT_BAD_INPUT]}},
+        *({"action": "FailJob", "onExitCodes": {"containerName": step, "operator": "In",
+                                                "values": PERMANENT_FETCH_FAILURES}} for step in fetch_steps),
+        # preemption or a drain is not the optimizer's fault: retry without counting it
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+
+
 def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     """The Job for `msvc`'s current spec, with labels and (when the ModelService has a uid)
     a controller ownerReference, so deleting the ModelService deletes its Jobs."""
@@ -101,6 +127,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
 
     spec = msvc.spec
     labels = names.optimize_labels(msvc.metadata.name)
+    dataset = spec.optimization.dataset
     optimize = {
         "name": CONTAINER,
         "image": spec.images.server,
@@ -116,13 +143,18 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    init = [pod.fetch_container(msvc, uri=spec.model.uri, sha256=spec.model.sha256.lower(), config_copy=None)]
+    volumes = pod.base_volumes(msvc)
+    if dataset is not None:
+        init.append(pod.fetch_dataset_container(msvc, uri=dataset.uri, sha256=dataset.sha256.lower()))
+        volumes += pod.dataset_volumes(msvc, dataset.uri)
+        optimize["volumeMounts"].append(pod.dataset_mount())
     pod_spec = pod.base_pod_spec(msvc)
     pod_spec.update({
         "restartPolicy": "Never",
-        "initContainers": [pod.fetch_container(msvc, uri=spec.model.uri, sha256=spec.model.sha256.lower(),
-                                               config_copy=None)],
+        "initContainers": init,
         "containers": [optimize],
-        "volumes": pod.base_volumes(msvc),
+        "volumes": volumes,
     })
     metadata: dict[str, Any] = {"name": job_name(msvc), "namespace": msvc.metadata.namespace, "labels": labels}
     if msvc.metadata.uid:
@@ -134,14 +166,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
             "activeDeadlineSeconds": active_deadline_seconds(msvc),
-            "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": [EXIT_BAD_INPUT]}},
-                {"action": "FailJob", "onExitCodes": {"containerName": "fetch-model", "operator": "In",
-                                                      "values": PERMANENT_FETCH_FAILURES}},
-                # preemption or a drain is not the optimizer's fault: retry without counting it
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            ]},
+            "podFailurePolicy": {"rules": failure_rules(msvc)},
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }

@@ -5,6 +5,13 @@ same hardware (resources, GPU included) and the same nodes (scheduling), or the 
 measures is not the one the pods will rebuild and serve. So both pod specs are built from
 these functions, never from copies.
 
+A user dataset (spec.optimization.dataset) is fetched by a second init step, `fetch-dataset`,
+running the same `modelship.fetch` as `fetch-model` rather than one step fetching both: the
+step's exit code then says which file failed (the Job's pod failure policy and the status name
+the dataset, not the model, without parsing messages), and the fetch contract stays one file,
+one verified digest, one exit code. The dataset goes to its own emptyDir, outside the model
+repository a server scans, and only the steps that read it mount it.
+
 Security: the "restricted" Pod Security Standard for every pod (non-root, no privilege
 escalation, all capabilities dropped, RuntimeDefault seccomp); the API token is not mounted.
 """
@@ -19,6 +26,11 @@ from modelship.modeluri import parse as parse_uri
 MODEL_REPOSITORY = "/models"
 CONFIG_MOUNT = "/etc/modelship/model-config"
 PVC_MOUNT = "/mnt/model-source"
+DATASET_MOUNT = "/dataset"  # an emptyDir: the optimize Job's and apply-variant's inputs
+DATASET_PATH = f"{DATASET_MOUNT}/dataset.npz"  # where the Job reads it, so where apply_args point
+DATASET_PVC_MOUNT = "/mnt/dataset-source"
+FETCH_MODEL = "fetch-model"
+FETCH_DATASET = "fetch-dataset"
 RUN_AS = 1000  # the non-root user of both modelship's server image and NGC's Triton image
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -47,7 +59,6 @@ def fetch_container(msvc: ModelService, *, uri: str, sha256: str, config_copy: s
 
     `config_copy`: a mounted config.pbtxt to copy next to the model (serving), or None (the
     optimize Job, which needs only the model)."""
-    spec = msvc.spec
     mounts = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -58,8 +69,54 @@ def fetch_container(msvc: ModelService, *, uri: str, sha256: str, config_copy: s
         args.append(f"--copy={CONFIG_MOUNT}/config.pbtxt:{config_copy}")
     if parse_uri(uri).scheme == "pvc":
         mounts.append({"name": "model-source", "mountPath": PVC_MOUNT, "readOnly": True})
+    return _fetch_step(msvc, FETCH_MODEL, args, mounts)
+
+
+def fetch_dataset_container(msvc: ModelService, *, uri: str, sha256: str, dest: str = DATASET_PATH) -> dict[str, Any]:
+    """The `fetch-dataset` init step: the same fetch, verify and place as `fetch-model`, for
+    the .npz of spec.optimization.dataset, with the same credentials."""
+    volume, mount = dataset_claim(msvc, uri) or (None, PVC_MOUNT)
+    mounts = [
+        {"name": "dataset", "mountPath": DATASET_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if volume is not None:
+        mounts.append({"name": volume["name"], "mountPath": mount, "readOnly": True})
+    args = [f"--uri={uri}", f"--sha256={sha256}", f"--dest={dest}", f"--pvc-mount={mount}"]
+    return _fetch_step(msvc, FETCH_DATASET, args, mounts)
+
+
+def dataset_volumes(msvc: ModelService, uri: str) -> list[dict[str, Any]]:
+    """The dataset's emptyDir, plus the claim of a pvc:// dataset unless the model's claim
+    (already a volume of the pod) holds it."""
+    volumes: list[dict[str, Any]] = [{"name": "dataset", "emptyDir": {}}]
+    claim = dataset_claim(msvc, uri)
+    if claim is not None and claim[0]["name"] != "model-source":
+        volumes.append(claim[0])
+    return volumes
+
+
+def dataset_claim(msvc: ModelService, uri: str) -> tuple[dict[str, Any], str] | None:
+    """(volume, mount path) of a pvc:// dataset's claim, or None for other schemes. The
+    model's claim is reused when it is the same one: one claim, one volume, one mount."""
+    source = parse_uri(uri, field="spec.optimization.dataset.uri")
+    if source.scheme != "pvc":
+        return None
+    model = parse_uri(msvc.spec.model.uri)
+    shared = model.scheme == "pvc" and model.location == source.location
+    name, mount = ("model-source", PVC_MOUNT) if shared else ("dataset-source", DATASET_PVC_MOUNT)
+    return {"name": name, "persistentVolumeClaim": {"claimName": source.location, "readOnly": True}}, mount
+
+
+def dataset_mount() -> dict[str, Any]:
+    """The dataset as the steps that read it see it (the optimizer, apply-variant)."""
+    return {"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True}
+
+
+def _fetch_step(msvc: ModelService, name: str, args: list[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = msvc.spec
     fetch: dict[str, Any] = {
-        "name": "fetch-model",
+        "name": name,
         "image": spec.images.server,
         "imagePullPolicy": spec.images.pull_policy,
         "command": ["python", "-m", "modelship.fetch"],

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from modelship.fetch.outcomes import FetchOutcome
 
 FETCH_CONTAINER = "fetch-model"
+FETCH_DATASET_CONTAINER = "fetch-dataset"
 APPLY_VARIANT_CONTAINER = "apply-variant"
 
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -23,6 +24,25 @@ CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 INSUFFICIENT_GPU = "InsufficientGPU"
 UNSCHEDULABLE = "Unschedulable"
 FETCH_FAILED = "ModelFetchFailed"  # the fetch step failed with an exit code outside the table
+DATASET_FETCH_FAILED = "DatasetFetchFailed"  # the same, for the dataset's fetch step
+
+
+def dataset_reason(outcome: FetchOutcome) -> str:
+    """The reason of a dataset fetch failure: the model's, with Dataset for Model
+    (DatasetNotFound, DatasetChecksumMismatch, InvalidDatasetURI, ...)."""
+    return outcome.reason.replace("Model", "Dataset")
+
+
+# What to do about each dataset fetch failure: the message says it, the field named.
+DATASET_FIXES = {
+    FetchOutcome.INVALID_URI: "fix spec.optimization.dataset.uri",
+    FetchOutcome.CHECKSUM_MISMATCH: "the file is not the one spec.optimization.dataset.sha256 names: fix the digest "
+                                    "or the file",
+    FetchOutcome.ACCESS_DENIED: "the dataset is fetched with spec.model.credentials: give that Secret access to it",
+    FetchOutcome.NOT_FOUND: "fix spec.optimization.dataset.uri, or remove spec.optimization.dataset to optimize "
+                            "on inputs generated from the model",
+    FetchOutcome.UNREACHABLE: "check that the store is reachable from the cluster (a pvc:// claim must exist)",
+}
 # Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
 VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
 
@@ -34,6 +54,10 @@ PRIORITY = [
     FetchOutcome.NOT_FOUND.reason,
     FetchOutcome.UNREACHABLE.reason,
     FETCH_FAILED,
+    *(dataset_reason(outcome) for outcome in (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH,
+                                              FetchOutcome.ACCESS_DENIED, FetchOutcome.NOT_FOUND,
+                                              FetchOutcome.UNREACHABLE)),
+    DATASET_FETCH_FAILED,
     VARIANT_REBUILD_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
@@ -120,6 +144,8 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
             detail = detail[len(prefix):] if detail.startswith(prefix) else detail
             return outcome.reason, f"model fetch failed: {detail or f'exit code {code}'}"
         return FETCH_FAILED, f"model fetch failed with exit code {code}: {detail or failed.get('reason', '')}".rstrip(": ")
+    if init and cname == FETCH_DATASET_CONTAINER and failed:
+        return _dataset_fetch_problem(failed)
     if init and cname == APPLY_VARIANT_CONTAINER and failed:
         detail = (failed.get("message") or "").strip().splitlines()
         return (VARIANT_REBUILD_FAILED,
@@ -138,6 +164,21 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
     return None
 
 
+def _dataset_fetch_problem(failed: Mapping[str, Any]) -> tuple[str, str]:
+    """A failed `fetch-dataset` step: the reason, the fetch's own line, and what to do."""
+    code = failed.get("exitCode")
+    detail = (failed.get("message") or "").strip()
+    outcome = FetchOutcome.from_exit_code(code)
+    if outcome is None:
+        return (DATASET_FETCH_FAILED, f"fetching spec.optimization.dataset failed with exit code {code}: "
+                                      f"{detail or failed.get('reason', '')}; read the logs of container "
+                                      f"{FETCH_DATASET_CONTAINER}")
+    prefix = f"{outcome.reason}: "
+    detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+    return (dataset_reason(outcome), f"fetching spec.optimization.dataset failed: {detail or f'exit code {code}'}; "
+                                     f"{DATASET_FIXES[outcome]}")
+
+
 def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if (
@@ -147,6 +188,12 @@ def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         ):
             scheduler = condition.get("message", "").strip()
             claim = _MISSING_CLAIM.search(scheduler)
+            if claim and _claim_volume(pod, claim.group(1)) == "dataset-source":
+                return (
+                    dataset_reason(FetchOutcome.UNREACHABLE),
+                    f"PersistentVolumeClaim {claim.group(1)} of spec.optimization.dataset.uri does not exist "
+                    f"(scheduler: {scheduler})",
+                )
             if claim:  # the pvc:// of spec.model.uri names a claim that does not exist
                 return (
                     FetchOutcome.UNREACHABLE.reason,
@@ -171,6 +218,14 @@ def _unschedulable(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             if short:
                 return UNSCHEDULABLE, f"insufficient {', '.join(short)} (scheduler: {scheduler})"
             return UNSCHEDULABLE, f"no node fits (scheduler: {scheduler})"
+    return None
+
+
+def _claim_volume(pod: Mapping[str, Any], claim: str) -> str | None:
+    """The name of the pod's volume that mounts `claim` (model-source, dataset-source)."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if ((volume.get("persistentVolumeClaim") or {}).get("claimName")) == claim:
+            return volume.get("name")
     return None
 
 

@@ -39,6 +39,7 @@ OPTIMIZING = "Optimizing"  # Ready=False while this spec's Job runs
 OPTIMIZATION_FAILED = "OptimizationFailed"  # Ready=False under failurePolicy FailClosed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DATASET_ERROR = re.compile(r"^(error: )?dataset\b")
 
 
 class SummaryError(ValueError):
@@ -370,7 +371,7 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         fail_closed = spec.failure_policy == "FailClosed"
         then = ("nothing rolls out (failurePolicy FailClosed)" if fail_closed
                 else "serving the original model (failurePolicy FallbackToBaseline)")
-        message = f"optimize Job {job_name} failed: {result.detail}; {then}"
+        message = f"optimize Job {job_name} failed: {_explain(msvc, result.detail)}; {then}"
         return Decision(
             artifact=None if fail_closed else original(msvc.spec),
             condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, FAILED, message, warning=True),
@@ -392,8 +393,11 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         spread = f" (run-to-run spread {summary.spread:.1%})" if summary.spread is not None else ""
         condition = c.ConditionSpec(c.OPTIMIZED, c.TRUE, SUCCEEDED,
                                     f"serving variant {summary.chosen}, {speed}{spread}{capacity}")
-        artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching,
-                           intra_op_threads=summary.intra_op_threads)
+        try:
+            artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching,
+                               intra_op_threads=summary.intra_op_threads)
+        except ValueError as error:  # the pods could not rebuild it: as good as a failed Job
+            return decide(msvc, job_name, JobResult("failed", detail=str(error)))
     elif summary.outcome == "baseline":
         spread = f" ({summary.spread:.1%})" if summary.spread is not None else ""
         closest = _closest_by_speed(summary)
@@ -408,6 +412,17 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
                                     f"serving the original{capacity}")
         artifact = original(msvc.spec, batching=batching)
     return Decision(artifact=artifact, condition=condition, status=status, finished=True)
+
+
+def _explain(msvc: ModelService, detail: str) -> str:
+    """The failure line, with what to do when it is the optimizer refusing the user's dataset
+    (its exit-2 lines about the dataset start with `error: dataset`)."""
+    dataset = msvc.spec.optimization.dataset
+    if dataset is None or not _DATASET_ERROR.match(detail):
+        return detail
+    return (f"{detail} (the .npz of spec.optimization.dataset, {dataset.uri}, does not fit the model: it needs "
+            "one array per model input, named after the input, with its dtype and shape, samples on the first "
+            "axis; fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
 
 
 def _capacity_sentence(capacity: Capacity | None) -> str:
