@@ -470,11 +470,10 @@ def head_to_head(model: Path, data: Path, contenders: dict[str, tuple[Path, dict
     from modelship_server.optimize.timing import speedup, time_interleaved
 
     feeds = _validation(str(data))
-    # Without spinning, as the search times (see candidates.open_session): timed side by side,
-    # one session's busy-waiting threads would slow the next.
-    sessions = {"original (ORT_ENABLE_ALL)": cand.open_session(cand.baseline_recipe(), model, spinning=False)}
+    # Sessions as the search opens them: as modelship-server serves (see candidates.session_options).
+    sessions = {"original (ORT_ENABLE_ALL)": cand.open_session(cand.baseline_recipe(), model)}
     for name, (path, recipe) in contenders.items():
-        sessions[name] = cand.open_session(cand.Recipe.model_validate(recipe), path, spinning=False)
+        sessions[name] = cand.open_session(cand.Recipe.model_validate(recipe), path)
     reference = [sessions["original (ORT_ENABLE_ALL)"].run(None, f) for f in feeds]
     gates = {name: evaluate(GateSpec(), reference, [s.run(None, f) for f in feeds])
              for name, s in sessions.items()}

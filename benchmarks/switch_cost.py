@@ -1,13 +1,13 @@
 """What switching between ONNX Runtime sessions costs the first calls after the switch, with the
-pool threads' spinning on (ONNX Runtime's default) and off (how `modelship optimize` times).
+pool threads' spinning on (ONNX Runtime's default), off (modelship-server's default, and so how
+`modelship optimize` times), and on within a run only (`session.force_spinning_stop`).
 
     .venv/bin/python benchmarks/switch_cost.py            # MiniLM from the optimize benchmark's cache
 
 The search times its variants interleaved: a few calls of one, then of the next. With spinning
 on, the pool threads of the session that just ran keep busy-waiting for work that never comes,
-on the cores the next session needs. This prints, per variant, the median latency of each of
-the first calls after a switch and of the steady calls after them, in both settings, so the
-effect (and that steady calls do not depend on it) can be seen on any machine.
+on the cores the next session needs. This prints, per variant and setting, the median latency
+of each of the first calls after a switch and of the steady calls after them.
 (Results: docs/optimize-benchmarks.md, "Search time".)
 """
 
@@ -29,10 +29,27 @@ VARIANTS = ("baseline", "ort-all", "transformer-fusion", "fusion+dynamic-int8-pe
             "fusion+dynamic-int8-per-channel-float-25pct", "ort-all-1-thread")
 
 
+SETTINGS = ("on", "off", "run-only")
+
+
+def _session(cand, recipe, path: Path, setting: str):  # noqa: ANN001, ANN202 - modules imported in main
+    import onnxruntime as ort
+
+    from modelship_server.runtime import set_spinning
+
+    options = ort.SessionOptions()  # cand.session_options(recipe) with the spinning under test
+    options.graph_optimization_level = cand.session_options(recipe).graph_optimization_level
+    options.intra_op_num_threads = recipe.intra_op_threads
+    set_spinning(options, setting != "off")
+    if setting == "run-only":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(path), options, providers=recipe.providers)
+
+
 def measure(settings: dict[str, dict], feed: dict, rounds: int, calls: int) -> dict[str, dict[str, np.ndarray]]:
     """Per setting and variant, a rounds x calls array of milliseconds. Each round runs every
-    variant in turn under one setting, then under the other (alternating which goes first), so
-    load that drifts during the run falls on both settings alike."""
+    variant in turn under each setting (rotating which goes first), so load that drifts during
+    the run falls on every setting alike."""
     for sessions in settings.values():
         for session in sessions.values():
             for _ in range(3):
@@ -40,7 +57,7 @@ def measure(settings: dict[str, dict], feed: dict, rounds: int, calls: int) -> d
     out: dict[str, dict[str, list[list[float]]]] = {s: {n: [] for n in sessions} for s, sessions in settings.items()}
     order = list(settings)
     for r in range(rounds):
-        for setting in order[r % 2:] + order[:r % 2]:
+        for setting in order[r % len(order):] + order[:r % len(order)]:
             for name, session in settings[setting].items():
                 durations = []
                 for _ in range(calls):
@@ -73,14 +90,14 @@ def main() -> int:
     print(f"{what}; building {len(VARIANTS)} variants", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: cand.build(recipes[name], model, Path(tmp), feeds[:16]) for name in VARIANTS}
-        print(f"{'variant':46s} {'spinning':8s} {'first calls (ms)':24s} {'steady (ms)':>11s}  first/steady")
-        settings = {label: {name: cand.open_session(recipes[name], files[name], spinning=label == "on")
-                            for name in VARIANTS} for label in ("on", "off")}
+        print(f"{'variant':46s} {'spinning':9s} {'first calls (ms)':24s} {'steady (ms)':>11s}  first/steady")
+        settings = {label: {name: _session(cand, recipes[name], files[name], label) for name in VARIANTS}
+                    for label in SETTINGS}
         for label, by_name in measure(settings, feeds[16], args.rounds, args.calls).items():
             for name, ms in by_name.items():
                 first = np.median(ms[:, :args.first], axis=0)
                 steady = float(np.median(ms[:, args.first:]))
-                print(f"{name:46s} {label:8s} {str(np.round(first, 1)):24s} {steady:11.2f}  "
+                print(f"{name:46s} {label:9s} {str(np.round(first, 1)):24s} {steady:11.2f}  "
                       f"{float(np.median(first)) / steady:.2f}x", flush=True)
     return 0
 

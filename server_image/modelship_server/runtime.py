@@ -129,6 +129,12 @@ def _with_options(short: str, config: mc.ModelConfig, options: RuntimeOptions):
     return full
 
 
+def set_spinning(so: ort.SessionOptions, spinning: bool) -> None:
+    """Whether ONNX Runtime's pool threads busy-wait for work between and within runs."""
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+
+
 def session_options(config: mc.ModelConfig, options: RuntimeOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     intra = config_parameter(config, "intra_op_thread_count")
@@ -140,9 +146,7 @@ def session_options(config: mc.ModelConfig, options: RuntimeOptions) -> ort.Sess
         level = _TRITON_GRAPH_LEVEL.get(config.optimization.graph.level, "all")
     so.graph_optimization_level = GRAPH_LEVELS[level]
     spin = config_parameter(config, "allow_spinning")
-    spinning = options.allow_spinning if spin is None else spin.strip().lower() in ("1", "true", "yes", "on")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    set_spinning(so, options.allow_spinning if spin is None else spin.strip().lower() in ("1", "true", "yes", "on"))
     so.log_severity_level = 3  # errors only: our own log says what matters
     return so
 

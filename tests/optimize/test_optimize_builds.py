@@ -94,10 +94,15 @@ def _alive(pid: int) -> bool:
         return stat.read().split(") ")[1][0] != "Z"
 
 
-def test_timed_sessions_do_not_spin():
-    # Timed side by side, a variant's busy-waiting pool threads would slow the next one.
-    recipe = cand.baseline_recipe()
-    assert cand.session_options(recipe, spinning=False).get_session_config_entry(
-        "session.intra_op.allow_spinning") == "0"
-    with pytest.raises(RuntimeError, match="does not have configuration"):  # served: ONNX Runtime's default
-        cand.session_options(recipe).get_session_config_entry("session.intra_op.allow_spinning")
+def test_variants_are_timed_with_the_servers_session_settings():
+    # modelship-server does not spin by default; the search times variants the same way, which
+    # also keeps one variant's idle pool threads off the cores of the next one it times.
+    from modelship_server import runtime
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    served = runtime.session_options(mc.ModelConfig(), runtime.RuntimeOptions())
+    timed = cand.session_options(cand.baseline_recipe())
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert timed.get_session_config_entry(key) == served.get_session_config_entry(key) == "0"
+    assert timed.graph_optimization_level == served.graph_optimization_level
+    assert timed.intra_op_num_threads == served.intra_op_num_threads == 0

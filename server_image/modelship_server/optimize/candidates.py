@@ -126,23 +126,24 @@ def baseline_recipe() -> Recipe:
     return Recipe(name="baseline", kind="baseline", graph_optimization_level="all")
 
 
-def session_options(recipe: Recipe, spinning: bool = True) -> ort.SessionOptions:
+def session_options(recipe: Recipe) -> ort.SessionOptions:
+    """The recipe's settings, otherwise as modelship-server runs a model: variants are timed as
+    they will be served. That includes no spinning (the server's default), which also keeps a
+    timed variant's idle pool threads off the cores of the next one: with spinning on, the first
+    calls after a switch ran 1.8-2.1x slower than steady ones on MiniLM on 2 cores, with it off
+    no slower (benchmarks/switch_cost.py)."""
+    from modelship_server.runtime import RuntimeOptions, set_spinning
+
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[recipe.graph_optimization_level]
     options.intra_op_num_threads = recipe.intra_op_threads
     options.log_severity_level = 3  # quantized graphs log harmless warnings
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    set_spinning(options, RuntimeOptions().allow_spinning)
     return options
 
 
-def open_session(recipe: Recipe, path: Path, spinning: bool = True) -> ort.InferenceSession:
-    """A session for the recipe's file. Sessions timed side by side need `spinning=False`: after
-    a call, ONNX Runtime's pool threads busy-wait for more work, and those of the variant timed
-    last would steal cores from the next one (measured on MiniLM, 2 cores: the first calls after
-    a switch ran 1.3-2x slower with spinning on, not at all slower with it off; steady calls the
-    same either way). A served model has no neighbour, so serving keeps the default."""
-    return ort.InferenceSession(str(path), session_options(recipe, spinning), providers=recipe.providers)
+def open_session(recipe: Recipe, path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(recipe), providers=recipe.providers)
 
 
 class _Reader:

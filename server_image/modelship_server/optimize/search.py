@@ -103,7 +103,7 @@ class _Search:
     def baseline(self, work: Path) -> None:
         recipe = cand.baseline_recipe()
         path = cand.build(recipe, self.model, work, [])
-        self.sessions["baseline"] = cand.open_session(recipe, path, spinning=False)
+        self.sessions["baseline"] = cand.open_session(recipe, path)
         self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
                                                                   self.clock)
         self.files["baseline"] = path
@@ -139,7 +139,7 @@ class _Search:
         try:
             if built.path is None:
                 raise BuildFailed(built.error or "no file")
-            session = cand.open_session(recipe, built.path, spinning=False)
+            session = cand.open_session(recipe, built.path)
             outputs, call_ms = _timed_run(session, self.validation, self.clock)
         except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
             detail = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {str(exc)[:200]}"
