@@ -146,6 +146,9 @@ def test_optimized_and_serving(cluster, model, dataset, service, tmp_path):  # n
     status = msvc["status"]
     optimization = status["optimization"]
     assert optimization["outcome"] == summary["outcome"] and optimization["sha256"] == summary["sha256"]
+    # what the gate judged on reaches status, so an SRE can tell real data from generated inputs
+    assert optimization["inputs"] == summary["inputs"] == report["input_source"]
+    assert optimization["gate"] == summary["gate"] == "cosine mean>=0.99 worst>=0.98"
     assert status["variant"] == summary["chosen"]
     optimized = condition(msvc, "Optimized")
     expected = {"optimized": ("True", "Succeeded"), "baseline": ("False", "NoFasterVariant"),

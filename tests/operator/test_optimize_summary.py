@@ -27,6 +27,7 @@ def summary(**changes: Any) -> dict[str, Any]:
                      "max_batch_size": 8, "dynamic_batching": True, "max_queue_delay_microseconds": 1000,
                      "concurrency": 4, "within_slo": True},
         "gate": "cosine mean>=0.99 worst>=0.98",
+        "inputs": "dataset /dataset/dataset.npz",
         "candidates": [["baseline", "kept", 1.0, 1.0, "the original"],
                        ["ort-all", "chosen", 1.42, 0.99999, "fastest passing"],
                        ["dynamic-int8", "rejected", 2.1, 0.93, "gate: mean 0.93 < 0.99"]],
@@ -58,6 +59,7 @@ def test_a_success_summary_parses_with_every_figure() -> None:
     (json.dumps(summary(apply_args=["--apply-recipe", "{}", "--expect-sha256", "cd" * 32])),
      "apply_args must pass --expect-sha256 " + VARIANT_SHA),
     (json.dumps(summary(speedup="fast")), "speedup must be a non-negative number; got 'fast'"),
+    (json.dumps(summary(inputs=["x.npz"])), "inputs must be a string; got '[\"x.npz\"]'"),
     (json.dumps(summary(capacity={"requests_per_second": 1.0})), "capacity needs requests_per_second"),
     (json.dumps(summary(capacity={"requests_per_second": 1.0, "max_batch_size": 2.5,
                                   "max_queue_delay_microseconds": 0})), "capacity.max_batch_size must be a whole number"),
@@ -193,8 +195,20 @@ def test_optimized_serves_the_variant_with_the_measured_batching() -> None:
                         "speedup": 1.42, "spread": 0.031,
                         "capacity": {"requestsPerSecond": 812.0, "percentile": "p95", "latencyMilliseconds": 4.1,
                                      "sloMilliseconds": 50.0, "maxBatchSize": 8, "maxQueueDelayMicroseconds": 1000,
-                                     "concurrency": 4}}
+                                     "concurrency": 4},
+                        "gate": "cosine mean>=0.99 worst>=0.98", "inputs": "dataset /dataset/dataset.npz"}
+    assert "passed the gate (cosine mean>=0.99 worst>=0.98) on spec.optimization.dataset" in d.condition.message
     assert d.wait is None and d.finished
+
+
+def test_a_variant_judged_on_generated_inputs_says_so_and_how_to_use_real_data() -> None:
+    s = o.parse_summary(json.dumps(summary(inputs="generated (32 inputs, seed 0)")))
+    d = o.decide(msvc(), JOB, o.JobResult("succeeded", summary=s))
+    assert d.status["inputs"] == "generated (32 inputs, seed 0)"
+    assert "on inputs generated from the model's shapes (set spec.optimization.dataset" in d.condition.message
+    # an optimizer older than this field leaves it out: no claim either way
+    old = o.parse_summary(json.dumps({k: v for k, v in summary().items() if k != "inputs"}))
+    assert old.inputs == "" and "inputs" not in o.decide(msvc(), JOB, o.JobResult("succeeded", summary=old)).status
 
 
 def test_the_variants_session_threads_are_served_unless_the_spec_sets_them() -> None:

@@ -446,6 +446,8 @@ class OptimizationStatus(_Model):
     speedup: float | None = None
     spread: float | None = None
     capacity: CapacityStatus | None = None
+    gate: str | None = None
+    inputs: str | None = None
 
 
 class AutoscalingStatus(_Model):

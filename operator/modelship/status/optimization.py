@@ -92,6 +92,7 @@ class Summary:
     candidates: tuple[Candidate, ...]
     truncated: bool = False
     intra_op_threads: int | None = None  # the chosen variant's session threads; None: runtime default
+    inputs: str = ""  # what the gate judged on: "dataset <path>" or "generated (N inputs, seed S)"
 
 
 def parse_summary(text: str | None) -> Summary:
@@ -144,7 +145,15 @@ def parse_summary(text: str | None) -> Summary:
         candidates=tuple(_candidates(doc.get("candidates"))),
         truncated=bool(doc.get("truncated")),
         intra_op_threads=_session_threads(doc.get("session")),
+        inputs=_text(doc, "inputs"),
     )
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SummaryError(f"the optimize summary's {key} must be a string; got {_snippet(json.dumps(value))}")
+    return value or ""
 
 
 def _session_threads(raw: Any) -> int | None:
@@ -386,13 +395,15 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         "job": job_name, "outcome": summary.outcome, "variant": summary.chosen, "sha256": summary.sha256,
         "speedup": summary.speedup, "spread": summary.spread,
         "capacity": summary.capacity.wire() if summary.capacity is not None else None,
+        "gate": summary.gate or None, "inputs": summary.inputs or None,
     }.items() if v is not None}
     capacity = _capacity_sentence(summary.capacity)
     if summary.outcome == "optimized":
         speed = f"{summary.speedup:.2f}x the original's speed" if summary.speedup is not None else "faster than the original"
         spread = f" (run-to-run spread {summary.spread:.1%})" if summary.spread is not None else ""
+        judged = f"; it passed the gate ({summary.gate}) on {_inputs_phrase(summary.inputs)}" if summary.gate else ""
         condition = c.ConditionSpec(c.OPTIMIZED, c.TRUE, SUCCEEDED,
-                                    f"serving variant {summary.chosen}, {speed}{spread}{capacity}")
+                                    f"serving variant {summary.chosen}, {speed}{spread}{judged}{capacity}")
         try:
             artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching,
                                intra_op_threads=summary.intra_op_threads)
@@ -412,6 +423,15 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
                                     f"serving the original{capacity}")
         artifact = original(msvc.spec, batching=batching)
     return Decision(artifact=artifact, condition=condition, status=status, finished=True)
+
+
+def _inputs_phrase(inputs: str) -> str:
+    """The summary's inputs as a reader needs them: whether the gate saw real data."""
+    if inputs.startswith("dataset"):
+        return "spec.optimization.dataset"
+    if inputs.startswith("generated"):
+        return "inputs generated from the model's shapes (set spec.optimization.dataset to judge on real data)"
+    return inputs or "unrecorded inputs"
 
 
 def _explain(msvc: ModelService, detail: str) -> str:

@@ -118,6 +118,7 @@ def summary(report: Report, limit: int = SUMMARY_LIMIT) -> str:
         "gate": f"{report.gate.metric} mean>={report.gate.threshold_mean:g} worst>={report.gate.threshold_worst:g}"
         if report.gate.metric in ("cosine", "top1_agreement") else
         f"{report.gate.metric} mean<={report.gate.threshold_mean:g} worst<={report.gate.threshold_worst:g}",
+        "inputs": report.input_source[:160],
         "candidates": rows,
     }
     text = json.dumps(doc, separators=(",", ":"))
