@@ -51,7 +51,7 @@ def summary(outcome: str = "optimized") -> str:
         "apply_args": APPLY_ARGS if optimized else [],
         "capacity": {"requests_per_second": 812.0, "percentile": "p95", "latency_ms": 4.1, "slo_ms": 50.0,
                      "max_batch_size": 16, "max_queue_delay_microseconds": 400, "concurrency": 4},
-        "gate": "cosine mean>=0.99 worst>=0.98",
+        "gate": "cosine mean>=0.99 worst>=0.98", "inputs": "generated (32 inputs, seed 0)",
         "candidates": [["baseline", "kept", 1.0, 1.0, ""], ["ort-all", "chosen" if optimized else "kept", 1.42, 1.0, ""]],
     }, separators=(",", ":"))
 
@@ -149,11 +149,13 @@ def test_one_job_per_spec_rollout_waits_and_the_report_reaches_status(
         "job": second[0], "outcome": "optimized", "variant": "ort-all", "sha256": VARIANT_SHA, "speedup": 1.42,
         "spread": 0.031, "capacity": {"requestsPerSecond": 812.0, "percentile": "p95", "latencyMilliseconds": 4.1,
                                       "sloMilliseconds": 50.0, "maxBatchSize": 16, "maxQueueDelayMicroseconds": 400,
-                                      "concurrency": 4}}
+                                      "concurrency": 4},
+        "gate": "cosine mean>=0.99 worst>=0.98", "inputs": "generated (32 inputs, seed 0)"}
     assert done["variant"] == "ort-all"
     optimized = condition({"status": done}, "Optimized")
     assert (optimized["status"], optimized["reason"]) == ("True", "Succeeded")
     assert "ort-all" in optimized["message"] and "1.42x" in optimized["message"]
+    assert "inputs generated from the model's shapes" in optimized["message"]
     dep = wait_for(lambda: deployments(cluster, namespace, "opt"), timeout=30, what="the Deployment")[0]
     init = dep["spec"]["template"]["spec"]["initContainers"]
     assert [c["name"] for c in init] == ["fetch-model", "apply-variant"]
