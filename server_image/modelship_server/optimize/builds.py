@@ -4,7 +4,7 @@ Building a variant (graph rewrites, calibration, quantization) is mostly single-
 so one build at a time leaves the other cores idle for most of the search. Workers are spawned,
 not forked: the parent holds ONNX Runtime sessions with threads of their own, and a fork copies
 their locks in whatever state they happen to be. Builds that share an intermediate (the fused
-graph, the sensitivity ranking) coordinate through files in the work folder (candidates.py).
+graph, the sensitivity ranking) coordinate through files in the work folder (workfolder.py).
 """
 
 from __future__ import annotations
