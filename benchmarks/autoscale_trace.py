@@ -154,6 +154,18 @@ def builtin(capacity: float, interval: int = 2, window: int = 6) -> tuple[int, C
     return interval, decide_now
 
 
+def hpa_behavior(recommendations: collections.deque[tuple[float, int]], t: float, want: int, current: int,
+                 down_window: int) -> int:
+    """The HPA controller's default behaviour, which KEDA's HPA shares: scale up at most to
+    max(2x, +4) per step; scale down only to the highest recommendation of the last window."""
+    recommendations.append((t, want))
+    while recommendations and recommendations[0][0] < t - down_window:
+        recommendations.popleft()
+    if want > current:
+        return min(want, max(2 * current, current + 4))
+    return min(current, max(n for _, n in recommendations))
+
+
 def cpu_hpa(target: float = 0.6, sync: int = 15, cpu_window: int = 30, down_window: int = 300) -> tuple[int, Callable]:
     recommendations: collections.deque[tuple[float, int]] = collections.deque()
 
@@ -169,12 +181,7 @@ def cpu_hpa(target: float = 0.6, sync: int = 15, cpu_window: int = 30, down_wind
         else:
             want = math.ceil(ready * ratio)
         want = max(MIN_REPLICAS, min(MAX_REPLICAS, want))
-        recommendations.append((t, want))
-        while recommendations and recommendations[0][0] < t - down_window:
-            recommendations.popleft()
-        if want > current:
-            return min(want, max(2 * current, current + 4))
-        return min(current, max(n for _, n in recommendations))
+        return hpa_behavior(recommendations, t, want, current, down_window)
 
     return sync, decide_now
 
@@ -186,12 +193,7 @@ def keda(threshold: float, polling: int = 30, rate_window: int = 60, down_window
         recent = history[-rate_window:]
         rate = sum(s.served for s in recent) / len(recent)  # rate() of answered requests
         want = max(MIN_REPLICAS, min(MAX_REPLICAS, math.ceil(rate / threshold)))
-        recommendations.append((t, want))
-        while recommendations and recommendations[0][0] < t - down_window:
-            recommendations.popleft()
-        if want > current:
-            return min(want, max(2 * current, current + 4))
-        return min(current, max(n for _, n in recommendations))
+        return hpa_behavior(recommendations, t, want, current, down_window)
 
     return polling, decide_now
 

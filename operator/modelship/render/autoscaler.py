@@ -87,27 +87,19 @@ def render_hpa(msvc: ModelService, *, measured_capacity: float | None = None) ->
     autoscaling = msvc.spec.autoscaling
     if not (autoscaling.enabled and autoscaling.engine == "hpa"):
         return None
-    name = names.deployment(msvc.metadata.name)
-    return {
-        "apiVersion": HPA_API_VERSION,
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": name, "namespace": msvc.metadata.namespace,
-                     "labels": names.labels(msvc.metadata.name, msvc.spec.runtime)},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            # 0 needs the HPAScaleToZero feature gate; the HPA engine starts at 1.
-            "minReplicas": max(1, autoscaling.min_replicas),
-            "maxReplicas": autoscaling.max_replicas,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": POD_METRIC},
-                    "target": {"type": "AverageValue", "averageValue": quantity(target_per_pod(msvc, measured_capacity))},
-                },
-            }],
-            "behavior": behavior(msvc),
-        },
-    }
+    return _scaler(msvc, HPA_API_VERSION, "HorizontalPodAutoscaler", {
+        # 0 needs the HPAScaleToZero feature gate; the HPA engine starts at 1.
+        "minReplicas": max(1, autoscaling.min_replicas),
+        "maxReplicas": autoscaling.max_replicas,
+        "metrics": [{
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": POD_METRIC},
+                "target": {"type": "AverageValue", "averageValue": quantity(target_per_pod(msvc, measured_capacity))},
+            },
+        }],
+        "behavior": behavior(msvc),
+    })
 
 
 def render_scaled_object(msvc: ModelService, *, measured_capacity: float | None = None) -> dict[str, Any] | None:
@@ -116,27 +108,31 @@ def render_scaled_object(msvc: ModelService, *, measured_capacity: float | None 
         return None
     if autoscaling.prometheus is None:  # the API refuses this spec; render cannot invent a server
         raise ValueError("spec.autoscaling.prometheus.url is required for engine keda")
+    return _scaler(msvc, KEDA_API_VERSION, "ScaledObject", {
+        "pollingInterval": 15,
+        "cooldownPeriod": max(autoscaling.scale_down_stabilization_seconds, 30),
+        "minReplicaCount": autoscaling.min_replicas,
+        "maxReplicaCount": autoscaling.max_replicas,
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(msvc)}},
+        "triggers": [{
+            "type": "prometheus",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": autoscaling.prometheus.url,
+                "query": demand_query(msvc),
+                "threshold": f"{target_per_pod(msvc, measured_capacity):g}",
+            },
+        }],
+    })
+
+
+def _scaler(msvc: ModelService, api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaler object named and labelled like the Deployment it scales, with `spec` after its target."""
     name = names.deployment(msvc.metadata.name)
     return {
-        "apiVersion": KEDA_API_VERSION,
-        "kind": "ScaledObject",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {"name": name, "namespace": msvc.metadata.namespace,
                      "labels": names.labels(msvc.metadata.name, msvc.spec.runtime)},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "pollingInterval": 15,
-            "cooldownPeriod": max(autoscaling.scale_down_stabilization_seconds, 30),
-            "minReplicaCount": autoscaling.min_replicas,
-            "maxReplicaCount": autoscaling.max_replicas,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(msvc)}},
-            "triggers": [{
-                "type": "prometheus",
-                "metricType": "AverageValue",
-                "metadata": {
-                    "serverAddress": autoscaling.prometheus.url,
-                    "query": demand_query(msvc),
-                    "threshold": f"{target_per_pod(msvc, measured_capacity):g}",
-                },
-            }],
-        },
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}, **spec},
     }
