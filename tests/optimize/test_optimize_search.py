@@ -225,3 +225,15 @@ def test_outcome(chosen, gates, outcome):
     rows += [Candidate(name=f"v{i}", status="kept" if p else "rejected", reason="r", gate=gate(p))
              for i, p in enumerate(gates)]
     assert outcome_of(chosen, rows) == outcome
+
+
+def test_the_original_kept_in_its_own_folder_is_left_as_it_is(tmp_path):
+    # --output may name the folder the original lives in; keeping the original then writes nothing
+    model = models.mlp()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    before = sha256_file(path)
+    feeds = generate(input_specs(model), 4, seed=1)
+    report = optimize(path, tmp_path, feeds[:2], feeds[2:], GateSpec(), input_source="generated", recipes=[],
+                      skipped=[], progress=io.StringIO(), **FAST)
+    assert report.chosen == "baseline" and report.output_sha256 == before == sha256_file(path)

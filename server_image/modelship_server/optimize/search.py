@@ -63,15 +63,11 @@ def choose(baseline: str, timings: dict[str, TimingStats], passed: set[str]) -> 
     return best, reasons
 
 
-def _run(session: ort.InferenceSession, feeds: list[Feed]) -> list[list[np.ndarray]]:
-    return [session.run(None, feed) for feed in feeds]
-
-
 def _timed_run(session: ort.InferenceSession, feeds: list[Feed],
                clock: Callable[[], float]) -> tuple[list[list[np.ndarray]], float]:
     """Outputs on every feed, and the mean milliseconds per call (the timing plan's estimate)."""
     t0 = clock()
-    outputs = _run(session, feeds)
+    outputs = [session.run(None, feed) for feed in feeds]
     return outputs, (clock() - t0) * 1000.0 / max(len(feeds), 1)
 
 
@@ -100,9 +96,9 @@ class _Search:
     def say(self, line: str) -> None:
         print(f"[optimize {self.clock() - self.start:6.1f}s] {line}", file=self.progress, flush=True)
 
-    def baseline(self, work: Path) -> None:
-        recipe = cand.baseline_recipe()
-        path = cand.build(recipe, self.model, work, [])
+    def baseline(self) -> None:
+        """The original file itself: no copy, it is only read (and copied out if it stays the choice)."""
+        recipe, path = cand.baseline_recipe(), self.model
         self.sessions["baseline"] = cand.open_session(recipe, path)
         self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
                                                                   self.clock)
@@ -217,7 +213,7 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
     with tempfile.TemporaryDirectory(prefix="modelship-optimize-") as tmp, \
             Builds(model, Path(tmp), calibration, workers) as builds:
         builds.start()  # workers start up while the baseline runs
-        search.baseline(Path(tmp))
+        search.baseline()
         search.say(f"baseline ready; {len(recipes)} candidates, budget {budget_seconds:g}s, {workers} build "
                    f"worker{'s' if workers > 1 else ''}")
         search.build_all(recipes, builds)
@@ -225,7 +221,8 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
             search.results[item.name] = Candidate(name=item.name, status="skipped", reason=item.reason)
         chosen, timings, rounds, calls = search.time_and_choose(rounds, calls)
         out = output_dir / "model.onnx"
-        shutil.copyfile(search.files[chosen], out)
+        if search.files[chosen].resolve() != out.resolve():  # --output may be the original's own folder
+            shutil.copyfile(search.files[chosen], out)
     search.say(f"chosen: {chosen}")
     # Builds finish in any order; the report lists candidates in the order they were proposed.
     results = search.results
