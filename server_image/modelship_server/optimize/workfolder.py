@@ -27,7 +27,11 @@ def locked(path: Path) -> Iterator[None]:
 
 def shared_file(workdir: Path, step: str, source: Path, make: Callable[[Path, Path], None]) -> Path:
     """`make(source, target)` done once per step, source file and work folder; the path of its result."""
-    target = workdir / f"{step}-{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}.onnx"
+    # Named after the source file's identity, not its bytes: hashing a large model once per
+    # recipe would read it again each time, and within one search a source does not change.
+    info = source.stat()
+    identity = f"{source.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+    target = workdir / f"{step}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.onnx"
     with locked(target):
         if not target.is_file():
             partial = target.with_name(f"{target.stem}.partial{target.suffix}")  # ORT picks the format by suffix
