@@ -122,3 +122,11 @@ def test_split_budget_reserves_the_capacity_sweep(budget, capacity, search):
 ])
 def test_capacity_gets_what_is_left_never_less_than_the_minimum(budget, elapsed, capacity, expected):
     assert capacity_seconds_left(budget, elapsed, capacity) == expected
+
+
+def test_build_workers_flag(tmp_path, model_file):
+    result = optimize("--model", str(model_file), "--output", str(tmp_path / "o"), "--build-workers", "1", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "1 build worker" in result.stderr  # built in this process, as on a 1-CPU pod
+    _bad_input(optimize("--model", str(model_file), "--output", str(tmp_path / "o"), "--build-workers", "0"),
+               "--build-workers must be at least 1; got 0")

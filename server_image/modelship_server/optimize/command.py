@@ -76,6 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="generated inputs when no --dataset is given (default: 32)")
     parser.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds (default: 7)")
     parser.add_argument("--timing-calls", type=int, default=10, help="calls per variant per round (default: 10)")
+    parser.add_argument("--build-workers", type=int, default=None, metavar="N",
+                        help="candidates built at once, each in its own process (default: one per usable CPU, "
+                             "as many as memory holds, at most 4; 1 builds in this process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default: 0)")
     parser.add_argument("--termination-log", type=Path,
                         help="write the compact JSON summary (<= 4 KiB) here, e.g. /dev/termination-log")
@@ -194,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
     quiet_quantizer()
     if args.slo_ms is not None and args.slo_ms <= 0:
         raise UsageError(f"--slo-ms must be a positive number of milliseconds; got {args.slo_ms:g}")
+    if args.build_workers is not None and args.build_workers < 1:
+        raise UsageError(f"--build-workers must be at least 1; got {args.build_workers}")
     if args.max_batch_size < 1:
         raise UsageError(f"--max-batch-size must be at least 1; got {args.max_batch_size}")
     model = _check_model(args.model, args.sha256)
@@ -208,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
     search_budget = split_budget(args.budget_seconds, args.capacity_seconds) - (time.monotonic() - started)
     report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
-                      budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls)
+                      budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls,
+                      workers=args.build_workers)
     if report.outcome == "optimized":
         report.apply_args = args_for(report.chosen_recipe, report.output_sha256, args.samples, args.seed,
                                      args.dataset)
