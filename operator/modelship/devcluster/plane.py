@@ -280,12 +280,10 @@ class ControlPlane:
         ports = {
             "etcd": _free_port(), "etcd-peer": _free_port(), "apiserver": apiserver_port or _free_port(),
             "controller-manager": _free_port(), "scheduler": _free_port(), "kwok": _free_port(),
-            "model-store": _free_port(),
         }
         server = f"https://127.0.0.1:{ports['apiserver']}"
         state = self.read_state()
-        state.update({"ports": ports, "server": server,
-                      "model_store_url": f"http://127.0.0.1:{ports['model-store']}/"})
+        state.update({"ports": ports, "server": server})
         self._write_state(state)
         kubeconfigs = {
             user: self._write_kubeconfig(
@@ -357,6 +355,12 @@ class ControlPlane:
             self._wait(deadline, name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure=True),
                        component=name)
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        # Picked now, not with the others: the model store starts last, tens of seconds later,
+        # and a port picked that early can be taken by then (seen once in a CI run).
+        ports["model-store"] = _free_port()
+        state = self.read_state()
+        state.update({"ports": ports, "model_store_url": f"http://127.0.0.1:{ports['model-store']}/"})
+        self._write_state(state)
         self._spawn("model-store", [f"--dir={self.models_dir}", f"--port={ports['model-store']}"])
         self._wait(deadline, "the model store", lambda: _http_ok(f"http://127.0.0.1:{ports['model-store']}/"),
                    component="model-store")
