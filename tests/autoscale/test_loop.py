@@ -17,10 +17,10 @@ import pytest
 
 from load import Load, body
 from modelship.autoscale.loop import Autoscaler
-from modelship.controller.kube import KubeClient
 from modelship.controller.main import prime
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
+from modelship.kube.client import KubeClient
 from modelship_server import samples
 from test_signals import CONFIG, MODEL
 

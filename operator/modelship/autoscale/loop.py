@@ -29,8 +29,8 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
 from modelship.autoscale.decision import Decision, PodSignals, Snapshot, State, decide
 from modelship.autoscale.policy import capacity_of, policy_of
-from modelship.controller.kube import KubeClient, KubeError, object_path
-from modelship.controller.store import Key, Store
+from modelship.kube.cache import Key, Store
+from modelship.kube.client import KubeClient, KubeError, object_path
 from modelship.render import names
 from modelship.status import conditions as c
 

@@ -14,7 +14,7 @@ import kopf
 
 from modelship import api
 from modelship.controller.queue import WorkQueue
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
 from modelship.render.names import MANAGED_BY
 
 # (group, version, plural, kind) of every watched kind besides ModelService.

@@ -22,10 +22,10 @@ from modelship import api
 from modelship.autoscale.loop import Autoscaler
 from modelship.autoscale.metrics import OperatorMetrics
 from modelship.controller import handlers
-from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
+from modelship.kube.client import KubeClient, KubeError
 from modelship.render import AUTOSCALER_KINDS
 from modelship.render.names import MANAGED_BY
 

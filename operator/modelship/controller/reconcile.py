@@ -28,8 +28,8 @@ import pydantic
 
 from modelship import api
 from modelship.api.v1alpha1 import ModelService
-from modelship.controller.kube import KubeClient, KubeError
-from modelship.controller.store import Key, Store
+from modelship.kube.cache import Key, Store
+from modelship.kube.client import KubeClient, KubeError
 from modelship.render import Rendered, names, render_children
 from modelship.render.autoscaler import measured_capacity
 from modelship.render.artifact import ORIGINAL, original

@@ -1,0 +1,8 @@
+"""Talking to the API server and remembering what it said, below every other operator layer.
+
+    client   the only module that calls the API server (apply, delete, status, scale, events, list)
+    cache    what exists, fed by watch events; read by the reconciler and the autoscaler
+    objects  pure helpers on object bodies: controlled-by, owner references, Event bodies
+
+The controller and the autoscaler both use these; neither reaches into the other for them.
+"""
