@@ -24,13 +24,13 @@ from typing import Any, Callable, Mapping
 
 import pydantic
 
-from modelship import api
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
 from modelship.autoscale.decision import Decision, PodSignals, Snapshot, State, decide
 from modelship.autoscale.policy import capacity_of, policy_of
 from modelship.kube.cache import Key, Store
-from modelship.kube.client import KubeClient, KubeError, object_path
+from modelship.kube import objects
+from modelship.kube.client import KubeClient, KubeError
 from modelship.render import names
 from modelship.status import conditions as c
 
@@ -210,7 +210,7 @@ class Autoscaler:
                     slo_milliseconds=msvc.spec.slo.latency_milliseconds if msvc.spec.slo else None,
                     max_replicas=policy.max_replicas)
         old = self.views.get(key)
-        if deployment is None or not _controlled_by(deployment, msvc.metadata.uid):
+        if deployment is None or not objects.controlled_by(deployment, msvc.metadata.uid):
             self._publish(key, report.View(reason="waiting for the Deployment", **base))
             return interval
         current = int((deployment.get("spec") or {}).get("replicas", 1))
@@ -290,34 +290,17 @@ class Autoscaler:
 
     async def _scale(self, msvc: ModelService, replicas: int) -> None:
         """Set the Deployment's replicas through its scale subresource, as field manager modelship."""
-        path = object_path("apps/v1", "Deployment", msvc.metadata.namespace, names.deployment(msvc.metadata.name))
-        # KubeClient has no scale verb; its generic call keeps the accounting and error mapping.
-        await self.kube._call("scale", "PATCH", path + "/scale", body={"spec": {"replicas": replicas}},
-                              content_type="application/merge-patch+json",
-                              query={"fieldManager": api.FIELD_MANAGER})
+        await self.kube.scale("apps/v1", "Deployment", msvc.metadata.namespace,
+                              names.deployment(msvc.metadata.name), replicas)
 
     async def _event(self, body: Mapping[str, Any], old: int, decision: Decision) -> None:
         meta = body.get("metadata") or {}
-        now = _rfc3339(self.clock())
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta.get("name"),
-                               "namespace": meta.get("namespace"), "uid": meta.get("uid")},
-            "type": "Normal",
-            "reason": SCALED_UP if decision.desired > old else SCALED_DOWN,
-            "message": f"{old} -> {decision.desired} replicas: {decision.reason}"[:1024],
-            "source": {"component": "modelship-autoscaler"},
-            "reportingComponent": "modelship.dev/autoscaler",
-            "reportingInstance": "modelship",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
+        event = objects.event(
+            body, reason=SCALED_UP if decision.desired > old else SCALED_DOWN,
+            message=f"{old} -> {decision.desired} replicas: {decision.reason}", now=_rfc3339(self.clock()),
+            component="modelship-autoscaler", reporting_component="modelship.dev/autoscaler",
+            reporting_instance="modelship")
         try:
             await self.kube.create_event(event)
         except KubeError as error:
             log.warning("cannot post Event for %s/%s: %s", meta.get("namespace"), meta.get("name"), error)
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    return any(ref.get("controller") and ref.get("uid") == uid
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])

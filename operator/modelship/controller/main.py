@@ -26,6 +26,7 @@ from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
 from modelship.kube.cache import Store
 from modelship.kube.client import KubeClient, KubeError
+from modelship.kube.kinds import PLURALS
 from modelship.render import AUTOSCALER_KINDS
 from modelship.render.names import MANAGED_BY
 
@@ -65,7 +66,8 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
                 store.upsert(kind, item)
     # HPAs and ScaledObjects are not watched (KEDA may not be installed: 404, skipped); one
     # LIST tells the reconciler which exist, so switching engines removes the old autoscaler.
-    for api_version, kind, plural in AUTOSCALER_KINDS:
+    for api_version, kind in AUTOSCALER_KINDS:
+        plural = PLURALS[(api_version, kind)]
         paths = [f"/apis/{api_version}/{plural}"] if not namespaces else [
             f"/apis/{api_version}/namespaces/{ns}/{plural}" for ns in namespaces]
         for path in paths:

@@ -26,9 +26,9 @@ from typing import Any, Callable, Mapping
 
 import pydantic
 
-from modelship import api
 from modelship.api.v1alpha1 import ModelService
 from modelship.kube.cache import Key, Store
+from modelship.kube import objects
 from modelship.kube.client import KubeClient, KubeError
 from modelship.render import Rendered, names, render_children
 from modelship.render.autoscaler import measured_capacity
@@ -137,7 +137,7 @@ class Reconciler:
     async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
         """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""
         uid = msvc.metadata.uid
-        jobs = [j for j in self.store.children_of_kind(key, "Job") if _controlled_by(j, uid)]
+        jobs = [j for j in self.store.children_of_kind(key, "Job") if objects.controlled_by(j, uid)]
         if not msvc.spec.optimization.enabled:
             await self._delete_jobs(msvc, jobs)
             return optimization.disabled(msvc)
@@ -148,7 +148,7 @@ class Reconciler:
             log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
             job = await self.kube.apply(job)
             self.store.upsert("Job", job, own_write=True)
-        elif not _controlled_by(job, uid):
+        elif not objects.controlled_by(job, uid):
             job = None  # of an earlier ModelService of this name: the garbage collector takes it
         result = optimization.observe(job, self.store.job_pods(key), now=self.clock())
         decision = optimization.decide(msvc, name, result)
@@ -190,7 +190,7 @@ class Reconciler:
                 continue
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
-            if live is None or _hash(live) != want or not _controlled_by(live, uid) or _drifted(obj, live):
+            if live is None or _hash(live) != want or not objects.controlled_by(live, uid) or _drifted(obj, live):
                 stale.append(obj)
         # The ConfigMap first, so new pods find the config they mount; the rest at once.
         first = [o for o in stale if o["kind"] == "ConfigMap"]
@@ -202,7 +202,7 @@ class Reconciler:
                 raise errors[0]
         for ref in [*rendered.absent, *rendered.absent_autoscalers]:
             live = self.store.child(key, ref.kind, ref.name)
-            if live is not None and _controlled_by(live, uid):
+            if live is not None and objects.controlled_by(live, uid):
                 log.info("deleting %s %s/%s (no longer wanted)", ref.kind, msvc.metadata.namespace, ref.name)
                 await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
                 self.store.remove(ref.kind, live)
@@ -246,29 +246,13 @@ class Reconciler:
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
         """One Event per condition transition, shown by `kubectl describe msvc`."""
         meta = msvc["metadata"]
-        now = self.clock()
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
             transition.type == c.DEGRADED and transition.new_status == c.TRUE
         )
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": "Warning" if bad and transition.warning else "Normal",
-            "reason": transition.reason,
-            "message": f"{transition.type}={transition.new_status}: {transition.message}"[:1024],
-            "source": {"component": "modelship"},
-            "reportingComponent": "modelship.dev/operator",
-            "reportingInstance": self.reporting_instance[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        event = objects.event(
+            msvc, reason=transition.reason, message=f"{transition.type}={transition.new_status}: {transition.message}",
+            now=self.clock(), component="modelship", reporting_component="modelship.dev/operator",
+            reporting_instance=self.reporting_instance, warning=bad and transition.warning)
         try:
             await self.kube.create_event(event)
         except KubeError as error:  # an Event is a courtesy; never fail a reconcile over one
@@ -284,7 +268,7 @@ def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
 
 
 def _served_variant(deployment: Mapping[str, Any] | None, uid: str | None) -> str | None:
-    if deployment is None or not _controlled_by(deployment, uid):
+    if deployment is None or not objects.controlled_by(deployment, uid):
         return None
     annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     return annotations.get(names.VARIANT_ANNOTATION, ORIGINAL)
@@ -304,10 +288,3 @@ def _hash_of(rendered: Rendered, kind: str) -> str | None:
         if obj["kind"] == kind:
             return _hash(obj)
     return None
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("uid") == uid:
-            return True
-    return False
