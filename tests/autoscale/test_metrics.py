@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelship.autoscale.decision import PodSignals, Policy, Snapshot, State, decide
-from modelship.autoscale.metrics import OperatorMetrics
+from modelship.controller.metrics import OperatorMetrics
 
 NAMES = {
     "modelship_operator_reconcile_duration_seconds", "modelship_operator_reconcile_errors",

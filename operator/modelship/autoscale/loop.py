@@ -20,23 +20,33 @@ import contextlib
 import datetime
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import pydantic
 
+from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
-from modelship.autoscale.decision import Decision, PodSignals, Snapshot, State, decide
-from modelship.autoscale.policy import capacity_of, policy_of
+from modelship.autoscale.decision import Decision, PodSignals, Policy, Snapshot, State, decide
+from modelship.autoscale.policy import policy_of
 from modelship.kube.cache import Key, Store
 from modelship.kube import objects
 from modelship.kube.client import KubeClient, KubeError
 from modelship.render import names
+from modelship.render.capacity import capacity_of
 from modelship.status import conditions as c
 
 log = logging.getLogger("modelship.autoscale")
 
 SCALED_UP, SCALED_DOWN = "ScaledUp", "ScaledDown"
+
+
+class DecisionMetrics(Protocol):
+    """What the loop reports to the operator's metrics (controller/metrics.py)."""
+
+    def observe_decision(self, key: Key, decision: Decision, policy: Policy) -> None: ...
+
+    def forget(self, key: Key) -> None: ...
 
 
 def builtin_enabled(msvc: ModelService) -> bool:
@@ -78,8 +88,8 @@ class Autoscaler:
 
     def __init__(self, *, kube: KubeClient, store: Store, wake: Callable[[Key], None],
                  clock: Callable[[], float] = time.time, interval_seconds: float | None = None,
-                 prometheus_url: str | None = None, metrics: Any = None,
-                 scrape_port: int = signals.METRICS_PORT, scrape_timeout: float = 1.0) -> None:
+                 prometheus_url: str | None = None, metrics: DecisionMetrics | None = None,
+                 scrape_port: int = contracts.METRICS_PORT, scrape_timeout: float = 1.0) -> None:
         self.kube, self.store, self.wake, self.clock = kube, store, wake, clock
         self.interval_override = interval_seconds
         self.prometheus_url = prometheus_url

@@ -20,8 +20,8 @@ import kopf
 
 from modelship import api
 from modelship.autoscale.loop import Autoscaler
-from modelship.autoscale.metrics import OperatorMetrics
 from modelship.controller import handlers
+from modelship.controller.metrics import OperatorMetrics
 from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
 from modelship.kube.cache import Store

@@ -31,7 +31,7 @@ from modelship.kube.cache import Key, Store
 from modelship.kube import objects
 from modelship.kube.client import KubeClient, KubeError
 from modelship.render import Rendered, names, render_children
-from modelship.render.autoscaler import measured_capacity
+from modelship.render.capacity import measured_capacity
 from modelship.render.artifact import ORIGINAL, original
 from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c

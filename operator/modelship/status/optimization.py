@@ -14,15 +14,14 @@ import dataclasses
 import datetime
 import json
 import re
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, cast
 
 from modelship.api.v1alpha1 import ModelService
+from modelship.contracts import OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
 from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
 from modelship.status import conditions as c
 from modelship.status.diagnosis import diagnose_pod
 
-SCHEMA = "modelship.dev/optimize-report/v1"
-OUTCOMES = ("optimized", "baseline", "accuracy_gate_failed")
 CONTAINER = "optimize"
 # A Job may report Complete a moment before the watch delivers its pod's final status.
 SUMMARY_GRACE_SECONDS = 60
@@ -102,20 +101,23 @@ def parse_summary(text: str | None) -> Summary:
         raise SummaryError("the optimize container left no summary (its termination message is empty)")
     text = text.strip()
     try:
-        doc = json.loads(text)
+        parsed = json.loads(text)
     except ValueError as error:
         size = len(text.encode())
         if text.startswith("{") and not text.endswith("}"):
             raise SummaryError(f"the optimize summary is cut off after {size} bytes") from None
         raise SummaryError(f"the optimize summary is not JSON ({error.msg} at character {error.pos}): "
                            f"{_snippet(text)}") from None
-    if not isinstance(doc, dict):
-        raise SummaryError(f"the optimize summary must be a JSON object; got {type(doc).__name__}: {_snippet(text)}")
-    if doc.get("schema") != SCHEMA:
-        raise SummaryError(f"the optimize summary has schema {doc.get('schema')!r}; this operator reads {SCHEMA}")
+    if not isinstance(parsed, dict):
+        raise SummaryError(f"the optimize summary must be a JSON object; got {type(parsed).__name__}: {_snippet(text)}")
+    # The keys are the contract's (mypy checks each one read here); the values are checked below.
+    doc = cast(OptimizeSummary, parsed)
+    if doc.get("schema") != SUMMARY_SCHEMA:
+        raise SummaryError(f"the optimize summary has schema {doc.get('schema')!r}; this operator reads {SUMMARY_SCHEMA}")
     outcome = doc.get("outcome")
-    if outcome not in OUTCOMES:
-        raise SummaryError(f"the optimize summary's outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
+    if outcome not in OPTIMIZE_OUTCOMES:
+        raise SummaryError(f"the optimize summary's outcome must be one of {', '.join(OPTIMIZE_OUTCOMES)}; "
+                           f"got {outcome!r}")
     chosen = doc.get("chosen")
     if not isinstance(chosen, str) or not chosen:
         raise SummaryError(f"the optimize summary's chosen must name a variant; got {chosen!r}")

@@ -11,13 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from modelship.contracts import SUMMARY_LIMIT, SUMMARY_SCHEMA, OptimizeSummary
+
 from .candidates import Recipe
 from .capacity import Capacity
 from .gate import GateResult, GateSpec
 from .timing import TimingStats
 
-SCHEMA_VERSION = "modelship.dev/optimize-report/v1"
-SUMMARY_LIMIT = 4096
+SCHEMA_VERSION = SUMMARY_SCHEMA  # the full report's schema is the summary's
 
 Status = Literal["chosen", "kept", "rejected", "skipped"]
 # optimized: a variant beat the original; baseline: none did beyond the measured spread;
@@ -104,7 +105,7 @@ def summary(report: Report, limit: int = SUMMARY_LIMIT) -> str:
     rows = [[c.name, c.status, None if c.speedup is None else round(c.speedup, 3),
              None if c.gate is None else round(c.gate.mean, 5), c.reason[:120]] for c in report.candidates]
     cap = report.capacity
-    doc = {
+    doc: OptimizeSummary = {
         "schema": SCHEMA_VERSION,
         "outcome": report.outcome,
         "chosen": "original" if report.chosen == "baseline" else report.chosen,
