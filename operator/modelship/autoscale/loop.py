@@ -20,7 +20,7 @@ import contextlib
 import datetime
 import logging
 import time
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import pydantic
 
@@ -53,7 +53,7 @@ def builtin_enabled(msvc: ModelService) -> bool:
     return msvc.spec.autoscaling.enabled and msvc.spec.autoscaling.engine == "builtin"
 
 
-def pod_states(pods: list[Mapping[str, Any]]) -> list[signals.PodState]:
+def pod_states(pods: Sequence[Mapping[str, Any]]) -> list[signals.PodState]:
     """Serving pods as the decision sees them; terminating pods no longer take traffic."""
     out = []
     for pod in pods:
@@ -142,7 +142,7 @@ class Autoscaler:
 
     def sync(self) -> None:
         wanted = set()
-        for key in self.store.keys():
+        for key in self.store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             msvc = self._msvc(key)
             if msvc is not None and builtin_enabled(msvc):
                 wanted.add(key)
@@ -215,7 +215,7 @@ class Autoscaler:
         capacity = capacity_of(msvc, body.get("status"))
         policy = policy_of(msvc, capacity, interval_seconds=interval)
         deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
-        base = dict(engine="builtin", capacity_per_replica=capacity.requests_per_second,
+        base: dict[str, Any] = dict(engine="builtin", capacity_per_replica=capacity.requests_per_second,
                     capacity_source=capacity.source, percentile=policy.percentile,
                     slo_milliseconds=msvc.spec.slo.latency_milliseconds if msvc.spec.slo else None,
                     max_replicas=policy.max_replicas)
@@ -287,8 +287,8 @@ class Autoscaler:
                                           timeout=self.scrape_timeout, port=self.scrape_port)
         problem = None
         if errors:
-            name, error = next(iter(errors.items()))
-            problem = f"scrape of {name} failed: {error}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            name, reason = next(iter(errors.items()))
+            problem = f"scrape of {name} failed: {reason}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
         return signals.snapshot(pods, history), problem
 
     async def _client(self) -> Any:

@@ -119,7 +119,7 @@ async def fetch_snapshot(session: Any, source: PrometheusSource, *, model: str, 
             async with asyncio.timeout(source.timeout_seconds):
                 async with session.get(url, params={"query": query}) as response:
                     body = await response.json(content_type=None)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is this query's PrometheusError
             raise PrometheusError(f"{url}: query {name} failed: {type(error).__name__}: {error}") from None
         if body.get("status") != "success":
             raise PrometheusError(f"{url}: query {name} failed: {body.get('error') or body}")

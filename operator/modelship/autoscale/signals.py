@@ -230,7 +230,7 @@ async def scrape_all(session: Any, pods: Sequence[PodState], history: PodHistory
             return
         try:
             result = await scrape(session, url, model=model, at=clock(), timeout=timeout)
-        except Exception as error:  # any failure is a gap in this pod's metrics, never a crash
+        except Exception as error:  # noqa: BLE001 - any failure is a gap in this pod's metrics, never a crash
             history.failed(pod.name, clock())
             errors[pod.name] = f"{type(error).__name__}: {error}"
             return

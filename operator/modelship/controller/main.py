@@ -114,7 +114,7 @@ async def resync(store: Store, queue: WorkQueue, every: float) -> None:
     a Deployment's progress deadline): cheap, because reconciles without changes write nothing."""
     while True:
         await asyncio.sleep(every)
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             queue.add(key)
 
 
@@ -160,7 +160,7 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
         tasks.extend(asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers))
         tasks.append(asyncio.create_task(autoscaler.supervise()))
         tasks.append(asyncio.create_task(resync(store, queue, resync_seconds)))
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             queue.add(key)
         log.info("modelship operator started: %d ModelServices cached, %d workers", len(list(store.keys())), workers)
 

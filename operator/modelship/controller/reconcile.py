@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import pydantic
 
+from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
 from modelship.kube.cache import Key, Store
 from modelship.kube import objects
@@ -224,8 +225,6 @@ class Reconciler:
     async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
         """A spec the API server accepted but the operator cannot serve (its checks are
         stricter in places, e.g. URIs): say why in status; create nothing."""
-        from modelship.render_command import format_validation_error
-
         problems = format_validation_error(error)
         reason = ("InvalidModelURI" if any(p.startswith("spec.model.uri") for p in problems) else
                   "InvalidDatasetURI" if any(p.startswith("spec.optimization.dataset.uri") for p in problems) else

@@ -219,7 +219,7 @@ def _run_go(cmd: list[str], module: Path, env: dict[str, str], what: str, progre
     with subprocess.Popen(cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         output: list[str] = []
-        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+        reader = threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True)
         reader.start()
         while True:
             try:

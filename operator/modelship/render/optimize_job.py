@@ -127,7 +127,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     spec = msvc.spec
     labels = names.optimize_labels(msvc.metadata.name)
     dataset = spec.optimization.dataset
-    optimize = {
+    optimize: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.images.server,
         "imagePullPolicy": spec.images.pull_policy,

@@ -102,7 +102,7 @@ def parse_summary(text: str | None) -> Summary:
     text = text.strip()
     try:
         parsed = json.loads(text)
-    except ValueError as error:
+    except json.JSONDecodeError as error:
         size = len(text.encode())
         if text.startswith("{") and not text.endswith("}"):
             raise SummaryError(f"the optimize summary is cut off after {size} bytes") from None
@@ -110,7 +110,7 @@ def parse_summary(text: str | None) -> Summary:
                            f"{_snippet(text)}") from None
     if not isinstance(parsed, dict):
         raise SummaryError(f"the optimize summary must be a JSON object; got {type(parsed).__name__}: {_snippet(text)}")
-    # The keys are the contract's (mypy checks each one read here); the values are checked below.
+    # The keys are the contract's (mypy checks the writer's, modelship_server/optimize/report.py); values are checked here.
     doc = cast(OptimizeSummary, parsed)
     if doc.get("schema") != SUMMARY_SCHEMA:
         raise SummaryError(f"the optimize summary has schema {doc.get('schema')!r}; this operator reads {SUMMARY_SCHEMA}")
@@ -130,7 +130,7 @@ def parse_summary(text: str | None) -> Summary:
     if outcome == "optimized" and (not apply_args or sha256 is None):
         raise SummaryError(f"the optimize summary chose variant {chosen} but gives no apply_args and sha256 "
                            "to rebuild it in the serving pods")
-    if outcome == "optimized":
+    if outcome == "optimized" and sha256 is not None:
         expected = apply_args[apply_args.index("--expect-sha256") + 1:][:1] if "--expect-sha256" in apply_args else []
         if [e.lower() for e in expected] != [sha256.lower()]:
             raise SummaryError(f"the optimize summary's apply_args must pass --expect-sha256 {sha256.lower()} (its "
@@ -323,8 +323,10 @@ def _running(pod: Mapping[str, Any], name: str) -> bool:
 
 
 def _seconds_between(earlier: str, later: str) -> float:
+    def parse(stamp: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
     try:
-        parse = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
         return (parse(later) - parse(earlier)).total_seconds()
     except ValueError:
         return float("inf")

@@ -66,7 +66,7 @@ def outcome_of(chosen: str, candidates: list[Candidate]) -> Outcome:
     if chosen != "baseline":
         return "optimized"
     gated = [c for c in candidates if c.name != "baseline" and c.gate is not None]
-    if gated and not any(c.gate.passed for c in gated):
+    if gated and not any(c.gate is not None and c.gate.passed for c in gated):
         return "accuracy_gate_failed"
     return "baseline"
 
