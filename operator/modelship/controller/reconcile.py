@@ -56,9 +56,6 @@ class Reconciler:
     store: Store
     clock: Callable[[], str] = utc_now
     reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
-    # Seam for other components' conditions (e.g. ScalingLimited). Sees the validated
-    # ModelService and the cache; must be pure and cheap (called per reconcile).
-    extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
     # Seam for the autoscaler: status fields (autoscaling, latency; None removes) and
     # conditions (ScalingLimited, AutoscalerReady), so the reconciler stays the one status writer.
     # The third argument: kinds whose API is not installed (OPTIONAL_KINDS that answered 404).
@@ -124,13 +121,12 @@ class Reconciler:
         else:  # what the Deployment of an earlier spec serves, if there is one
             variant = _served_variant(deployment, msvc.metadata.uid)
         previous = self._previous(key, body)
-        extra = self.extra_conditions(msvc, self.store) if self.extra_conditions else []
         scaling_fields, scaling_conditions = self.extra_status(
             key, msvc, frozenset(self.unavailable.get(key, ()))) if self.extra_status else ({}, [])
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
-            extra_conditions=[decision.condition, *extra, *scaling_conditions], wait=decision.wait,
+            extra_conditions=[decision.condition, *scaling_conditions], wait=decision.wait,
             extra_fields={"optimization": decision.status, **scaling_fields},
         )
         await self._write_status(key, body, previous, status, transitions)

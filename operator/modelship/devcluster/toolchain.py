@@ -143,13 +143,6 @@ def _stamps(component: Component, version: str) -> list[str]:
     return [s.format(version=version, major=major, minor=minor) for s in component.stamps]
 
 
-def asset_dir(name: str, root: Path | None = None, cache: Path | None = None) -> Path:
-    """Where the data files of component `name` are kept (next to its binaries)."""
-    paths = binary_paths(root, cache)
-    component = next(c for c in COMPONENTS if c.module_dir == name)
-    return paths[component.binaries[0].name].parent / "assets"
-
-
 def binary_paths(root: Path | None = None, cache: Path | None = None) -> dict[str, Path]:
     """Where each binary is (or will be) once built; pure path arithmetic, no build."""
     root = root or tools_dir()
