@@ -30,3 +30,20 @@ def test_the_server_serves_on_the_contract_ports() -> None:
     args = build_parser().parse_args(["--model-repository", "/nonexistent"])
     assert (args.http_port, args.grpc_port, args.metrics_port) == (
         contracts.HTTP_PORT, contracts.GRPC_PORT, contracts.METRICS_PORT) == (8000, 8001, 8002)
+
+
+def test_every_outcome_the_server_counts_is_a_contract_label() -> None:
+    """The autoscaler sums DEMAND_OUTCOMES; an outcome the contract does not list would be
+    neither demand nor a known client mistake."""
+    from modelship import contracts
+    from modelship_server import errors
+
+    classes, queue = set(), [errors.ServingError]
+    while queue:
+        cls = queue.pop()
+        classes.add(cls)
+        queue.extend(cls.__subclasses__())
+    emitted = {cls.outcome for cls in classes} | {"success"}  # dataplane.py counts a success itself
+    assert emitted <= set(contracts.OUTCOMES), emitted - set(contracts.OUTCOMES)
+    assert set(contracts.DEMAND_OUTCOMES) <= set(contracts.OUTCOMES)
+    assert len(classes) > 5  # the server's error classes were found
