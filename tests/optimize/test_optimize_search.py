@@ -11,8 +11,6 @@ import onnxruntime as ort
 import pytest
 
 import models
-from modelship.contracts import OptimizeSummary
-from modelship.status.optimization import parse_summary
 from modelship_server.optimize import candidates as cand
 from modelship_server.optimize.gate import GateSpec
 from modelship_server.optimize.inputs import generate, input_specs
@@ -168,10 +166,6 @@ def test_summary_fits_a_termination_message(tmp_path):
     doc = json.loads(text)
     assert doc["chosen"] == ("original" if report.chosen == "baseline" else report.chosen)
     assert doc["sha256"] == report.output_sha256 and doc["outcome"] == report.outcome
-    # the keys are the contract's, and the operator reads this very text
-    assert set(doc) <= set(OptimizeSummary.__annotations__), set(doc) - set(OptimizeSummary.__annotations__)
-    read = parse_summary(text)
-    assert (read.outcome, read.chosen, read.sha256) == (doc["outcome"], doc["chosen"], doc["sha256"])
     # a report with many long-winded candidates still fits, and says it was cut
     many = report.model_copy(deep=True)
     many.candidates = [c.model_copy(update={"name": f"c{i}-" + "x" * 60, "reason": "r" * 500})
