@@ -109,4 +109,9 @@ def redact(uri: str) -> str:
 
 def redact_text(text: str) -> str:
     """`text` with every URI in it redacted (see `redact`)."""
-    return _URI_IN_TEXT.sub(lambda match: redact(match.group(0)), text)
+    def one(match: re.Match[str]) -> str:
+        uri = match.group(0)
+        bare = uri.rstrip(":,.;)]")  # the sentence's punctuation, not the URI's
+        return redact(bare) + uri[len(bare):]
+
+    return _URI_IN_TEXT.sub(one, text)

@@ -489,6 +489,39 @@ def test_a_local_fault_is_one_line_not_a_traceback(server: str, tmp_path: pathli
     assert message.startswith("FetchFailed: FileNotFoundError: ")
 
 
+# What the operator makes of it -----------------------------------------------------------------
+
+def _failed_init(name: str, code: int, message: str) -> dict[str, object]:
+    return {"metadata": {"name": "p"}, "status": {"initContainerStatuses": [
+        {"name": name, "state": {"terminated": {"exitCode": code, "message": message}}}]}}
+
+
+@pytest.mark.parametrize(("container", "outcome", "reason"), [
+    ("fetch-model", FetchOutcome.TOO_LARGE, "ModelTooLarge"),
+    ("fetch-model", FetchOutcome.REDIRECT_REFUSED, "ModelRedirectRefused"),
+    ("fetch-dataset", FetchOutcome.TOO_LARGE, "DatasetTooLarge"),
+    ("fetch-dataset", FetchOutcome.REDIRECT_REFUSED, "DatasetRedirectRefused"),
+])
+def test_status_names_the_new_reasons_and_quotes_uris_redacted(container: str, outcome: FetchOutcome,
+                                                               reason: str) -> None:
+    """Even a termination message that names a URI in clear (an older image) reaches status
+    redacted: the diagnosis redacts what it quotes."""
+    from modelship.status.diagnosis import diagnose
+
+    line = f"{outcome.reason}: http://user:{PASSWORD}@h/m.onnx?X-Amz-Signature={SIGNATURE}: it went wrong"
+    problem = diagnose([_failed_init(container, outcome.exit_code, line)])
+    assert problem is not None and problem.reason == reason
+    assert "http://REDACTED@h/m.onnx?REDACTED: it went wrong" in problem.message
+    assert PASSWORD not in problem.message and SIGNATURE not in problem.message
+
+
+def test_the_optimize_job_fails_at_once_on_every_permanent_fetch_failure() -> None:
+    from modelship.render.optimize_job import PERMANENT_FETCH_FAILURES
+
+    assert PERMANENT_FETCH_FAILURES == [10, 12, 13, 14, 15, 16]
+    assert FetchOutcome.UNREACHABLE.exit_code not in PERMANENT_FETCH_FAILURES  # the Job retries those
+
+
 # S3 ----------------------------------------------------------------------------------------------
 
 def test_s3_requests_are_signed_with_sigv4() -> None:
