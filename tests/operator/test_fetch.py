@@ -397,6 +397,32 @@ def test_a_slow_drip_ends_at_the_deadline(server: str, tmp_path: pathlib.Path) -
     assert "deadline passed after" in message
 
 
+def test_sigterm_mid_transfer_leaves_no_partial_file(server: str, tmp_path: pathlib.Path) -> None:
+    """The pod is deleted while the step downloads: it exits on SIGTERM and removes its temporary file."""
+    dest = tmp_path / "model.onnx"
+    partial = dest.with_name("model.onnx.partial")
+    process = subprocess.Popen([sys.executable, "-m", "modelship.fetch", f"--uri={server}/drip.onnx",
+                                f"--sha256={PAYLOAD_SHA}", f"--dest={dest}", f"--termination-log={tmp_path / 'log'}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):  # until the transfer has begun (the body drips for a minute)
+            if partial.exists():
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        assert partial.exists()
+        time.sleep(0.3)  # a few bytes into the body, not a timing assertion
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + 15, err
+    assert not partial.exists() and not dest.exists()
+    assert "Traceback" not in out + err
+
+
 def test_a_length_that_says_less_is_a_checksum_mismatch(server: str, tmp_path: pathlib.Path) -> None:
     code, message, _ = _fetch(tmp_path, f"{server}/short-length.onnx")
     assert code == FetchOutcome.CHECKSUM_MISMATCH.exit_code, message
