@@ -33,7 +33,7 @@ from modelship.fetch.outcomes import FetchError, FetchOutcome
 from modelship.fetch.sources import PVC_MOUNT, Deadline, open_source
 
 CHUNK = 1 << 20
-# 20 minutes: a 2 GiB model at under 2 MB/s; past it the kubelet restarts the step with its backoff
+# 20 minutes: enough for 2 GiB at 1.8 MB/s; past it the kubelet restarts the step with its backoff
 DEFAULT_DEADLINE_SECONDS = 1200.0
 DEFAULT_MAX_BYTES = 2 << 30  # protobuf's limit on one .onnx file; larger models need external data
 BACKOFF_FIRST_SECONDS = 1.0
