@@ -107,6 +107,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif path.startswith("/busy/"):  # 503 with Retry-After: 7 the first time
+            if _Handler.failures_left.get(path, 0) > 0:
+                _Handler.failures_left[path] -= 1
+                self._head(503, {"Retry-After": "7", "Content-Length": "0"})
+            else:
+                self._body(PAYLOAD)
         elif path.startswith("/flaky/"):
             left = _Handler.failures_left.get(path, 0)
             if left > 0:
@@ -391,6 +397,14 @@ def test_a_transfer_cut_twice_then_whole_succeeds(server: str, tmp_path: pathlib
     assert len(lines) == 2 and all("the body ended after 100 of 10000 bytes" in line for line in lines)
 
 
+def test_a_503_retry_after_is_honoured(server: str, tmp_path: pathlib.Path) -> None:
+    _Handler.failures_left["/busy/a.onnx"] = 1
+    waits: list[float] = []
+    size = fetch_main.fetch(uri=f"{server}/busy/a.onnx", sha256=PAYLOAD_SHA, dest=tmp_path / "m.onnx", env={},
+                            sleep=waits.append, log=lambda _line: None)
+    assert size == len(PAYLOAD) and waits == [7.0]
+
+
 def test_a_slow_drip_ends_at_the_deadline(server: str, tmp_path: pathlib.Path) -> None:
     code, message, _ = _fetch(tmp_path, f"{server}/drip.onnx", extra=["--deadline-seconds=1.5"])
     assert code == FetchOutcome.UNREACHABLE.exit_code, message
@@ -463,6 +477,7 @@ def test_unreachable_host_is_retried_until_the_deadline(tmp_path: pathlib.Path) 
 def test_retry_delays_back_off_and_stop_at_the_deadline() -> None:
     assert [fetch_main.retry_delay(n, 1000) for n in (1, 2, 3, 6, 7, 1000)] == [1, 2, 4, 30, 30, 30]
     assert fetch_main.retry_delay(3, 3.5) is None
+    assert fetch_main.retry_delay(1, 1000, at_least=12) == 12 and fetch_main.retry_delay(1, 10, at_least=12) is None
 
 
 # URIs and the PVC case ---------------------------------------------------------------------------

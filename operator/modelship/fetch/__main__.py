@@ -83,10 +83,12 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
-def retry_delay(attempt: int, left: float, *, jitter: float = 1.0) -> float | None:
-    """Seconds to wait after failed attempt `attempt` (1, 2, 4, ... up to 30, times `jitter`),
-    or None when the deadline's `left` seconds leave no room for another attempt."""
+def retry_delay(attempt: int, left: float, *, jitter: float = 1.0, at_least: float | None = None) -> float | None:
+    """Seconds to wait after failed attempt `attempt` (1, 2, 4, ... up to 30, times `jitter`,
+    and no less than a server's Retry-After `at_least`), or None when the deadline's `left`
+    seconds leave no room for another attempt."""
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(attempt - 1, 16) * jitter)
+    delay = max(delay, at_least or 0.0)
     return delay if delay < left else None
 
 
@@ -138,7 +140,8 @@ def fetch(
             except FetchError as error:
                 if error.outcome is not FetchOutcome.UNREACHABLE:
                     raise
-                delay = retry_delay(attempt, deadline.left(), jitter=random.uniform(0.8, 1.2))
+                delay = retry_delay(attempt, deadline.left(), jitter=random.uniform(0.8, 1.2),
+                                    at_least=error.retry_after)
                 if delay is None:
                     raise FetchError(FetchOutcome.UNREACHABLE,
                                      f"{error} (gave up after {attempt} attempt{'s' * (attempt > 1)}: "

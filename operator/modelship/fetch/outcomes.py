@@ -47,9 +47,10 @@ PERMANENT = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutc
 class FetchError(Exception):
     """A fetch failure with its outcome; the message is for humans and names the URI (redacted)."""
 
-    def __init__(self, outcome: FetchOutcome, message: str) -> None:
+    def __init__(self, outcome: FetchOutcome, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome
+        self.retry_after = retry_after  # seconds a 429 or 503 asked us to wait, if it said
 
     def termination_message(self) -> str:
         return redact_text(f"{self.outcome.reason}: {self}")[:4000]  # the kubelet keeps 4096 bytes at most

@@ -182,12 +182,20 @@ def _open_url(url: str, headers: dict[str, str], uri: ModelURI, *, deadline: Dea
             outcome = FetchOutcome.REDIRECT_REFUSED
         else:
             outcome = FetchOutcome.UNREACHABLE
-        raise FetchError(outcome, f"{uri.redacted}: HTTP {error.code} {error.reason}") from None
+        raise FetchError(outcome, f"{uri.redacted}: HTTP {error.code} {error.reason}",
+                         retry_after=retry_after(error.headers.get("Retry-After") if error.headers else None)) from None
     except urllib.error.URLError as error:
         raise FetchError(FetchOutcome.UNREACHABLE, f"{uri.redacted}: {error.reason}") from None
     except (OSError, http.client.HTTPException) as error:  # timeouts, resets, a garbled status line
         raise FetchError(FetchOutcome.UNREACHABLE, f"{uri.redacted}: {type(error).__name__}: {error}") from None
     return Source(response, _content_length(response.headers.get("Content-Length")))
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After in seconds (the HTTP-date form is rare for downloads and is ignored)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
 
 
 def _content_length(value: str | None) -> int | None:
