@@ -9,6 +9,8 @@ from typing import Any
 
 import pydantic
 
+from modelship.modeluri import redact_text
+
 
 def format_validation_error(error: pydantic.ValidationError) -> list[str]:
     """One line per problem: the field's wire path, what was wrong, and the value given."""
@@ -20,7 +22,7 @@ def format_validation_error(error: pydantic.ValidationError) -> list[str]:
         if problem.get("type") not in ("value_error", "missing") and "input" in problem:
             given = problem["input"]
             if not isinstance(given, (dict, list)):
-                line += f" (got {given!r})"
+                line += redact_text(f" (got {given!r})")  # a URI's userinfo or presigned query
         lines.append(line)
     return lines
 
