@@ -1,5 +1,5 @@
-"""Talking to the API server and remembering what it said, below every operator layer but
-the contracts (docs/architecture.md).
+"""Talking to the API server and remembering what it said: below the controller, the
+autoscaler, status, render and api, above only the contracts (docs/architecture.md).
 
     client   the only module that calls the API server (apply, delete, status, scale, events, list)
     cache    what exists, fed by watch events; read by the reconciler and the autoscaler
