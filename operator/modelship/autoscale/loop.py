@@ -29,8 +29,8 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
 from modelship.autoscale.decision import Decision, PodSignals, Policy, Snapshot, State, decide
 from modelship.autoscale.policy import policy_of
-from modelship.kube.cache import Key, Store
 from modelship.kube import objects
+from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.render import names
 from modelship.render.capacity import capacity_of

@@ -28,12 +28,12 @@ import pydantic
 
 from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
-from modelship.kube.cache import Key, Store
 from modelship.kube import objects
+from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.render import Rendered, names, render_children
-from modelship.render.capacity import measured_capacity
 from modelship.render.artifact import ORIGINAL, original
+from modelship.render.capacity import measured_capacity
 from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
 from modelship.status import optimization
