@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt_file = "json" if args.output_file.endswith(".json") else "csv"
     else:
         fmt_file = fmt
-    progress: Callable[[str], None] = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    progress: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
         target = _Target(url, args.protocol, args.model_name, args.model_version, args.batch_size,
                          dict(args.shape), args.input_data, not args.http_json)

@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
 from . import __version__
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
@@ -112,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("MODELSHIP_MODEL_REPOSITORY"),
                    help="folder of models in Triton's layout (required; env MODELSHIP_MODEL_REPOSITORY)")
     net = p.add_argument_group("network")
-    net.add_argument("--http-port", type=_port, default=8000, metavar="PORT", help="HTTP/REST port (default 8000)")
-    net.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
-    net.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT", help="Prometheus /metrics port (default 8002)")
+    net.add_argument("--http-port", type=_port, default=HTTP_PORT, metavar="PORT", help=f"HTTP/REST port (default {HTTP_PORT})")
+    net.add_argument("--grpc-port", type=_port, default=GRPC_PORT, metavar="PORT", help=f"gRPC port (default {GRPC_PORT})")
+    net.add_argument("--metrics-port", type=_port, default=METRICS_PORT, metavar="PORT",
+                     help=f"Prometheus /metrics port (default {METRICS_PORT})")
     # A node agent that gives each pod its own loopback address sets LISTEN_ENV (see
     # docs/dev-cluster.md); in a real pod it is unset and the server binds every interface.
     listen = os.environ.get(LISTEN_ENV) or "0.0.0.0"

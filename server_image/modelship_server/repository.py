@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -261,10 +260,6 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
         max_queue_size=queue.max_queue_size,
         default_timeout_s=queue.default_timeout_microseconds / 1e6,
     )
-
-
-def element_count(shape: list[int] | tuple[int, ...]) -> int:
-    return math.prod(shape)
 
 
 def config_parameter(config: mc.ModelConfig, key: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
 from .runtime import RuntimeOptions
 
 
@@ -12,11 +14,11 @@ from .runtime import RuntimeOptions
 class Settings:
     model_repository: Path
     http_address: str = "0.0.0.0"
-    http_port: int = 8000
+    http_port: int = HTTP_PORT
     grpc_address: str = "0.0.0.0"
-    grpc_port: int = 8001
+    grpc_port: int = GRPC_PORT
     metrics_address: str = "0.0.0.0"
-    metrics_port: int = 8002
+    metrics_port: int = METRICS_PORT
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True

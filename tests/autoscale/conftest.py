@@ -26,7 +26,7 @@ def kube(cluster):
     """The operator's KubeClient on the session's control plane, with the ModelService CRD."""
     import kubernetes
 
-    from modelship.controller.kube import KubeClient
+    from modelship.kube.client import KubeClient
 
     cluster.kubectl("apply", "--server-side", "-f", str(TESTS.parent / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")

@@ -17,7 +17,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale.loop import Autoscaler
 from modelship.controller.main import prime
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
 from modelship.render import render_children
 from modelship.render.autoscaler import quantity
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 from modelship.api.v1alpha1 import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS, ModelServiceSpec,
@@ -50,8 +51,8 @@ def effective_batching(spec: ModelServiceSpec, measured: MeasuredBatching | None
     return EffectiveBatching(size, delay if dynamic else 0, dynamic, preferred if dynamic else ())
 
 
-def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,  # noqa: ANN201 - ModelConfig
-                 intra_op_threads: int | None = None):
+def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,
+                 intra_op_threads: int | None = None) -> Any:  # tritonclient's ModelConfig (untyped protobuf)
     """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators, and the
     session threads (the spec's, else those the chosen variant was timed with)."""
     from tritonclient.grpc import model_config_pb2 as pb  # heavy; imported on use

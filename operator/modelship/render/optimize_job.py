@@ -25,6 +25,7 @@ from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.fetch import outcomes as fetch_outcomes
+from modelship.kube.objects import owner_reference
 from modelship.render import names, pod
 
 CONTAINER = "optimize"
@@ -122,12 +123,10 @@ def failure_rules(msvc: ModelService) -> list[dict[str, Any]]:
 def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     """The Job for `msvc`'s current spec, with labels and (when the ModelService has a uid)
     a controller ownerReference, so deleting the ModelService deletes its Jobs."""
-    from modelship.render import owner_reference  # the package imports this module
-
     spec = msvc.spec
     labels = names.optimize_labels(msvc.metadata.name)
     dataset = spec.optimization.dataset
-    optimize = {
+    optimize: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.images.server,
         "imagePullPolicy": spec.images.pull_policy,
@@ -157,7 +156,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     })
     metadata: dict[str, Any] = {"name": job_name(msvc), "namespace": msvc.metadata.namespace, "labels": labels}
     if msvc.metadata.uid:
-        metadata["ownerReferences"] = [owner_reference(msvc)]
+        metadata["ownerReferences"] = [owner_reference(msvc.metadata.name, msvc.metadata.uid)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
