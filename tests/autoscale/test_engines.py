@@ -140,7 +140,7 @@ def test_engines_on_the_api_server(cluster, kube) -> None:
             assert before["status"]["autoscaling"]["engine"] == "keda"
 
             cluster.kubectl("apply", "--server-side", "-f", str(KEDA_CRD))
-            cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+            cluster.wait_established("scaledobjects.keda.sh")
             reconciler._renders.clear()  # the resync's job: a later reconcile applies what is missing
             after = await reconcile(store, reconciler, "with-keda")
             ready = condition(after, "AutoscalerReady")

@@ -72,7 +72,7 @@ def dataset(cluster, model) -> dict[str, Any]:  # noqa: ANN001
 def operator_pod(cluster):  # noqa: ANN001, ANN201
     """The operator installed from its chart, watching only this module's namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     cluster.helm("upgrade", "--install", "modelship-e2e", str(REPO / "charts" / "modelship"),
                  "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
