@@ -249,9 +249,12 @@ def warm_up(model: ServedModel, sessions: list) -> None:
                 shapes = ", ".join(f"{n} {list(np.shape(a))}" for n, a in feeds.items())
                 source = "the config's model_warmup sample" if model.config.model_warmup else "generated inputs"
                 detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+                fix = ("" if model.config.model_warmup else
+                       "; give the model inputs it answers: model_warmup samples in config.pbtxt, or the typical "
+                       "shapes and values of its inputs where the deployment declares them")
                 raise ModelLoadError(
                     f"model {model.name!r} version {model.version}: warm-up inference failed on {source} "
-                    f"({shapes}): {detail}",
+                    f"({shapes}): {detail}{fix}",
                     reason=WARMUP_FAILED,
                 ) from None
 
