@@ -133,36 +133,6 @@ def slow(size: int = 512, repeats: int = 8, rows: int = 512) -> onnx.ModelProto:
     return model
 
 
-def recurrent_state(width: int = 64, hidden: int = 16) -> onnx.ModelProto:
-    """A voice-activity-style model that cannot batch: audio [N, width] FP32, a recurrent
-    state [2, N, hidden] FP32 (the batch on axis 1) and a scalar INT64 sample rate `sr` ->
-    prob [N, 1] and the next state [2, N, hidden]. prob = sigmoid(mean(audio) + mean(state)
-    + sr / 16000); the next state is tanh(state + mean(audio))."""
-    nodes = [
-        helper.make_node("ReduceMean", ["audio"], ["a"], axes=[1], keepdims=1),  # [N, 1]
-        helper.make_node("ReduceMean", ["state"], ["s0"], axes=[0, 2], keepdims=0),  # [N]
-        helper.make_node("Unsqueeze", ["s0", "one_axis"], ["s"]),  # [N, 1]
-        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["srf", "rate"], ["r"]),
-        helper.make_node("Add", ["a", "s"], ["as"]),
-        helper.make_node("Add", ["as", "r"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["prob"]),
-        helper.make_node("Add", ["state", "a"], ["sa"]),  # [2, N, H] + [N, 1]
-        helper.make_node("Tanh", ["sa"], ["stateN"]),
-    ]
-    return _model(
-        nodes,
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", width]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", hidden]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "N", hidden])],
-        [numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
-         numpy_helper.from_array(np.array(16000.0, np.float32), "rate")],
-        "recurrent_state",
-    )
-
-
 def never_answers(width: int = 4) -> onnx.ModelProto:
     """A model that loads but fails every inference (a Gather past the end of axis 1): what a
     server must never call Ready. x [N, width] FP32 -> y [N, 1]."""

@@ -1,9 +1,8 @@
 """Batching follows the model, and Ready means the model answers (issue 12, Build 1 and 2).
 
-On the real server with real tritonclient: a model whose state has the batch on axis 1 and a
-scalar input loads with batching off and answers over HTTP (binary and JSON) and gRPC, equal
-to ONNX Runtime run directly; a config that states batching against it is a load failure that
-names the tensor and its dims; a model that cannot answer its own warm-up is not ready, and
+On the real server with real tritonclient: a config that states batching against a model
+whose state has the batch on axis 1 (the corpus's VAD) is a load failure that names the tensor
+and its dims (that it serves with batching off, on every protocol, is in test_corpus_serving); a model that cannot answer its own warm-up is not ready, and
 the reason reaches the termination log the operator reads. The pure parts (the rule, the
 fit-config step's decision) are tested on their own below.
 """
@@ -14,24 +13,22 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+import corpus
 from modelship_server import batchability, fit_config, samples
 
 STATE = batchability.Tensor
 
 
-def vad_feeds(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"audio": rng.standard_normal((batch, 64)).astype(np.float32),
-            "state": rng.standard_normal((2, batch, 16)).astype(np.float32),
-            "sr": np.array(16000, np.int64)}
+def vad():  # noqa: ANN201
+    """The corpus's Silero-VAD-shaped model: state [2, batch, 128], scalar int64 sr."""
+    import onnx
+
+    return onnx.load(str(corpus.MODELS["vad-state"].path()))
 
 
 # --- the rule ------------------------------------------------------------------------------
@@ -64,8 +61,8 @@ platform: "onnxruntime_onnx"
 max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 1000 }
 """
-VAD_TENSORS = [STATE("audio", "input", (-1, 64)), STATE("state", "input", (2, -1, 16)), STATE("sr", "input", ()),
-               STATE("prob", "output", (-1, 1)), STATE("stateN", "output", (2, -1, 16))]
+VAD_TENSORS = [STATE("audio", "input", (-1, 64)), STATE("state", "input", (2, -1, 128)), STATE("sr", "input", ()),
+               STATE("prob", "output", (-1, 1)), STATE("stateN", "output", (2, -1, 128))]
 
 
 def _config(text: str) -> mc.ModelConfig:
@@ -78,7 +75,7 @@ def test_auto_turns_batching_off_for_a_model_that_cannot_batch_and_says_why():
     assert decided.config is not None
     assert decided.config.max_batch_size == 0 and not decided.config.HasField("dynamic_batching")
     assert decided.config.name == "vad"  # the rest is kept
-    assert decided.line == ("ModelNotBatchable: input 'state' has dims [2, -1, 16]: its first dimension is fixed at 2, "
+    assert decided.line == ("ModelNotBatchable: input 'state' has dims [2, -1, 128]: its first dimension is fixed at 2, "
                             "not a variable batch dimension; max_batch_size 8 -> 0, requests run one at a time")
 
 
@@ -86,7 +83,7 @@ def test_required_refuses_a_model_that_cannot_batch_with_the_field_to_change():
     decided = fit_config.fit(_config(RENDERED), VAD_TENSORS, mode=fit_config.REQUIRED)
     assert decided.exit_code == fit_config.EXIT_REFUSED and decided.config is None
     assert decided.line.startswith("BatchingNotSupported: spec.batching asks the server to batch up to 8 requests, "
-                                   "but the model cannot batch: input 'state' has dims [2, -1, 16]")
+                                   "but the model cannot batch: input 'state' has dims [2, -1, 128]")
     assert "spec.batching.enabled: false" in decided.line
 
 
@@ -101,7 +98,7 @@ def test_a_batchable_model_keeps_its_config(mode):
 def test_batching_already_off_is_kept_and_the_model_reason_still_reported():
     decided = fit_config.fit(_config('name: "vad"\nmax_batch_size: 0\n'), VAD_TENSORS, mode=fit_config.AUTO)
     assert decided.config is None and decided.exit_code == 0
-    assert decided.line.startswith("ModelNotBatchable: input 'state' has dims [2, -1, 16]")
+    assert decided.line.startswith("ModelNotBatchable: input 'state' has dims [2, -1, 128]")
 
 
 def test_only_served_outputs_count():
@@ -112,13 +109,13 @@ def test_only_served_outputs_count():
 
 
 def test_the_step_rewrites_config_pbtxt_from_the_real_model_and_the_server_then_serves_it(tmp_path):
-    folder = samples.write_model(tmp_path, "vad", samples.recurrent_state(), RENDERED)
+    folder = samples.write_model(tmp_path, "vad", vad(), RENDERED)
     log = tmp_path / "termination-log"
     r = subprocess.run([sys.executable, "-m", "modelship_server.fit_config", f"--config={folder}/config.pbtxt",
                         f"--model={folder}/1/model.onnx", "--batching=auto", f"--termination-log={log}"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert log.read_text().startswith("ModelNotBatchable: input 'state' has dims [2, -1, 16]")
+    assert log.read_text().startswith("ModelNotBatchable: input 'state' has dims [2, -1, 128]")
     fitted = _config((folder / "config.pbtxt").read_text())
     assert fitted.max_batch_size == 0 and not fitted.HasField("dynamic_batching")
     r = subprocess.run([sys.executable, "-m", "modelship_server.fit_config", f"--config={folder}/config.pbtxt",
@@ -128,7 +125,7 @@ def test_the_step_rewrites_config_pbtxt_from_the_real_model_and_the_server_then_
 
 
 def test_the_step_refuses_an_explicit_batching_and_leaves_the_config(tmp_path):
-    folder = samples.write_model(tmp_path, "vad", samples.recurrent_state(), RENDERED)
+    folder = samples.write_model(tmp_path, "vad", vad(), RENDERED)
     log = tmp_path / "termination-log"
     r = subprocess.run([sys.executable, "-m", "modelship_server.fit_config", f"--config={folder}/config.pbtxt",
                         f"--model={folder}/1/model.onnx", "--batching=required", f"--termination-log={log}"],
@@ -141,63 +138,8 @@ def test_the_step_refuses_an_explicit_batching_and_leaves_the_config(tmp_path):
 
 # --- the real server -----------------------------------------------------------------------
 
-def _ort(model_path, feeds):
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-
-
-def _http_infer(url, model, feeds, outputs, *, binary):
-    c = httpclient.InferenceServerClient(url)
-    try:
-        inputs = []
-        for name, a in feeds.items():
-            i = httpclient.InferInput(name, list(a.shape), "INT64" if a.dtype == np.int64 else "FP32")
-            i.set_data_from_numpy(a, binary_data=binary)
-            inputs.append(i)
-        res = c.infer(model, inputs, outputs=[httpclient.InferRequestedOutput(o, binary_data=binary) for o in outputs])
-        return {o: res.as_numpy(o) for o in outputs}
-    finally:
-        c.close()
-
-
-def _grpc_infer(url, model, feeds, outputs):
-    c = grpcclient.InferenceServerClient(url)
-    try:
-        inputs = []
-        for name, a in feeds.items():
-            i = grpcclient.InferInput(name, list(a.shape), "INT64" if a.dtype == np.int64 else "FP32")
-            i.set_data_from_numpy(a)
-            inputs.append(i)
-        res = c.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
-        return {o: res.as_numpy(o) for o in outputs}
-    finally:
-        c.close()
-
-
-def test_a_stateful_model_loads_with_batching_off_and_answers_on_every_protocol(tmp_path, start_server):
-    folder = samples.write_model(tmp_path, "vad", samples.recurrent_state())  # no config: completed from ONNX
-    server = start_server(tmp_path, "--default-max-batch-size", "8")
-    c = httpclient.InferenceServerClient(server.http_url)
-    try:
-        config = c.get_model_config("vad")
-        metadata = c.get_model_metadata("vad")
-    finally:
-        c.close()
-    assert config.get("max_batch_size", 0) == 0 and "dynamic_batching" not in config
-    shapes = {t["name"]: t["shape"] for t in metadata["inputs"]}
-    assert shapes == {"audio": [-1, 64], "state": [2, -1, 16], "sr": []}
-    for batch, seed in ((1, 0), (3, 1)):
-        feeds = vad_feeds(batch, seed)
-        expected = _ort(folder / "1" / "model.onnx", feeds)
-        for got in (_http_infer(server.http_url, "vad", feeds, ["prob", "stateN"], binary=True),
-                    _http_infer(server.http_url, "vad", feeds, ["prob", "stateN"], binary=False),
-                    _grpc_infer(server.grpc_url, "vad", feeds, ["prob", "stateN"])):
-            for name in ("prob", "stateN"):
-                np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-6)
-
-
 def test_a_config_that_batches_a_model_that_cannot_is_a_load_failure_with_the_reason(tmp_path, start_server):
-    samples.write_model(tmp_path, "vad", samples.recurrent_state(), "max_batch_size: 8\ndynamic_batching { }\n")
+    samples.write_model(tmp_path, "vad", vad(), "max_batch_size: 8\ndynamic_batching { }\n")
     samples.write_model(tmp_path, "mlp", samples.mlp())
     server = start_server(tmp_path, "--exit-on-error", "false", wait=False)
     index = _settled_index(server, ["mlp", "vad"])
@@ -207,7 +149,7 @@ def test_a_config_that_batches_a_model_that_cannot_is_a_load_failure_with_the_re
     state, reason = index["vad"]
     assert state == "UNAVAILABLE"
     assert reason == ("model 'vad': config.pbtxt sets max_batch_size 8, but the model cannot batch: input 'state' has "
-                      "dims [2, -1, 16]: its first dimension is fixed at 2, not a variable batch dimension. Set "
+                      "dims [2, -1, 128]: its first dimension is fixed at 2, not a variable batch dimension. Set "
                       "max_batch_size: 0 (and remove dynamic_batching) to serve it one request at a time")
 
 
@@ -239,11 +181,11 @@ def _exit_on_error(repo, tmp_path):
 
 def test_a_contradicting_config_exits_with_the_reason_in_the_termination_log(tmp_path):
     repo = tmp_path / "repo"
-    samples.write_model(repo, "vad", samples.recurrent_state(), "max_batch_size: 4\n")
+    samples.write_model(repo, "vad", vad(), "max_batch_size: 4\n")
     r, line = _exit_on_error(repo, tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert line.startswith("BatchingNotSupported: model 'vad': config.pbtxt sets max_batch_size 4, but the model "
-                           "cannot batch: input 'state' has dims [2, -1, 16]"), line
+                           "cannot batch: input 'state' has dims [2, -1, 128]"), line
 
 
 def test_a_model_that_cannot_answer_its_warm_up_is_not_ready(tmp_path, start_server):
