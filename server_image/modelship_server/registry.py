@@ -237,7 +237,7 @@ def warm_up(model: ServedModel, sessions: list) -> None:
     shapes, so the fix (model_warmup in config.pbtxt, or the shapes declared for the
     model) is clear."""
     names = [o.name for o in model.outputs]
-    for feeds in warmup_feeds(model):
+    for index, feeds in enumerate(warmup_feeds(model)):
         for s in sessions:
             try:
                 s.run(names, feeds)
@@ -249,9 +249,14 @@ def warm_up(model: ServedModel, sessions: list) -> None:
                 shapes = ", ".join(f"{n} {list(np.shape(a))}" for n, a in feeds.items())
                 source = "the config's model_warmup sample" if model.config.model_warmup else "generated inputs"
                 detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-                fix = ("" if model.config.model_warmup else
-                       "; give the model inputs it answers: model_warmup samples in config.pbtxt, or the typical "
-                       "shapes and values of its inputs where the deployment declares them")
+                if model.config.model_warmup:
+                    fix = ""
+                elif index > 0 and model.policy.max_batch_size > 1:  # batch 1 answered, a full batch did not
+                    fix = ("; it answered a batch of 1, so it may not batch as its dims claim: turn batching off "
+                           "(max_batch_size: 0, or spec.batching.enabled: false)")
+                else:
+                    fix = ("; give the model inputs it answers: model_warmup samples in config.pbtxt, or the typical "
+                           "shapes and values of its inputs where the deployment declares them")
                 raise ModelLoadError(
                     f"model {model.name!r} version {model.version}: warm-up inference failed on {source} "
                     f"({shapes}): {detail}{fix}",

@@ -215,3 +215,34 @@ def test_a_warm_up_failure_exits_with_its_reason_in_the_termination_log(tmp_path
     assert line.startswith("WarmupFailed: model 'broken' version 1: warm-up inference failed on generated inputs"), line
     assert "indices element out of data bounds" in line
     assert "\n" not in line.rstrip("\n")
+
+
+def _batch_of_one_only():  # noqa: ANN201
+    """Dims that claim a variable batch, a graph that only runs a batch of 1 (an export with a
+    hard-coded batch): x [N, 4] -> y = x + Unsqueeze(Squeeze(x, axis 0)) [N, 4]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Squeeze", ["x", "axis0"], ["row"]),
+         helper.make_node("Unsqueeze", ["row", "axis0"], ["row2"]),
+         helper.make_node("Add", ["x", "row2"], ["y"])], "batch_of_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_model_that_answers_one_but_not_a_full_batch_is_not_ready_and_says_so(tmp_path, start_server):
+    samples.write_model(tmp_path, "one", _batch_of_one_only())
+    samples.write_model(tmp_path, "mlp", samples.mlp())
+    server = start_server(tmp_path, "--exit-on-error", "false", "--default-max-batch-size", "4", wait=False)
+    state, reason = _settled_index(server, ["mlp", "one"])["one"]
+    assert state == "UNAVAILABLE"
+    assert reason.startswith("model 'one' version 1: warm-up inference failed on generated inputs (x [4, 4]): ")
+    assert reason.endswith("it answered a batch of 1, so it may not batch as its dims claim: turn batching off "
+                           "(max_batch_size: 0, or spec.batching.enabled: false)")
