@@ -15,6 +15,7 @@ import pydantic
 import yaml
 
 from modelship import api
+from modelship.modeluri import redact_text
 
 USAGE_ERROR = 2
 
@@ -103,7 +104,7 @@ def format_validation_error(error: pydantic.ValidationError) -> list[str]:
         if problem.get("type") not in ("value_error", "missing") and "input" in problem:
             given = problem["input"]
             if not isinstance(given, (dict, list)):
-                line += f" (got {given!r})"
+                line += redact_text(f" (got {given!r})")  # a URI's userinfo or presigned query
         lines.append(line)
     return lines
 

@@ -249,7 +249,7 @@ def _not_ready_because(cluster, name: str, reason: str, timeout: float = 120) ->
     return wait_for(f"{name}: Ready=False with reason {reason}", seen, timeout=timeout)
 
 
-@pytest.mark.parametrize("case", ["unknown-image", "missing-model", "corrupt-model"])
+@pytest.mark.parametrize("case", ["unknown-image", "missing-model", "secrets-in-the-uri", "corrupt-model"])
 def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster, model, operator_pod, case):  # noqa: ANN001
     """What the agent reports for real (a pull it cannot do, a fetch that fails, a server that
     exits at once) reaches the ModelService's Ready condition with a reason that names it."""
@@ -264,6 +264,24 @@ def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster,
             _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "absent")})
             ready = _not_ready_because(cluster, name, "ModelNotFound")
             assert "absent.onnx" in ready["message"] or "404" in ready["message"], ready
+        elif case == "secrets-in-the-uri":  # userinfo and a presigned query: named in status only redacted
+            password, signature = "pw-e2e-secret", "sig-e2e-secret"
+            uri = (model["url"].replace("http://", f"http://user:{password}@").replace("journey-mlp", "absent")
+                   + f"?X-Amz-Signature={signature}")
+            _problem_service(cluster, name, {**entry, "uri": uri})
+            ready = _not_ready_because(cluster, name, "ModelNotFound")
+            assert "http://REDACTED@" in ready["message"] and "absent.onnx?REDACTED" in ready["message"], ready
+            msvc = cluster.api("GET", f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{name}")
+            events_path = f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name={name}"
+            events = wait_for("the ModelNotFound Event", lambda: (e := cluster.api("GET", events_path)) and any(
+                i["reason"] == "ModelNotFound" for i in e["items"]) and e, timeout=30)
+            pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=modelship.dev/modelservice={name}")
+            logs = [path.read_text(errors="replace") for pod in pods["items"] for path in
+                    (cluster.plane.agent_dir / "pods" / pod["metadata"]["uid"] / "containers" / "fetch-model").glob("*.log")]
+            assert logs and any("REDACTED" in log for log in logs), "the fetch step's own log was read"
+            for text in (json.dumps(msvc["status"]), json.dumps(events), json.dumps([p["status"] for p in pods["items"]]),
+                         *logs):
+                assert password not in text and signature not in text, text[:2000]
         else:  # bytes that match their digest but are no ONNX model: the server exits, again and again,
             # saying why
             bad = model["path"].parent / "corrupt.onnx"

@@ -77,7 +77,7 @@ def test_the_job_fetches_the_dataset_like_the_model_and_passes_it_to_the_optimiz
     assert "--dataset=/dataset/dataset.npz" in optimize["args"]
     assert optimize["args"][-1] == "--termination-log=/dev/termination-log"
     assert {"name": "dataset", "mountPath": "/dataset", "readOnly": True} in optimize["volumeMounts"]
-    assert {"name": "dataset", "emptyDir": {}} in pod_spec["volumes"]
+    assert {"name": "dataset", "emptyDir": {"sizeLimit": "2Gi"}} in pod_spec["volumes"]
     assert_restricted(pod_spec)
 
 
@@ -147,7 +147,7 @@ def test_serving_pods_fetch_the_dataset_when_the_variants_rebuild_reads_it() -> 
     assert {"name": "dataset", "mountPath": "/dataset", "readOnly": True} in apply["volumeMounts"]
     assert not any(m["name"] == "dataset" for m in pod_spec["containers"][0]["volumeMounts"]), \
         "the server never reads the dataset"
-    assert {"name": "dataset", "emptyDir": {}} in pod_spec["volumes"]
+    assert {"name": "dataset", "emptyDir": {"sizeLimit": "2Gi"}} in pod_spec["volumes"]
     assert_restricted(pod_spec)
 
 

@@ -136,7 +136,8 @@ def test_the_job_fetches_like_serving_and_has_the_same_resources_scheduling_and_
     assert fetch["envFrom"] == [{"secretRef": {"name": "model-store"}}]
     assert [a for a in fetch["args"] if not a.startswith("--copy=")] == \
         [a for a in serving["initContainers"][0]["args"] if not a.startswith("--copy=")]
-    assert {v["name"]: v for v in job_pod["volumes"]}["model-repository"] == {"name": "model-repository", "emptyDir": {}}
+    assert {v["name"]: v for v in job_pod["volumes"]}["model-repository"] == {"name": "model-repository",
+                                                                            "emptyDir": {"sizeLimit": "8Gi"}}
     assert {v["name"]: v for v in job_pod["volumes"]}["tmp"] == {"name": "tmp", "emptyDir": {}}
     assert_restricted(job_pod)
 

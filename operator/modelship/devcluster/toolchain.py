@@ -89,6 +89,12 @@ COMPONENTS: tuple[Component, ...] = (
         "github.com/yannh/kubeconform",
         (Binary("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform"),),
     ),
+    # Not part of the plane: an S3-compatible server (in memory) for the fetch step's s3:// tests.
+    Component(
+        "gofakes3",
+        "github.com/johannesboyne/gofakes3",
+        (Binary("gofakes3", "github.com/johannesboyne/gofakes3/cmd/gofakes3"),),
+    ),
 )
 
 ALL_BINARIES: tuple[str, ...] = tuple(b.name for c in COMPONENTS for b in c.binaries)

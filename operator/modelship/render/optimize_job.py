@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.fetch.outcomes import FetchOutcome
+from modelship.fetch import outcomes as fetch_outcomes
 from modelship.render import names, pod
 
 CONTAINER = "optimize"
@@ -35,8 +35,7 @@ EXIT_BAD_INPUT = 2  # `modelship optimize`: corrupt model, digest mismatch, data
 # The gate's metric names on the command line.
 METRIC_FLAGS = {"cosine": "cosine", "top1Agreement": "top1_agreement", "maxAbs": "max_abs", "maxRel": "max_rel"}
 # Fetch failures no retry can fix.
-PERMANENT_FETCH_FAILURES = sorted(o.exit_code for o in (
-    FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED, FetchOutcome.NOT_FOUND))
+PERMANENT_FETCH_FAILURES = sorted(o.exit_code for o in fetch_outcomes.PERMANENT)
 DIGEST_LENGTH = 10
 
 

@@ -3,7 +3,10 @@
 Reads what the kubelet and the scheduler wrote on the pods: the fetch step's exit code and
 termination message, image pull and crash-loop waiting reasons, and the scheduler's
 Unschedulable message (which names the short resource, e.g. `Insufficient nvidia.com/gpu`).
-When several pods have problems, the most actionable one wins (see PRIORITY).
+When several pods have problems, the most actionable one wins (see PRIORITY). Text taken
+from a container (a termination message, or the log tail the kubelet falls back to) has its
+URIs redacted again before it reaches status and Events: the fetch step redacts its own, but
+an older image or another step may not.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from modelship.fetch.outcomes import FetchOutcome
+from modelship.modeluri import redact_text
 
 FETCH_CONTAINER = "fetch-model"
 FETCH_DATASET_CONTAINER = "fetch-dataset"
@@ -44,6 +48,8 @@ DATASET_FIXES = {
     FetchOutcome.NOT_FOUND: "fix spec.optimization.dataset.uri, or remove spec.optimization.dataset to optimize "
                             "on inputs generated from the model",
     FetchOutcome.UNREACHABLE: "check that the store is reachable from the cluster (a pvc:// claim must exist)",
+    FetchOutcome.TOO_LARGE: "the dataset is over the fetch step's size cap (2 GiB): use a smaller calibration set",
+    FetchOutcome.REDIRECT_REFUSED: "the store redirects somewhere the fetch step does not follow: use the final URI",
 }
 # Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
 VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
@@ -58,16 +64,13 @@ WARMUP_FAILED = "WarmupFailed"
 SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED)
 
 # Most actionable first: a wrong URI or checksum will never heal on its own.
+_FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
+                FetchOutcome.NOT_FOUND, FetchOutcome.TOO_LARGE, FetchOutcome.REDIRECT_REFUSED,
+                FetchOutcome.UNREACHABLE)
 PRIORITY = [
-    FetchOutcome.INVALID_URI.reason,
-    FetchOutcome.CHECKSUM_MISMATCH.reason,
-    FetchOutcome.ACCESS_DENIED.reason,
-    FetchOutcome.NOT_FOUND.reason,
-    FetchOutcome.UNREACHABLE.reason,
+    *(outcome.reason for outcome in _FETCH_ORDER),
     FETCH_FAILED,
-    *(dataset_reason(outcome) for outcome in (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH,
-                                              FetchOutcome.ACCESS_DENIED, FetchOutcome.NOT_FOUND,
-                                              FetchOutcome.UNREACHABLE)),
+    *(dataset_reason(outcome) for outcome in _FETCH_ORDER),
     DATASET_FETCH_FAILED,
     VARIANT_REBUILD_FAILED,
     BATCHING_NOT_SUPPORTED,
@@ -115,11 +118,11 @@ def diagnose_pod(pod: Mapping[str, Any]) -> Problem | None:
     for container in status.get("initContainerStatuses") or []:
         problem = _container_problem(container, init=True)
         if problem:
-            candidates.append(Problem(problem[0], f"pod {name}: {problem[1]}", name))
+            candidates.append(Problem(problem[0], f"pod {name}: {redact_text(problem[1])}", name))
     for container in status.get("containerStatuses") or []:
         problem = _container_problem(container, init=False)
         if problem:
-            candidates.append(Problem(problem[0], f"pod {name}: {problem[1]}", name))
+            candidates.append(Problem(problem[0], f"pod {name}: {redact_text(problem[1])}", name))
     unschedulable = _unschedulable(pod)
     if unschedulable:
         candidates.append(Problem(unschedulable[0], f"pod {name}: {unschedulable[1]}", name))

@@ -17,6 +17,7 @@ import re
 from typing import Any, Literal, Mapping, Sequence
 
 from modelship.api.v1alpha1 import ModelService
+from modelship.modeluri import redact
 from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
 from modelship.status import conditions as c
 from modelship.status.diagnosis import diagnose_pod
@@ -440,7 +441,7 @@ def _explain(msvc: ModelService, detail: str) -> str:
     dataset = msvc.spec.optimization.dataset
     if dataset is None or not _DATASET_ERROR.match(detail):
         return detail
-    return (f"{detail} (the .npz of spec.optimization.dataset, {dataset.uri}, does not fit the model: it needs "
+    return (f"{detail} (the .npz of spec.optimization.dataset, {redact(dataset.uri)}, does not fit the model: it needs "
             "one array per model input, named after the input, with its dtype and shape, samples on the first "
             "axis; fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
 
