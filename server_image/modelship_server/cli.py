@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "exits anyway; keep it below the pod's terminationGracePeriodSeconds (default 30)")
     life.add_argument("--exit-on-error", type=_bool, default=True, metavar="BOOL",
                       help="exit with code 1 if any model fails to load (default true, as Triton)")
+    life.add_argument("--termination-log", default=None, metavar="FILE",
+                      help="on an exit on error, write one line '<Reason>: <why>' there for the orchestrator "
+                           "(in a pod: /dev/termination-log); default: none")
     life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log verbosity (default info)")
     return p
@@ -205,6 +208,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         inline_threshold_s=args.inline_compute_threshold / 1e6,
         exit_timeout_s=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
+        termination_log=Path(args.termination_log) if args.termination_log else None,
         runtime=RuntimeOptions(
             providers=args.execution_providers,
             intra_op_threads=args.intra_op_threads,

@@ -133,6 +133,18 @@ def slow(size: int = 512, repeats: int = 8, rows: int = 512) -> onnx.ModelProto:
     return model
 
 
+def never_answers(width: int = 4) -> onnx.ModelProto:
+    """A model that loads but fails every inference (a Gather past the end of axis 1): what a
+    server must never call Ready. x [N, width] FP32 -> y [N, 1]."""
+    return _model(
+        [helper.make_node("Gather", ["x", "past_end"], ["y"], axis=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array([width + 100], np.int64), "past_end")],
+        "never_answers",
+    )
+
+
 def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | None = None,
                 version: int = 1) -> Path:
     """Write `<repo>/<name>/<version>/model.onnx` (and `config.pbtxt` if given); the model folder."""

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 from .dataplane import DataPlane
 from .metrics import Metrics
@@ -113,6 +114,8 @@ async def serve(settings: Settings) -> int:
                 "exiting: %d model(s) failed to load (start with --exit-on-error=false to serve the rest):\n  %s",
                 len(failed), "\n  ".join(failed),
             )
+            if settings.termination_log is not None:
+                write_termination_log(settings.termination_log, failure_line(registry))
             stop.set()
             code = 1
         elif failed:
@@ -144,3 +147,22 @@ async def serve(settings: Settings) -> int:
     await registry.stop()
     log.info("stopped")
     return code
+
+
+def failure_line(registry: Registry) -> str:
+    """One line for the orchestrator, `<Reason>: <why>`, of the first model that failed to
+    load (the operator reads the reason into the ModelService's Ready condition)."""
+    for name, why in sorted(registry.failed.items()):
+        return f"ModelLoadFailed: model {name!r}: {why}"
+    for m in registry.all():
+        if not m.ready:
+            return f"{m.failure or 'ModelLoadFailed'}: {m.reason}"
+    return "ModelLoadFailed: no model was loaded"
+
+
+def write_termination_log(path: Path, line: str) -> None:
+    """Best effort: outside a pod the file may not be writable; the log has the line too."""
+    try:
+        path.write_text(" ".join(line.split())[:4000] + "\n")
+    except OSError as exc:
+        log.warning("cannot write the termination log %s: %s", path, exc)

@@ -29,4 +29,5 @@ class Settings:
     inline_threshold_s: float = 100e-6
     exit_timeout_s: float = 30.0
     exit_on_error: bool = True
+    termination_log: Path | None = None  # where the reason of an exit on error is written
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
