@@ -1,10 +1,10 @@
 """Batching follows the model, and Ready means the model answers (issue 12, Build 1 and 2).
 
-On the real server with real tritonclient: a config that states batching against a model
-whose state has the batch on axis 1 (the corpus's VAD) is a load failure that names the tensor
-and its dims (that it serves with batching off, on every protocol, is in test_corpus_serving); a model that cannot answer its own warm-up is not ready, and
-the reason reaches the termination log the operator reads. The pure parts (the rule, the
-fit-config step's decision) are tested on their own below.
+On the real server with real tritonclient: a config that states batching against a model whose state
+has the batch on axis 1 (the corpus's VAD) is a load failure that names the tensor and its dims
+(that it serves with batching off, on every protocol, is in test_corpus_serving); a model that
+cannot answer its own warm-up is not ready, and the reason reaches the termination log the operator
+reads. The pure parts (the rule, the fit-config step's decision) are tested on their own below.
 """
 
 from __future__ import annotations

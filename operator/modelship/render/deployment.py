@@ -1,8 +1,9 @@
-"""The Deployment that serves the model: an init step that fetches and verifies the model
-(and a second one that rebuilds the optimize Job's chosen variant from it, when there is
-one, after a step that fetches and verifies the dataset the variant was calibrated on, when
-it was; and a last one, `fit-config`, that fits config.pbtxt's batching to that file), then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime
-triton). The pod parts it shares with the optimize Job live in `pod`.
+"""The Deployment that serves the model: an init step that fetches and verifies the model (and a second
+one that rebuilds the optimize Job's chosen variant from it, when there is one, after a step that
+fetches and verifies the dataset the variant was calibrated on, when it was; and a last one,
+`fit-config`, that fits config.pbtxt's batching to that file), then either modelship's server
+(runtime onnxruntime) or NVIDIA Triton (runtime triton). The pod parts it shares with the optimize
+Job live in `pod`.
 
 Choices, and why:
 - maxUnavailable 0 with a surge: a rollout never lowers serving capacity.
