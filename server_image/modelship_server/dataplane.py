@@ -50,6 +50,23 @@ class DataPlane:
         m = self.registry.find(name, version)
         return bool(m is not None and m.ready and not self.draining)
 
+    def model_ready_status(self, name: str, version: str = "") -> int:
+        """HTTP's answer to a model readiness probe: 200 ready, 503 known but not ready, 404 unknown."""
+        if self.model_ready(name, version):
+            return 200
+        return 404 if self.registry.find(name, version) is None else 503
+
+    def check_model(self, name: str, version: str = "") -> None:
+        """Raise the precise 404 / 503 for a model that cannot take a request now, before its body is decoded."""
+        self.registry.get(name, version)
+
+    def count_rejected(self, name: str, version: str, protocol: str, exc: ServingError) -> None:
+        """Count a request refused while decoding (before `infer`) under its model, by its outcome."""
+        m = self.registry.find(name, version)
+        if m is not None:
+            self._metrics_for(m).requests[(protocol, exc.outcome)] += 1
+            m.stats.request_done(False, 0)
+
     def model(self, name: str, version: str = "") -> ServedModel:
         """A known model in any state (metadata and config are answered while loading)."""
         m = self.registry.find(name, version)
