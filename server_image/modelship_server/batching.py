@@ -148,13 +148,17 @@ class Scheduler:
 
     # -- request side -------------------------------------------------------
 
-    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
-        """Queue one request and wait for its outputs (name -> array)."""
+    def check_room(self) -> None:
+        """QueueFull when the queue is full: asked before a request is decoded, and again when it is queued."""
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull(
                 f"model '{self.name}' is overloaded: its queue holds {len(self._queue)} requests "
                 f"(max_queue_size {self.max_queue_size}); retry later"
             )
+
+    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its outputs (name -> array)."""
+        self.check_room()
         loop = self._loop
         key = None
         if self.policy.dynamic:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 EXPANSION = 3  # body + decoded arrays + batch copy
 MIN_BUDGET = 64 * 1024**2
+SMALL_REQUEST = 64 * 1024
 DEFAULT_WITHOUT_LIMIT = 1024**3  # no cgroup limit found (a laptop, CI): 1 GiB
 _CGROUP_FILES = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
@@ -65,9 +66,13 @@ class ByteBudget:
 
         One request alone is always admitted when nothing else is in flight, so a
         body under the size cap is never refused forever by a small budget.
+        Requests up to SMALL_REQUEST bytes may use the whole budget, larger ones 7/8.
         """
         n = wire_bytes * EXPANSION
-        if self.used and self.used + n > self.limit:
+        # Large requests stop at 7/8 of the budget, so a few huge bodies can never
+        # starve the small requests of everyone else.
+        ceiling = self.limit if wire_bytes <= SMALL_REQUEST else self.limit - (self.limit >> 3)
+        if self.used and self.used + n > ceiling:
             self.shed += 1
             return -1
         self.used += n

@@ -56,9 +56,18 @@ class DataPlane:
             return 200
         return 404 if self.registry.find(name, version) is None else 503
 
-    def check_model(self, name: str, version: str = "") -> None:
-        """Raise the precise 404 / 503 for a model that cannot take a request now, before its body is decoded."""
-        self.registry.get(name, version)
+    def check_model(self, name: str, version: str = "", protocol: str = "http") -> None:
+        """Raise the precise 404 / 503 for a model that cannot take a request now, before its body is decoded.
+
+        A full queue is answered here too: shedding before decoding keeps the CPU for
+        the requests already admitted, so goodput holds under overload.
+        """
+        model = self.registry.get(name, version)
+        try:
+            model.scheduler.check_room()
+        except ServingError as exc:
+            self.count_rejected(name, version, protocol, exc)
+            raise
 
     def count_rejected(self, name: str, version: str, protocol: str, exc: ServingError) -> None:
         """Count a request refused while decoding (before `infer`) under its model, by its outcome."""

@@ -121,7 +121,7 @@ class InferenceService:
             offload = size > OFFLOAD_DECODE_BYTES
             loop = asyncio.get_running_loop()
             msg = await loop.run_in_executor(self.decoder, _parse, raw) if offload else _parse(raw)
-            self.dp.check_model(msg.model_name, msg.model_version)  # 404 / 503 before decoding
+            self.dp.check_model(msg.model_name, msg.model_version, "grpc")  # 404 / 503 before decoding
             try:
                 if offload:
                     req = await loop.run_in_executor(self.decoder, codec.decode_request, msg)
