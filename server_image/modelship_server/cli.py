@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .malloc import pin_mmap_threshold
     from .server import BindError, serve  # after parsing: --help stays fast
+
+    pin_mmap_threshold()
 
     try:
         import uvloop

@@ -44,12 +44,19 @@ def _mapped(method):
         try:
             return await method(self, request, context)
         except ServingError as exc:
+            code, message = exc.grpc_code, exc.message
             if isinstance(exc, Unavailable):
                 context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
-            await context.abort(exc.grpc_code, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
             log.exception("gRPC %s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        # Set the status and return, rather than abort() from inside the except: the
+        # exception's frames would hold the request (up to the message cap) in a
+        # cycle until the garbage collector ran.
+        del request
+        context.set_code(code)
+        context.set_details(message)
+        return None
 
     return wrapper
 

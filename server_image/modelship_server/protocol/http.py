@@ -43,9 +43,6 @@ _REASONS = {
 _JSON = b"application/json"
 _OCTET = b"application/octet-stream"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# A shed request whose body is at most this big is read and dropped, keeping the
-# connection; a bigger one is answered at once and the connection closed.
-_DISCARD_LIMIT = 64 * 1024
 
 # Where a connection is in its current request.
 _IDLE, _HEAD, _BODY = 0, 1, 2
@@ -245,8 +242,10 @@ class HttpConnection(asyncio.Protocol):
         elif size:
             reserved = app.budget.try_reserve(size)
             if reserved < 0:
-                close = size > _DISCARD_LIMIT or self.expect_continue
-                self.verdict = (503, app.budget.message(size), close, 1)
+                # Read and drop the body, keeping the connection (closing with unread data
+                # makes the kernel reset it, and clients lose the 503); a client waiting
+                # for 100-continue has sent nothing, so closing is clean there.
+                self.verdict = (503, app.budget.message(size), self.expect_continue, 1)
             else:
                 self.reserved = reserved
                 if size > 65536:
@@ -451,6 +450,7 @@ def _run_eagerly(coro, on_done) -> None:
         on_done(stop.value, None)
         return
     except BaseException as exc:  # noqa: BLE001 - handed to the response writer
+        _drop_tracebacks(exc)
         on_done(None, exc)
         return
     if fut is None:  # a bare `yield` (asyncio.sleep(0)): resume on the next turn
@@ -458,6 +458,21 @@ def _run_eagerly(coro, on_done) -> None:
     else:
         fut._asyncio_future_blocking = False
         fut.add_done_callback(lambda _f: _run_eagerly(coro, on_done))
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Cut the exception from the frames it was raised through.
+
+    Those frames reference the future that resumed this coroutine, which holds
+    the exception: a cycle that only the garbage collector can free, keeping the
+    request's body (up to the body cap, per request) alive until it runs. The
+    error's message is all the response needs.
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        exc.__traceback__ = None
+        exc = exc.__context__ or exc.__cause__
+        seen += 1
 
 
 def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
