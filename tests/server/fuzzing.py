@@ -67,6 +67,29 @@ _values = st.one_of(
 
 
 @st.composite
+def valid_inputs(draw, model: str) -> list[tuple[str, str, list[int], list]]:
+    """Every input of the model with one batch size and values of the right type: (name, dtype, shape, values)."""
+    n = draw(st.integers(1, 3))
+    out = []
+    free = draw(st.integers(1, 4))
+    for name, dtype, dims in MODELS[model]:
+        shape = [n] + [d if d > 0 else (free if model != "broadcast" else draw(st.sampled_from([1, free])))
+                       for d in dims]
+        count = 1
+        for d in shape:
+            count *= d
+        if dtype == "BYTES":
+            values = draw(st.lists(st.text(max_size=6), min_size=count, max_size=count))
+        elif dtype == "INT64":
+            values = draw(st.lists(st.integers(0, 99) if model == "embedding" else st.integers(-5, 5),
+                                   min_size=count, max_size=count))
+        else:
+            values = draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=count, max_size=count))
+        out.append((name, dtype, shape, values))
+    return out
+
+
+@st.composite
 def tensor_json(draw, model: str) -> dict:
     specs = MODELS[model]
     name, dtype, dims = draw(st.sampled_from(specs))
@@ -107,6 +130,15 @@ def infer_json(draw) -> tuple[str, bytes, dict]:
         body = _dumps(draw(any_json), draw(st.booleans()))
     elif kind == 1:
         body = draw(st.binary(max_size=200))
+    elif kind < 6:
+        doc = {"inputs": [{"name": n, "datatype": d, "shape": sh, "data": v}
+                          for n, d, sh, v in draw(valid_inputs(spec_model))]}
+        if draw(st.integers(0, 3)) == 0:  # one thing wrong
+            t = draw(st.sampled_from(doc["inputs"]))
+            key = draw(st.sampled_from(["name", "datatype", "shape", "data"]))
+            t[key] = draw({"name": _text, "datatype": st.sampled_from(DATATYPES), "shape": _shape,
+                           "data": _values}[key])
+        body = _dumps(doc, draw(st.booleans()))
     else:
         doc: dict = {"inputs": draw(st.lists(tensor_json(spec_model), min_size=1, max_size=3))}
         if draw(st.booleans()):
@@ -182,8 +214,29 @@ def grpc_request(draw) -> bytes:
         return draw(st.binary(max_size=200))
     model = draw(st.sampled_from(sorted(MODELS) + ["nope"]))
     spec_model = model if model in MODELS else "identity"
-    req = pb.ModelInferRequest(model_name=model, model_version=draw(st.sampled_from(["", "", "1", "2", "x"])))
+    req = pb.ModelInferRequest(model_name=model, model_version=draw(st.sampled_from(["", "", "", "1", "2"])))
     req.id = draw(st.text(max_size=8))
+    if kind < 6:  # well-formed, raw or typed
+        raw = draw(st.booleans())
+        for name, dtype, shape, values in draw(valid_inputs(spec_model)):
+            t = req.inputs.add(name=name, datatype=dtype, shape=shape)
+            if dtype == "BYTES":
+                data = [v.encode() for v in values]
+                if raw:
+                    req.raw_input_contents.append(b"".join(struct.pack("<I", len(b)) + b for b in data))
+                else:
+                    t.contents.bytes_contents.extend(data)
+            elif raw:
+                req.raw_input_contents.append(struct.pack(f"<{len(values)}{_PACK[dtype]}", *values))
+            elif dtype == "INT64":
+                t.contents.int64_contents.extend(values)
+            else:
+                t.contents.fp32_contents.extend(values)
+        out = req.SerializeToString()
+        if kind == 5:  # then cut or corrupted
+            cut = draw(st.integers(0, len(out)))
+            out = out[:cut] + draw(st.binary(max_size=8))
+        return out
     raw = draw(st.booleans())
     for name, dtype, dims in draw(st.lists(st.sampled_from(MODELS[spec_model]), min_size=0, max_size=3)):
         t = req.inputs.add()
@@ -257,8 +310,13 @@ class HttpProbe:
             self.conn = None
 
 
-def http_verdict(status: int, body: bytes, headers: dict) -> str | None:
-    """None if the answer is one a client may cause; else what is wrong with it."""
+def http_verdict(status: int, body: bytes, headers: dict, request: bytes = b"") -> str | None:
+    """None if the answer is one a client may cause; else what is wrong with it.
+
+    A 504 is the client's doing only when it set the request's own `timeout`.
+    """
+    if status == 504 and b'"timeout"' in request:
+        return None
     if status not in HTTP_OK:
         return f"status {status}: {body[:300]!r}"
     if status == 503 and "retry-after" not in headers:
@@ -285,6 +343,8 @@ def grpc_verdict(call, raw: bytes) -> str | None:
         call(raw, timeout=60)
     except grpc.RpcError as err:
         code = err.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and b"timeout" in raw:
+            return None  # the request's own `timeout` parameter
         if code not in GRPC_OK:
             return f"{code}: {err.details()}"
         if code == grpc.StatusCode.INVALID_ARGUMENT and "internal error" in (err.details() or ""):

@@ -42,7 +42,7 @@ def test_http_json(server, http_probe):
     def check(case):
         model, body, headers = case
         status, payload, got = http_probe.post(f"/v2/models/{model}/infer", body, headers)
-        problem = fuzzing.http_verdict(status, payload, got)
+        problem = fuzzing.http_verdict(status, payload, got, body)
         assert problem is None, f"{problem}\nrequest: {body[:500]!r}"
 
     check()
@@ -55,7 +55,7 @@ def test_http_binary(server, http_probe):
     def check(case):
         model, body, headers = case
         status, payload, got = http_probe.post(f"/v2/models/{model}/infer", body, headers)
-        problem = fuzzing.http_verdict(status, payload, got)
+        problem = fuzzing.http_verdict(status, payload, got, body)
         assert problem is None, f"{problem}\nrequest: {body[:500]!r} {headers}"
 
     check()
