@@ -314,6 +314,24 @@ def test_row6_http_input_errors_are_400(server, name, model, body, message):
     assert message in error_of(payload), payload[:300]
 
 
+def test_zero_size_tensor_round_trips(server):
+    # Found by the long fuzz run: an empty output could not be written as binary data (500 / INTERNAL).
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 0], "data": []}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    status, payload, headers = request(server, "POST", "/v2/models/identity/infer", body)
+    assert status == 200, payload
+    header = json.loads(payload[:int(headers["Inference-Header-Content-Length"])])
+    assert header["outputs"][0]["shape"] == [2, 0]
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 0
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        inp = grpcclient.InferInput("x", [2, 0], "FP32")
+        inp.set_data_from_numpy(np.zeros((2, 0), np.float32))
+        assert c.infer("identity", [inp]).as_numpy("y").shape == (2, 0)
+    finally:
+        c.close()
+
+
 def test_row6_non_utf8_bytes_to_a_string_model(server):
     body, headers = binary_body([({"name": "text", "datatype": "BYTES", "shape": [1, 1]},
                                   struct.pack("<I", 2) + b"\xff\xfe")])

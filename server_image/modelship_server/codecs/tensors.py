@@ -275,6 +275,8 @@ def to_bytes(datatype: str, arr: np.ndarray):
     """Wire bytes of an array: a zero-copy view when the array is contiguous."""
     if datatype == "BYTES":
         return serialize_byte_tensor(arr).item() if arr.size else b""  # a 0-d object array holding bytes
+    if arr.size == 0:
+        return b""  # memoryview cannot cast an empty view
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     return memoryview(arr).cast("B")
