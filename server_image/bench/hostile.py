@@ -192,6 +192,7 @@ def run_mix(args) -> dict:
                  "--http-idle-timeout", "5")
     try:
         pid = srv.proc.pid
+        base = hostile_clients.run_mix(srv.http_port, srv.grpc_port, args.baseline_seconds, attacks=False)
         rss0 = rss_bytes(pid)
         res = hostile_clients.run_mix(srv.http_port, srv.grpc_port, args.seconds, rss_of=lambda: rss_bytes(pid),
                                       slowloris_connections=args.slowloris, pipeliners=4, floods=4)
@@ -200,6 +201,10 @@ def run_mix(args) -> dict:
         return {
             "seconds": args.seconds,
             "budget_mib": args.budget_mib,
+            "baseline_probe_without_attacks": {
+                "seconds": args.baseline_seconds, "answered": len(base.probe_latencies),
+                "p50_ms": round(percentile(base.probe_latencies, 0.5) * 1e3, 2),
+                "p99_ms": round(percentile(base.probe_latencies, 0.99) * 1e3, 2)},
             "probe": {"answered": len(lat), "failed": len(res.probe_failures),
                       "p50_ms": round(percentile(lat, 0.5) * 1e3, 2), "p99_ms": round(percentile(lat, 0.99) * 1e3, 2),
                       "max_ms": round(max(lat) * 1e3, 2) if lat else None},
@@ -366,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=1)
     m = sub.add_parser("mix", help="every hostile client at once: liveness latency, good-client success, RSS")
     m.add_argument("--seconds", type=float, default=60)
+    m.add_argument("--baseline-seconds", type=float, default=15, help="probe and good client alone first")
     m.add_argument("--budget-mib", type=int, default=256, help="--max-inflight-bytes of the server (default 256)")
     m.add_argument("--slowloris", type=int, default=200, help="slowloris connections (default 200)")
     o = sub.add_parser("overload", help="goodput at 1x, 2x and 4x capacity, refusals, recovery")
