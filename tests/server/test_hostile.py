@@ -200,6 +200,17 @@ def test_row4_byte_budget_is_shared_and_sheds_before_decoding(server):
                 c.infer("identity", [inp])
             assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
             assert "(--max-inflight-bytes); retry later" in err.value.message()
+            # The refusal carries a retry-after trailer, as HTTP's 503 carries Retry-After.
+            msg = service_pb2.ModelInferRequest(model_name="identity")
+            msg.inputs.add(name="x", datatype="FP32", shape=[1, 512 * 1024])
+            msg.raw_input_contents.append(x.tobytes())
+            with grpclib.insecure_channel(server.grpc_url) as channel:
+                raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                with pytest.raises(grpclib.RpcError) as raw_err:
+                    raw_call(msg.SerializeToString(), timeout=30)
+            assert raw_err.value.code() == grpclib.StatusCode.RESOURCE_EXHAUSTED
+            assert ("retry-after", "1") in tuple(raw_err.value.trailing_metadata())
             # Over HTTP too, answered before its body is read.
             status, payload, headers = request(
                 server, "POST", "/v2/models/identity/infer", b"x" * (2 * 1024**2))
