@@ -386,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--queue", type=int, default=32, help="--max-queue-size of the server (default 32)")
     for sp in (f, m, o):
         sp.add_argument("--json", type=Path, help="also write the result here")
+        sp.add_argument("--no-pin", action="store_true", help="let the server and the clients share every CPU")
     args = p.parse_args(argv)
-    pinning = pin_client()
+    pinning = "not pinned (--no-pin)" if args.no_pin else pin_client()
     log(pinning)
     run = {"fuzz": run_fuzz, "mix": run_mix, "overload": run_overload}[args.what]
     result = {"benchmark": args.what, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "pinning": pinning,

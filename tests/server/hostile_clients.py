@@ -204,18 +204,24 @@ def good_client(http_url: str, grpc_url: str, stop: threading.Event, res: MixRes
 
 
 def run_mix(http_port: int, grpc_port: int, seconds: float, *, rss_of=None, slowloris_connections: int = 100,
-            pipeliners: int = 4, floods: int = 4) -> MixResult:
-    """Every attack at once for `seconds`; the probe and good client run throughout."""
+            pipeliners: int = 4, floods: int = 4, attacks: bool = True) -> MixResult:
+    """Every attack at once for `seconds`; the probe and good client run throughout.
+
+    With attacks=False only the probe and the good client run: the baseline.
+    """
     res = MixResult()
     stop = threading.Event()
     threads = [
-        threading.Thread(target=slowloris, args=(http_port, stop, res, slowloris_connections)),
-        threading.Thread(target=huge_bytes, args=(http_port, stop, res)),
         threading.Thread(target=probe, args=(http_port, stop, res)),
         threading.Thread(target=good_client, args=(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", stop, res)),
-        *[threading.Thread(target=pipeliner, args=(http_port, stop, res)) for _ in range(pipeliners)],
-        *[threading.Thread(target=flood, args=(http_port, stop, res)) for _ in range(floods)],
     ]
+    if attacks:
+        threads += [
+            threading.Thread(target=slowloris, args=(http_port, stop, res, slowloris_connections)),
+            threading.Thread(target=huge_bytes, args=(http_port, stop, res)),
+            *[threading.Thread(target=pipeliner, args=(http_port, stop, res)) for _ in range(pipeliners)],
+            *[threading.Thread(target=flood, args=(http_port, stop, res)) for _ in range(floods)],
+        ]
     for t in threads:
         t.daemon = True
         t.start()
