@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "3x its size: body, arrays, batch); over it requests are shed with HTTP 503 / gRPC "
                           "RESOURCE_EXHAUSTED and Retry-After before being decoded "
                           "(default: half the container's memory limit, 1Gi without one)")
-    lim.add_argument("--http-max-connections", type=_non_negative(int), default=1024, metavar="N",
+    lim.add_argument("--http-max-connections", type=_positive_int, default=1024, metavar="N",
                      help="open HTTP connections per process; more are answered 503 and closed (default 1024)")
     lim.add_argument("--http-max-url-size", type=_size, default=8 * 1024, metavar="SIZE",
                      help="longest request URL; longer gets 414 (default 8Ki)")
@@ -240,7 +240,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
             max_header_size=args.http_max_header_size,
             header_timeout_s=args.http_header_timeout,
             idle_timeout_s=args.http_idle_timeout,
-            max_connections=args.http_max_connections or 1024,
+            max_connections=args.http_max_connections,
             max_pipelined=args.http_max_pipelined,
         ),
         default_max_batch_size=args.default_max_batch_size,

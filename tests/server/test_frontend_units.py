@@ -90,3 +90,20 @@ def test_split_bytes_errors_name_the_tensor():
     with pytest.raises(InvalidInput, match="input 't': shape needs 2 elements, got 1"):
         split_bytes("t", struct.pack("<I", 1) + b"a", 2)
     assert split_bytes("t", memoryview(struct.pack("<I", 2) + b"hi"), 1).tolist() == [b"hi"]
+
+
+def test_limit_flags_parse_and_refuse_nonsense(tmp_path, capsys):
+    from modelship_server.cli import parse_settings
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"")
+    settings, _ = parse_settings(["--model-repository", str(tmp_path), "--max-inflight-bytes", "512Mi",
+                                  "--http-header-timeout", "2.5", "--http-max-connections", "10",
+                                  "--http-max-pipelined", "4", "--http-max-url-size", "1Ki"])
+    assert settings.max_inflight_bytes == 512 * 1024**2
+    lim = settings.http_limits
+    assert (lim.header_timeout_s, lim.max_connections, lim.max_pipelined, lim.max_url_size) == (2.5, 10, 4, 1024)
+    with pytest.raises(SystemExit) as exit_:
+        parse_settings(["--model-repository", str(tmp_path), "--http-header-timeout", "0"])
+    assert exit_.value.code == 2
+    assert "--http-header-timeout: must be > 0, got 0" in capsys.readouterr().err
