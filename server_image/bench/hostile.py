@@ -3,6 +3,7 @@
     .venv/bin/python server_image/bench/hostile.py fuzz --http 5000 --grpc 2000 [--seed 1]
     .venv/bin/python server_image/bench/hostile.py mix --seconds 60
     .venv/bin/python server_image/bench/hostile.py overload --phase-seconds 10
+    .venv/bin/python server_image/bench/hostile.py shed --other-pythonpath /tmp/old/server_image
 
 `fuzz` sends generated requests (tests/server/fuzzing.py: HTTP JSON and binary
 alternately, then gRPC) and counts answers a client should never get (5xx,
@@ -368,6 +369,60 @@ def run_overload(args) -> dict:
         srv.stop()
 
 
+async def _closed_loop_counts(port: int, clients: int, seconds: float, request: bytes) -> dict:
+    """Closed-loop clients, each resending at once whatever the answer; counts by status."""
+    counts: dict[str, int] = {}
+    end = time.monotonic() + seconds
+
+    async def client():
+        pool: list = []
+        rec: list = []
+        while time.monotonic() < end:
+            await _one(pool, port, request, rec, time.monotonic())
+        for _, w in pool:
+            w.close()
+        for r in rec:
+            counts[str(r[2])] = counts.get(str(r[2]), 0) + 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return counts
+
+
+def run_shed(args) -> dict:
+    """Many clients with large JSON bodies against a small queue: OK/s with this server, and with
+    another checkout's (`--other-pythonpath`), run alternately."""
+    repo = Path(tempfile.mkdtemp())
+    samples.write_model(repo, "image", samples.image_classifier(), "max_batch_size: 8\ndynamic_batching { }\n")
+    body = json.dumps({"inputs": [{"name": "IMAGE", "datatype": "FP32", "shape": [1, 3, 48, 192],
+                                   "data": [0.25] * (3 * 48 * 192)}]}).encode()
+    servers = [("this branch", "")]
+    if args.other_pythonpath:
+        servers.append(("other", args.other_pythonpath))
+    out: dict = {"clients": args.clients, "queue": args.queue, "body_bytes": len(body), "rounds": []}
+    for r in range(args.rounds):
+        for name, pythonpath in servers:
+            old = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = pythonpath
+            try:
+                srv = Server(repo, "--max-queue-size", str(args.queue))
+            finally:
+                if old is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = old
+            try:
+                request = (b"POST /v2/models/image/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                           % len(body) + body)
+                counts = asyncio.run(_closed_loop_counts(srv.http_port, args.clients, args.seconds, request))
+            finally:
+                srv.stop()
+            ok = counts.get("200", 0)
+            out["rounds"].append({"server": name, "round": r + 1, "ok_per_s": round(ok / args.seconds, 1),
+                                  "answers": counts})
+            log(f"{name}: {ok / args.seconds:.1f} OK/s {counts}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -384,13 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--phase-seconds", type=float, default=10)
     o.add_argument("--capacity-seconds", type=float, default=5)
     o.add_argument("--queue", type=int, default=32, help="--max-queue-size of the server (default 32)")
-    for sp in (f, m, o):
+    sh = sub.add_parser("shed", help="goodput with many clients and large JSON bodies (shedding before decoding)")
+    sh.add_argument("--clients", type=int, default=200)
+    sh.add_argument("--queue", type=int, default=8, help="--max-queue-size (default 8)")
+    sh.add_argument("--seconds", type=float, default=8)
+    sh.add_argument("--rounds", type=int, default=2)
+    sh.add_argument("--other-pythonpath", default="", help="PYTHONPATH of another checkout's server_image to compare")
+    for sp in (f, m, o, sh):
         sp.add_argument("--json", type=Path, help="also write the result here")
         sp.add_argument("--no-pin", action="store_true", help="let the server and the clients share every CPU")
     args = p.parse_args(argv)
     pinning = "not pinned (--no-pin)" if args.no_pin else pin_client()
     log(pinning)
-    run = {"fuzz": run_fuzz, "mix": run_mix, "overload": run_overload}[args.what]
+    run = {"fuzz": run_fuzz, "mix": run_mix, "overload": run_overload, "shed": run_shed}[args.what]
     result = {"benchmark": args.what, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "pinning": pinning,
               "load_average_before": os.getloadavg()[0], **run(args)}
     result["load_average_after"] = os.getloadavg()[0]
