@@ -57,7 +57,7 @@ class HttpConnection(asyncio.Protocol):
         "app", "parser", "transport", "loop", "url", "url_done", "header_bytes", "head_raw", "headers_count",
         "body", "body_size", "content_length", "header_length", "content_encoding", "accept_encoding",
         "expect_continue", "verdict", "reserved", "answered", "queue", "busy", "closing", "state", "since",
-        "last_rx", "write_paused", "read_paused", "served", "paused_at",
+        "last_rx", "write_paused", "read_paused", "served", "paused_at", "path", "parts",
     )
 
     def __init__(self, app: RestApp) -> None:
@@ -78,6 +78,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
+        self.path = ""
+        self.parts = []
         self.url_done = False
         self.header_bytes = 0
         self.headers_count = 0
@@ -235,10 +237,16 @@ class HttpConnection(asyncio.Protocol):
         self.head_raw = 0
         self.state = _BODY
         app = self.app
+        self.path = path = self.url.split(b"?", 1)[0].decode("latin-1")
+        self.parts = path.strip("/").split("/")
         size = self.content_length or 0
+        refusal = app.refuse_early(self.parser.get_method(), self.parts) if size else None
         if size > app.max_body_size:
             self.verdict = (413, f"request body of {size} bytes exceeds the limit of {app.max_body_size} bytes "
                                  "(--http-max-body-size)", True, None)
+        elif refusal is not None:
+            # The model's queue is full: say so before the body is read or decoded.
+            self.verdict = (refusal.http_status, refusal.message, self.expect_continue, refusal.retry_after_s)
         elif size:
             reserved = app.budget.try_reserve(size)
             if reserved < 0:
@@ -291,10 +299,8 @@ class HttpConnection(asyncio.Protocol):
                 self.verdict = (503, self.app.budget.message(len(body)), False, 1)
             else:
                 self.reserved = reserved
-        url = self.url
-        path = url.split(b"?", 1)[0].decode("latin-1")
         req = HttpRequest(
-            self.parser.get_method(), path, path.strip("/").split("/"), body, self.header_length,
+            self.parser.get_method(), self.path, self.parts, body, self.header_length,
             self.content_encoding, self.accept_encoding, self.parser.should_keep_alive(),
             self.reserved, self.verdict,
         )

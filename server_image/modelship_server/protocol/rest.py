@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from ..budget import ByteBudget
 from ..codecs import rest as codec
 from ..dataplane import DataPlane
-from ..errors import InvalidInput, ModelNotFound, Unsupported
+from ..errors import InvalidInput, ModelNotFound, ServingError, Unavailable, Unsupported
 from ..messages import InferResponse
 from ..settings import HttpLimits
 from .requests import HttpRequest
@@ -188,6 +188,24 @@ class RestApp:
     def busy(self) -> bool:
         """Whether any connection still owes a response (used when draining)."""
         return any(c.busy or c.queue for c in self.connections)
+
+    def refuse_early(self, method: bytes, parts: list[str]) -> Unavailable | None:
+        """An inference request's refusal known from its path alone (its model's queue is full), or None.
+
+        Asked when the headers are in, so a shed request costs neither the copy of its
+        body nor its decoding; anything else is decided later, in order.
+        """
+        if method != b"POST" or not parts or parts[-1] != "infer":
+            return None
+        try:
+            r, params = route(parts)
+            if r.infer:
+                self.dp.check_model(*_name(params))
+        except Unavailable as exc:
+            return exc
+        except ServingError:
+            return None  # a 404 and the like: answered in turn, as before
+        return None
 
     def start(self) -> None:
         """Begin the once-a-second sweep that closes slow and idle connections."""
