@@ -54,6 +54,16 @@ class QueueFull(Unavailable):
     outcome = "shed"
 
 
+class Overloaded(QueueFull):
+    """Load shedding: the bytes of requests in flight would pass the server's budget.
+
+    gRPC says RESOURCE_EXHAUSTED (as for a message over the size cap) so a client
+    can tell "the server is full" from "the model is down"; HTTP says 503 with Retry-After.
+    """
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class RequestTimeout(ServingError):
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED

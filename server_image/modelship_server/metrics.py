@@ -77,6 +77,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, str], ModelMetrics] = {}
+        self.budget = None  # budget.ByteBudget, set by the server: bytes in flight and requests shed
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
@@ -134,3 +135,15 @@ class _Collector:
             load.add_metric(mv, m.load_duration)
             ready.add_metric(mv, m.ready)
         yield from (req, dur, queue, compute, batch, inflight, depth, load, ready)
+        b = self.metrics.budget
+        if b is not None:
+            used = GaugeMetricFamily("modelship_inflight_request_bytes",
+                                     "Bytes reserved by requests in flight (wire size x expansion), HTTP and gRPC.")
+            used.add_metric([], b.used)
+            limit = GaugeMetricFamily("modelship_inflight_request_bytes_limit",
+                                      "The budget of request bytes in flight (--max-inflight-bytes).")
+            limit.add_metric([], b.limit)
+            shed = CounterMetricFamily("modelship_budget_shed_requests",
+                                       "Requests refused (503 / RESOURCE_EXHAUSTED) because the byte budget was full.")
+            shed.add_metric([], b.shed)
+            yield from (used, limit, shed)
