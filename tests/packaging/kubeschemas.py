@@ -24,14 +24,27 @@ def file_name(group: str, version: str, kind: str) -> str:
     return f"{kind.lower()}{suffix}.json"
 
 
-def _convert(node: Any) -> Any:
+_SCHEMA_MAPS = ("properties", "patternProperties", "definitions")  # name -> schema
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+_SCHEMAS = ("items", "additionalProperties", "not")
+
+
+def _convert(schema: Any) -> Any:
     """OpenAPI v3 to JSON schema: refs into `definitions`, int-or-string and nullable spelled out,
-    objects closed unless they say they hold unknown fields or arbitrary keys."""
-    if isinstance(node, list):
-        return [_convert(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _convert(value) for key, value in node.items()}
+    objects closed unless they say they hold unknown fields or arbitrary keys. Walks schemas
+    only (a `properties` map holds names, which may be `format` or `$ref` themselves)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _convert(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_convert(sub) for sub in out[key]]
+    for key in _SCHEMAS:
+        if isinstance(out.get(key), dict):
+            out[key] = _convert(out[key])
     if isinstance(out.get("$ref"), str):
         out["$ref"] = out["$ref"].replace("#/components/schemas/", "#/definitions/")
     if out.get("format") == "int-or-string" or out.get("x-kubernetes-int-or-string"):

@@ -36,8 +36,8 @@ MATRIX: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
-        "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"}, "podLabels": {"team": "ml"},
-        "image": {"tag": "9.9.9", "pullPolicy": "Always"}, "serviceAccount": {"annotations": {"x": "y"}},
+        "priorityClassName": "system-cluster-critical", "podAnnotations": {"example.com/scrape": "true"}, "podLabels": {"team": "ml"},
+        "image": {"tag": "9.9.9", "pullPolicy": "Always"}, "serviceAccount": {"annotations": {"example.com/owner": "ml-platform"}},
     },
     "tuned": {"workers": 4, "resyncSeconds": 60, "logLevel": "debug", "nameOverride": "ms",
               "resources": {"requests": {"cpu": 1, "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
