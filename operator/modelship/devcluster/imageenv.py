@@ -98,6 +98,14 @@ def build_wheel(root: Path, cache: Path, sources: str, progress: Progress = prin
     found = sorted(folder.glob("modelship-*.whl"))
     if found:
         return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".lock", "w") as held:  # one build per digest, whoever asks first
+        fcntl.flock(held, fcntl.LOCK_EX)
+        found = sorted(folder.glob("modelship-*.whl"))
+        return found[0] if found else _build_wheel(root, folder, sources, progress)
+
+
+def _build_wheel(root: Path, folder: Path, sources: str, progress: Progress) -> Path:
     progress(f"building modelship's wheel ({sources[:16]})")
     with tempfile.TemporaryDirectory(prefix="modelship-wheel-") as tmp:
         copy = Path(tmp) / "src"
@@ -109,7 +117,6 @@ def build_wheel(root: Path, cache: Path, sources: str, progress: Progress = prin
         out = Path(tmp) / "out"
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(copy)],
              "building modelship's wheel", progress)
-        folder.mkdir(parents=True, exist_ok=True)
         wheel = next(out.glob("modelship-*.whl"))
         partial = folder / (wheel.name + ".partial")
         shutil.copy2(wheel, partial)
@@ -155,6 +162,15 @@ def ensure(image: ImageEnv, *, root: Path | None = None, cache: Path | None = No
         ])
         _remove_unused(envs, keep={venv, deps})
     return venv
+
+
+def ensure_all(images: tuple[ImageEnv, ...], *, progress: Progress = print) -> dict[str, Path]:
+    """Several images' venvs, built side by side (pip spends much of its time unpacking)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(images)) as pool:
+        futures = {image.name: pool.submit(ensure, image, progress=progress) for image in images}
+        return {name: future.result() for name, future in futures.items()}
 
 
 COMPLETE = ".complete"  # written last: a folder without it is a build that died half-way

@@ -174,8 +174,7 @@ class ControlPlane:
         # before the start-up deadline, so the first pod does not wait minutes for one.
         from modelship.devcluster import imageenv
 
-        for image in (imageenv.SERVER, imageenv.OPERATOR):
-            imageenv.ensure(image, progress=self.progress)
+        imageenv.ensure_all((imageenv.SERVER, imageenv.OPERATOR), progress=self.progress)
         self._claim_state_dir()
         started = time.monotonic()
         deadline = started + timeout
