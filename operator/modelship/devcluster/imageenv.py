@@ -84,7 +84,7 @@ def base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
-def _run(cmd: list[str], what: str, progress: Progress) -> None:
+def _run(cmd: list[str], what: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
@@ -116,7 +116,7 @@ def _build_wheel(root: Path, folder: Path, sources: str, progress: Progress) -> 
                 shutil.copy2(path, target)
         out = Path(tmp) / "out"
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(copy)],
-             "building modelship's wheel", progress)
+             "building modelship's wheel")
         wheel = next(out.glob("modelship-*.whl"))
         partial = folder / (wheel.name + ".partial")
         shutil.copy2(wheel, partial)
@@ -141,15 +141,15 @@ def ensure(image: ImageEnv, *, root: Path | None = None, cache: Path | None = No
     envs = cache / "image-envs"
     deps = envs / f"{image.name}-deps-{env_key(lock.read_bytes(), '', version)}"
     venv = envs / f"{image.name}-{env_key(lock.read_bytes(), sources, version)}"
-    if (venv / COMPLETE).is_file():
-        os.utime(venv / COMPLETE)
+    if _marker(venv).is_file():
+        os.utime(_marker(venv))
         return venv
     envs.mkdir(parents=True, exist_ok=True)
     with open(envs / f".{image.name}.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        if (venv / COMPLETE).is_file():
+        if _marker(venv).is_file():
             return venv
-        if not (deps / COMPLETE).is_file():
+        if not _marker(deps).is_file():
             _build(deps, f"the {image.name} image's dependencies from {image.lock}", progress, [
                 [python, "-m", "venv", str(deps)],
                 [str(deps / "bin" / "python"), *PIP_INSTALL, "--require-hashes", "-r", str(lock)],
@@ -173,7 +173,12 @@ def ensure_all(images: tuple[ImageEnv, ...], *, progress: Progress = print) -> d
         return {name: future.result() for name, future in futures.items()}
 
 
-COMPLETE = ".complete"  # written last: a folder without it is a build that died half-way
+def _marker(folder: Path) -> Path:
+    """Written last: a folder without it is a build that died half-way. Named after its folder,
+    so the deps venv's marker, hard-linked into a copy, does not count there."""
+    return folder / f".complete-{folder.name}"
+
+
 PIP_INSTALL = ("-m", "pip", "install", "--quiet", "--disable-pip-version-check")
 # A hard-linked copy shares every file with its source, so the files that name the venv's folder
 # (scripts' shebangs, activate) are replaced by new files, never edited in place.
@@ -187,7 +192,6 @@ for path in (Path(sys.argv[2]) / "bin").iterdir():
         fresh.write_bytes(path.read_bytes().replace(old, new))
         os.chmod(fresh, path.stat().st_mode)
         os.replace(fresh, path)
-(Path(sys.argv[2]) / ".complete").unlink(missing_ok=True)
 """
 
 
@@ -197,17 +201,17 @@ def _build(folder: Path, what: str, progress: Progress, commands: list[list[str]
     shutil.rmtree(folder, ignore_errors=True)
     try:
         for cmd in commands:
-            _run(cmd, f"building {what}", progress)
+            _run(cmd, f"building {what}")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    (folder / COMPLETE).write_text(f"{what}\n")
+    _marker(folder).write_text(f"{what}\n")
     progress(f"built {what} in {time.monotonic() - started:.0f}s")
 
 
 def _remove_unused(envs: Path, keep: set[Path]) -> None:
     now = time.time()
     for venv in envs.iterdir():
-        marker = venv / COMPLETE
+        marker = _marker(venv)
         if venv not in keep and marker.is_file() and now - marker.stat().st_mtime > UNUSED_FOR_S:
             shutil.rmtree(venv, ignore_errors=True)
