@@ -32,7 +32,7 @@ echo "::: fast tests on the newest versions (pytest -m 'not cluster')"
 "$venv/bin/pytest" -q -m 'not cluster' -p no:cacheprovider --ignore=tests/packaging
 status=$?
 if [[ $status == 0 ]]; then
-  echo "deps-newest: the fast tests pass on the newest versions; \`make lock UPGRADE=1\` takes them"
+  echo "deps-newest: the fast tests pass on the newest versions; \`make lock UPGRADE=1\` takes them (except what requirements/pins.txt pins)"
 else
   echo "deps-newest: the fast tests above FAIL on the newest versions (exit $status); the lock keeps the old ones" >&2
 fi
