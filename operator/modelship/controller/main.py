@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import random
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import kopf
 
@@ -25,14 +25,15 @@ from modelship.controller import handlers
 from modelship.controller.kube import KubeClient, KubeError
 from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.controller.store import Key, Store
+from modelship.kube import relist, retry
+from modelship.kube.leader import LeaderElector
 from modelship.render import AUTOSCALER_KINDS
 from modelship.render.names import MANAGED_BY
 
 log = logging.getLogger("modelship.operator")
 
-RETRY_MIN_SECONDS = 1.0
-RETRY_MAX_SECONDS = 300.0
+RETRY_MAX_SECONDS = 300.0  # after a crash (a bug); API failures back off by kube.retry
 
 
 def api_client() -> Any:
@@ -93,8 +94,9 @@ async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, i
             if metrics is not None:
                 metrics.reconcile_errors.labels("api").inc()
             count = failures[key] = failures.get(key, 0) + 1
-            delay = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (count - 1)) * random.uniform(0.8, 1.2)
-            log.warning("reconcile of %s/%s failed (%s); retrying in %.0fs", *key, error, delay)
+            delay = retry.backoff(count, status=error.status, after=error.retry_after)
+            log.warning("reconcile of %s/%s failed (%s%s); retrying in %.1fs", *key,
+                        f"HTTP {error.status}: " if error.status else "", error, delay)
             queue.add_after(key, delay)
         except Exception:  # a bug: log it, keep the operator alive, retry later
             if metrics is not None:
@@ -107,22 +109,67 @@ async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, i
             queue.done(key)
 
 
-async def resync(store: Store, queue: WorkQueue, every: float) -> None:
+async def resync(store: Store, queue: WorkQueue, every: float, prune: Callable[[], None] | None = None) -> None:
     """Look at every ModelService now and then even without events (a missed watch event,
-    a Deployment's progress deadline): cheap, because reconciles without changes write nothing."""
+    a Deployment's progress deadline): cheap, because reconciles without changes write nothing.
+    `prune`: also ask for one LIST that finds ModelServices deleted unseen (kube/relist.py)."""
     while True:
         await asyncio.sleep(every)
+        if prune is not None:
+            prune()
         for key in store.keys():
             queue.add(key)
 
 
+@dataclasses.dataclass(frozen=True)
+class Election:
+    """Where the replicas' Lease lives (kube/leader.py)."""
+
+    namespace: str
+    name: str = "modelship-operator"
+    identity: str | None = None
+    timeout: float = 5.0  # per Lease request: a renewal stuck longer is a renewal missed
+
+
+def _uids(store: Store) -> dict[Key, str | None]:
+    return {key: ((store.msvc(key) or {}).get("metadata") or {}).get("uid") for key in store.keys()}
+
+
+async def _list_msvcs(kube: KubeClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
+    prefix = f"/apis/{api.GROUP}/{api.VERSION}"
+    if not namespaces:
+        return await kube.list(f"{prefix}/{api.PLURAL}")
+    items: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        items.extend(await kube.list(f"{prefix}/namespaces/{namespace}/{api.PLURAL}"))
+    return items
+
+
+def _forget(store: Store, queue: WorkQueue, key: Key, uid: str | None) -> None:
+    body = store.msvc(key)
+    if body is not None and (body.get("metadata") or {}).get("uid") == uid:
+        store.forget(key)
+        queue.add(key)  # the reconciler drops what it kept for it
+
+
+async def _forward(signal: asyncio.Event, pruner: relist.Pruner) -> None:
+    """kopf's relist events (set `signal`) become prune requests."""
+    while True:
+        await signal.wait()
+        signal.clear()
+        pruner.request()
+
+
 def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resync_seconds: float,
-                   metrics: OperatorMetrics | None = None, prometheus_url: str | None = None) -> kopf.OperatorRegistry:
-    """The operator's kopf registry; `client` is the Kubernetes ApiClient its writes go through."""
+                   metrics: OperatorMetrics | None = None, prometheus_url: str | None = None,
+                   election: Election | None = None) -> kopf.OperatorRegistry:
+    """The operator's kopf registry; `client` is the Kubernetes ApiClient its writes go through.
+    With `election`, every replica watches and caches, and only the Lease's holder writes."""
     registry = kopf.OperatorRegistry()
     store = Store()
     queue = WorkQueue()
-    handlers.register(registry, store=store, queue=queue)
+    relisted = asyncio.Event()
+    handlers.register(registry, store=store, queue=queue, on_relist=relisted.set)
     tasks: list[asyncio.Task[None]] = []
     clients: list[KubeClient] = []
 
@@ -152,15 +199,44 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
                     "apply crds/ (the Helm chart does this on install)", delay=10,
                 ) from None
             raise kopf.TemporaryError(f"cannot list what the operator manages: {error}", delay=10) from None
-        autoscaler = Autoscaler(kube=kube, store=store, wake=queue.add, metrics=metrics, prometheus_url=prometheus_url)
-        reconciler = Reconciler(kube=kube, store=store, extra_status=autoscaler.status_for)
-        failures: dict[Any, int] = {}
-        tasks.extend(asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers))
-        tasks.append(asyncio.create_task(autoscaler.supervise()))
-        tasks.append(asyncio.create_task(resync(store, queue, resync_seconds)))
-        for key in store.keys():
-            queue.add(key)
-        log.info("modelship operator started: %d ModelServices cached, %d workers", len(list(store.keys())), workers)
+        pruner = relist.Pruner(snapshot=lambda: _uids(store), list_all=lambda: _list_msvcs(kube, namespaces),
+                               forget=lambda key, uid: _forget(store, queue, key, uid))
+        relisted.clear()  # prime's LIST is newer than what kopf listed so far
+        tasks.append(asyncio.create_task(_forward(relisted, pruner)))
+        tasks.append(asyncio.create_task(pruner.run()))
+
+        async def lead() -> None:
+            """What only the leader does: reconcile, autoscale, resync. Cancelled when the
+            Lease is lost; a later term starts afresh from the (warm) cache."""
+            autoscaler = Autoscaler(kube=kube, store=store, wake=queue.add, metrics=metrics,
+                                    prometheus_url=prometheus_url)
+            reconciler = Reconciler(kube=kube, store=store, extra_status=autoscaler.status_for)
+            failures: dict[Any, int] = {}
+            term = [asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers)]
+            term.append(asyncio.create_task(autoscaler.supervise()))
+            term.append(asyncio.create_task(resync(store, queue, resync_seconds, pruner.request)))
+            for key in store.keys():
+                queue.add(key)
+            log.info("reconciling: %d ModelServices cached, %d workers", len(list(store.keys())), workers)
+            try:
+                await asyncio.gather(*term)
+            finally:
+                for task in term:
+                    task.cancel()
+                for task in term:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+        if election is None:
+            tasks.append(asyncio.create_task(lead()))
+        else:
+            lease_kube = KubeClient(client, threads=2, timeout=election.timeout)  # renewals never queue
+            clients.append(lease_kube)
+            elector = LeaderElector(lease_kube, namespace=election.namespace, name=election.name,
+                                    identity=election.identity)
+            tasks.append(asyncio.create_task(elector.run(lead)))
+        log.info("modelship operator started: %d ModelServices cached, %d workers%s", len(list(store.keys())),
+                 workers, "" if election is None else f", leader election on {election.namespace}/{election.name}")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -179,7 +255,7 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
 
 def run_operator(
     *, namespaces: Sequence[str], workers: int, liveness: str | None, resync_seconds: float, verbose: bool,
-    metrics_port: int = 0, prometheus_url: str | None = None,
+    metrics_port: int = 0, prometheus_url: str | None = None, election: Election | None = None,
 ) -> int:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -199,7 +275,7 @@ def run_operator(
     if metrics_port:  # on the pod's own address under the local node agent (contract C5)
         metrics.serve(metrics_port, addr=os.environ.get("MODELSHIP_LISTEN_ADDRESS", "0.0.0.0"))
     registry = build_registry(client=client, namespaces=namespaces, workers=workers, resync_seconds=resync_seconds,
-                              metrics=metrics, prometheus_url=prometheus_url)
+                              metrics=metrics, prometheus_url=prometheus_url, election=election)
     kopf.run(
         registry=registry,
         standalone=True,

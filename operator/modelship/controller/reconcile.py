@@ -28,7 +28,7 @@ import pydantic
 
 from modelship import api
 from modelship.api.v1alpha1 import ModelService
-from modelship.controller.kube import KubeClient, KubeError
+from modelship.controller.kube import KubeClient, KubeError, object_path
 from modelship.controller.store import Key, Store
 from modelship.render import Rendered, names, render_children
 from modelship.render.autoscaler import measured_capacity
@@ -174,10 +174,38 @@ class Reconciler:
         if not status_changed(previous, status):
             return
         meta = body["metadata"]
-        written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        try:
+            written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        except KubeError as error:
+            if error.status == 404 and not await self._reread(key, body):
+                self.written.pop(key, None)
+                self.unavailable.pop(key, None)
+                self._renders.pop(key, None)
+                return
+            raise
         self.written[key] = (meta.get("uid"), status)
         self.store.upsert("ModelService", written, own_write=True)
         await asyncio.gather(*(self._event(written, t) for t in transitions))
+
+    async def _reread(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """A 404 on the status patch: the cache holds a ModelService the API server does not
+        (deleted during a watch gap). Read it again: gone (False), it leaves the cache and
+        nothing more is written for it; re-created (True), the retry works on the new one."""
+        meta = body["metadata"]
+        try:
+            fresh = await self.kube.get(object_path(api.API_VERSION, api.KIND, meta["namespace"], meta["name"]))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+            log.info("ModelService %s/%s is gone; forgetting it", *key)
+            cached = self.store.msvc(key)
+            if cached is not None and (cached.get("metadata") or {}).get("uid") == meta.get("uid"):
+                self.store.forget(key)
+            return False
+        fresh.setdefault("apiVersion", api.API_VERSION)
+        fresh.setdefault("kind", api.KIND)
+        self.store.upsert("ModelService", fresh)
+        return True
 
     async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False) -> None:
         """Apply what differs; `hold`: not the ConfigMap and the Deployment (they carry the
