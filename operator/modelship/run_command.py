@@ -73,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from modelship.controller.main import Election, run_operator
 
     namespace = election_namespace(args, dict(os.environ))
+    liveness = None if args.liveness == "off" else args.liveness
+    listen = os.environ.get("MODELSHIP_LISTEN_ADDRESS")
+    if liveness and listen:  # the local node agent's pods share one host: each on its own address
+        liveness = liveness.replace("//0.0.0.0:", f"//{listen}:")
     return run_operator(
         election=Election(namespace=namespace, name=args.lease_name) if namespace else None,
         namespaces=args.namespace,
         workers=args.workers,
-        liveness=None if args.liveness == "off" else args.liveness,
+        liveness=liveness,
         resync_seconds=args.resync_seconds,
         verbose=args.verbose,
         metrics_port=args.metrics_port,

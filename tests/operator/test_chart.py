@@ -124,3 +124,48 @@ def test_helm_lint_strict_and_server_side_dry_run(cluster: Any, crd: None) -> No
     result = cluster.kubectl("apply", "--dry-run=server", "--server-side", "-f", "-",
                              input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
     assert result.stdout.count("(server dry run)") == len(manifests)
+
+
+@pytest.mark.cluster
+def test_an_operator_with_the_namespaced_rbac_serves_its_namespace_and_nothing_else(
+        cluster: Any, crd: None, namespace: str, tmp_path: pathlib.Path) -> None:
+    """watchNamespaces=[ns]: the chart's Roles are enough to reconcile there (the operator runs
+    with that ServiceAccount's token), and the account can do nothing in another namespace."""
+    from accounts import service_account_kubeconfig
+    from kube_helpers import OperatorProcess, apply, get, is_ready, wait_for
+    from test_api_faults import manifest
+
+    release_ns = f"{namespace}-op"
+    cluster.kubectl("create", "namespace", release_ns)
+    try:
+        rendered = cluster.helm("template", "nsop", str(CHART), "-n", release_ns, "--set",
+                                f"watchNamespaces={{{namespace}}}").stdout
+        kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+        rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in kinds]
+        assert {d["kind"] for d in rbac} == {"ServiceAccount", "Role", "RoleBinding"}
+        for doc in rbac:
+            doc["metadata"].setdefault("namespace", release_ns)
+        cluster.kubectl("apply", "--server-side", "-f", "-",
+                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+        account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        user = f"system:serviceaccount:{release_ns}:{account}"
+        can = lambda *a: cluster.kubectl("auth", "can-i", *a, "--as", user, check=False).stdout.strip()  # noqa: E731
+        assert can("patch", "deployments", "-n", namespace) == "yes"
+        assert can("update", "leases", "-n", release_ns) == "yes"
+        assert can("patch", "deployments", "-n", "default") == "no"
+        assert can("list", "modelservices.modelship.dev", "--all-namespaces") == "no"
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(service_account_kubeconfig(cluster, release_ns, account)))
+        op = OperatorProcess(path, tmp_path / "operator.log", args=(
+            "--namespace", namespace, "--leader-election-namespace", release_ns))
+        try:
+            op.start()
+            apply(cluster, manifest("scoped"), namespace)
+            wait_for(lambda: is_ready(get(cluster, "msvc", "scoped", "-n", namespace)), timeout=90,
+                     what="the ModelService Ready under the namespaced RBAC")
+        finally:
+            op.stop()
+            print(op.log()[-3000:])
+        assert "Forbidden" not in op.log()
+    finally:
+        cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

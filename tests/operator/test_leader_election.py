@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from accounts import plane_ca
-from conftest import RELEASE_NAMESPACE
 from faultproxy import FaultProxy, proxied_kubeconfig
 from kube_helpers import OperatorProcess, apply, get, is_ready, wait_for
 from test_api_faults import manifest, no_traceback
@@ -21,6 +20,7 @@ from test_api_faults import manifest, no_traceback
 pytestmark = pytest.mark.cluster
 
 LEASES = "/leases/"
+RELEASE_NAMESPACE = "modelship-system"  # where conftest.operator_kubeconfig binds the chart's roles
 
 
 @pytest.fixture

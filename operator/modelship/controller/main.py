@@ -188,6 +188,10 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
+        # kopf's own requests (lists, watches) retry API errors with these pauses (it honours
+        # Retry-After as a floor); longer than its default, so a rough minute of faults is
+        # ridden out rather than escalated into a failed watcher.
+        settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30)
         kube = KubeClient(client, threads=max(8, 2 * workers))
         clients.append(kube)
         try:
