@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -60,7 +61,8 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
         prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
         paths = [f"{prefix}/{plural}"] if not namespaces else [f"{prefix}/namespaces/{ns}/{plural}" for ns in namespaces]
         for path in paths:
-            for item in await kube.list(path, label_selector=label_selector):
+            listed = await retry.retrying(functools.partial(kube.list, path, label_selector=label_selector), what=f"LIST {path}")
+            for item in listed:
                 item.setdefault("apiVersion", f"{group}/{version}" if group else version)
                 item.setdefault("kind", kind)
                 store.upsert(kind, item)
@@ -71,7 +73,7 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
             f"/apis/{api_version}/namespaces/{ns}/{plural}" for ns in namespaces]
         for path in paths:
             try:
-                items = await kube.list(path, label_selector=selector)
+                items = await retry.retrying(functools.partial(kube.list, path, label_selector=selector), what=f"LIST {path}")
             except KubeError as error:
                 if error.status == 404:
                     break

@@ -9,10 +9,14 @@ backoff, and a Retry-After the server sent wins over our own guess. Everything h
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
+import logging
 import random
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping, TypeVar
+
+log = logging.getLogger("modelship.retry")
 
 TRANSIENT_STATUSES = frozenset({0, 408, 409, 429, 500, 502, 503, 504})
 """0 is our code for "no HTTP answer at all" (the transport failed)."""
@@ -87,3 +91,25 @@ def describe_transport(error: BaseException) -> str:
     name = type(reason or error).__name__
     text = str(reason or error).strip()
     return f"API server unreachable ({name}: {text})" if text else f"API server unreachable ({name})"
+
+
+T = TypeVar("T")
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, what: str, attempts: int = 8,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+    """`call()`, again after a backoff while it fails with a transient status (an exception
+    with `status`, like the client's KubeError), at most `attempts` times; for the reads a
+    start-up or a check cannot do without (one failed LIST among ten must not cost all ten)."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except Exception as error:
+            status = getattr(error, "status", None)
+            failures += 1
+            if not isinstance(status, int) or not transient(status) or failures >= attempts:
+                raise
+            delay = backoff(failures, status=status, after=getattr(error, "retry_after", None))
+            log.info("%s failed (%s); retrying in %.1fs", what, error, delay)
+            await sleep(delay)
