@@ -19,7 +19,7 @@ from test_api_faults import manifest, no_traceback
 
 pytestmark = pytest.mark.cluster
 
-LEASES = "/leases/"
+LEASES = "/leases"  # the collection (POST) and one Lease (PUT)
 RELEASE_NAMESPACE = "modelship-system"  # where conftest.operator_kubeconfig binds the chart's roles
 
 
@@ -34,7 +34,7 @@ def replicas(cluster: Any, operator_kubeconfig: pathlib.Path, tmp_path: pathlib.
         path = tmp_path / f"kubeconfig-{i}"
         path.write_text(yaml.safe_dump(proxied_kubeconfig(yaml.safe_load(operator_kubeconfig.read_text()), proxy.url)))
         ops.append(OperatorProcess(path, tmp_path / f"operator-{i}.log", args=(
-            "--resync-seconds", "5", "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
+            "--resync-seconds", "5", "--metrics-port", "0", "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
     try:
         yield lease, ops, proxies
     finally:

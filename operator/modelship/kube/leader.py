@@ -115,9 +115,8 @@ class LeaderElector:
                 await self._acquire()
                 await self._hold(lead)
         finally:
-            if self.leading:
-                self.leading = False
-                await self._release()
+            self.leading = False
+            await self._release()  # only if the last record we wrote names us
 
     async def _acquire(self) -> None:
         while not await self._try():
