@@ -51,6 +51,11 @@ class Rule:
     watch: bool | None = None
     stall_seconds: float = 35.0
 
+    @property
+    def label(self) -> str:
+        """How a request it hit is recorded: the status ("409") or the fault's name."""
+        return str(self.status) if self.fault == "status" else self.fault
+
     def matches(self, method: str, path: str, watching: bool) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
@@ -65,7 +70,7 @@ class Seen:
     method: str
     path: str
     query: str
-    fault: str | None  # what the proxy did instead of (or after) forwarding; None: passed
+    fault: str | None  # what the proxy did instead of (or after) forwarding (Rule.label); None: passed
 
     @property
     def write(self) -> bool:
@@ -181,7 +186,7 @@ class FaultProxy:
             rule = self._pick(method, split.path, watching)
             if rule is not None and rule.fault == "gone" and not (watching and query.get("resourceVersion")):
                 rule = None  # only a resume can be too old
-            self._record(method, split.path, split.query, rule.fault if rule else None)
+            self._record(method, split.path, split.query, rule.label if rule else None)
             if rule is not None and rule.fault != "reset-after":
                 await self._inject(rule, writer)
                 return
