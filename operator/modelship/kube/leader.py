@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 log = logging.getLogger("modelship.leader")
 
@@ -106,7 +106,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._path = f"{LEASE_API}/namespaces/{namespace}/leases"
 
-    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+    async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Campaign forever; `lead()` runs while this process holds the Lease and is cancelled
         the moment it may no longer be sure it does."""
         log.info("leader election on Lease %s/%s as %s", self.namespace, self.name, self.identity)
@@ -122,7 +122,7 @@ class LeaderElector:
         while not await self._try():
             await asyncio.sleep(self.retry_period)
 
-    async def _hold(self, lead: Callable[[], Awaitable[None]]) -> None:
+    async def _hold(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.leading = True
         self.terms += 1
         log.info("became leader (Lease %s/%s, %s)", self.namespace, self.name, self.identity)
@@ -156,7 +156,7 @@ class LeaderElector:
         except Exception as error:
             if _status(error) is None:
                 raise
-            if error.status != 404:
+            if _status(error) != 404:
                 log.info("cannot read the Lease (%s); retrying", error)
                 return False
             lease = None
