@@ -116,3 +116,29 @@ def test_one_writer_a_standby_takes_over_and_idle_replicas_write_nothing(
     assert not writes(proxies[standby], stopped + 1), "the stopped replica wrote"
     for op in ops:
         no_traceback(op.log())
+
+
+def test_a_leader_that_sees_another_holder_stops_writing_until_the_lease_is_free_again(
+        cluster: Any, namespace: str, replicas: tuple[str, list[OperatorProcess], list[FaultProxy]]) -> None:
+    """As after a partition: the Lease names someone else (written here as that someone). The
+    leader stops at its next renewal, writes nothing while the other "holds" it, and takes it
+    back once the record has not moved for a lease duration."""
+    lease, ops, proxies = replicas
+    op, proxy = ops[0], proxies[0]
+    op.start()
+    wait_for(lambda: holder(cluster, lease), timeout=60, what="a Lease holder")
+    body = yaml.safe_load(cluster.kubectl("-n", RELEASE_NAMESPACE, "get", "lease", lease, "-o", "yaml").stdout)
+    body["spec"]["holderIdentity"] = "a-partitioned-peer"
+    body["spec"]["renewTime"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    cluster.kubectl("replace", "-f", "-", input=yaml.safe_dump(body))
+    wait_for(lambda: "lost the Lease to a-partitioned-peer" in op.log(), timeout=30, what="the leader stepping down")
+    stepped_down = time.time()
+    apply(cluster, manifest("fenced"), namespace)
+    time.sleep(3)
+    assert holder(cluster, lease) == "a-partitioned-peer"
+    assert not writes(proxy, stepped_down), "a replica that lost the Lease wrote"
+    wait_for(lambda: holder(cluster, lease) not in (None, "a-partitioned-peer"), timeout=60,
+             what="the replica taking the expired Lease back")
+    wait_for(lambda: is_ready(get(cluster, "msvc", "fenced", "-n", namespace)), timeout=90,
+             what="the ModelService reconciled after the Lease came back")
+    no_traceback(op.log())

@@ -133,7 +133,12 @@ class LeaderElector:
                 await asyncio.wait({task}, timeout=self.retry_period)
                 if task.done():
                     break
-                if await self._try():
+                left = self.renew_deadline - (self.clock() - renewed)
+                try:  # a renewal that hangs must not outlive the deadline it guards
+                    held = await asyncio.wait_for(self._try(), timeout=max(0.1, left))
+                except asyncio.TimeoutError:
+                    held = False
+                if held:
                     renewed = self.clock()
                 elif self._observed is not None and self._observed.holder not in (None, self.identity):
                     log.warning("lost the Lease to %s; stopping", self._observed.holder)
@@ -144,10 +149,11 @@ class LeaderElector:
         finally:
             self.leading = False
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # an error: logged below
                 await task
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("the leader's work ended with an error: %r; campaigning again", task.exception())
+            await asyncio.sleep(self.retry_period)
 
     async def _try(self) -> bool:
         """One read and, if allowed, one write; True when we hold the Lease afterwards."""
