@@ -203,3 +203,32 @@ def test_a_modelservice_deleted_while_the_watch_is_cut_gets_no_write_after_the_r
     # What was re-applied while the operator could not know names a dead owner: the garbage collector takes it.
     wait_for(lambda: not any(children(cluster, namespace, "doomed").values()), timeout=60,
              what="no child left of the deleted ModelService")
+
+
+def test_a_429_with_retry_after_holds_the_next_attempt_that_long(
+        cluster: Any, operator_kubeconfig: pathlib.Path, namespace: str, proxy: FaultProxy, tmp_path: pathlib.Path
+) -> None:
+    """Every status patch is throttled for a while: each next attempt comes no sooner than the
+    server asked, although the children's events keep waking the ModelService meanwhile."""
+    op = proxied_operator(operator_kubeconfig, proxy, tmp_path)
+    status_path = r"/modelservices/patient/status$"
+    try:
+        op.start()
+        wait_for(lambda: "operator started" in op.log(), timeout=60, what="the operator started")
+        proxy.set_rules(Rule("status", status=429, retry_after=4, methods=frozenset({"PATCH"}), path=status_path))
+        apply(cluster, manifest("patient"), namespace)
+
+        def attempts() -> list[Any]:
+            return [s for s in proxy.requests() if s.method == "PATCH" and s.path.endswith("/patient/status")]
+
+        wait_for(lambda: len(attempts()) >= 3, timeout=60, what="three throttled status patches")
+        proxy.set_rules()
+        wait_for(lambda: is_ready(get(cluster, "msvc", "patient", "-n", namespace)), timeout=60, what="Ready")
+        seen = attempts()
+        gaps = [later.at - earlier.at for earlier, later in zip(seen, seen[1:]) if earlier.fault == "429"]
+        assert gaps and min(gaps) >= 4.0, gaps
+        assert "HTTP 429" in op.log()
+    finally:
+        op.stop()
+        print(op.log()[-3000:])
+    no_traceback(op.log())

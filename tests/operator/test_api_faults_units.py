@@ -112,3 +112,25 @@ def test_lease_body_counts_transitions_and_carries_the_version_read() -> None:
 def test_elector_refuses_timings_that_allow_two_leaders() -> None:
     with pytest.raises(ValueError, match="renew_deadline < lease_duration"):
         leader.LeaderElector(object(), namespace="ns", name="l", lease_duration=5, renew_deadline=5)
+
+
+def test_the_client_turns_a_refused_connection_into_a_transient_kube_error() -> None:
+    """A real connection to a loopback port nobody listens on: no traceback, no crash path."""
+    import kubernetes
+
+    from modelship.controller.kube import KubeClient
+
+    with socket.socket() as probe:  # a free port, closed again before the request
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    configuration.retries = False
+    kube = KubeClient(kubernetes.client.ApiClient(configuration), timeout=5)
+    try:
+        with pytest.raises(KubeError) as caught:
+            asyncio.run(kube.get("/api/v1/namespaces/default"))
+    finally:
+        kube.close()
+    assert caught.value.status == 0 and caught.value.transient
+    assert "API server unreachable" in str(caught.value) and "refused" in str(caught.value).lower()

@@ -85,18 +85,31 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
 
 
 async def worker(reconciler: Reconciler, queue: WorkQueue, failures: dict[Any, int],
-                 metrics: OperatorMetrics | None = None) -> None:
+                 metrics: OperatorMetrics | None = None, holds: dict[Any, float] | None = None) -> None:
+    """Reconcile keys from `queue`; failed ones come back after a backoff. `holds` (shared by
+    the workers): key -> loop time before which it is not reconciled, because the API server
+    said Retry-After; events for it meanwhile wait too."""
+    holds = {} if holds is None else holds
+    loop = asyncio.get_running_loop()
     while True:
         key = await queue.get()
+        wait = holds.get(key, 0.0) - loop.time()
+        if wait > 0:
+            queue.done(key)
+            queue.add_after(key, wait)
+            continue
         started = time.perf_counter()
         try:
             await reconciler.reconcile(key)
             failures.pop(key, None)
+            holds.pop(key, None)
         except KubeError as error:
             if metrics is not None:
                 metrics.reconcile_errors.labels("api").inc()
             count = failures[key] = failures.get(key, 0) + 1
             delay = retry.backoff(count, status=error.status, after=error.retry_after)
+            if error.retry_after is not None:
+                holds[key] = loop.time() + error.retry_after
             log.warning("reconcile of %s/%s failed (%s%s); retrying in %.1fs", *key,
                         f"HTTP {error.status}: " if error.status else "", error, delay)
             queue.add_after(key, delay)
@@ -218,7 +231,8 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
                                     prometheus_url=prometheus_url)
             reconciler = Reconciler(kube=kube, store=store, extra_status=autoscaler.status_for)
             failures: dict[Any, int] = {}
-            term = [asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers)]
+            holds: dict[Any, float] = {}
+            term = [asyncio.create_task(worker(reconciler, queue, failures, metrics, holds)) for _ in range(workers)]
             term.append(asyncio.create_task(autoscaler.supervise()))
             term.append(asyncio.create_task(resync(store, queue, resync_seconds, pruner.request)))
             for key in store.keys():
