@@ -24,8 +24,10 @@ RELEASE_NAMESPACE = "modelship-system"  # where conftest.operator_kubeconfig bin
 
 
 @pytest.fixture
-def replicas(cluster: Any, operator_kubeconfig: pathlib.Path, tmp_path: pathlib.Path
+def replicas(cluster: Any, operator_kubeconfig: pathlib.Path, tmp_path: pathlib.Path, namespace: str
              ) -> Iterator[tuple[str, list[OperatorProcess], list[FaultProxy]]]:
+    """Two replicas on one Lease, each watching only the test's namespace (earlier tests'
+    namespaces may still be terminating, and their ModelServices are no business of these)."""
     lease = f"modelship-test-{uuid.uuid4().hex[:6]}"
     proxies = [FaultProxy(cluster.server, plane_ca(cluster)) for _ in range(2)]
     ops = []
@@ -34,7 +36,7 @@ def replicas(cluster: Any, operator_kubeconfig: pathlib.Path, tmp_path: pathlib.
         path = tmp_path / f"kubeconfig-{i}"
         path.write_text(yaml.safe_dump(proxied_kubeconfig(yaml.safe_load(operator_kubeconfig.read_text()), proxy.url)))
         ops.append(OperatorProcess(path, tmp_path / f"operator-{i}.log", args=(
-            "--resync-seconds", "5", "--metrics-port", "0", "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
+            "--namespace", namespace, "--resync-seconds", "5", "--metrics-port", "0", "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
     try:
         yield lease, ops, proxies
     finally:
