@@ -51,4 +51,4 @@ def test_the_walk_follows_imports_inside_functions_and_skips_type_checking(tmp_p
     assert imports.imports_of("modelship.mod", source) == {"typing", "yaml", "kopf", "modelship.sibling"}
     assert imports.imports_of("modelship.mod", source, module_level_only=True) == {"typing", "yaml"}
     # the operator's own metrics: the import that broke the operator image
-    assert "modelship.autoscale.metrics" in imports.third_party(("modelship.run_command",))["prometheus_client"]
+    assert "modelship.controller.metrics" in imports.third_party(("modelship.run_command",))["prometheus_client"]

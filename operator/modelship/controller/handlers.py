@@ -44,12 +44,17 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue) -> None:
-    """Declare the watches on `registry`; `store` and `queue` are where events go."""
+def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue,
+             on_relist: Callable[[], None] | None = None) -> None:
+    """Declare the watches on `registry`; `store` and `queue` are where events go.
+    `on_relist`: called when kopf lists ModelServices (event type None: at start, and after a
+    watch gap), whose listing says nothing about objects deleted meanwhile (kube/relist.py)."""
 
     def on_event(kind: str) -> Callable[..., Awaitable[None]]:  # a kopf handler
         # async: kopf runs sync handlers in a thread pool, a hop this dict update does not need
         async def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            if event.get("type") is None and kind == api.KIND and on_relist is not None:
+                on_relist()
             if event.get("type") == "DELETED":
                 key = store.remove(kind, body)
                 if kind == api.KIND and key is not None:

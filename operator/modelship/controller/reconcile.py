@@ -31,6 +31,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
+from modelship.kube.kinds import object_path
 from modelship.render import Rendered, names, render_children
 from modelship.render.artifact import ORIGINAL, original
 from modelship.render.capacity import measured_capacity
@@ -86,6 +87,10 @@ class Reconciler:
             except pydantic.ValidationError as error:
                 await self._report_invalid(key, body, error)
                 return
+        if cached is not None and cached[0] == (meta.get("uid"), meta.get("generation")) \
+                and self._lost_children(key, msvc, cached[2]) and not await self._reread(key, body):
+            self._drop(key)
+            return  # deleted unseen (a watch gap): the garbage collector took its children
         apply_error = None
         try:
             decision = await self._optimize(key, msvc)
@@ -171,10 +176,49 @@ class Reconciler:
         if not status_changed(previous, status):
             return
         meta = body["metadata"]
-        written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        try:
+            written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        except KubeError as error:
+            if error.status == 404 and not await self._reread(key, body):
+                self._drop(key)
+                return
+            raise
         self.written[key] = (meta.get("uid"), status)
         self.store.upsert("ModelService", written, own_write=True)
         await asyncio.gather(*(self._event(written, t) for t in transitions))
+
+    def _drop(self, key: Key) -> None:
+        self.written.pop(key, None)
+        self.unavailable.pop(key, None)
+        self._renders.pop(key, None)
+
+    def _lost_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> bool:
+        """A child this spec's render produced is no longer cached: someone deleted it, or the
+        garbage collector did because the ModelService is gone and the watch missed it. One
+        read tells which, before anything is re-applied for an owner that may not exist."""
+        held = set(HELD_KINDS) if msvc.spec.optimization.enabled else set()
+        return any(self.store.child(key, o["kind"], o["metadata"]["name"]) is None
+                   for o in rendered.objects if o["kind"] not in held and o["kind"] not in OPTIONAL_KINDS)
+
+    async def _reread(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """A 404 on the status patch: the cache holds a ModelService the API server does not
+        (deleted during a watch gap). Read it again: gone (False), it leaves the cache and
+        nothing more is written for it; re-created (True), the retry works on the new one."""
+        meta = body["metadata"]
+        try:
+            fresh = await self.kube.get(object_path(api.API_VERSION, api.KIND, meta["namespace"], meta["name"]))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+            log.info("ModelService %s/%s is gone; forgetting it", *key)
+            cached = self.store.msvc(key)
+            if cached is not None and (cached.get("metadata") or {}).get("uid") == meta.get("uid"):
+                self.store.forget(key)
+            return False
+        fresh.setdefault("apiVersion", api.API_VERSION)
+        fresh.setdefault("kind", api.KIND)
+        self.store.upsert("ModelService", fresh)
+        return True
 
     async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False) -> None:
         """Apply what differs; `hold`: not the ConfigMap and the Deployment (they carry the

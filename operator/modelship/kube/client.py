@@ -13,22 +13,31 @@ import json
 from typing import Any, Mapping
 
 from modelship import contracts
+from modelship.kube import retry
 from modelship.kube.kinds import object_path
 
 
 class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status, the message is the API server's."""
+    """An API call failed; `status` is the HTTP status (0: no answer, the transport failed),
+    the message is the API server's; `retry_after`: the seconds its Retry-After asked for."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return retry.transient(self.status)
 
 
 class KubeClient:
     """Async writes on top of a configured `kubernetes.client.ApiClient`."""
 
-    def __init__(self, api_client: Any, *, field_manager: str = contracts.FIELD_MANAGER, threads: int = 8) -> None:
+    def __init__(self, api_client: Any, *, field_manager: str = contracts.FIELD_MANAGER, threads: int = 8,
+                 timeout: float = 30) -> None:
         self._api = api_client
+        self._timeout = timeout
         self._field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.calls: dict[str, int] = {}  # verb -> count, for the benchmark and the logs
@@ -80,6 +89,17 @@ class KubeClient:
         path = object_path("v1", "Event", event["metadata"]["namespace"])
         await self._call("event", "POST", path, body=event, content_type="application/json")
 
+    async def get(self, path: str) -> dict[str, Any]:
+        return await self._call("get", "GET", path)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `body` to the collection `path` (the Lease of leader election)."""
+        return await self._call("create", "POST", path, body=body, content_type="application/json")
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT `body`; with metadata.resourceVersion set, a 409 says someone wrote first."""
+        return await self._call("replace", "PUT", path, body=body, content_type="application/json")
+
     async def list(self, path: str, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         """All items of a collection path such as /apis/apps/v1/deployments (for the cache's priming)."""
         items: list[dict[str, Any]] = []
@@ -127,13 +147,17 @@ class KubeClient:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=30)
+            response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=self._timeout)
             response.read()
         except ApiException as error:
-            raise KubeError(error.status or 0, _message(error.body) or str(error.reason)) from None
+            raise KubeError(error.status or 0, _message(error.body) or str(error.reason),
+                            retry_after=retry.retry_after(error.headers)) from None
+        except retry.transport_errors() as error:  # refused, reset, timed out: weather, not a bug
+            raise KubeError(0, retry.describe_transport(error)) from None
         data = response.data.decode("utf-8") if isinstance(response.data, bytes) else response.data
         if response.status >= 400:
-            raise KubeError(response.status, _message(data) or f"HTTP {response.status}")
+            raise KubeError(response.status, _message(data) or f"HTTP {response.status}",
+                            retry_after=retry.retry_after(dict(response.headers or {})))
         return json.loads(data) if data else {}
 
 
