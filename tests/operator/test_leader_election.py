@@ -36,7 +36,8 @@ def replicas(cluster: Any, operator_kubeconfig: pathlib.Path, tmp_path: pathlib.
         path = tmp_path / f"kubeconfig-{i}"
         path.write_text(yaml.safe_dump(proxied_kubeconfig(yaml.safe_load(operator_kubeconfig.read_text()), proxy.url)))
         ops.append(OperatorProcess(path, tmp_path / f"operator-{i}.log", args=(
-            "--namespace", namespace, "--resync-seconds", "5", "--metrics-port", "0", "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
+            "--namespace", namespace, "--resync-seconds", "5", "--metrics-port", "0",
+            "--leader-election-namespace", RELEASE_NAMESPACE, "--lease-name", lease)))
     try:
         yield lease, ops, proxies
     finally:

@@ -149,7 +149,8 @@ class Election:
 
 
 def _uids(store: Store) -> dict[Key, str | None]:
-    return {key: ((store.msvc(key) or {}).get("metadata") or {}).get("uid") for key in store.keys()}
+    return {key: ((store.msvc(key) or {}).get("metadata") or {}).get("uid")
+            for key in store.keys()}  # noqa: SIM118 - Store.keys() is a method, not a dict's
 
 
 async def _list_msvcs(kube: KubeClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:

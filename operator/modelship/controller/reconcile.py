@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import pydantic
 
+from modelship import api
 from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
 from modelship.kube import objects
