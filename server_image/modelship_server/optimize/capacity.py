@@ -27,6 +27,7 @@ import onnx
 from pydantic import BaseModel
 
 from .candidates import Recipe
+from .inputs import Feed
 
 Percentile = Literal["p50", "p90", "p95", "p99"]
 PLATEAU = 1.10  # a level that adds less than 10 % throughput is past the knee
@@ -190,11 +191,14 @@ class _Server:
                 self.proc.wait()
 
 
-def measure(model_file: Path, recipe: Recipe, *, slo_ms: float | None, percentile: Percentile = "p95",
+def measure(model_file: Path, recipe: Recipe, *, feed: Feed, slo_ms: float | None,
+            percentile: Percentile = "p95",
             max_batch_size: int = 32, budget_seconds: float = 120.0, level_seconds: float = 1.5,
             max_concurrency: int = 64, progress: TextIO = sys.stderr,
             clock: Callable[[], float] = time.monotonic) -> Capacity:
-    """Sweep each batching configuration on a real server and pick the capacity."""
+    """Sweep each batching configuration on a real server and pick the capacity. Every
+    request is `feed`: one sample of the inputs the search used (the dataset's or the declared
+    shapes), so the sweep times the requests the service will get."""
     from modelship_server.bench import _Target, run_level_async
 
     start = clock()
@@ -209,7 +213,8 @@ def measure(model_file: Path, recipe: Recipe, *, slo_ms: float | None, percentil
             levels: list[Level] = []
             try:
                 server.wait_ready()
-                target = _Target(f"127.0.0.1:{server.grpc}", "grpc", "model", "", 1, {}, "random", True)
+                target = _Target(f"127.0.0.1:{server.grpc}", "grpc", "model", "", 1, {}, "random", True,
+                                 feed=feed)
                 concurrency = 1
                 while concurrency <= max_concurrency:
                     r = run_level_async(target, concurrency, warmup_s=0.3, measure_s=level_seconds)
