@@ -16,6 +16,12 @@ from modelship.api.v1alpha1 import (
 from modelship.render.artifact import MeasuredBatching
 
 
+# spec.model.inputs travels to the serving pods in config.pbtxt under this key (the same JSON
+# as the optimize Job's --inputs); modelship_server.feeds.CONFIG_PARAMETER reads it. Triton
+# ignores parameters its backend does not know.
+INPUTS_PARAMETER = "modelship_inputs"
+
+
 @dataclasses.dataclass(frozen=True)
 class EffectiveBatching:
     max_batch_size: int  # 0: no batching at all
@@ -88,6 +94,9 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
     ):
         if value is not None:
             config.parameters[key].string_value = str(value)
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # the serving pods warm up on the declared inputs (modelship_server/feeds.py)
+        config.parameters[INPUTS_PARAMETER].string_value = inputs
     return config
 
 

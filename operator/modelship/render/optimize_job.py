@@ -60,6 +60,9 @@ def optimize_args(msvc: ModelService) -> list[str]:
         args += [f"--slo-ms={spec.slo.latency_milliseconds}", f"--slo-percentile={spec.slo.percentile}"]
     if spec.optimization.dataset is not None:
         args.append(f"--dataset={pod.DATASET_PATH}")
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # spec.model.inputs: the shapes and values every step generates from
+        args.append(f"--inputs={inputs}")
     args.append(f"--termination-log={pod.TERMINATION_LOG}")
     return args
 
