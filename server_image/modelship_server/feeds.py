@@ -28,7 +28,7 @@ CONFIG_PARAMETER = "modelship_inputs"  # config.pbtxt parameter carrying the sam
 # The first words of the error when generated inputs would be meaningless: the optimizer's
 # exit-2 line starts with them, and the operator gives it a reason of its own.
 HINTS_NEEDED_PREFIX = "inputs need declaring:"
-INT_DEFAULT_RANGE = (0, 9)  # generated integers when nothing is declared (ids, class indices)
+INT_DEFAULT_RANGE = (0, 10)  # generated integers when nothing is declared (ids, class indices)
 
 
 class InputsError(ValueError):
@@ -57,7 +57,7 @@ class InputHint:
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
     value: float | None = None  # every element is this constant (a sample rate, a flag)
-    range: tuple[float, float] | None = None  # generated values lie in [low, high], both included
+    range: tuple[float, float] | None = None  # generated values lie in [low, high), as numpy draws them
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -110,10 +110,10 @@ def hint_from_wire(entry: Any, where: str) -> InputHint:
     span: tuple[float, float] | None = None
     if bounds is not None:
         if not isinstance(bounds, list) or len(bounds) != 2:
-            raise InputsError(f"{where}.range must be [low, high]; got {bounds!r}")
+            raise InputsError(f"{where}.range must be [low, high); got {bounds!r}")
         span = (_number(bounds[0], f"{where}.range[0]"), _number(bounds[1], f"{where}.range[1]"))
-        if span[0] > span[1]:
-            raise InputsError(f"{where}.range must be [low, high] with low <= high; got {list(span)}")
+        if span[0] >= span[1]:
+            raise InputsError(f"{where}.range must be [low, high) with low < high; got {list(span)}")
     hint = InputHint(name, shape, low, high, value, span)
     problem = hint_problem(hint)
     if problem:
@@ -206,6 +206,7 @@ def check_hints(specs: Sequence[InputSpec], hints: Sequence[InputHint]) -> None:
                                       f"expected an integer, got {number}")
                 info = np.iinfo(spec.dtype) if spec.dtype.kind != "b" else None
                 low, high = (0, 1) if info is None else (info.min, info.max)
+                high += 1 if label == "range[1]" else 0  # the range's high end is excluded
                 if not low <= int(number) <= high:
                     raise InputsError(f"{FIELD}[{hint.name}].{label}: {int(number)} does not fit input "
                                       f"{hint.name!r} of type {spec.dtype} ({low} .. {high})")
@@ -278,7 +279,7 @@ def _values(spec: InputSpec, hint: InputHint | None, shape: tuple[int, ...], rng
     if kind == "b":
         return rng.integers(0, 2, shape).astype(bool)
     low, high = hint.range if hint is not None and hint.range is not None else INT_DEFAULT_RANGE
-    return rng.integers(int(low), int(high), shape, endpoint=True).astype(spec.dtype)
+    return rng.integers(int(low), int(high), shape).astype(spec.dtype)
 
 
 def generate(specs: Sequence[InputSpec], hints: Sequence[InputHint], count: int, seed: int = 0,

@@ -68,7 +68,7 @@ class ModelInput(_Model):
     `shape` is one request's whole shape as the model's input has it, batch axis included (as
     1): `[1, 3, 48, 160]`, `[2, 1, 128]` for a state batched on axis 1, `[]` for a scalar.
     minShape/maxShape bound it (the ranges of a TensorRT optimization profile); `value` fills
-    the input with a constant (a sample rate), `range` bounds generated values (token ids).
+    the input with a constant (a sample rate), `range` [low, high) bounds generated values (token ids).
     The server checks every rule against the model itself (modelship_server/feeds.py)."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -85,8 +85,8 @@ class ModelInput(_Model):
             raise ValueError(f"{where}: value ({self.value:g}) and range ({self.range}) exclude each other; give one")
         if all(v is None for v in (self.shape, self.min_shape, self.max_shape, self.value, self.range)):
             raise ValueError(f"{where} declares nothing; give at least one of shape, minShape/maxShape, value, range")
-        if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"{where}.range must be [low, high] with low <= high; got {self.range}")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            raise ValueError(f"{where}.range must be [low, high) with low < high; got {self.range}")
         for key, bound, below in (("minShape", self.min_shape, True), ("maxShape", self.max_shape, False)):
             if bound is None or self.shape is None:
                 continue

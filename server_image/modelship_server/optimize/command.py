@@ -65,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", metavar="JSON", default=None,
                         help="declared inputs, the JSON form of a ModelService's spec.model.inputs: "
                              '[{"name": "x", "shape": [1, 3, 48, 160]}, {"name": "sr", "value": 16000}, '
-                             '{"name": "ids", "range": [0, 30521]}]; shape is one request\'s whole shape, '
+                             '{"name": "ids", "range": [0, 30522]}]; shape is one request\'s whole shape, '
                              "batch axis included. Generated inputs follow it; without it (and without "
                              "--dataset) a model with a dynamic non-batch dim or a scalar input is refused")
     parser.add_argument("--metric", default="cosine", choices=["cosine", "top1_agreement", "max_abs", "max_rel"],
