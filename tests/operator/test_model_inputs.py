@@ -89,3 +89,24 @@ def test_a_job_stopped_over_its_inputs_has_a_reason_of_its_own_and_the_original_
 def test_other_failures_keep_their_reason() -> None:
     d = o.decide(_msvc(), JOB, o.JobResult("failed", detail="error: model file is not a loadable ONNX model"))
     assert d.condition.reason == "Failed"
+
+
+def _init_steps(msvc: ModelService) -> list[dict[str, Any]]:
+    objs = {o["kind"]: o for o in render_children(msvc).objects}
+    return objs["Deployment"]["spec"]["template"]["spec"]["initContainers"]
+
+
+def test_triton_pods_write_their_model_warmup_from_the_declaration() -> None:
+    """Triton warms up only with config samples, which need each input's data type: an init
+    step reads it from the fetched model (modelship_server/triton_warmup.py)."""
+    spec = {"model": {"uri": "https://h.example/m.onnx", "sha256": SHA, "name": "vad", "inputs": INPUTS},
+            "runtime": "triton"}
+    steps = _init_steps(ModelService.from_body(body("svc", spec=spec)))
+    assert [s["name"] for s in steps] == ["fetch-model", "triton-warmup"]
+    warmup = steps[1]
+    assert warmup["command"] == ["python", "-m", "modelship_server.triton_warmup"]
+    assert warmup["args"] == ["--model-dir=/models/vad"]
+    assert warmup["securityContext"]["readOnlyRootFilesystem"] is True
+    assert [s["name"] for s in _init_steps(_msvc())] == ["fetch-model"]  # modelship-server reads the parameter
+    del spec["model"]["inputs"]
+    assert [s["name"] for s in _init_steps(ModelService.from_body(body("svc", spec=spec)))] == ["fetch-model"]

@@ -28,6 +28,7 @@ from modelship.render.artifact import ModelArtifact
 from modelship.render.pod import MODEL_REPOSITORY
 
 APPLY_VARIANT = "apply-variant"
+TRITON_WARMUP = "triton-warmup"
 
 
 def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_hash: str) -> dict[str, Any]:
@@ -46,6 +47,8 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         volumes += pod.dataset_volumes(msvc, artifact.dataset.uri)
     if artifact.apply_args:
         init.append(apply_variant_container(msvc, artifact))
+    if spec.runtime == "triton" and spec.model.inputs:
+        init.append(triton_warmup_container(msvc))
 
     server = _server_container(msvc)
     server["volumeMounts"] = [
@@ -116,6 +119,23 @@ def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict
         "securityContext": pod.container_security(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
+    }
+
+
+def triton_warmup_container(msvc: ModelService) -> dict[str, Any]:
+    """The init step that gives Triton a `model_warmup` in the declared inputs' shapes: it needs
+    each input's data type, which only the model file says (modelship_server/triton_warmup.py)."""
+    return {
+        "name": TRITON_WARMUP,
+        "image": msvc.spec.images.server,
+        "imagePullPolicy": msvc.spec.images.pull_policy,
+        "command": ["python", "-m", "modelship_server.triton_warmup"],
+        "args": [f"--model-dir={MODEL_REPOSITORY}/{msvc.spec.model.name}"],
+        "resources": pod.resources(msvc),  # it reads the whole model file, as serving does
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+                         {"name": "tmp", "mountPath": "/tmp"}],
     }
 
 

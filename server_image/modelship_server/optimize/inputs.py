@@ -82,6 +82,8 @@ def load_dataset(path: Path, specs: list[InputSpec]) -> list[Feed]:
         raise DatasetError(f"dataset {path} has array(s) {extra} that are not model inputs; "
                            f"the model expects {sorted(expected)}")
     for spec in specs:
+        if spec.dtype.kind == "O" and arrays[spec.name].dtype.kind in "US":  # strings: savez cannot store objects
+            arrays[spec.name] = arrays[spec.name].astype(object)
         if arrays[spec.name].dtype != spec.dtype:
             raise DatasetError(f"dataset input {spec.name!r}: expected dtype {spec.dtype}, "
                                f"got {arrays[spec.name].dtype}")
