@@ -155,16 +155,17 @@ def _generate(specs: list[InputSpec], hints: Sequence[InputHint], shapes: dict[s
             whole = ([1] if batch is not None else []) + list(shapes[spec.name])
             hint = dataclasses.replace(hint, shape=tuple(whole)) if hint else InputHint(spec.name, tuple(whole))
         rest = spec.shape[1:] if batch is not None else spec.shape
-        if (hint is None or hint.shape is None) and any(d is None for d in rest):
+        if (hint is None or hint.typical() is None) and any(d is None for d in rest):
             dims = ",".join("4" if d is None else str(d) for d in rest)
             raise SystemExit(
                 f"bench: input {spec.name} has variable dims {shape_text(spec.shape)}; give them with "
                 f"--shape {spec.name}:{dims} (without the batch axis) or --inputs "
                 f"'[{{\"name\": \"{spec.name}\", \"shape\": [...]}}]' (the whole shape)"
             )
-        if hint is not None and hint.shape is not None and len(hint.shape) != len(spec.shape):
+        declared = hint.typical() if hint is not None else None
+        if declared is not None and len(declared) != len(spec.shape):
             raise SystemExit(f"bench: input {spec.name}: expected {len(spec.shape)} dimensions like the model's "
-                             f"{shape_text(spec.shape)}, got {list(hint.shape)}")
+                             f"{shape_text(spec.shape)}, got {list(declared)}")
         if hint is not None:
             resolved.append(hint)
     feed = feeds.generate(specs, resolved, 1, seed=0, batch=batch, zeros=kind == "zero")[0]

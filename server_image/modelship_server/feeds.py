@@ -59,6 +59,10 @@ class InputHint:
     value: float | None = None  # every element is this constant (a sample rate, a flag)
     range: tuple[float, float] | None = None  # generated values lie in [low, high), as numpy draws them
 
+    def typical(self) -> tuple[int, ...] | None:
+        """The shape generated feeds take: `shape`, else minShape, else maxShape."""
+        return next((s for s in (self.shape, self.min_shape, self.max_shape) if s is not None), None)
+
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         for key, val in (("shape", self.shape), ("minShape", self.min_shape), ("maxShape", self.max_shape),
@@ -220,7 +224,7 @@ def missing_hints(specs: Sequence[InputSpec], hints: Sequence[InputHint]) -> lis
     lines = []
     for spec in specs:
         hint = by_name.get(spec.name)
-        has_shape = hint is not None and hint.shape is not None
+        has_shape = hint is not None and hint.typical() is not None
         if spec.dtype.kind in "OSU":
             lines.append(f"input {spec.name!r} holds strings, which cannot be generated: give "
                          "spec.optimization.dataset with real inputs")
@@ -251,12 +255,12 @@ def require_generatable(specs: Sequence[InputSpec], hints: Sequence[InputHint]) 
 
 def feed_shape(spec: InputSpec, hint: InputHint | None, batch: int | None = None,
                which: str = "shape") -> tuple[int, ...]:
-    """The shape generated for `spec`: the hint's (its `which`: shape, minShape or maxShape),
-    else the model's with dynamic dims set to 1. `batch` replaces a dynamic axis 0."""
+    """The shape generated for `spec`: the hint's (its `which`: shape, minShape or maxShape;
+    else its typical one), else the model's with dynamic dims set to 1. `batch` replaces a dynamic axis 0."""
     declared = getattr(hint, {"shape": "shape", "minShape": "min_shape", "maxShape": "max_shape"}[which], None) \
         if hint is not None else None
     if declared is None and hint is not None:
-        declared = hint.shape
+        declared = hint.typical()
     shape = list(declared) if declared is not None else [1 if d is None else d for d in spec.shape]
     if batch is not None and spec.shape and spec.shape[0] is None:
         shape[0] = batch

@@ -89,3 +89,11 @@ def test_generated_feeds_follow_the_declaration():
     assert set(values.tolist()) == {100, 101, 102}  # high excluded, as numpy draws integers
     big = feeds.generate(IMAGE, [InputHint("x", (1, 3, 8, 8), max_shape=(2, 3, 16, 40))], 1, which="maxShape")
     assert big[0]["x"].shape == (2, 3, 16, 40)
+
+
+def test_bounds_alone_stand_for_the_typical_shape():
+    """Only minShape (or maxShape) declared: generation takes it, and nothing is missing."""
+    hints = [InputHint("x", min_shape=(1, 3, 32, 32), max_shape=(4, 3, 640, 640))]
+    assert feeds.missing_hints(IMAGE, hints) == []
+    assert feeds.generate(IMAGE, hints, 1)[0]["x"].shape == (1, 3, 32, 32)
+    assert feeds.generate(IMAGE, hints, 1, which="maxShape")[0]["x"].shape == (4, 3, 640, 640)

@@ -66,8 +66,8 @@ class ModelInput(_Model):
     """What one model input typically looks like, for every step that runs the model on inputs
     nobody sent (the optimize Job's search, gate and capacity sweep, apply-variant, warm-up).
     `shape` is one request's whole shape as the model's input has it, batch axis included (as
-    1): `[1, 3, 48, 160]`, `[2, 1, 128]` for a state batched on axis 1, `[]` for a scalar.
-    minShape/maxShape bound it (the ranges of a TensorRT optimization profile); `value` fills
+    1): `[1, 3, 48, 160]`, `[2, 1, 128]` for a state batched on axis 1, `[]` for a scalar
+    (default: minShape, else maxShape). minShape/maxShape bound it (the ranges of a TensorRT optimization profile); `value` fills
     the input with a constant (a sample rate), `range` [low, high) bounds generated values (token ids).
     The server checks every rule against the model itself (modelship_server/feeds.py)."""
 
