@@ -279,7 +279,8 @@ class Accuracy(_Model):
 
 class Dataset(_Model):
     """The optimize Job's calibration and validation inputs: an .npz with one array per model
-    input, samples on the first axis (the first half calibrates, the second half gates). Same
+    input, batch-first or stacked complete feeds (the first half calibrates, the second half
+    gates; docs/optimize.md). Same
     schemes and checks as spec.model, and fetched with spec.model.credentials: one Secret per
     service, since model and data usually live in the same store."""
 

@@ -461,8 +461,8 @@ def _explain(msvc: ModelService, detail: str) -> str:
     if dataset is None or not _DATASET_ERROR.match(detail):
         return detail
     return (f"{detail} (the .npz of spec.optimization.dataset, {dataset.uri}, does not fit the model: it needs "
-            "one array per model input, named after the input, with its dtype and shape, samples on the first "
-            "axis; fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
+            "one array per model input, named after the input, with its dtype, either batch-first (samples on "
+            "the batch axis) or stacked complete feeds (one axis more than the input); fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
 
 
 def _capacity_sentence(capacity: Capacity | None) -> str:
