@@ -57,6 +57,27 @@ def warmup_sample(specs: list[InputSpec], hints: list[InputHint], max_batch_size
     return sample, files
 
 
+def sample_for(feed: dict[str, np.ndarray], max_batch_size: int,
+               name: str = SAMPLE_NAME) -> tuple[mc.ModelWarmup, dict[str, bytes]]:
+    """Pure: a warm-up sample that is exactly `feed` (one request; batch 1 on axis 0 when
+    max_batch_size > 0), every numeric input as a data file; strings as zero data (empty),
+    since Triton's raw string files are length-prefixed."""
+    sample = mc.ModelWarmup(name=name, batch_size=1, count=1)
+    files: dict[str, bytes] = {}
+    for input_name, array in feed.items():
+        array = np.asarray(array)
+        datatype = datatypes.from_numpy(array.dtype)
+        entry = sample.inputs[input_name]
+        entry.data_type = mc.DataType.Value(datatypes.to_config(datatype))
+        entry.dims.extend(array.shape[1:] if max_batch_size > 0 else array.shape)
+        if datatype == "BYTES":
+            entry.zero_data = True
+        else:
+            entry.input_data_file = _file_name(input_name)
+            files[entry.input_data_file] = np.ascontiguousarray(array).tobytes()
+    return sample, files
+
+
 def complete(model_dir: Path) -> str:
     """Append the sample to `<model_dir>/config.pbtxt` (unless it has model_warmup already)
     and write its files; what was done, in one line. InputsError when the declaration and the

@@ -75,3 +75,15 @@ def test_a_server_warms_up_on_the_written_samples(completed_repo, start_server):
     server = start_server(completed_repo)
     assert server.status("/v2/models/vad/ready") == 200 and server.status("/v2/models/image/ready") == 200
     assert "warm-up inference failed" not in server.log()
+
+
+def test_a_feed_becomes_a_sample_of_exactly_its_values():
+    """The capacity sweep's server warms up on the very request the sweep sends."""
+    feed = {"x": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "sr": np.array(8000), "t": np.array([[b"a"]], object)}
+    sample, files = triton_warmup.sample_for(feed, max_batch_size=0)
+    assert list(sample.inputs["x"].dims) == [1, 2, 3] and list(sample.inputs["sr"].dims) == []
+    assert np.frombuffer(files[sample.inputs["x"].input_data_file], np.float32).tolist() == list(range(6))
+    assert np.frombuffer(files[sample.inputs["sr"].input_data_file], np.int64).tolist() == [8000]
+    assert sample.inputs["t"].zero_data and sample.inputs["t"].data_type == mc.TYPE_STRING
+    batched, _ = triton_warmup.sample_for({"x": feed["x"]}, max_batch_size=8)
+    assert list(batched.inputs["x"].dims) == [2, 3]  # the batch axis is the sample's batch_size
