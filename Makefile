@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
+.PHONY: help venv tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,7 +31,12 @@ down: venv  ## stop the local cluster started by `make demo`
 status: venv  ## show the local cluster's processes and nodes
 	$(BIN)/modelship dev-cluster status --state-dir $(STATE_DIR)
 
-test: tools  ## run every test (unit, server, and on the real local control plane)
+lint: venv  ## ruff, mypy and the import layers (import-linter); configured in pyproject.toml
+	$(BIN)/ruff check operator server_image tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint tools  ## lint, then every test (unit, server, and on the real local control plane)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: venv  ## only the tests that need no control plane

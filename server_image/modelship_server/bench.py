@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt_file = "json" if args.output_file.endswith(".json") else "csv"
     else:
         fmt_file = fmt
-    progress: Callable[[str], None] = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    progress: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
         from modelship_server.feeds import InputsError, parse_hints
 

@@ -43,7 +43,6 @@ _ORT: dict[str, str] = {
     "tensor(bfloat16)": "BF16",
 }
 
-_BY_NP = {v: k for k, v in _NP.items() if k != "BYTES"}
 
 DATATYPES = frozenset(_NP)
 
@@ -51,12 +50,6 @@ DATATYPES = frozenset(_NP)
 def to_numpy(datatype: str) -> np.dtype:
     """numpy dtype of a protocol datatype; KeyError if unknown."""
     return _NP[datatype]
-
-
-def from_numpy(dtype: np.dtype) -> str:
-    if dtype.kind in "OSU":
-        return "BYTES"
-    return _BY_NP[np.dtype(dtype)]
 
 
 def from_ort(ort_type: str) -> str:

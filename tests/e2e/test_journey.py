@@ -72,7 +72,7 @@ def dataset(cluster, model) -> dict[str, Any]:  # noqa: ANN001
 def operator_pod(cluster):  # noqa: ANN001, ANN201
     """The operator installed from its chart, watching only this module's namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     cluster.helm("upgrade", "--install", "modelship-e2e", str(REPO / "charts" / "modelship"),
                  "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
@@ -249,7 +249,7 @@ def _not_ready_because(cluster, name: str, reason: str, timeout: float = 120) ->
     return wait_for(f"{name}: Ready=False with reason {reason}", seen, timeout=timeout)
 
 
-@pytest.mark.parametrize("case", ["unknown-image", "missing-model", "corrupt-model"])
+@pytest.mark.parametrize("case", ["unknown-image", "missing-model", "secrets-in-the-uri", "corrupt-model"])
 def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster, model, operator_pod, case):  # noqa: ANN001
     """What the agent reports for real (a pull it cannot do, a fetch that fails, a server that
     exits at once) reaches the ModelService's Ready condition with a reason that names it."""
@@ -264,13 +264,34 @@ def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster,
             _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "absent")})
             ready = _not_ready_because(cluster, name, "ModelNotFound")
             assert "absent.onnx" in ready["message"] or "404" in ready["message"], ready
-        else:  # bytes that match their digest but are no ONNX model: the server exits, again and again
+        elif case == "secrets-in-the-uri":  # userinfo and a presigned query: named in status only redacted
+            password, signature = "pw-e2e-secret", "sig-e2e-secret"
+            uri = (model["url"].replace("http://", f"http://user:{password}@").replace("journey-mlp", "absent")
+                   + f"?X-Amz-Signature={signature}")
+            _problem_service(cluster, name, {**entry, "uri": uri})
+            ready = _not_ready_because(cluster, name, "ModelNotFound")
+            assert "http://REDACTED@" in ready["message"] and "absent.onnx?REDACTED" in ready["message"], ready
+            msvc = cluster.api("GET", f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{name}")
+            events_path = f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name={name}"
+            events = wait_for("the ModelNotFound Event", lambda: (e := cluster.api("GET", events_path)) and any(
+                i["reason"] == "ModelNotFound" for i in e["items"]) and e, timeout=30)
+            pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=modelship.dev/modelservice={name}")
+            logs = [path.read_text(errors="replace") for pod in pods["items"] for path in
+                    (cluster.plane.agent_dir / "pods" / pod["metadata"]["uid"] / "containers" / "fetch-model").glob("*.log")]
+            assert logs and any("REDACTED" in log for log in logs), "the fetch step's own log was read"
+            for text in (json.dumps(msvc["status"]), json.dumps(events), json.dumps([p["status"] for p in pods["items"]]),
+                         *logs):
+                assert password not in text and signature not in text, text[:2000]
+        else:  # bytes that match their digest but are no ONNX model: the server exits, again and again,
+            # saying why
             bad = model["path"].parent / "corrupt.onnx"
             bad.write_bytes(b"this is not an onnx model\n" * 100)
             digest = hashlib.sha256(bad.read_bytes()).hexdigest()
             _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "corrupt"),
                                              "sha256": digest})
-            ready = _not_ready_because(cluster, name, "CrashLoop", timeout=180)
+            # the server's own termination line names the failure, more precise than CrashLoop
+            ready = _not_ready_because(cluster, name, "ModelLoadFailed", timeout=180)
+            assert "ONNX Runtime cannot load the model" in ready["message"], ready
             pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=modelship.dev/modelservice={name}")
             restarts = [cs["restartCount"] for p in pods["items"] for cs in p["status"].get("containerStatuses") or []]
             assert restarts and max(restarts) >= 1, pods

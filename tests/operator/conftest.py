@@ -23,7 +23,7 @@ RELEASE_NAMESPACE = "modelship-system"
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_the_job_fetches_the_dataset_like_the_model_and_passes_it_to_the_optimiz
     assert "--dataset=/dataset/dataset.npz" in optimize["args"]
     assert optimize["args"][-1] == "--termination-log=/dev/termination-log"
     assert {"name": "dataset", "mountPath": "/dataset", "readOnly": True} in optimize["volumeMounts"]
-    assert {"name": "dataset", "emptyDir": {}} in pod_spec["volumes"]
+    assert {"name": "dataset", "emptyDir": {"sizeLimit": "2Gi"}} in pod_spec["volumes"]
     assert_restricted(pod_spec)
 
 
@@ -136,7 +136,8 @@ def test_serving_pods_fetch_the_dataset_when_the_variants_rebuild_reads_it() -> 
     msvc = _msvc()
     artifact = variant(msvc.spec, "static-int8", CALIBRATED)
     pod_spec = _serving_pod(msvc, artifact)
-    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-dataset", "apply-variant"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-dataset", "apply-variant",
+                                                                "fit-config"]
     fetch = pod_spec["initContainers"][1]
     assert fetch["args"][:3] == ["--uri=https://data.example/val.npz", f"--sha256={DATA_SHA}",
                                  "--dest=/dataset/dataset.npz"], "the path the Job read, verified the same way"
@@ -146,7 +147,7 @@ def test_serving_pods_fetch_the_dataset_when_the_variants_rebuild_reads_it() -> 
     assert {"name": "dataset", "mountPath": "/dataset", "readOnly": True} in apply["volumeMounts"]
     assert not any(m["name"] == "dataset" for m in pod_spec["containers"][0]["volumeMounts"]), \
         "the server never reads the dataset"
-    assert {"name": "dataset", "emptyDir": {}} in pod_spec["volumes"]
+    assert {"name": "dataset", "emptyDir": {"sizeLimit": "2Gi"}} in pod_spec["volumes"]
     assert_restricted(pod_spec)
 
 

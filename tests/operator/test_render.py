@@ -52,6 +52,7 @@ def test_cpu_onnxruntime_example_renders_the_server_with_probes_and_safe_rollout
     assert server["command"] == [
         "modelship-server", "--model-repository", "/models",
         "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
+        "--termination-log", "/dev/termination-log",
     ]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -63,6 +64,9 @@ def test_cpu_onnxruntime_example_renders_the_server_with_probes_and_safe_rollout
     assert fetch["command"] == ["python", "-m", "modelship.fetch"]
     assert f"--sha256={b['spec']['model']['sha256']}" in fetch["args"]
     assert "--dest=/models/resnet50/1/model.onnx" in fetch["args"]
+    # the fetch refuses more than one .onnx file can hold; the repository's emptyDir is bounded
+    assert "--max-bytes=2147483648" in fetch["args"]
+    assert {"name": "model-repository", "emptyDir": {"sizeLimit": "8Gi"}} in pod["volumes"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     assert_restricted(pod)
 

@@ -533,6 +533,12 @@ class AutoscalingStatus(_Model):
     last_scale_time: str | None = None
 
 
+class BatchingStatus(_Model):
+    max_batch_size: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -544,4 +550,5 @@ class ModelServiceStatus(_Model):
     latency: Latency | None = None
     optimization: OptimizationStatus | None = None
     autoscaling: AutoscalingStatus | None = None
+    batching: BatchingStatus | None = None
     conditions: list[Condition] | None = None

@@ -20,12 +20,13 @@ import kopf
 
 from modelship import api
 from modelship.autoscale.loop import Autoscaler
-from modelship.autoscale.metrics import OperatorMetrics
 from modelship.controller import handlers
-from modelship.controller.kube import KubeClient, KubeError
+from modelship.controller.metrics import OperatorMetrics
 from modelship.controller.queue import WorkQueue
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
+from modelship.kube.client import KubeClient, KubeError
+from modelship.kube.kinds import PLURALS
 from modelship.render import AUTOSCALER_KINDS
 from modelship.render.names import MANAGED_BY
 
@@ -65,7 +66,8 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
                 store.upsert(kind, item)
     # HPAs and ScaledObjects are not watched (KEDA may not be installed: 404, skipped); one
     # LIST tells the reconciler which exist, so switching engines removes the old autoscaler.
-    for api_version, kind, plural in AUTOSCALER_KINDS:
+    for api_version, kind in AUTOSCALER_KINDS:
+        plural = PLURALS[(api_version, kind)]
         paths = [f"/apis/{api_version}/{plural}"] if not namespaces else [
             f"/apis/{api_version}/namespaces/{ns}/{plural}" for ns in namespaces]
         for path in paths:
@@ -112,7 +114,7 @@ async def resync(store: Store, queue: WorkQueue, every: float) -> None:
     a Deployment's progress deadline): cheap, because reconciles without changes write nothing."""
     while True:
         await asyncio.sleep(every)
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             queue.add(key)
 
 
@@ -158,7 +160,7 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
         tasks.extend(asyncio.create_task(worker(reconciler, queue, failures, metrics)) for _ in range(workers))
         tasks.append(asyncio.create_task(autoscaler.supervise()))
         tasks.append(asyncio.create_task(resync(store, queue, resync_seconds)))
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             queue.add(key)
         log.info("modelship operator started: %d ModelServices cached, %d workers", len(list(store.keys())), workers)
 

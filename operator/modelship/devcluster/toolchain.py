@@ -89,6 +89,12 @@ COMPONENTS: tuple[Component, ...] = (
         "github.com/yannh/kubeconform",
         (Binary("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform"),),
     ),
+    # Not part of the plane: an S3-compatible server (in memory) for the fetch step's s3:// tests.
+    Component(
+        "gofakes3",
+        "github.com/johannesboyne/gofakes3",
+        (Binary("gofakes3", "github.com/johannesboyne/gofakes3/cmd/gofakes3"),),
+    ),
 )
 
 ALL_BINARIES: tuple[str, ...] = tuple(b.name for c in COMPONENTS for b in c.binaries)
@@ -141,13 +147,6 @@ def component_key(component: Component, root: Path) -> str:
 def _stamps(component: Component, version: str) -> list[str]:
     major, minor = (version.lstrip("v").split(".") + ["", ""])[:2]
     return [s.format(version=version, major=major, minor=minor) for s in component.stamps]
-
-
-def asset_dir(name: str, root: Path | None = None, cache: Path | None = None) -> Path:
-    """Where the data files of component `name` are kept (next to its binaries)."""
-    paths = binary_paths(root, cache)
-    component = next(c for c in COMPONENTS if c.module_dir == name)
-    return paths[component.binaries[0].name].parent / "assets"
 
 
 def binary_paths(root: Path | None = None, cache: Path | None = None) -> dict[str, Path]:
@@ -219,7 +218,7 @@ def _run_go(cmd: list[str], module: Path, env: dict[str, str], what: str, progre
     with subprocess.Popen(cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         output: list[str] = []
-        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+        reader = threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True)
         reader.start()
         while True:
             try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 
+from modelship.modeluri import redact_text
+
 
 class FetchOutcome(enum.Enum):
     """(exit code, condition reason) of each way the fetch step can fail."""
@@ -18,6 +20,8 @@ class FetchOutcome(enum.Enum):
     CHECKSUM_MISMATCH = (12, "ModelChecksumMismatch")
     ACCESS_DENIED = (13, "ModelAccessDenied")
     NOT_FOUND = (14, "ModelNotFound")
+    TOO_LARGE = (15, "ModelTooLarge")  # over the size cap (--max-bytes), or no space left to write it
+    REDIRECT_REFUSED = (16, "ModelRedirectRefused")  # to another scheme, or a signed S3 request to another host
 
     @property
     def exit_code(self) -> int:
@@ -35,12 +39,18 @@ class FetchOutcome(enum.Enum):
         return None
 
 
-class FetchError(Exception):
-    """A fetch failure with its outcome; the message is for humans and names the URI."""
+# What no retry can fix: the Job's pod failure policy fails at once on these.
+PERMANENT = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
+             FetchOutcome.NOT_FOUND, FetchOutcome.TOO_LARGE, FetchOutcome.REDIRECT_REFUSED)
 
-    def __init__(self, outcome: FetchOutcome, message: str) -> None:
+
+class FetchError(Exception):
+    """A fetch failure with its outcome; the message is for humans and names the URI (redacted)."""
+
+    def __init__(self, outcome: FetchOutcome, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome
+        self.retry_after = retry_after  # seconds a 429 or 503 asked us to wait, if it said
 
     def termination_message(self) -> str:
-        return f"{self.outcome.reason}: {self}"[:4000]  # the kubelet keeps 4096 bytes at most
+        return redact_text(f"{self.outcome.reason}: {self}")[:4000]  # the kubelet keeps 4096 bytes at most

@@ -25,7 +25,8 @@ import json
 from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.fetch.outcomes import FetchOutcome
+from modelship.fetch import outcomes as fetch_outcomes
+from modelship.kube.objects import owner_reference
 from modelship.render import names, pod
 
 CONTAINER = "optimize"
@@ -36,8 +37,7 @@ EXIT_BAD_INPUT = 2  # `modelship optimize`: corrupt model, digest mismatch, data
 # The gate's metric names on the command line.
 METRIC_FLAGS = {"cosine": "cosine", "top1Agreement": "top1_agreement", "maxAbs": "max_abs", "maxRel": "max_rel"}
 # Fetch failures no retry can fix.
-PERMANENT_FETCH_FAILURES = sorted(o.exit_code for o in (
-    FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED, FetchOutcome.NOT_FOUND))
+PERMANENT_FETCH_FAILURES = sorted(o.exit_code for o in fetch_outcomes.PERMANENT)
 DIGEST_LENGTH = 10
 
 
@@ -127,12 +127,10 @@ def failure_rules(msvc: ModelService) -> list[dict[str, Any]]:
 def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     """The Job for `msvc`'s current spec, with labels and (when the ModelService has a uid)
     a controller ownerReference, so deleting the ModelService deletes its Jobs."""
-    from modelship.render import owner_reference  # the package imports this module
-
     spec = msvc.spec
     labels = names.optimize_labels(msvc.metadata.name)
     dataset = spec.optimization.dataset
-    optimize = {
+    optimize: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.images.server,
         "imagePullPolicy": spec.images.pull_policy,
@@ -162,7 +160,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     })
     metadata: dict[str, Any] = {"name": job_name(msvc), "namespace": msvc.metadata.namespace, "labels": labels}
     if msvc.metadata.uid:
-        metadata["ownerReferences"] = [owner_reference(msvc)]
+        metadata["ownerReferences"] = [owner_reference(msvc.metadata.name, msvc.metadata.uid)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

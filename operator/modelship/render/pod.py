@@ -31,6 +31,15 @@ DATASET_PATH = f"{DATASET_MOUNT}/dataset.npz"  # where the Job reads it, so wher
 DATASET_PVC_MOUNT = "/mnt/dataset-source"
 FETCH_MODEL = "fetch-model"
 FETCH_DATASET = "fetch-dataset"
+# Size caps. One .onnx file cannot pass protobuf's 2 GiB limit (larger models keep their
+# weights in external data, which one fetched file cannot carry), so the fetch refuses more.
+# The repository also holds the optimizer's output and intermediates (the Job) or the
+# rebuilt variant (serving): its emptyDir's sizeLimit leaves room for them, and stops a
+# runaway write before it fills the node's disk. The dataset's emptyDir holds the one file.
+MODEL_MAX_BYTES = 2 << 30
+MODEL_REPOSITORY_SIZE_LIMIT = "8Gi"
+DATASET_MAX_BYTES = 2 << 30
+DATASET_SIZE_LIMIT = "2Gi"
 RUN_AS = 1000  # the non-root user of both modelship's server image and NGC's Triton image
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -43,7 +52,7 @@ def model_path(msvc: ModelService) -> str:
 def base_volumes(msvc: ModelService) -> list[dict[str, Any]]:
     """The model repository and /tmp (emptyDirs), plus the claim of a pvc:// model."""
     volumes: list[dict[str, Any]] = [
-        {"name": "model-repository", "emptyDir": {}},
+        {"name": "model-repository", "emptyDir": {"sizeLimit": MODEL_REPOSITORY_SIZE_LIMIT}},
         {"name": "tmp", "emptyDir": {}},
     ]
     source = parse_uri(msvc.spec.model.uri)
@@ -59,11 +68,12 @@ def fetch_container(msvc: ModelService, *, uri: str, sha256: str, config_copy: s
 
     `config_copy`: a mounted config.pbtxt to copy next to the model (serving), or None (the
     optimize Job, which needs only the model)."""
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    args = [f"--uri={uri}", f"--sha256={sha256}", f"--dest={model_path(msvc)}", f"--pvc-mount={PVC_MOUNT}"]
+    args = [f"--uri={uri}", f"--sha256={sha256}", f"--dest={model_path(msvc)}", f"--pvc-mount={PVC_MOUNT}",
+            f"--max-bytes={MODEL_MAX_BYTES}"]
     if config_copy is not None:
         mounts.insert(1, {"name": "model-config", "mountPath": CONFIG_MOUNT, "readOnly": True})
         args.append(f"--copy={CONFIG_MOUNT}/config.pbtxt:{config_copy}")
@@ -76,20 +86,21 @@ def fetch_dataset_container(msvc: ModelService, *, uri: str, sha256: str, dest: 
     """The `fetch-dataset` init step: the same fetch, verify and place as `fetch-model`, for
     the .npz of spec.optimization.dataset, with the same credentials."""
     volume, mount = dataset_claim(msvc, uri) or (None, PVC_MOUNT)
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "dataset", "mountPath": DATASET_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if volume is not None:
         mounts.append({"name": volume["name"], "mountPath": mount, "readOnly": True})
-    args = [f"--uri={uri}", f"--sha256={sha256}", f"--dest={dest}", f"--pvc-mount={mount}"]
+    args = [f"--uri={uri}", f"--sha256={sha256}", f"--dest={dest}", f"--pvc-mount={mount}",
+            f"--max-bytes={DATASET_MAX_BYTES}"]
     return _fetch_step(msvc, FETCH_DATASET, args, mounts)
 
 
 def dataset_volumes(msvc: ModelService, uri: str) -> list[dict[str, Any]]:
     """The dataset's emptyDir, plus the claim of a pvc:// dataset unless the model's claim
     (already a volume of the pod) holds it."""
-    volumes: list[dict[str, Any]] = [{"name": "dataset", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "dataset", "emptyDir": {"sizeLimit": DATASET_SIZE_LIMIT}}]
     claim = dataset_claim(msvc, uri)
     if claim is not None and claim[0]["name"] != "model-source":
         volumes.append(claim[0])

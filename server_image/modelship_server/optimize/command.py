@@ -126,7 +126,7 @@ def _check_model(path: Path, expected_sha256: str | None):  # noqa: ANN202 - onn
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever onnx or ORT raise, the model is not loadable
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"model file {path} is not a loadable ONNX model ({detail}); "
                          "check that it is a complete .onnx export") from None

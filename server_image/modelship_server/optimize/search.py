@@ -7,6 +7,7 @@ what the user gave us, within what we can measure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import sys
@@ -146,7 +147,7 @@ class _Search:
                 raise BuildFailed(built.error or "no file")
             session = cand.open_session(recipe, built.path)
             outputs, call_ms = _timed_run(session, self.validation, self.clock)
-        except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
+        except Exception as exc:  # noqa: BLE001 - a recipe that does not apply to this model is a finding, not a crash
             detail = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {str(exc)[:200]}"
             self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
                                                   reason=f"build failed: {detail}")
@@ -175,7 +176,7 @@ class _Search:
         self.say(f"timing {len(self.sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
         feed = self.validation[0]
         # Racing: from round 3 on, a variant outpaced by another beyond noise stops being timed.
-        timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in self.sessions.items()},
+        timings = time_interleaved({n: functools.partial(s.run, None, feed) for n, s in self.sessions.items()},
                                    rounds=rounds, calls=calls, protected={"baseline"},
                                    race_after=MIN_TIMING_ROUNDS)
         raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
@@ -236,9 +237,11 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
     # Builds finish in any order; the report lists candidates in the order they were proposed.
     results = search.results
     ordered = [results["baseline"]] + [results[r.name] for r in recipes] + [results[k.name] for k in skipped]
+    chosen_recipe = results[chosen].recipe
+    assert chosen_recipe is not None, "a chosen candidate was built from a recipe"
     return Report(model_sha256=sha256_file(model), output_sha256=sha256_file(out), chosen=chosen,
                   outcome=outcome_of(chosen, ordered), spread=round(timings["baseline"].spread, 4),
-                  chosen_recipe=results[chosen].recipe, gate=gate, validation_inputs=len(validation),
+                  chosen_recipe=chosen_recipe, gate=gate, validation_inputs=len(validation),
                   input_source=input_source, onnxruntime_version=ort.__version__,
                   timing_rounds=rounds, timing_calls=calls,
                   duration_seconds=round(clock() - search.start, 3), candidates=ordered)

@@ -58,7 +58,7 @@ class PodWorker:
     """Runs one pod; `update` feeds it the latest object from the watch."""
 
     def __init__(self, *, kube: Kube, pod: dict[str, Any], pod_ip: str, pod_dir: Path, agent_dir: Path,
-                 backoff: BackoffPolicy, api_address: tuple[str, int], on_exit: Callable[["PodWorker"], None]):
+                 backoff: BackoffPolicy, api_address: tuple[str, int], on_exit: Callable[["PodWorker"], None]) -> None:
         self.kube = kube
         self.pod = pod
         self.uid = pod["metadata"]["uid"]
@@ -250,7 +250,7 @@ class PodWorker:
 class Container:
     """One container of the pod: its view in the status, its runs, probes and restarts."""
 
-    def __init__(self, worker: PodWorker, spec: dict[str, Any], *, init: bool):
+    def __init__(self, worker: PodWorker, spec: dict[str, Any], *, init: bool) -> None:
         self.worker = worker
         self.spec = spec
         self.name = spec["name"]

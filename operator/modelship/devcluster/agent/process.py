@@ -31,7 +31,7 @@ class ContainerProcess:
     """One run of one container."""
 
     def __init__(self, argv: list[str], env: dict[str, str], *, mounts: list[dict], working_dir: str | None,
-                 run_dir: Path, termination_log: Path, log: Path):
+                 run_dir: Path, termination_log: Path, log: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = run_dir / "launch.json"
         spec.write_text(json.dumps({"argv": argv, "mounts": mounts, "workingDir": working_dir,

@@ -1,5 +1,5 @@
-"""The operator's writes to the API server, and nothing else: server-side apply with one field
-manager, deletes, status patches and Events.
+"""The operator's calls to the API server, and nothing else: server-side apply with one field
+manager, deletes, status patches, scale, Events and lists.
 
 The Kubernetes client is synchronous; calls run in a thread pool so the event loop (kopf's
 watches, the other workers) never waits on the network.
@@ -12,14 +12,8 @@ import concurrent.futures
 import json
 from typing import Any, Mapping
 
-from modelship import api
-from modelship.render import CHILD_KINDS
-
-# apiVersion, kind -> plural, for every kind the operator writes.
-PLURALS: dict[tuple[str, str], str] = {(v, k): p for v, k, p in CHILD_KINDS}
-PLURALS[(api.API_VERSION, api.KIND)] = api.PLURAL
-PLURALS[("v1", "Event")] = "events"
-PLURALS[("batch/v1", "Job")] = "jobs"
+from modelship import contracts
+from modelship.kube.kinds import object_path
 
 
 class KubeError(Exception):
@@ -30,17 +24,10 @@ class KubeError(Exception):
         self.status = status
 
 
-def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    plural = PLURALS[(api_version, kind)]
-    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{path}/{name}" if name else path
-
-
 class KubeClient:
     """Async writes on top of a configured `kubernetes.client.ApiClient`."""
 
-    def __init__(self, api_client: Any, *, field_manager: str = api.FIELD_MANAGER, threads: int = 8) -> None:
+    def __init__(self, api_client: Any, *, field_manager: str = contracts.FIELD_MANAGER, threads: int = 8) -> None:
         self._api = api_client
         self._field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
@@ -74,10 +61,19 @@ class KubeClient:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch the ModelService's status subresource (the spec is never written)."""
-        path = object_path(api.API_VERSION, api.KIND, namespace, name) + "/status"
+        path = object_path(contracts.API_VERSION, contracts.KIND, namespace, name) + "/status"
         return await self._call(
             "patch_status", "PATCH", path, body={"status": status},
             content_type="application/merge-patch+json", query={"fieldManager": self._field_manager},
+        )
+
+    async def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set `replicas` through the object's scale subresource (a merge patch as the field
+        manager, so a later server-side apply that leaves replicas out never takes it back)."""
+        return await self._call(
+            "scale", "PATCH", object_path(api_version, kind, namespace, name) + "/scale",
+            body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json",
+            query={"fieldManager": self._field_manager},
         )
 
     async def create_event(self, event: Mapping[str, Any]) -> None:
