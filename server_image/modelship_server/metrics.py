@@ -14,13 +14,16 @@ metric families only when Prometheus scrapes.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from modelship.contracts import INFLIGHT_METRIC, OUTCOMES, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC, REQUESTS_METRIC
+
+if TYPE_CHECKING:
+    from .budget import ByteBudget
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -77,7 +80,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, str], ModelMetrics] = {}
-        self.budget = None  # budget.ByteBudget, set by the server: bytes in flight and requests shed
+        self.budget: ByteBudget | None = None  # set by the server: bytes in flight and requests shed
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
