@@ -108,7 +108,7 @@ class _Search:
         try:
             self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
                                                                       self.clock)
-        except Exception as exc:  # the inputs, not a candidate, are wrong: stop with the model's own words
+        except Exception as exc:  # noqa: BLE001 - the inputs, not a candidate, are wrong: say so, in its words
             detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in self.validation[0].items())
             raise BaselineFailed(f"the original model does not run on its inputs ({shapes}): {detail}") from None
