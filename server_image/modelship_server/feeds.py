@@ -22,12 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from modelship.contracts import INPUTS_UNDECLARED_PREFIX as HINTS_NEEDED_PREFIX
+
 Feed = dict[str, np.ndarray]
 FIELD = "spec.model.inputs"  # what users write; the CLI's --inputs takes the same JSON
-CONFIG_PARAMETER = "modelship_inputs"  # config.pbtxt parameter carrying the same JSON to servers
-# The first words of the error when generated inputs would be meaningless: the optimizer's
-# exit-2 line starts with them, and the operator gives it a reason of its own.
-HINTS_NEEDED_PREFIX = "inputs need declaring:"
+
 INT_DEFAULT_RANGE = (0, 10)  # generated integers when nothing is declared (ids, class indices)
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from modelship.contracts import INPUTS_CONFIG_PARAMETER
+
 from . import datatypes, repository, runtime
-from .feeds import CONFIG_PARAMETER, InputHint, InputSpec, InputsError, check_hints, parse_hints
-from .feeds import generate as generate_feeds
 from .batching import Scheduler
 from .errors import WARMUP_FAILED, ModelLoadError, ModelNotFound, Unavailable
+from .feeds import InputHint, InputSpec, InputsError, check_hints, parse_hints
+from .feeds import generate as generate_feeds
 from .metrics import Metrics
 from .repository import BatchingPolicy, TensorSpec
 from .stats import ModelStats
@@ -306,9 +308,9 @@ def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
 def declared_inputs(model: ServedModel, specs: list[InputSpec]) -> list[InputHint]:
     """The config's `modelship_inputs` parameter (what spec.model.inputs declares), checked
     against the model; a contradiction fails the load with the input, expected and actual."""
-    text = repository.config_parameter(model.config, CONFIG_PARAMETER)
+    text = repository.config_parameter(model.config, INPUTS_CONFIG_PARAMETER)
     try:
-        hints = parse_hints(text, where=f"config parameter {CONFIG_PARAMETER}")
+        hints = parse_hints(text, where=f"config parameter {INPUTS_CONFIG_PARAMETER}")
         check_hints(specs, hints)
     except InputsError as exc:
         raise ModelLoadError(f"model {model.name}: {exc}") from None

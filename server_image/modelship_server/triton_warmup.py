@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from modelship.contracts import INPUTS_CONFIG_PARAMETER as CONFIG_PARAMETER
+
 from . import datatypes
-from .feeds import CONFIG_PARAMETER, InputHint, InputSpec, InputsError, check_hints, feed_shape, generate, parse_hints
+from .feeds import InputHint, InputSpec, InputsError, check_hints, feed_shape, generate, parse_hints
 
 SAMPLE_NAME = "modelship declared inputs"
 WARMUP_FOLDER = "warmup"  # Triton's: input_data_file is relative to <model>/warmup/

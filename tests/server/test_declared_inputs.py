@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from modelship_server import bench, samples
 from modelship_server.errors import ModelLoadError
-from modelship_server.feeds import CONFIG_PARAMETER
+from modelship.contracts import INPUTS_CONFIG_PARAMETER as CONFIG_PARAMETER
 from modelship_server.registry import ServedModel, warmup_feeds
 from modelship_server.repository import BatchingPolicy, TensorSpec
 

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from modelship_server import samples, triton_warmup
-from modelship_server.feeds import CONFIG_PARAMETER
+from modelship.contracts import INPUTS_CONFIG_PARAMETER as CONFIG_PARAMETER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "optimize"))
 import models  # noqa: E402

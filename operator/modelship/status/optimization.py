@@ -17,7 +17,7 @@ import re
 from typing import Any, Literal, Mapping, Sequence, cast
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.contracts import OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
+from modelship.contracts import INPUTS_UNDECLARED_PREFIX, OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
 from modelship.modeluri import redact
 from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
 from modelship.status import conditions as c
@@ -43,9 +43,9 @@ OPTIMIZATION_FAILED = "OptimizationFailed"  # Ready=False under failurePolicy Fa
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DATASET_ERROR = re.compile(r"^(error: )?dataset\b")
 # The optimizer's exit-2 lines about declared inputs (modelship_server/feeds.py and search.py
-# write them; tests/operator/test_optimize_status.py checks the prefixes against the server's).
-HINTS_NEEDED_PREFIX = "inputs need declaring:"
-_INPUTS_UNDECLARED = re.compile(r"^(error: )?" + re.escape(HINTS_NEEDED_PREFIX))
+# write them; the undeclared one starts with the contract's prefix).
+HINTS_NEEDED_PREFIX = INPUTS_UNDECLARED_PREFIX
+_INPUTS_UNDECLARED = re.compile(r"^(error: )?" + re.escape(INPUTS_UNDECLARED_PREFIX))
 _INPUTS_INVALID = re.compile(r"^(error: )?(spec\.model\.inputs\b|the original model does not run on its inputs)")
 
 
