@@ -6,7 +6,8 @@ another (free batch, height and width), and a voice-activity model with its stat
 axis 1 and a scalar sample rate. Each is applied with `spec.model.inputs` (the hints a user
 would write, from the corpus), optimized by a real Job, rolled out, and asked: `Optimized`
 must end Succeeded or NoFasterVariant (a result, never Failed), and the Ready pod must answer
-as the served file does in ONNX Runtime.
+as the served file does in ONNX Runtime. And a declaration the model contradicts, served
+without optimization, is named in Ready with the input, the expected and the actual shape.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:
 def operator(cluster):  # noqa: ANN001, ANN201
     """The operator from its chart, watching only this module's namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     cluster.helm("upgrade", "--install", "modelship-corpus", str(REPO / "charts" / "modelship"),
                  "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
@@ -149,3 +150,43 @@ def _datatype(value: np.ndarray) -> str:
     from tritonclient.utils import np_to_triton_dtype
 
     return np_to_triton_dtype(value.dtype)
+
+
+def test_a_declaration_the_model_contradicts_is_named_in_ready(cluster, operator):  # noqa: ANN001
+    """Without optimization nothing checks the declaration before serving: the server refuses to
+    load the model, and Ready says which input and how it contradicts the model."""
+    model = corpus.MODELS["vad-state"]
+    folder = cluster.plane.state_dir / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vad-state-contradicted.onnx"
+    shutil.copyfile(model.path(), path)
+    store = cluster.plane.read_state()["model_store_url"].rstrip("/")
+    name = "contradicted"
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": f"{store}/{path.name}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      "name": "vad", "inputs": [{"name": "state", "shape": [3, 1, 128]}]},
+            "replicas": 1, "resources": {"cpu": "250m", "memory": "1Gi"},
+            "scheduling": {"nodeSelector": AGENT_NODES, "tolerations": AGENT_TOLERATIONS},
+        },
+    }
+    seen: list[dict[str, Any] | None] = []
+    try:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+        def named() -> dict[str, Any] | None:
+            ready = _condition(cluster.api("GET", _msvc_path(name)), "Ready")
+            seen.append(ready)
+            return ready if ready and ready["status"] == "False" and "spec.model.inputs[state]" in ready["message"] \
+                else None
+
+        try:
+            ready = wait_for(f"{name}: Ready=False naming spec.model.inputs[state]", named, timeout=180, interval=2)
+        except AssertionError:
+            raise AssertionError(f"Ready never named the input; last seen: {seen[-1] if seen else None}") from None
+        assert ready["reason"] == "ModelLoadFailed", ready
+        assert "dimension 0 is fixed to 2 by the model [2, ?, 128], got 3 in [3, 1, 128]" in ready["message"], ready
+    finally:
+        cluster.kubectl("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", "--timeout=90s", check=False)
