@@ -171,6 +171,11 @@ class ControlPlane:
         missing = [n for n in GO_COMPONENTS if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
         if missing:
             raise DevClusterError(f"binaries not built: {', '.join(missing)} (run `make tools`)")
+        # The node agent runs pods from their images' environments: built (or found cached) here,
+        # before the start-up deadline, so the first pod does not wait minutes for one.
+        from modelship.devcluster import imageenv
+
+        imageenv.ensure_all((imageenv.SERVER, imageenv.OPERATOR), progress=self.progress)
         self._claim_state_dir()
         started = time.monotonic()
         deadline = started + timeout
