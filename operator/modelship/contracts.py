@@ -85,3 +85,13 @@ class OptimizeSummary(TypedDict, total=False):
     inputs: str  # what the gate judged on: "dataset <path>" or "generated (...)"
     candidates: list[list[Any]]  # [name, status, speedup, gate mean, reason]
     truncated: bool  # candidates were dropped to fit SUMMARY_LIMIT
+
+# --- declared inputs (spec.model.inputs) ------------------------------------------------------
+
+# The config.pbtxt parameter that carries spec.model.inputs (as JSON) to the serving pods,
+# where modelship-server warms up on it and the triton-warmup step writes model_warmup from it.
+INPUTS_CONFIG_PARAMETER = "modelship_inputs"
+# The first words of the optimize Job's one-line error when generated inputs would be
+# meaningless (a dynamic dim beyond the batch axis, a scalar, strings, nothing declared):
+# the operator gives that line a reason of its own in `Optimized` (InputsUndeclared).
+INPUTS_UNDECLARED_PREFIX = "inputs need declaring:"

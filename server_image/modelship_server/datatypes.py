@@ -52,6 +52,14 @@ def to_numpy(datatype: str) -> np.dtype:
     return _NP[datatype]
 
 
+def from_numpy(dtype: np.dtype) -> str:
+    """Protocol datatype of a numpy dtype (strings and objects are BYTES); KeyError if unknown.
+    The Triton warm-up step names each input's type from the model's numpy dtype."""
+    if dtype.kind in "OSU":
+        return "BYTES"
+    return {np_dtype: name for name, np_dtype in _NP.items() if name != "BYTES"}[np.dtype(dtype)]
+
+
 def from_ort(ort_type: str) -> str:
     """Protocol datatype of an ONNX Runtime type string such as `tensor(float)`."""
     try:

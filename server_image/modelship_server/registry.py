@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from modelship.contracts import INPUTS_CONFIG_PARAMETER
+
 from . import datatypes, repository, runtime
 from .batching import Scheduler
 from .errors import WARMUP_FAILED, ModelLoadError, ModelNotFound, Unavailable
+from .feeds import InputHint, InputSpec, InputsError, check_hints, parse_hints
+from .feeds import generate as generate_feeds
 from .metrics import Metrics
 from .repository import BatchingPolicy, TensorSpec
 from .stats import ModelStats
@@ -265,7 +269,8 @@ def warm_up(model: ServedModel, sessions: list) -> None:
 
 
 def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
-    """Config `model_warmup` samples if any, else zeros at batch 1 and at max_batch_size."""
+    """Config `model_warmup` samples if any, else the declared inputs (else zeros) at batch 1,
+    at max_batch_size and at the declared maxShape."""
     config = model.config
     feeds_list = []
     mbs = model.policy.max_batch_size
@@ -285,14 +290,28 @@ def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
                 feeds[name] = arr
             feeds_list.extend([feeds] * max(w.count, 1))
         return feeds_list
+    # Declared inputs (feeds.py) give the shapes and values the model will see; without
+    # them, zeros with free dimensions as 1. At batch 1, at max_batch_size, and at the
+    # declared maxShape, so the largest request the user expects has run once before Ready.
+    specs = [InputSpec(t.name, np.dtype(object) if t.datatype == "BYTES" else datatypes.to_numpy(t.datatype),
+                             tuple(None if d < 0 else d for d in t.shape(mbs)))
+             for t in model.inputs]
+    hints = declared_inputs(model, specs)
     sizes = [1, mbs] if mbs > 1 else [1] if mbs == 1 else [None]
     for b in sizes:
-        feeds = {}
-        for spec in model.inputs:
-            shape = ([b] if b is not None else []) + [d if d > 0 else 1 for d in spec.dims]
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=datatypes.to_numpy(spec.datatype))
-        feeds_list.append(feeds)
+        feeds_list += generate_feeds(specs, hints, 1, batch=b, zeros=True)
+    if any(h.max_shape is not None for h in hints):
+        feeds_list += generate_feeds(specs, hints, 1, batch=None, which="maxShape", zeros=True)
     return feeds_list
+
+
+def declared_inputs(model: ServedModel, specs: list[InputSpec]) -> list[InputHint]:
+    """The config's `modelship_inputs` parameter (what spec.model.inputs declares), checked
+    against the model; a contradiction fails the load with the input, expected and actual."""
+    text = repository.config_parameter(model.config, INPUTS_CONFIG_PARAMETER)
+    try:
+        hints = parse_hints(text, where=f"config parameter {INPUTS_CONFIG_PARAMETER}")
+        check_hints(specs, hints)
+    except InputsError as exc:
+        raise ModelLoadError(f"model {model.name}: {exc}") from None
+    return hints

@@ -100,7 +100,7 @@ def test_malformed_digest(tmp_path, model_file):
 
 
 @pytest.mark.parametrize("arrays, needle", [
-    ({"INPUT0": np.zeros((4, 31), np.float32)}, "dataset input 'INPUT0': expected shape [?, 32]"),
+    ({"INPUT0": np.zeros((4, 31), np.float32)}, "dataset input 'INPUT0': expected samples of shape [?, 32]"),
     ({"INPUT0": np.zeros((4, 32), np.float64)}, "dataset input 'INPUT0': expected dtype float32, got float64"),
     ({"image": np.zeros((4, 32), np.float32)}, "no array for input(s) ['INPUT0']"),
 ])

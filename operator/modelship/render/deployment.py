@@ -31,6 +31,7 @@ from modelship.render.pod import MODEL_REPOSITORY
 
 APPLY_VARIANT = "apply-variant"
 FIT_CONFIG = "fit-config"
+TRITON_WARMUP = "triton-warmup"
 
 
 def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_hash: str) -> dict[str, Any]:
@@ -52,6 +53,8 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     mode = batching_mode(spec)
     if mode is not None:
         init.append(fit_config_container(msvc, mode))
+    if spec.runtime == "triton" and spec.model.inputs:  # last: its dims follow the fitted batching
+        init.append(triton_warmup_container(msvc))
 
     server = _server_container(msvc)
     server["volumeMounts"] = [
@@ -122,6 +125,23 @@ def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict
         "securityContext": pod.container_security(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
+    }
+
+
+def triton_warmup_container(msvc: ModelService) -> dict[str, Any]:
+    """The init step that gives Triton a `model_warmup` in the declared inputs' shapes: it needs
+    each input's data type, which only the model file says (modelship_server/triton_warmup.py)."""
+    return {
+        "name": TRITON_WARMUP,
+        "image": msvc.spec.images.server,
+        "imagePullPolicy": msvc.spec.images.pull_policy,
+        "command": ["python", "-m", "modelship_server.triton_warmup"],
+        "args": [f"--model-dir={MODEL_REPOSITORY}/{msvc.spec.model.name}"],
+        "resources": pod.resources(msvc),  # it reads the whole model file, as serving does
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+                         {"name": "tmp", "mountPath": "/tmp"}],
     }
 
 

@@ -14,7 +14,14 @@ from typing import Any
 from modelship.api.v1alpha1 import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS, ModelServiceSpec,
 )
+from modelship.contracts import INPUTS_CONFIG_PARAMETER
 from modelship.render.artifact import MeasuredBatching
+
+
+# spec.model.inputs travels to the serving pods in config.pbtxt under this key (the same JSON
+# as the optimize Job's --inputs); modelship_server reads it. Triton's onnxruntime backend
+# reads only the parameter keys it knows.
+INPUTS_PARAMETER = INPUTS_CONFIG_PARAMETER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +117,9 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
     ):
         if value is not None:
             config.parameters[key].string_value = str(value)
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # the serving pods warm up on the declared inputs (modelship_server/feeds.py)
+        config.parameters[INPUTS_PARAMETER].string_value = inputs
     return config
 
 

@@ -1,7 +1,8 @@
 """The optimize Job: `modelship optimize` on the service's own hardware, before it rolls out.
 
 Named `<msvc>-optimize-<digest>`, where the digest covers everything the result depends on:
-the model's sha256, the dataset's sha256 (when spec.optimization.dataset is set), the gate,
+the model's sha256, the dataset's sha256 (when spec.optimization.dataset is set), the
+declared inputs (spec.model.inputs, passed as `--inputs`), the gate,
 the budget, the SLO, the batching bounds, the resources (GPU product, count and MIG profile
 included), the scheduling and the server image. A spec change that matters makes a new Job; a
 re-run, a restart or a change that does not matter (replicas, rollout settings, the model's or
@@ -60,6 +61,9 @@ def optimize_args(msvc: ModelService) -> list[str]:
         args += [f"--slo-ms={spec.slo.latency_milliseconds}", f"--slo-percentile={spec.slo.percentile}"]
     if spec.optimization.dataset is not None:
         args.append(f"--dataset={pod.DATASET_PATH}")
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # spec.model.inputs: the shapes and values every step generates from
+        args.append(f"--inputs={inputs}")
     args.append(f"--termination-log={pod.TERMINATION_LOG}")
     return args
 

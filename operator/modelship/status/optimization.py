@@ -17,7 +17,7 @@ import re
 from typing import Any, Literal, Mapping, Sequence, cast
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.contracts import OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
+from modelship.contracts import INPUTS_UNDECLARED_PREFIX, OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
 from modelship.modeluri import redact
 from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
 from modelship.status import conditions as c
@@ -35,11 +35,18 @@ SUCCEEDED = "Succeeded"
 NO_FASTER_VARIANT = "NoFasterVariant"
 ACCURACY_GATE_FAILED = "AccuracyGateFailed"
 FAILED = "Failed"
+INPUTS_UNDECLARED = "InputsUndeclared"  # generated inputs would be meaningless: spec.model.inputs needed
+INPUTS_INVALID = "InputsInvalid"  # spec.model.inputs contradicts the model, or the model cannot run on them
 OPTIMIZING = "Optimizing"  # Ready=False while this spec's Job runs
 OPTIMIZATION_FAILED = "OptimizationFailed"  # Ready=False under failurePolicy FailClosed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DATASET_ERROR = re.compile(r"^(error: )?dataset\b")
+# The optimizer's exit-2 lines about declared inputs (modelship_server/feeds.py and search.py
+# write them; the undeclared one starts with the contract's prefix).
+HINTS_NEEDED_PREFIX = INPUTS_UNDECLARED_PREFIX
+_INPUTS_UNDECLARED = re.compile(r"^(error: )?" + re.escape(INPUTS_UNDECLARED_PREFIX))
+_INPUTS_INVALID = re.compile(r"^(error: )?(spec\.model\.inputs\b|the original model does not run on its inputs)")
 
 
 class SummaryError(ValueError):
@@ -385,10 +392,11 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         fail_closed = spec.failure_policy == "FailClosed"
         then = ("nothing rolls out (failurePolicy FailClosed)" if fail_closed
                 else "serving the original model (failurePolicy FallbackToBaseline)")
-        message = f"optimize Job {job_name} failed: {_explain(msvc, result.detail)}; {then}"
+        reason, explained = _inputs_failure(result.detail)
+        message = f"optimize Job {job_name} {explained or 'failed: ' + _explain(msvc, result.detail)}; {then}"
         return Decision(
             artifact=None if fail_closed else original(msvc.spec),
-            condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, FAILED, message, warning=True),
+            condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, reason, message, warning=True),
             status={"job": job_name, "outcome": "failed"},
             wait=Wait(OPTIMIZATION_FAILED, message, blocked=True) if fail_closed else None,
             finished=True,
@@ -430,6 +438,18 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
     return Decision(artifact=artifact, condition=condition, status=status, finished=True)
 
 
+def _inputs_failure(detail: str) -> tuple[str, str]:
+    """(reason, message) when the Job stopped over the model's inputs rather than failing:
+    undeclared inputs where generation would mean nothing, or declared ones the model refuses."""
+    line = detail.removeprefix("error: ")
+    if _INPUTS_UNDECLARED.match(detail):
+        return INPUTS_UNDECLARED, (f"stopped before its search: {line} (declare them in spec.model.inputs, or set "
+                                   "spec.optimization.dataset)")
+    if _INPUTS_INVALID.match(detail):
+        return INPUTS_INVALID, f"stopped before its search: {line} (fix spec.model.inputs)"
+    return FAILED, ""
+
+
 def _inputs_phrase(inputs: str) -> str:
     """The summary's inputs as a reader needs them: whether the gate saw real data."""
     if inputs.startswith("dataset"):
@@ -445,9 +465,10 @@ def _explain(msvc: ModelService, detail: str) -> str:
     dataset = msvc.spec.optimization.dataset
     if dataset is None or not _DATASET_ERROR.match(detail):
         return detail
-    return (f"{detail} (the .npz of spec.optimization.dataset, {redact(dataset.uri)}, does not fit the model: it needs "
-            "one array per model input, named after the input, with its dtype and shape, samples on the first "
-            "axis; fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
+    return (f"{detail} (the .npz of spec.optimization.dataset, {redact(dataset.uri)}, does not fit the model: it "
+            "needs one array per model input, named after the input, with its dtype, either batch-first (samples "
+            "on the batch axis) or stacked complete feeds (one axis more than the input); fix the file and "
+            "spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
 
 
 def _capacity_sentence(capacity: Capacity | None) -> str:

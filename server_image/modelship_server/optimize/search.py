@@ -79,6 +79,10 @@ class BuildFailed(Exception):
     """A candidate's build raised; the message is the build's own error."""
 
 
+class BaselineFailed(Exception):
+    """The original model does not run on the inputs: nothing can be compared; says why."""
+
+
 class _Search:
     """One search's state, phase by phase: the baseline, builds gated as they finish, timing."""
 
@@ -101,8 +105,13 @@ class _Search:
         """The original file itself: no copy, it is only read (and copied out if it stays the choice)."""
         recipe, path = cand.baseline_recipe(), self.model
         self.sessions["baseline"] = cand.open_session(recipe, path)
-        self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
-                                                                  self.clock)
+        try:
+            self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
+                                                                      self.clock)
+        except Exception as exc:  # noqa: BLE001 - the inputs, not a candidate, are wrong: say so, in its words
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in self.validation[0].items())
+            raise BaselineFailed(f"the original model does not run on its inputs ({shapes}): {detail}") from None
         self.files["baseline"] = path
         self.results["baseline"] = Candidate(name="baseline", recipe=recipe, status="kept", reason="reference",
                                              size_bytes=path.stat().st_size)
