@@ -12,7 +12,6 @@ of the whole path for that model instead.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import shutil
@@ -27,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from modelship_server import samples
 from modelship_server.codecs import grpc as codec
+from modelship_server.codecs.grpc_wire import split_raw_contents
 from modelship_server.dataplane import DataPlane
 from modelship_server.metrics import Metrics
 from modelship_server.protocol.grpc import InferenceService
@@ -110,9 +110,14 @@ async def run(args) -> None:
             async def data_plane(req=req):
                 return await dp.infer(req)
 
+            def split_path(raw=raw):
+                head, contents = split_raw_contents(raw)
+                return codec.decode_request(pb.ModelInferRequest.FromString(head), contents)
+
             steps = {
                 "parse": p50_us(lambda raw=raw: pb.ModelInferRequest.FromString(raw), n),
                 "decode": p50_us(lambda msg=msg: codec.decode_request(msg), n),
+                "split+parse head+decode": p50_us(split_path, n),
                 "dataplane.infer": await timed(data_plane, n),
                 "encode": p50_us(lambda resp=resp: codec.encode_response(resp), n),
                 "serialize": p50_us(lambda out=out: out.SerializeToString(), n),

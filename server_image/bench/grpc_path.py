@@ -101,14 +101,31 @@ def build_repo(root: Path) -> tuple[Path, Path]:
     return repo, orient
 
 
-def raw_p50(path: Path, feeds: dict, n: int) -> float:
+def session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    s = ort.InferenceSession(str(path), so)
+    return ort.InferenceSession(str(path), so)
+
+
+def raw_p50(s: ort.InferenceSession, feeds: dict, n: int) -> float:
+    """p50 ms of InferenceSession.run, on the servers' CPU (the load there moves it)."""
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {int(SERVER_CPU)})
+    try:
+        return _p50(s, feeds, n)
+    finally:
+        if (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, CLIENT_CPU)
+
+
+def _p50(s: ort.InferenceSession, feeds: dict, n: int) -> float:
     for _ in range(max(20, n // 10)):
         s.run(None, feeds)
     ts = []
     for _ in range(n):
+        # A pause between runs, as a server has between requests: under load the kernel
+        # favours a process that sleeps over one that runs back to back.
+        time.sleep(0.0005)
         t = time.perf_counter()
         s.run(None, feeds)
         ts.append(time.perf_counter() - t)
@@ -116,8 +133,8 @@ def raw_p50(path: Path, feeds: dict, n: int) -> float:
 
 
 class Proc:
-    def __init__(self, cmd: list[str], pythonpath: str | None = None) -> None:
-        env = dict(os.environ)
+    def __init__(self, cmd: list[str], pythonpath: str | None = None, env: dict | None = None) -> None:
+        env = {**os.environ, **(env or {})}
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
         self.log = tempfile.NamedTemporaryFile(prefix="grpc-path-", suffix=".log", delete=False)  # noqa: SIM115
@@ -232,8 +249,22 @@ def measure_echo(canned: dict[str, Path], seconds: float) -> dict:
         echo.stop()
 
 
-def measure_server(repo: Path, pythonpath: str | None, extra: tuple[str, ...], seconds: float) -> dict:
-    proc, http_url, grpc_url = start_server(repo, pythonpath, extra)
+def start_kserve(python: str, repo: Path) -> tuple[Proc, str, str]:
+    """KServe's Python ModelServer on the same ONNX files, ORT at one thread (kserve_onnx_server.py)."""
+    hp, gp = free_port(), free_port()
+    models = ",".join(f"{m}={repo / m / '1' / 'model.onnx'}" for m in ("mlp", "orient"))
+    p = Proc([python, str(Path(__file__).resolve().parent / "kserve_onnx_server.py")],
+             env={"MODELS": models, "HTTP_PORT": str(hp), "GRPC_PORT": str(gp), "INTRA_OP_THREADS": "1"})
+    wait_until_ok(f"http://127.0.0.1:{hp}/v2/models/orient/ready", p.proc, timeout=120, what="kserve", interval=0.2)
+    return p, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def measure_server(repo: Path, pythonpath: str | None, extra: tuple[str, ...], seconds: float,
+                   kserve_python: str = "") -> dict:
+    if kserve_python:
+        proc, http_url, grpc_url = start_kserve(kserve_python, repo)
+    else:
+        proc, http_url, grpc_url = start_server(repo, pythonpath, extra)
     try:
         out = {"empty_grpc": empty_call(grpc_url, "grpc", seconds),
                "empty_http": empty_call(http_url, "http", seconds)}
@@ -255,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also measure this branch's server started with these extra arguments, e.g. "
                         "'threads=--inline-threshold-us 0' (repeatable)")
+    p.add_argument("--kserve-python", default="", help="python of a venv with kserve: measure KServe 0.21 too")
     p.add_argument("--json", help="write the measurements to this JSON file")
     args = p.parse_args(argv)
     if (os.cpu_count() or 1) > 1:
@@ -262,22 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="modelship-grpc-path-"))
     try:
         repo, orient = build_repo(root)
-        raw = {"mlp": raw_p50(repo / "mlp/1/model.onnx", {"INPUT0": np.random.default_rng(0).random((1, 64), np.float32)}, 3000),
-               "orient": raw_p50(orient, {"x": np.random.default_rng(0).random((1, 3, 224, 224), np.float32)}, 300)}
-        log(f"raw ORT 1 thread p50: mlp {raw['mlp']:.3f} ms, orient {raw['orient']:.3f} ms")
+        sessions = {"mlp": (session(repo / "mlp/1/model.onnx"), {"INPUT0": np.random.default_rng(0).random((1, 64), np.float32)}, 2000),
+                    "orient": (session(orient), {"x": np.random.default_rng(0).random((1, 3, 224, 224), np.float32)}, 200)}
         servers = [("this", None, ())] + ([("other", args.other_pythonpath, ())] if args.other_pythonpath else [])
         servers += [(v.split("=", 1)[0], None, tuple(v.split("=", 1)[1].split())) for v in args.variant]
+        if args.kserve_python:
+            servers.append(("KServe", "", ()))
         rounds = []
         load = [os.getloadavg()[0]]
         canned = record_responses(repo, root)
         for r in range(args.rounds):
-            row: dict = {"echo": measure_echo(canned, args.seconds)}
+            row: dict = {"raw": {m: raw_p50(*v) for m, v in sessions.items()}, "echo": measure_echo(canned, args.seconds)}
             for name, pp, extra in (servers if r % 2 == 0 else servers[::-1]):
-                row[name] = measure_server(repo, pp, extra, args.seconds)
+                row[name] = measure_server(repo, pp, extra, args.seconds,
+                                           args.kserve_python if name == "KServe" else "")
             rounds.append(row)
             log(f"round {r}: " + json.dumps(row))
         load.append(os.getloadavg()[0])
-        result = {"raw_ort_1thread_p50_ms": raw, "rounds": rounds, "load_average_before_after": load,
+        raw = {m: float(np.median([r["raw"][m] for r in rounds])) for m in sessions}
+        result = {"rounds": rounds, "load_average_before_after": load,
                   "summary": summarize(raw, rounds, [n for n, _, _ in servers])}
         for line in result["summary"]:
             print(line)
@@ -290,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(raw: dict, rounds: list[dict], names: list[str]) -> list[str]:
     """Medians over rounds. "above floor": our p50 minus the echo server's p50 for the same call
-    from the same client, minus the raw ORT run: what our server adds beyond grpcio and the model."""
+    from the same client, minus the raw ORT run (1 thread, same CPU, same round): what our
+    server adds beyond grpcio and the model."""
     def med(where, key):
         return float(np.median([r[where][key] for r in rounds]))
 
