@@ -71,6 +71,14 @@ def test_many_top_level_fields_are_left_to_protobuf():
     assert split_raw_contents(msg.SerializeToString()) is None
 
 
+def test_a_large_head_is_left_to_protobuf():
+    msg = pb.ModelInferRequest(model_name="m", id="x" * 5000)
+    msg.raw_input_contents.append(b"\x00" * 64)
+    wire = msg.SerializeToString()
+    assert split_raw_contents(wire, max_head=4096) is None
+    assert split_raw_contents(wire, max_head=8192) is not None
+
+
 @pytest.mark.parametrize("wire", [
     b"\x3a\x10abc",             # field 7 declares 16 bytes, 3 follow
     b"\x0a",                    # a key, no length

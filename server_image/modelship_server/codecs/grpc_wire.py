@@ -31,9 +31,10 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def split_raw_contents(buf: bytes) -> tuple[bytes, list[memoryview]] | None:
+def split_raw_contents(buf: bytes, max_head: int | None = None) -> tuple[bytes, list[memoryview]] | None:
     """(the message without field 7, field 7's entries as views of `buf`, in order), or None
-    when the message has more than MAX_FIELDS top-level fields. Raises InvalidInput for a
+    when the message has more than MAX_FIELDS top-level fields or, with raw contents, more than
+    `max_head` other bytes (joining those would be a large copy). Raises InvalidInput for a
     message whose top level is not well-formed protobuf."""
     view = memoryview(buf)
     end = len(buf)
@@ -75,4 +76,6 @@ def split_raw_contents(buf: bytes) -> tuple[bytes, list[memoryview]] | None:
         return buf, contents
     if kept_from < end:
         head.append(view[kept_from:end])
+    if max_head is not None and sum(len(h) for h in head) > max_head:
+        return None
     return b"".join(head), contents

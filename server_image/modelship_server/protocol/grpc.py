@@ -129,7 +129,7 @@ class InferenceService:
         try:
             # Tensor bytes are split off the wire bytes (no copy) and only the rest is parsed;
             # what is left to parse or walk decides whether it is worth a thread handoff.
-            split = grpc_wire.split_raw_contents(raw) if size > SPLIT_MIN_BYTES else None
+            split = grpc_wire.split_raw_contents(raw, OFFLOAD_DECODE_BYTES) if size > SPLIT_MIN_BYTES else None
             head, contents = split if split is not None else (raw, None)
             del split
             loop = asyncio.get_running_loop()
