@@ -1,7 +1,8 @@
 """KServe's Python ModelServer serving ONNX models through ONNX Runtime: the competitor
 that compare.py starts (with the python of a venv where kserve is installed).
 
-    MODELS=mlp=/path/mlp.onnx,compute=/path/c.onnx HTTP_PORT=8080 GRPC_PORT=8081 python kserve_onnx_server.py
+    MODELS=mlp=/path/mlp.onnx,compute=/path/c.onnx HTTP_PORT=8080 GRPC_PORT=8081 [INTRA_OP_THREADS=1] \
+        python kserve_onnx_server.py
 
 Settings from the environment, because KServe parses sys.argv itself at import.
 Latency logging is off so KServe is not charged for a log line per request.
@@ -20,7 +21,9 @@ _DT = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.i
 class OnnxModel(Model):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(os.environ.get("INTRA_OP_THREADS", "0"))  # 0: ORT's default
+        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ready = True
 

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from .. import __version__
 from ..budget import ByteBudget
 from ..codecs import grpc as codec
+from ..codecs import grpc_wire
 from ..dataplane import DataPlane
 from ..errors import InvalidInput, Overloaded, ServingError, Unavailable
 from ..messages import InferRequest
@@ -33,7 +34,8 @@ from ..messages import InferRequest
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-OFFLOAD_DECODE_BYTES = 256 * 1024  # messages larger than this are parsed on a worker thread
+OFFLOAD_DECODE_BYTES = 256 * 1024  # parse/decode work larger than this runs on a worker thread
+SPLIT_MIN_BYTES = 16 * 1024  # messages larger than this have their tensor bytes split off, not copied
 
 
 def _mapped(method):
@@ -125,19 +127,27 @@ class InferenceService:
         if reserved < 0:
             raise Overloaded(self.budget.message(size))
         try:
-            offload = size > OFFLOAD_DECODE_BYTES
+            # Tensor bytes are split off the wire bytes (no copy) and only the rest is parsed;
+            # what is left to parse or walk decides whether it is worth a thread handoff.
+            split = grpc_wire.split_raw_contents(raw, OFFLOAD_DECODE_BYTES) if size > SPLIT_MIN_BYTES else None
+            head, contents = split if split is not None else (raw, None)
+            del split
             loop = asyncio.get_running_loop()
-            msg = await loop.run_in_executor(self.decoder, _parse, raw) if offload else _parse(raw)
+            heavy = len(head) > OFFLOAD_DECODE_BYTES
+            msg = await loop.run_in_executor(self.decoder, _parse, head) if heavy else _parse(head)
+            del head
             self.dp.check_model(msg.model_name, msg.model_version, "grpc")  # 404 / 503 before decoding
+            if contents is not None:
+                heavy = heavy or codec.decode_work_bytes(msg, contents) > OFFLOAD_DECODE_BYTES
             try:
-                if offload:
-                    req = await loop.run_in_executor(self.decoder, codec.decode_request, msg)
+                if heavy:
+                    req = await loop.run_in_executor(self.decoder, codec.decode_request, msg, contents)
                 else:
-                    req = codec.decode_request(msg)
+                    req = codec.decode_request(msg, contents)
             except InvalidInput as exc:
                 self.dp.count_rejected(msg.model_name, msg.model_version, "grpc", exc)
                 raise
-            del raw, msg
+            del raw, msg, contents
             if deadline_s is not None and (req.timeout_s is None or deadline_s < req.timeout_s):
                 req.timeout_s = max(deadline_s, 1e-6)
             return codec.encode_response(await self.dp.infer(req))
