@@ -4,8 +4,8 @@ killed, a SIGTERM hands the Lease over at once, and idle replicas write nothing 
 
 from __future__ import annotations
 
-import pathlib
 import os
+import pathlib
 import time
 import uuid
 from typing import Any, Iterator
