@@ -23,7 +23,7 @@ def test_sweep_writes_json(server, tmp_path, protocol, capsys):
     url = server.grpc_url if protocol == "grpc" else server.http_url
     out = tmp_path / "r.json"
     rc = bench.main(["-m", "mlp", "-i", protocol, "-u", url, "--concurrency-range", "1:4:x2",
-                     "--measurement-interval", "400", "--warmup-interval", "100", "-b", "2",
+                     "--measurement-interval", "1000", "--warmup-interval", "200", "-b", "2",
                      "--output-format", "json", "-f", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
