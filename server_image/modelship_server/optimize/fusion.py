@@ -212,7 +212,7 @@ def fuse(source: Path, target: Path) -> dict[str, int]:
     """Write the fused model to `target`; returns what was done (counts by step and operator).
 
     onnxscript's fusions first (SDPA and eager layouts); where they fuse no attention, ONNX
-    Runtime's BERT optimizer on the original, if it fuses more. Raises ValueError when neither
+    Runtime's BERT optimizer on the original, if its result fuses attention or has fewer nodes. Raises ValueError when neither
     fused anything, so the candidate is reported as not applying.
     """
     original = onnx.load(str(source))
@@ -221,13 +221,16 @@ def fuse(source: Path, target: Path) -> dict[str, int]:
         model, done = _with_onnxscript(onnx.load(str(source)))
     except Exception as exc:  # noqa: BLE001 - a graph the rewriter cannot follow: ORT's optimizer may
         model, done = original, {f"onnxscript failed ({type(exc).__name__})": 1}
-    if fused_attention_count(model) == 0:
+    if fused_attention_count(model) == 0:  # ORT's optimizer also fuses primitive layer norms
         fallback = _ort_bert_fusions(onnx.load(str(source)))
-        if fused_attention_count(fallback) > 0 or Counter(n.op_type for n in model.graph.node) == ops_before:
+        if (fused_attention_count(fallback), -len(fallback.graph.node)) > (0, -len(model.graph.node)):
             model, done = fallback, {"onnxruntime_bert_optimizer": 1}
     if Counter(n.op_type for n in model.graph.node) == ops_before:
         raise ValueError("the transformer fusions found no attention, layer-norm or GELU pattern to fuse")
     done["fused_attention"] = fused_attention_count(model)
+    domains = {o.domain for o in model.opset_import}
+    if _MS not in domains and any(n.domain == _MS for n in model.graph.node):
+        model.opset_import.append(helper.make_opsetid(_MS, 1))
     onnx.save(model, str(target))
     return {k: v for k, v in done.items() if v}
 
