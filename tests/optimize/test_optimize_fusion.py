@@ -86,7 +86,7 @@ def test_a_graph_with_nothing_to_fuse_is_refused_with_a_reason(tmp_path):
         raise AssertionError("fuse() accepted a graph with nothing to fuse")
 
 
-def _where_mask_attention() -> onnx.ModelProto:
+def _where_mask_attention(mask_shape: tuple[int, ...] = (1, 1, 3, 3)) -> onnx.ModelProto:
     """An Attention whose additive mask is Where(m, 0, -inf), as the SDPA export's fusion leaves it."""
     nodes = [
         helper.make_node("Where", ["m", "zero", "minus_inf"], ["bias"]),
@@ -99,7 +99,7 @@ def _where_mask_attention() -> onnx.ModelProto:
              helper.make_tensor("b", onnx.TensorProto.FLOAT, [12], [0.1] * 12)]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4]),
-                     helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, [1, 1, 3, 3])],
+                     helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, list(mask_shape))],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
@@ -117,6 +117,14 @@ def test_a_where_mask_becomes_mask_index_with_the_same_attention(tmp_path):
     m = np.array([[[[True, True, False]] * 3]])
     feed = {"x": x, "m": m}
     np.testing.assert_allclose(_outputs(after, [feed])[0][0], _outputs(before, [feed])[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_that_is_not_one_per_batch_row_stays_additive():
+    """mask_index is [B, S, T]: a per-head mask or one without the batch cannot become it."""
+    assert fusion.mask_as_index(_where_mask_attention((1, 2, 3, 3))) == 0
+    model = _where_mask_attention()
+    del model.graph.input[1].type.tensor_type.shape.dim[:]  # shape unknown: left alone
+    assert fusion.mask_as_index(model) == 0
 
 
 def test_the_clean_ups_are_exact_rewrites():

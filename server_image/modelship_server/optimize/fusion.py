@@ -118,6 +118,7 @@ def mask_as_index(model: onnx.ModelProto) -> int:
     mask_index takes m (boolean, [B, 1, S, T]) as a 3-D int32 mask_index instead: the same
     attention wherever a row keeps one key, and the form QAttention accepts."""
     producers = {out: node for node in model.graph.node for out in node.output}
+    shapes = _shapes(model)
     added: list[tuple[int, list[onnx.NodeProto]]] = []
     changed = 0
     for index, node in enumerate(model.graph.node):
@@ -132,6 +133,11 @@ def mask_as_index(model: onnx.ModelProto) -> int:
         if keep != 0.0 or masked is None or masked > -1e4:
             continue
         cond = where.input[0]
+        # mask_index must be [B, S, T] with the input's own batch: m has to be [B, 1, S, T] (known)
+        mask_shape, input_shape = shapes.get(cond), shapes.get(node.input[0])
+        if not mask_shape or not input_shape or len(mask_shape) != 4 or mask_shape[1] != 1 \
+                or mask_shape[0] in (0, "") or mask_shape[0] != input_shape[0]:
+            continue
         stem = f"{node.name or node.output[0]}_mask_index"
         axes = helper.make_tensor(f"{stem}_axes", onnx.TensorProto.INT64, [1], [1])
         model.graph.initializer.append(axes)
