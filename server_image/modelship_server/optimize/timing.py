@@ -175,16 +175,18 @@ def paired_verdict(candidate_ms: list[float], baseline_ms: list[float], margin: 
 
 def open_verdicts(per_round: dict[str, list[float]], baseline: str, passed: set[str],
                   margin: float = EQUIVALENCE_MARGIN) -> set[str]:
-    """The passing candidates that more rounds could still decide: undecided against the
-    baseline, or 'faster' and undecided against the fastest other 'faster' one (which of two
-    winners to choose). Pure, so the rule is table-tested; the search times these again."""
+    """The passing candidates whose verdict could still change the choice: undecided against the
+    baseline (and, once some candidate is shown faster, not shown slower than the fastest such
+    winner), or 'faster' and undecided against that winner (which of two winners to choose). Pure, so the rule is table-tested; the search times these again."""
     rounds = {name: per_round[name] for name in passed if per_round.get(name)}
     base = per_round[baseline]
     verdicts = {name: paired_verdict(values, base, margin) for name, values in rounds.items()}
     open_ = {name for name, verdict in verdicts.items() if verdict == "undecided"}
     winners = [name for name, verdict in verdicts.items() if verdict == "faster"]
-    if len(winners) > 1:
+    if winners:
         lead = min(winners, key=lambda name: float(np.median(paired_ratios(rounds[name], base))))
+        # once a winner is known, an undecided candidate matters only if it may still beat the winner
+        open_ = {name for name in open_ if paired_verdict(rounds[name], rounds[lead], margin) != "not_faster"}
         for name in winners:
             if name != lead and paired_verdict(rounds[name], rounds[lead], margin) == "undecided":
                 open_ |= {name, lead}
