@@ -70,3 +70,12 @@ def test_choose_without_paired_verdicts_is_the_spread_rule():
     assert choose("baseline", {"baseline": t(1.0, 0.3), "a": t(0.8, 0.1)}, {"a"}, {"a": "undecided"})[0] == "baseline"
     # a paired "faster" never makes a slower median win
     assert choose("baseline", {"baseline": t(1.0, 0.3), "a": t(1.05, 0.1)}, {"a"}, {"a": "faster"})[0] == "baseline"
+
+
+def test_a_spread_win_that_paired_rounds_contradict_is_not_chosen():
+    """Seen on a loaded machine: by medians 1.37x beyond a 32 % spread, head to head 0.82x."""
+    timings = {"baseline": TimingStats(median_ms=112.7, spread=0.32, rounds_ms=[112.7]),
+               "a": TimingStats(median_ms=82.3, spread=0.28, rounds_ms=[82.3])}
+    assert choose("baseline", timings, {"a"})[0] == "a"
+    chosen, reasons = choose("baseline", timings, {"a"}, {"a": "not_faster"})
+    assert chosen == "baseline" and "not per round" in reasons["a"]
