@@ -136,3 +136,10 @@ def test_the_clean_ups_are_exact_rewrites():
     assert fusion.scalar_constants(model) == 1 and list(model.graph.node[0].attribute[0].t.dims) == []
     assert fusion.constants_second(model) == 1 and list(model.graph.node[1].input) == ["x", "c"]
     assert fusion.constants_second(model) == 0  # already canonical
+
+
+def test_fusing_twice_writes_the_same_bytes(tmp_path):
+    """A serving pod rebuilds the chosen recipe and checks its digest (apply.py)."""
+    fusion.fuse(FIXTURE, tmp_path / "a.onnx")
+    fusion.fuse(FIXTURE, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
