@@ -6,18 +6,45 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools demo down status test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
+.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/modelship: pyproject.toml
+# The venv installs exactly the locked versions (hashes checked), then the project itself
+# without dependencies, so nothing is resolved on the machine: plain pip, no uv needed.
+$(BIN)/modelship: pyproject.toml requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
-venv: $(BIN)/modelship  ## create .venv with modelship and its dev dependencies
+venv: $(BIN)/modelship  ## create .venv from requirements/dev.txt (locked, hashed) and modelship itself
+
+# uv resolves the locks (one universal resolution per file, for every Python >= 3.11 and platform;
+# the image locks within dev.txt's versions, so the images run what the tests ran);
+# it lives in its own venv in the cache, pinned, so `make venv` never needs it.
+UV_VERSION ?= 0.13.9
+UV := $(HOME)/.cache/modelship/uv-$(UV_VERSION)/bin/uv
+LOCK_FLAGS := --quiet --universal --fork-strategy fewest --python-version 3.11 --generate-hashes \
+	--constraints requirements/pins.txt --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+
+$(UV):
+	$(PYTHON) -m venv $(HOME)/.cache/modelship/uv-$(UV_VERSION)
+	$(HOME)/.cache/modelship/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV)  ## re-resolve requirements/*.txt from pyproject.toml and pins.txt (UPGRADE=1: newest versions too)
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra operator --extra server --extra dev -o requirements/dev.txt
+	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra operator -o requirements/operator.txt
+	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra server -o requirements/server.txt
+	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra gpu -o requirements/server-gpu.txt
+	$(PYTHON) tests/packaging/locks.py requirements
+
+NEWEST_VENV ?= /tmp/modelship-newest
+
+deps-newest:  ## the newest versions pyproject.toml allows, in a temp venv: what changed, and what breaks in the fast tests
+	hack/deps_newest.sh $(PYTHON) $(NEWEST_VENV) requirements/dev.txt
 
 tools: venv  ## build the control-plane binaries from Go modules (cached in ~/.cache/modelship)
 	$(BIN)/python -m modelship.devcluster.toolchain
@@ -31,7 +58,12 @@ down: venv  ## stop the local cluster started by `make demo`
 status: venv  ## show the local cluster's processes and nodes
 	$(BIN)/modelship dev-cluster status --state-dir $(STATE_DIR)
 
-test: tools  ## run every test (unit, server, and on the real local control plane)
+lint: venv  ## ruff, mypy and the import layers (import-linter); configured in pyproject.toml
+	$(BIN)/ruff check operator server_image tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint tools  ## lint, then every test (unit, server, and on the real local control plane)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: venv  ## only the tests that need no control plane

@@ -56,6 +56,17 @@ class Cluster:
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self._run("helm", args, check, None, timeout)
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until a CRD is Established. `kubectl wait --for=condition=Established` fails at
+        once ("accessor error: <nil>") when the CRD has no status yet, so poll instead."""
+        from waiting import wait_for
+
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        wait_for(f"crd/{crd} Established",
+                 lambda: self.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={jsonpath}",
+                                      check=False).stdout.strip() == "True",
+                 timeout=timeout)
+
     def add_node(self, shape: NodeShape) -> dict[str, Any]:
         return self.plane.add_node(shape)
 

@@ -102,8 +102,8 @@ class Demo:
         self.cluster(reuse)
         url, digest = self.publish_model()
         self.install()
-        manifest = self.apply(url, digest)
-        self.follow(manifest)
+        self.apply(url, digest)
+        self.follow()
         self.show()
         self.infer()
         self.say("done. The cluster keeps running: "
@@ -173,7 +173,7 @@ class Demo:
         self.kubectl("apply", "-f", str(path))
         return manifest
 
-    def follow(self, manifest: dict[str, Any]) -> None:
+    def follow(self) -> None:
         """Print each change of the Job, the pods and the conditions until Ready."""
         deadline = time.monotonic() + self.timeout
         seen: set[str] = set()

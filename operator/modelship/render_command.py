@@ -15,7 +15,7 @@ import pydantic
 import yaml
 
 from modelship import api
-from modelship.modeluri import redact_text
+from modelship.api.errors import format_validation_error
 
 USAGE_ERROR = 2
 
@@ -92,35 +92,6 @@ def render_text(text: str, *, source: str, namespace: str | None, out: TextIO, e
     )
     out.write(yaml.dump_all(rendered, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
     return 0
-
-
-def format_validation_error(error: pydantic.ValidationError) -> list[str]:
-    """One line per problem: the field's wire path, what was wrong, and the value given."""
-    lines = []
-    for problem in error.errors():
-        path = _wire_path(problem.get("loc", ()))
-        message = problem.get("msg", "invalid").removeprefix("Value error, ")
-        line = message if not path or message.startswith(path) else f"{path}: {message}"
-        if problem.get("type") not in ("value_error", "missing") and "input" in problem:
-            given = problem["input"]
-            if not isinstance(given, (dict, list)):
-                line += redact_text(f" (got {given!r})")  # a URI's userinfo or presigned query
-        lines.append(line)
-    return lines
-
-
-def _wire_path(loc: tuple[Any, ...]) -> str:
-    from pydantic.alias_generators import to_camel
-
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("int", "str", "constrained-str", "function-after[_uri(), constrained-str]") or str(item).startswith(("function-", "constrained-")):
-            continue  # pydantic's union-branch labels, not fields
-        else:
-            parts.append(("." if parts else "") + to_camel(str(item)))
-    return "".join(parts)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -113,7 +113,7 @@ def raw_compute_throughput(session: ort.InferenceSession, seconds: float) -> flo
 class Proc:
     def __init__(self, name: str, args: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
         self.name = name
-        self.logfile = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115 - open while the process runs
         self.proc = subprocess.Popen(args, stdout=self.logfile, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, cwd=cwd)
 
@@ -280,7 +280,8 @@ def summarize(raw: dict, ours: dict, others: dict) -> list[tuple[str, str, bool 
             rows.append((f"vs {name}", f"skipped: {d['skipped']}", None))
             continue
         theirs = p50(d, "mlp_grpc_c1") - raw["mlp_b1_p50_ms"]
-        rows.append((f"vs {name}: added p50 gRPC c1", f"ours {add_g:.3f} / theirs {theirs:.3f} ms = {ratio(add_g, theirs):.2f} (target <= 0.5)",
+        rows.append((f"vs {name}: added p50 gRPC c1",
+                     f"ours {add_g:.3f} / theirs {theirs:.3f} ms = {ratio(add_g, theirs):.2f} (target <= 0.5)",
                      ratio(add_g, theirs) <= 0.5))
         theirs_h = p50(d, "mlp_http_c1") - raw["mlp_b1_p50_ms"]
         rows.append((f"vs {name}: added p50 HTTP c1", f"ours {add_h:.3f} / theirs {theirs_h:.3f} ms = {ratio(add_h, theirs_h):.2f}",

@@ -16,6 +16,10 @@ recent run time (an exponential average) is under `inline_threshold_s` the batch
 runs on the loop thread instead, blocking it for less than that handoff would.
 Set the threshold to 0 to always use threads.
 
+A batch that fails is not failed as a whole: its members go back to the front
+of the queue marked `solo` and run one by one, so a request ONNX Runtime cannot
+run (a token id out of range) fails alone, as a 400 naming its inputs.
+
 A full queue sheds the request (QueueFull -> 503/UNAVAILABLE); a request whose
 deadline passes, queued or running, fails with RequestTimeout (504/DEADLINE_EXCEEDED).
 No worker tasks: dispatch is driven by arrivals, completions and one timer, so
@@ -45,7 +49,7 @@ _EWMA = 0.2  # weight of the newest run in the run-time average
 
 
 class _Pending:
-    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started")
+    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started", "solo")
 
     def __init__(self, feeds, batch, key, future, enqueued_ns) -> None:
         self.feeds = feeds
@@ -55,14 +59,27 @@ class _Pending:
         self.enqueued_ns = enqueued_ns
         self.timer = None
         self.started = False
+        self.solo = False  # its batch failed: run it alone, so only a bad request fails
 
 
-def _classify_ort_error(exc: Exception) -> ServingError:
-    # ORT reports a bad input (e.g. a dimension a Reshape cannot take) as InvalidArgument.
+def _describe_feeds(feeds: dict) -> str:
+    return ", ".join(f"'{n}' {list(a.shape)}" for n, a in feeds.items())
+
+
+def _classify_ort_error(exc: Exception, feeds: dict) -> ServingError:
+    """A failed run of one request's inputs (never a batch: batches are retried member by member).
+
+    The model loaded and warmed up, so a node failing on these inputs (a token id
+    out of range, shapes that do not broadcast) is the input's doing: 400, naming
+    the inputs. Anything else (out of memory, a provider failure) is the server's.
+    """
     kind = type(exc).__name__
-    if kind in ("InvalidArgument", "InvalidGraph"):
-        return InvalidInput(f"ONNX Runtime rejected the input: {exc}")
-    return ServingError(f"ONNX Runtime failed to run the model: {kind}: {exc}")
+    text = str(exc)
+    if kind in ("InvalidArgument", "InvalidGraph") or (
+        kind in ("RuntimeException", "Fail") and "while running" in text
+    ):
+        return InvalidInput(f"the model cannot run on inputs {_describe_feeds(feeds)}: ONNX Runtime: {text}"[:2000])
+    return ServingError(f"ONNX Runtime failed to run the model: {kind}: {text}")
 
 
 def _timed(run: Callable[[dict], list], feeds: dict):
@@ -131,13 +148,17 @@ class Scheduler:
 
     # -- request side -------------------------------------------------------
 
-    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
-        """Queue one request and wait for its outputs (name -> array)."""
+    def check_room(self) -> None:
+        """QueueFull when the queue is full: asked before a request is decoded, and again when it is queued."""
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull(
                 f"model '{self.name}' is overloaded: its queue holds {len(self._queue)} requests "
                 f"(max_queue_size {self.max_queue_size}); retry later"
             )
+
+    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its outputs (name -> array)."""
+        self.check_room()
         loop = self._loop
         key = None
         if self.policy.dynamic:
@@ -177,7 +198,7 @@ class Scheduler:
                 continue
             batch = [first]
             size = first.batch
-            if self.policy.dynamic and size < self._target:
+            if self.policy.dynamic and size < self._target and not first.solo:
                 size = self._gather(first, batch, size)
                 if size < self._target:
                     wait_ns = first.enqueued_ns + self._delay_ns - _perf_ns()
@@ -204,7 +225,7 @@ class Scheduler:
             item = q.popleft()
             if item.future.done():
                 continue
-            if item.key != first.key or size + item.batch > limit:
+            if item.key != first.key or size + item.batch > limit or item.solo:
                 skipped.append(item)
                 if len(skipped) > 64:
                     break
@@ -267,8 +288,15 @@ class Scheduler:
 
     def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, redispatch: bool = True) -> None:
         self._free.append(index)
-        if exc is not None:
-            err = exc if isinstance(exc, ServingError) else _classify_ort_error(exc)
+        if exc is not None and len(batch) > 1 and not self._closed:
+            # One bad request must not fail the others: run each member alone, first in line.
+            for item in batch:
+                item.solo = True
+                item.started = False
+            self._queue.extendleft(reversed(batch))
+            log.info("model %s: batch of %d requests failed; running each alone", self.name, len(batch))
+        elif exc is not None:
+            err = exc if isinstance(exc, ServingError) else _classify_ort_error(exc, batch[0].feeds)
             if not isinstance(err, InvalidInput):
                 log.error("model %s: run of batch %d failed: %s", self.name, size, err.message)
             for item in batch:

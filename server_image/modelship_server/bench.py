@@ -19,9 +19,13 @@ import json
 import sys
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
+
+from modelship_server import feeds
+from modelship_server.feeds import InputHint, InputSpec, shape_text
 
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 
@@ -54,7 +58,11 @@ class _Target:
     """The model's inputs, resolved once from its metadata, and a client factory."""
 
     def __init__(self, url: str, protocol: str, model: str, version: str, batch_size: int,
-                 shapes: dict[str, list[int]], data: str, binary: bool, metadata: dict | None = None) -> None:
+                 shapes: dict[str, list[int]], data: str, binary: bool, metadata: dict | None = None,
+                 *, hints: Sequence[InputHint] = (), feed: dict[str, np.ndarray] | None = None,
+                 dataset: Path | None = None) -> None:
+        """`feed`: the exact request to send; else the first sample(s) of `dataset`; else data
+        generated in the shapes of `shapes` (without the batch axis) or `hints` (with it)."""
         self.url, self.protocol, self.model, self.version = url, protocol, model, version
         self.batch_size = batch_size
         self.binary = binary
@@ -77,19 +85,16 @@ class _Target:
                 "this tool needs them to build requests"
             )
         batching = self._batches(md)
-        rng = np.random.default_rng(0)
-        self.arrays = {}
-        for t in md["inputs"]:
-            dims = list(t["shape"][1:] if batching else t["shape"])
-            if t["name"] in shapes:
-                dims = shapes[t["name"]]
-            if any(d < 0 for d in dims):
-                raise SystemExit(
-                    f"bench: input {t['name']} has variable dims {t['shape']}; give them with "
-                    f"--shape {t['name']}:{','.join('4' if d < 0 else str(d) for d in dims)}"
-                )
-            shape = ([batch_size] if batching else []) + dims
-            self.arrays[t["name"]] = _make_data(t["datatype"], shape, data, rng)
+        specs = _specs(md, batching)
+        if feed is None and dataset is not None:
+            feed = _dataset_request(dataset, specs, batch_size if batching else 1)
+        if feed is not None:
+            missing = sorted({s.name for s in specs} - feed.keys())
+            if missing:
+                raise SystemExit(f"bench: the request has no data for input(s) {missing} of model {model!r}")
+            self.arrays = {s.name: feed[s.name] for s in specs}
+        else:
+            self.arrays = _generate(specs, hints, shapes, batch_size if batching else None, data)
         self.datatypes = {t["name"]: t["datatype"] for t in md["inputs"]}
         self.outputs = [t["name"] for t in md["outputs"]]
 
@@ -126,19 +131,62 @@ def _grpc_md_to_dict(md) -> dict:
     }
 
 
-def _make_data(datatype: str, shape: list[int], kind: str, rng) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.full(shape, b"modelship", dtype=object)
+def _specs(md: dict, batching: bool) -> list[InputSpec]:
+    """The model's inputs as the feeds module sees them: whole shapes, None where free."""
     from tritonclient.utils import triton_to_np_dtype
 
-    dtype = np.dtype(triton_to_np_dtype(datatype))
-    if kind == "zero":
-        return np.zeros(shape, dtype)
-    if dtype.kind == "f":
-        return rng.random(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 2, shape).astype(dtype)
-    return rng.integers(0, 10, shape).astype(dtype)
+    specs = []
+    for t in md["inputs"]:
+        dtype = np.dtype(object) if t["datatype"] == "BYTES" else np.dtype(triton_to_np_dtype(t["datatype"]))
+        dims = [None if d < 0 else d for d in t["shape"]]
+        specs.append(InputSpec(t["name"], dtype, tuple(dims if not batching else [None] + dims[1:])))
+    return specs
+
+
+def _generate(specs: list[InputSpec], hints: Sequence[InputHint], shapes: dict[str, list[int]],
+              batch: int | None, kind: str) -> dict[str, np.ndarray]:
+    """One request: --shape (without the batch axis) wins, then the declared inputs; a free
+    dimension nobody gave is an error naming both ways, never a silent 1."""
+    by_name = {h.name: h for h in hints}
+    resolved = []
+    for spec in specs:
+        hint = by_name.get(spec.name)
+        if spec.name in shapes:
+            whole = ([1] if batch is not None else []) + list(shapes[spec.name])
+            hint = dataclasses.replace(hint, shape=tuple(whole)) if hint else InputHint(spec.name, tuple(whole))
+        rest = spec.shape[1:] if batch is not None else spec.shape
+        if (hint is None or hint.typical() is None) and any(d is None for d in rest):
+            dims = ",".join("4" if d is None else str(d) for d in rest)
+            raise SystemExit(
+                f"bench: input {spec.name} has variable dims {shape_text(spec.shape)}; give them with "
+                f"--shape {spec.name}:{dims} (without the batch axis) or --inputs "
+                f"'[{{\"name\": \"{spec.name}\", \"shape\": [...]}}]' (the whole shape)"
+            )
+        declared = hint.typical() if hint is not None else None
+        if declared is not None and len(declared) != len(spec.shape):
+            raise SystemExit(f"bench: input {spec.name}: expected {len(spec.shape)} dimensions like the model's "
+                             f"{shape_text(spec.shape)}, got {list(declared)}")
+        if hint is not None:
+            resolved.append(hint)
+    feed = feeds.generate(specs, resolved, 1, seed=0, batch=batch, zeros=kind == "zero")[0]
+    for spec in specs:  # strings: a fixed word, not the empty string
+        if spec.dtype.kind == "O" and spec.name not in {h.name for h in resolved if h.value is not None}:
+            feed[spec.name] = np.full(feed[spec.name].shape, b"modelship", dtype=object)
+    return feed
+
+
+def _dataset_request(path: Path, specs: list[InputSpec], batch: int) -> dict[str, np.ndarray]:
+    """The first `batch` samples of a dataset (either layout), as one request."""
+    from modelship_server.optimize.inputs import DatasetError, load_dataset
+
+    try:
+        samples = load_dataset(path, specs)
+    except DatasetError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+    chosen = [samples[i % len(samples)] for i in range(batch)]
+    if batch == 1:
+        return chosen[0]
+    return {name: np.concatenate([s[name] for s in chosen], axis=0) for name in chosen[0]}
 
 
 def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float) -> LevelResult:
@@ -345,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unmeasured warm-up per level in milliseconds (default 1000)")
     p.add_argument("--shape", type=_shape, action="append", default=[], metavar="NAME:DIMS",
                    help="shape of an input with variable dims, without the batch dim, e.g. image:3,224,224")
+    p.add_argument("--inputs", metavar="JSON", default=None,
+                   help="declared inputs, as a ModelService's spec.model.inputs in JSON: whole shapes (batch axis "
+                        "included, as 1) and values, e.g. '[{\"name\": \"x\", \"shape\": [1, 3, 48, 160]}, "
+                        "{\"name\": \"sr\", \"value\": 16000}]'")
+    p.add_argument("--dataset", type=Path, default=None, metavar="FILE.npz",
+                   help="send the first sample(s) of this .npz (batch-first or stacked feeds, as "
+                        "`modelship optimize --dataset` reads it) instead of generated data")
     p.add_argument("--input-data", choices=["random", "zero"], default="random", help="input values (default random)")
     p.add_argument("--async", dest="use_async", action="store_true",
                    help="run the clients as asyncio tasks on one thread (tritonclient's aio clients) instead "
@@ -393,10 +448,16 @@ def main(argv: list[str] | None = None) -> int:
         fmt_file = "json" if args.output_file.endswith(".json") else "csv"
     else:
         fmt_file = fmt
-    progress: Callable[[str], None] = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    progress: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
+        from modelship_server.feeds import InputsError, parse_hints
+
+        try:
+            hints = parse_hints(args.inputs, where="--inputs")
+        except InputsError as exc:
+            raise SystemExit(f"bench: {exc}") from None
         target = _Target(url, args.protocol, args.model_name, args.model_version, args.batch_size,
-                         dict(args.shape), args.input_data, not args.http_json)
+                         dict(args.shape), args.input_data, not args.http_json, hints=hints, dataset=args.dataset)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -16,10 +16,12 @@ import re
 import sys
 from pathlib import Path
 
+from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
 from . import __version__
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
-from .settings import Settings
+from .settings import HttpLimits, Settings
 
 LISTEN_ENV = "MODELSHIP_LISTEN_ADDRESS"
 
@@ -88,6 +90,23 @@ def _non_negative(kind):
     return parse
 
 
+def _positive(kind):
+    def parse(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return v
+
+    return parse
+
+
+_positive_float = _positive(float)
+_positive_int = _positive(int)
+
+
 def _providers(value: str) -> tuple[str, ...]:
     names = tuple(p.strip().lower() for p in value.split(",") if p.strip())
     bad = [p for p in names if p not in PROVIDERS]
@@ -112,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("MODELSHIP_MODEL_REPOSITORY"),
                    help="folder of models in Triton's layout (required; env MODELSHIP_MODEL_REPOSITORY)")
     net = p.add_argument_group("network")
-    net.add_argument("--http-port", type=_port, default=8000, metavar="PORT", help="HTTP/REST port (default 8000)")
-    net.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
-    net.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT", help="Prometheus /metrics port (default 8002)")
+    net.add_argument("--http-port", type=_port, default=HTTP_PORT, metavar="PORT", help=f"HTTP/REST port (default {HTTP_PORT})")
+    net.add_argument("--grpc-port", type=_port, default=GRPC_PORT, metavar="PORT", help=f"gRPC port (default {GRPC_PORT})")
+    net.add_argument("--metrics-port", type=_port, default=METRICS_PORT, metavar="PORT",
+                     help=f"Prometheus /metrics port (default {METRICS_PORT})")
     # A node agent that gives each pod its own loopback address sets LISTEN_ENV (see
     # docs/dev-cluster.md); in a real pod it is unset and the server binds every interface.
     listen = os.environ.get(LISTEN_ENV) or "0.0.0.0"
@@ -127,6 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--http-max-body-size", type=_size, default=64 * 1024**2, metavar="SIZE",
                      help="largest request body (and gRPC message) accepted; bigger ones get 413 "
                           "(default 64Mi; accepts 1048576, 512Ki, 64Mi, 100M)")
+    lim = p.add_argument_group("limits (what one client may hold; docs/server.md)")
+    lim.add_argument("--max-inflight-bytes", type=_size, default=0, metavar="SIZE",
+                     help="budget of request bytes in flight, HTTP and gRPC together (each request counts "
+                          "3x its size: body, arrays, batch); over it requests are shed with HTTP 503 / gRPC "
+                          "RESOURCE_EXHAUSTED and Retry-After before being decoded "
+                          "(default: half the container's memory limit, 1Gi without one)")
+    lim.add_argument("--http-max-connections", type=_positive_int, default=1024, metavar="N",
+                     help="open HTTP connections per process; more are answered 503 and closed (default 1024)")
+    lim.add_argument("--http-max-url-size", type=_size, default=8 * 1024, metavar="SIZE",
+                     help="longest request URL; longer gets 414 (default 8Ki)")
+    lim.add_argument("--http-max-header-size", type=_size, default=64 * 1024, metavar="SIZE",
+                     help="largest request headers (all fields together); larger gets 431 (default 64Ki)")
+    lim.add_argument("--http-header-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                     help="time for a request's headers to arrive, from its first byte (or from the "
+                          "connection); slower gets 408 and the connection closed (default 10)")
+    lim.add_argument("--http-idle-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                     help="close a keep-alive connection silent this long, or whose body stops arriving "
+                          "or whose responses go unread this long (default 60)")
+    lim.add_argument("--http-max-pipelined", type=_positive_int, default=16, metavar="N",
+                     help="requests parsed ahead on one connection while an earlier one is answered; "
+                          "then its reads pause (default 16)")
     sched = p.add_argument_group("scheduling")
     sched.add_argument("--default-max-batch-size", type=_non_negative(int), default=4, metavar="N",
                        help="max_batch_size given to models without a config whose inputs and outputs "
@@ -167,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "exits anyway; keep it below the pod's terminationGracePeriodSeconds (default 30)")
     life.add_argument("--exit-on-error", type=_bool, default=True, metavar="BOOL",
                       help="exit with code 1 if any model fails to load (default true, as Triton)")
+    life.add_argument("--termination-log", default=None, metavar="FILE",
+                      help="on an exit on error, write one line '<Reason>: <why>' there for the orchestrator "
+                           "(in a pod: /dev/termination-log); default: none")
     life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log verbosity (default info)")
     return p
@@ -196,12 +240,22 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         metrics_address=args.metrics_address, metrics_port=args.metrics_port,
         allow_http=args.allow_http, allow_grpc=args.allow_grpc, allow_metrics=args.allow_metrics,
         max_body_size=args.http_max_body_size,
+        max_inflight_bytes=args.max_inflight_bytes,
+        http_limits=HttpLimits(
+            max_url_size=args.http_max_url_size,
+            max_header_size=args.http_max_header_size,
+            header_timeout_s=args.http_header_timeout,
+            idle_timeout_s=args.http_idle_timeout,
+            max_connections=args.http_max_connections,
+            max_pipelined=args.http_max_pipelined,
+        ),
         default_max_batch_size=args.default_max_batch_size,
         max_queue_size=args.max_queue_size or 256,
         request_timeout_s=args.request_timeout,
         inline_threshold_s=args.inline_compute_threshold / 1e6,
         exit_timeout_s=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
+        termination_log=Path(args.termination_log) if args.termination_log else None,
         runtime=RuntimeOptions(
             providers=args.execution_providers,
             intra_op_threads=args.intra_op_threads,
@@ -220,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .malloc import pin_mmap_threshold
     from .server import BindError, serve  # after parsing: --help stays fast
+
+    pin_mmap_threshold()
 
     try:
         import uvloop

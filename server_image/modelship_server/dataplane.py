@@ -50,6 +50,32 @@ class DataPlane:
         m = self.registry.find(name, version)
         return bool(m is not None and m.ready and not self.draining)
 
+    def model_ready_status(self, name: str, version: str = "") -> int:
+        """HTTP's answer to a model readiness probe: 200 ready, 503 known but not ready, 404 unknown."""
+        if self.model_ready(name, version):
+            return 200
+        return 404 if self.registry.find(name, version) is None else 503
+
+    def check_model(self, name: str, version: str = "", protocol: str = "http") -> None:
+        """Raise the precise 404 / 503 for a model that cannot take a request now, before its body is decoded.
+
+        A full queue is answered here too: shedding before decoding keeps the CPU for
+        the requests already admitted, so goodput holds under overload.
+        """
+        model = self.registry.get(name, version)
+        try:
+            model.scheduler.check_room()
+        except ServingError as exc:
+            self.count_rejected(name, version, protocol, exc)
+            raise
+
+    def count_rejected(self, name: str, version: str, protocol: str, exc: ServingError) -> None:
+        """Count a request refused while decoding (before `infer`) under its model, by its outcome."""
+        m = self.registry.find(name, version)
+        if m is not None:
+            self._metrics_for(m).requests[(protocol, exc.outcome)] += 1
+            m.stats.request_done(False, 0)
+
     def model(self, name: str, version: str = "") -> ServedModel:
         """A known model in any state (metadata and config are answered while loading)."""
         m = self.registry.find(name, version)

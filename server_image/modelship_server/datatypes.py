@@ -43,7 +43,6 @@ _ORT: dict[str, str] = {
     "tensor(bfloat16)": "BF16",
 }
 
-_BY_NP = {v: k for k, v in _NP.items() if k != "BYTES"}
 
 DATATYPES = frozenset(_NP)
 
@@ -54,9 +53,11 @@ def to_numpy(datatype: str) -> np.dtype:
 
 
 def from_numpy(dtype: np.dtype) -> str:
+    """Protocol datatype of a numpy dtype (strings and objects are BYTES); KeyError if unknown.
+    The Triton warm-up step names each input's type from the model's numpy dtype."""
     if dtype.kind in "OSU":
         return "BYTES"
-    return _BY_NP[np.dtype(dtype)]
+    return {np_dtype: name for name, np_dtype in _NP.items() if name != "BYTES"}[np.dtype(dtype)]
 
 
 def from_ort(ort_type: str) -> str:

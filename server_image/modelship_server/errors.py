@@ -54,6 +54,16 @@ class QueueFull(Unavailable):
     outcome = "shed"
 
 
+class Overloaded(QueueFull):
+    """Load shedding: the bytes of requests in flight would pass the server's budget.
+
+    gRPC says RESOURCE_EXHAUSTED (as for a message over the size cap) so a client
+    can tell "the server is full" from "the model is down"; HTTP says 503 with Retry-After.
+    """
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class RequestTimeout(ServingError):
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -75,4 +85,16 @@ class Unsupported(ServingError):
 
 
 class ModelLoadError(Exception):
-    """A model in the repository cannot be served; the message says why and where."""
+    """A model in the repository cannot be served; the message says why and where.
+
+    `reason` is a CamelCase word for the kind of failure (the pod's termination message
+    starts with it, and the operator puts it in the ModelService's Ready condition)."""
+
+    def __init__(self, message: str, reason: str = "ModelLoadFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# ModelLoadError reasons beyond the default one.
+WARMUP_FAILED = "WarmupFailed"  # the model could not answer its own warm-up inference
+BATCHING_NOT_SUPPORTED = "BatchingNotSupported"  # the config batches a model that cannot batch

@@ -14,18 +14,22 @@ metric families only when Prometheus scrapes.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
+
+from modelship.contracts import INFLIGHT_METRIC, OUTCOMES, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC, REQUESTS_METRIC
+
+if TYPE_CHECKING:
+    from .budget import ByteBudget
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROTOCOLS = ("http", "grpc")
-OUTCOMES = ("success", "invalid", "not_found", "unavailable", "shed", "timeout", "error")
 
 
 class Histogram:
@@ -76,6 +80,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, str], ModelMetrics] = {}
+        self.budget: ByteBudget | None = None  # set by the server: bytes in flight and requests shed
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
@@ -100,18 +105,18 @@ class _Collector:
 
     def collect(self) -> Iterator:
         models = list(self.metrics.models.values())
-        req = CounterMetricFamily("modelship_inference_requests", "Inference requests by model, protocol and outcome.",
+        req = CounterMetricFamily(REQUESTS_METRIC, "Inference requests by model, protocol and outcome.",
                                   labels=["model", "version", "protocol", "outcome"])
-        dur = HistogramMetricFamily("modelship_request_duration_seconds",
+        dur = HistogramMetricFamily(REQUEST_DURATION_METRIC,
                                     "Time from a decoded request to its response (queue + compute + codec).",
                                     labels=["model", "version", "protocol"])
-        queue = HistogramMetricFamily("modelship_queue_duration_seconds", "Time a request waited in the model's queue.",
+        queue = HistogramMetricFamily(QUEUE_DURATION_METRIC, "Time a request waited in the model's queue.",
                                       labels=["model", "version"])
         compute = HistogramMetricFamily("modelship_compute_duration_seconds", "Time of one ONNX Runtime run (one batch).",
                                         labels=["model", "version"])
         batch = HistogramMetricFamily("modelship_batch_size", "Samples per ONNX Runtime run (after dynamic batching).",
                                       labels=["model", "version"])
-        inflight = GaugeMetricFamily("modelship_inflight_requests",
+        inflight = GaugeMetricFamily(INFLIGHT_METRIC,
                                      "Inference requests being served now (queued or running).", labels=["model", "version"])
         depth = GaugeMetricFamily("modelship_queue_depth", "Requests waiting in the model's queue now.",
                                   labels=["model", "version"])
@@ -133,3 +138,15 @@ class _Collector:
             load.add_metric(mv, m.load_duration)
             ready.add_metric(mv, m.ready)
         yield from (req, dur, queue, compute, batch, inflight, depth, load, ready)
+        b = self.metrics.budget
+        if b is not None:
+            used = GaugeMetricFamily("modelship_inflight_request_bytes",
+                                     "Bytes reserved by requests in flight (wire size x expansion), HTTP and gRPC.")
+            used.add_metric([], b.used)
+            limit = GaugeMetricFamily("modelship_inflight_request_bytes_limit",
+                                      "The budget of request bytes in flight (--max-inflight-bytes).")
+            limit.add_metric([], b.limit)
+            shed = CounterMetricFamily("modelship_budget_shed_requests",
+                                       "Requests refused (503 / RESOURCE_EXHAUSTED) because the byte budget was full.")
+            shed.add_metric([], b.shed)
+            yield from (used, limit, shed)

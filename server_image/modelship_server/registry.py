@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from modelship.contracts import INPUTS_CONFIG_PARAMETER
+
 from . import datatypes, repository, runtime
 from .batching import Scheduler
-from .errors import ModelLoadError, ModelNotFound, Unavailable
+from .errors import WARMUP_FAILED, ModelLoadError, ModelNotFound, Unavailable
+from .feeds import InputHint, InputSpec, InputsError, check_hints, parse_hints
+from .feeds import generate as generate_feeds
 from .metrics import Metrics
 from .repository import BatchingPolicy, TensorSpec
 from .stats import ModelStats
@@ -48,6 +52,7 @@ class ServedModel:
         self.model_path = model_path
         self.state = LOADING
         self.reason = ""
+        self.failure = ""  # the ModelLoadError reason when state is UNAVAILABLE
         self.config = mc.ModelConfig(name=name)
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
@@ -139,12 +144,13 @@ class Registry:
                 try:
                     await job
                 except ModelLoadError as exc:
-                    model.state, model.reason = UNAVAILABLE, str(exc)
+                    model.state, model.reason, model.failure = UNAVAILABLE, str(exc), exc.reason
                     log.error("model %s version %s: %s", model.name, model.version, exc)
                     mm.ready = 0
                     continue
                 except Exception as exc:  # noqa: BLE001 - a bad model must not take the server down
                     model.state, model.reason = UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+                    model.failure = "ModelLoadFailed"
                     log.exception("model %s version %s failed to load", model.name, model.version)
                     mm.ready = 0
                     continue
@@ -223,8 +229,19 @@ def _load_version(model: ServedModel, options: LoadOptions, availability: dict) 
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     log.info("model %s version %s: execution providers %s (%s)", model.name, model.version, model.providers, why)
+    warm_up(model, sessions)
+    model.load_seconds = time.perf_counter() - start
+
+
+def warm_up(model: ServedModel, sessions: list) -> None:
+    """Run every warm-up feed on every session; a failure is a load failure (WarmupFailed).
+
+    Ready means the model answers: a model that cannot answer its own warm-up would
+    otherwise be reported ready and then fail every request. The error names the feed's
+    shapes, so the fix (model_warmup in config.pbtxt, or the shapes declared for the
+    model) is clear."""
     names = [o.name for o in model.outputs]
-    for feeds in warmup_feeds(model):
+    for index, feeds in enumerate(warmup_feeds(model)):
         for s in sessions:
             try:
                 s.run(names, feeds)
@@ -232,18 +249,28 @@ def _load_version(model: ServedModel, options: LoadOptions, availability: dict) 
                     t = time.perf_counter_ns()
                     s.run(names, feeds)
                     model.warm_run_ns = time.perf_counter_ns() - t
-            except Exception as exc:  # noqa: BLE001
-                msg = f"warm-up inference failed on {model.model_path}: {type(exc).__name__}: {exc}"
-                if config.model_warmup:  # the user's own samples must work, as in Triton
-                    raise ModelLoadError(msg) from None
-                # Our zero-filled guess may not suit every model; serving still works.
-                log.warning("model %s: %s (default zero inputs; add model_warmup to the config)", model.name, msg)
-                break
-    model.load_seconds = time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - whatever ORT raises, the model cannot answer
+                shapes = ", ".join(f"{n} {list(np.shape(a))}" for n, a in feeds.items())
+                source = "the config's model_warmup sample" if model.config.model_warmup else "generated inputs"
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if model.config.model_warmup:
+                    fix = ""
+                elif index > 0 and model.policy.max_batch_size > 1:  # batch 1 answered, a full batch did not
+                    fix = ("; it answered a batch of 1, so it may not batch as its dims claim: turn batching off "
+                           "(max_batch_size: 0, or spec.batching.enabled: false)")
+                else:
+                    fix = ("; give the model inputs it answers: model_warmup samples in config.pbtxt, or the typical "
+                           "shapes and values of its inputs where the deployment declares them")
+                raise ModelLoadError(
+                    f"model {model.name!r} version {model.version}: warm-up inference failed on {source} "
+                    f"({shapes}): {detail}{fix}",
+                    reason=WARMUP_FAILED,
+                ) from None
 
 
 def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
-    """Config `model_warmup` samples if any, else zeros at batch 1 and at max_batch_size."""
+    """Config `model_warmup` samples if any, else the declared inputs (else zeros) at batch 1,
+    at max_batch_size and at the declared maxShape."""
     config = model.config
     feeds_list = []
     mbs = model.policy.max_batch_size
@@ -263,14 +290,28 @@ def warmup_feeds(model: ServedModel) -> list[dict[str, np.ndarray]]:
                 feeds[name] = arr
             feeds_list.extend([feeds] * max(w.count, 1))
         return feeds_list
+    # Declared inputs (feeds.py) give the shapes and values the model will see; without
+    # them, zeros with free dimensions as 1. At batch 1, at max_batch_size, and at the
+    # declared maxShape, so the largest request the user expects has run once before Ready.
+    specs = [InputSpec(t.name, np.dtype(object) if t.datatype == "BYTES" else datatypes.to_numpy(t.datatype),
+                             tuple(None if d < 0 else d for d in t.shape(mbs)))
+             for t in model.inputs]
+    hints = declared_inputs(model, specs)
     sizes = [1, mbs] if mbs > 1 else [1] if mbs == 1 else [None]
     for b in sizes:
-        feeds = {}
-        for spec in model.inputs:
-            shape = ([b] if b is not None else []) + [d if d > 0 else 1 for d in spec.dims]
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=datatypes.to_numpy(spec.datatype))
-        feeds_list.append(feeds)
+        feeds_list += generate_feeds(specs, hints, 1, batch=b, zeros=True)
+    if any(h.max_shape is not None for h in hints):
+        feeds_list += generate_feeds(specs, hints, 1, batch=None, which="maxShape", zeros=True)
     return feeds_list
+
+
+def declared_inputs(model: ServedModel, specs: list[InputSpec]) -> list[InputHint]:
+    """The config's `modelship_inputs` parameter (what spec.model.inputs declares), checked
+    against the model; a contradiction fails the load with the input, expected and actual."""
+    text = repository.config_parameter(model.config, INPUTS_CONFIG_PARAMETER)
+    try:
+        hints = parse_hints(text, where=f"config parameter {INPUTS_CONFIG_PARAMETER}")
+        check_hints(specs, hints)
+    except InputsError as exc:
+        raise ModelLoadError(f"model {model.name}: {exc}") from None
+    return hints

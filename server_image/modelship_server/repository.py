@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -21,8 +20,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import datatypes
-from .errors import ModelLoadError
+from . import batchability, datatypes
+from .errors import BATCHING_NOT_SUPPORTED, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,17 @@ def select_versions(model_dir: Path, config: mc.ModelConfig) -> list[ModelVersio
 
 def _onnx_dims(shape: list) -> tuple[int, ...]:
     # ORT reports symbolic or unknown dims as str / None: both are "any size".
-    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+    return batchability.dims_of(shape)
+
+
+def model_tensors(config: mc.ModelConfig, onnx_inputs: list, onnx_outputs: list) -> list[batchability.Tensor]:
+    """The tensors a batch is stacked on and split along: every model input, and the outputs
+    the config serves (all of them when it declares none)."""
+    served = {o.name for o in config.output}
+    return [batchability.Tensor(t.name, "input", _onnx_dims(t.shape)) for t in onnx_inputs] + [
+        batchability.Tensor(t.name, "output", _onnx_dims(t.shape))
+        for t in onnx_outputs if not served or t.name in served
+    ]
 
 
 def complete_config(
@@ -150,23 +159,28 @@ def complete_config(
 
     `onnx_inputs` / `onnx_outputs` are ORT NodeArg lists (name, type, shape).
     Triton's rules: a config that sets max_batch_size > 0 means every tensor
-    has a leading batch dimension that `dims` leave out; when the config says
-    nothing, the model batches if every input and output has a dynamic first
-    dimension, and then gets dynamic batching with default settings.
+    has a leading batch dimension that `dims` leave out, and one that says so
+    against the model is a load failure (BatchingNotSupported), never a model
+    that loads and then refuses every request; when the config says nothing,
+    the model batches if every input and output has a variable first dimension
+    (`batchability`), and then gets dynamic batching with default settings.
     """
     where = f"model {config.name!r}"
-    io = [(t, "input") for t in onnx_inputs] + [(t, "output") for t in onnx_outputs]
+    problem = batchability.batch_problem(model_tensors(config, onnx_inputs, onnx_outputs))
     if not batching_stated and not config.max_batch_size and not config.input and not config.output:
-        batchable = all(
-            len(t.shape) >= 1 and _onnx_dims(t.shape)[0] == -1 for t, _ in io
-        )
-        if batchable and default_max_batch_size > 0:
+        if problem is None and default_max_batch_size > 0:
             config.max_batch_size = default_max_batch_size
             if not config.HasField("dynamic_batching") and not config.HasField("sequence_batching"):
                 config.dynamic_batching.SetInParent()
     mbs = config.max_batch_size
     if mbs < 0:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {mbs}")
+    if mbs > 0 and problem is not None:
+        raise ModelLoadError(
+            f"{where}: config.pbtxt sets max_batch_size {mbs}, but the model cannot batch: {problem}. "
+            "Set max_batch_size: 0 (and remove dynamic_batching) to serve it one request at a time",
+            reason=BATCHING_NOT_SUPPORTED,
+        )
 
     for kind, declared, actual in (
         ("input", config.input, onnx_inputs),
@@ -261,10 +275,6 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
         max_queue_size=queue.max_queue_size,
         default_timeout_s=queue.default_timeout_microseconds / 1e6,
     )
-
-
-def element_count(shape: list[int] | tuple[int, ...]) -> int:
-    return math.prod(shape)
 
 
 def config_parameter(config: mc.ModelConfig, key: str) -> str | None:

@@ -158,7 +158,7 @@ def create_session(
         return ort.InferenceSession(
             str(model_path), sess_options=session_options(config, options), providers=providers
         )
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... types
         raise ModelLoadError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from None
 
 

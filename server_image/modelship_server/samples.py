@@ -133,6 +133,52 @@ def slow(size: int = 512, repeats: int = 8, rows: int = 512) -> onnx.ModelProto:
     return model
 
 
+def never_answers(width: int = 4) -> onnx.ModelProto:
+    """A model that loads but fails every inference (a Gather past the end of axis 1): what a
+    server must never call Ready. x [N, width] FP32 -> y [N, 1]."""
+    return _model(
+        [helper.make_node("Gather", ["x", "past_end"], ["y"], axis=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array([width + 100], np.int64), "past_end")],
+        "never_answers",
+    )
+
+
+def identity(datatype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """x [N, D] -> Identity -> y [N, D]: responses as large as requests (pipelining and budget tests)."""
+    return _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", datatype, ["N", "D"])],
+        [helper.make_tensor_value_info("y", datatype, ["N", "D"])],
+        name="identity",
+    )
+
+
+def embedding(vocab: int = 100, dim: int = 4) -> onnx.ModelProto:
+    """ids INT64 [N, L] -> Gather from a [vocab, dim] table -> [N, L, dim]; an id >= vocab
+    makes ONNX Runtime fail at run time (the "bad token id" of issue 13)."""
+    table = np.arange(vocab * dim, dtype=np.float32).reshape(vocab, dim)
+    return _model(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["N", "L", dim])],
+        [numpy_helper.from_array(table, "table")],
+        "embedding",
+    )
+
+
+def broadcast_add() -> onnx.ModelProto:
+    """a [N, A] + b [N, B] -> c: shapes that do not broadcast fail inside ONNX Runtime."""
+    return _model(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "A"]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "B"])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", "C"])],
+        name="broadcast_add",
+    )
+
+
 def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | None = None,
                 version: int = 1) -> Path:
     """Write `<repo>/<name>/<version>/model.onnx` (and `config.pbtxt` if given); the model folder."""

@@ -5,26 +5,45 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
 from .runtime import RuntimeOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP client may hold: a slow or greedy client gets a 4xx/408 or its
+    reads paused, never the server's memory or event loop (docs/server.md, "Limits")."""
+
+    max_url_size: int = 8 * 1024  # 414
+    max_header_size: int = 64 * 1024  # 431, request line excluded
+    header_timeout_s: float = 10.0  # from the first byte of a request (or the connection) to its last header: 408
+    idle_timeout_s: float = 60.0  # a keep-alive connection with nothing to say, or a body that stops arriving
+    max_connections: int = 1024  # more are answered 503 and closed
+    max_pipelined: int = 16  # parsed requests waiting on one connection before its reads pause
+    write_buffer_high: int = 256 * 1024  # unsent response bytes before its reads pause
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     model_repository: Path
     http_address: str = "0.0.0.0"
-    http_port: int = 8000
+    http_port: int = HTTP_PORT
     grpc_address: str = "0.0.0.0"
-    grpc_port: int = 8001
+    grpc_port: int = GRPC_PORT
     metrics_address: str = "0.0.0.0"
-    metrics_port: int = 8002
+    metrics_port: int = METRICS_PORT
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
     max_body_size: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 0  # 0: half the container's memory limit (budget.default_budget)
+    http_limits: HttpLimits = dataclasses.field(default_factory=HttpLimits)
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     request_timeout_s: float = 0.0
     inline_threshold_s: float = 100e-6
     exit_timeout_s: float = 30.0
     exit_on_error: bool = True
+    termination_log: Path | None = None  # where the reason of an exit on error is written
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)

@@ -65,7 +65,7 @@ def check_request(request: InferRequest, model: "ServedModel") -> tuple[dict[str
                 raise InvalidInput(
                     f"input '{t.name}': batch size {b} differs from input '{batch_from}' batch size {batch}"
                 )
-        feeds[t.name] = t.data
+        feeds[t.name] = _as_text(t.name, t.data) if spec.datatype == "BYTES" else t.data
     missing = [n for n, s in specs.items() if n not in feeds and not s.optional]
     if missing:
         raise InvalidInput(
@@ -83,3 +83,20 @@ def check_request(request: InferRequest, model: "ServedModel") -> tuple[dict[str
                 raise InvalidInput(f"output '{o.name}' is requested more than once")
             seen.add(o.name)
     return feeds, batch or 1
+
+
+def _as_text(name: str, data: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's string tensors hold text: decode BYTES here, where a bad element is the client's error."""
+    out = np.empty(data.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, v in enumerate(data.reshape(-1)):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"input '{name}': element {i} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                    "the model's string input takes UTF-8"
+                ) from None
+        flat[i] = v
+    return out

@@ -26,10 +26,10 @@ def kube(cluster):
     """The operator's KubeClient on the session's control plane, with the ModelService CRD."""
     import kubernetes
 
-    from modelship.controller.kube import KubeClient
+    from modelship.kube.client import KubeClient
 
     cluster.kubectl("apply", "--server-side", "-f", str(TESTS.parent / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
     client = KubeClient(kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig)))
     try:
         yield client

@@ -17,7 +17,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale.loop import Autoscaler
 from modelship.controller.main import prime
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
 from modelship.render import render_children
 from modelship.render.autoscaler import quantity
 
@@ -140,7 +140,7 @@ def test_engines_on_the_api_server(cluster, kube) -> None:
             assert before["status"]["autoscaling"]["engine"] == "keda"
 
             cluster.kubectl("apply", "--server-side", "-f", str(KEDA_CRD))
-            cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+            cluster.wait_established("scaledobjects.keda.sh")
             reconciler._renders.clear()  # the resync's job: a later reconcile applies what is missing
             after = await reconcile(store, reconciler, "with-keda")
             ready = condition(after, "AutoscalerReady")

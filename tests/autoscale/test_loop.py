@@ -17,10 +17,10 @@ import pytest
 
 from load import Load, body
 from modelship.autoscale.loop import Autoscaler
-from modelship.controller.kube import KubeClient
 from modelship.controller.main import prime
 from modelship.controller.reconcile import Reconciler
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
+from modelship.kube.client import KubeClient
 from modelship_server import samples
 from test_signals import CONFIG, MODEL
 
@@ -110,7 +110,9 @@ def test_loop_scales_through_the_scale_subresource_and_reports_through_the_recon
 
         await refresh()
 
-        with Load(server.http_port, f"/v2/models/{MODEL}/infer", body("x", 128), rate=40.0):
+        # 30 req/s against 25 x 0.8 = 20 per replica wants 2 replicas for any measurement from
+        # 20 to 40 req/s; at 40 a measured 40.3 (seen on a loaded machine) wanted 3.
+        with Load(server.http_port, f"/v2/models/{MODEL}/infer", body("x", 128), rate=30.0):
             for _ in range(6):
                 await autoscaler.step(KEY)
                 if autoscaler.views[KEY].desired == 2:
@@ -129,7 +131,7 @@ def test_loop_scales_through_the_scale_subresource_and_reports_through_the_recon
         written = store.msvc(KEY)
         scaled = written["status"]["autoscaling"]
         assert scaled["engine"] == "builtin" and scaled["desiredReplicas"] == 2
-        assert scaled["observedRequestsPerSecond"] == pytest.approx(40, rel=0.2)
+        assert scaled["observedRequestsPerSecond"] == pytest.approx(30, rel=0.3)
         assert scaled["lastScaleTime"].endswith("Z")
         assert written["status"]["latency"]["percentile"] == "p95"
         assert written["status"]["latency"]["targetMilliseconds"] == 100

@@ -7,7 +7,8 @@ import dataclasses
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import report
-from modelship.autoscale.policy import DEFAULT_CAPACITY, Capacity, capacity_of, policy_of
+from modelship.autoscale.policy import policy_of
+from modelship.render.capacity import DEFAULT_CAPACITY, Capacity, capacity_of
 
 
 def msvc(**autoscaling) -> ModelService:  # noqa: ANN003

@@ -72,7 +72,7 @@ def dataset(cluster, model) -> dict[str, Any]:  # noqa: ANN001
 def operator_pod(cluster):  # noqa: ANN001, ANN201
     """The operator installed from its chart, watching only this module's namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     cluster.helm("upgrade", "--install", "modelship-e2e", str(REPO / "charts" / "modelship"),
                  "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
@@ -282,13 +282,16 @@ def test_bad_input_shows_in_the_conditions_the_way_a_kubelet_reports_it(cluster,
             for text in (json.dumps(msvc["status"]), json.dumps(events), json.dumps([p["status"] for p in pods["items"]]),
                          *logs):
                 assert password not in text and signature not in text, text[:2000]
-        else:  # bytes that match their digest but are no ONNX model: the server exits, again and again
+        else:  # bytes that match their digest but are no ONNX model: the server exits, again and again,
+            # saying why
             bad = model["path"].parent / "corrupt.onnx"
             bad.write_bytes(b"this is not an onnx model\n" * 100)
             digest = hashlib.sha256(bad.read_bytes()).hexdigest()
             _problem_service(cluster, name, {**entry, "uri": model["url"].replace("journey-mlp", "corrupt"),
                                              "sha256": digest})
-            ready = _not_ready_because(cluster, name, "CrashLoop", timeout=180)
+            # the server's own termination line names the failure, more precise than CrashLoop
+            ready = _not_ready_because(cluster, name, "ModelLoadFailed", timeout=180)
+            assert "ONNX Runtime cannot load the model" in ready["message"], ready
             pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=modelship.dev/modelservice={name}")
             restarts = [cs["restartCount"] for p in pods["items"] for cs in p["status"].get("containerStatuses") or []]
             assert restarts and max(restarts) >= 1, pods

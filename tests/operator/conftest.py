@@ -23,7 +23,7 @@ RELEASE_NAMESPACE = "modelship-system"
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.modelship.dev", "--timeout=60s")
+    cluster.wait_established("modelservices.modelship.dev")
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +35,12 @@ def chart_manifests(cluster: Any) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: Any, crd: None, chart_manifests: list[dict[str, Any]],
                         tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A kubeconfig holding a token of the chart's ServiceAccount, bound by the chart's ClusterRole."""
+    """A kubeconfig holding a token of the chart's ServiceAccount, bound by the chart's ClusterRole
+    (and its leader-election Role in the release namespace)."""
     cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
-    rbac = [d for d in chart_manifests if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-    assert {d["kind"] for d in rbac} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    rbac = [d for d in chart_manifests if d["kind"] in kinds]
+    assert {d["kind"] for d in rbac} == kinds
     cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
     account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
     token = cluster.kubectl("-n", RELEASE_NAMESPACE, "create", "token", account, "--duration=4h").stdout.strip()

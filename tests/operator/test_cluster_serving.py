@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kube_helpers import (
-    CHILD_KINDS, OperatorProcess, apply, children, condition, get, is_ready, resource_versions, wait_for,
+    OperatorProcess, apply, children, condition, get, is_ready, resource_versions, wait_for,
 )
 from msvc_samples import EXAMPLES, SHA, example
 

@@ -37,3 +37,16 @@ def test_the_valid_base_is_accepted_and_defaulted_like_pydantic(cluster: Any, cr
                              input=json.dumps(manifest("valid", VALID)))
     stored = json.loads(result.stdout)
     assert stored["spec"] == ModelService.from_body(manifest("valid", VALID)).spec.wire()
+
+
+def test_declared_inputs_are_accepted_as_pydantic_reads_them(cluster: Any, crd: None) -> None:
+    from modelship.api.v1alpha1 import ModelService
+
+    spec = {**VALID, "model": {**VALID["model"], "inputs": [
+        {"name": "x", "shape": [1, 3, 48, 320], "minShape": [1, 3, 48, 32], "maxShape": [1, 3, 48, 1600]},
+        {"name": "state", "shape": [2, 1, 128]}, {"name": "sr", "value": 16000},
+        {"name": "ids", "shape": [1, 128], "range": [0, 30522]}, {"name": "scalar", "shape": []}]}}
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-o", "json", "-f", "-",
+                             input=json.dumps(manifest("inputs", spec)))
+    stored = json.loads(result.stdout)
+    assert stored["spec"] == ModelService.from_body(manifest("inputs", spec)).spec.wire()

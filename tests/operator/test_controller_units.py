@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from modelship.controller.queue import WorkQueue
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
 
 
 def _deployment(rv: str, *, generation: int = 1, ready: int = 0, uid: str = "u1") -> dict[str, Any]:

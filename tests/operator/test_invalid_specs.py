@@ -9,7 +9,7 @@ import pytest
 
 from invalid_specs import INVALID, VALID, manifest
 from modelship.api.v1alpha1 import ModelService
-from modelship.render_command import format_validation_error
+from modelship.api.errors import format_validation_error
 
 
 @pytest.mark.parametrize(("spec", "field", "words"), [pytest.param(s, f, w, id=i) for i, s, f, w in INVALID])

@@ -158,7 +158,7 @@ def test_one_job_per_spec_rollout_waits_and_the_report_reaches_status(
     assert "inputs generated from the model's shapes" in optimized["message"]
     dep = wait_for(lambda: deployments(cluster, namespace, "opt"), timeout=30, what="the Deployment")[0]
     init = dep["spec"]["template"]["spec"]["initContainers"]
-    assert [c["name"] for c in init] == ["fetch-model", "apply-variant"]
+    assert [c["name"] for c in init] == ["fetch-model", "apply-variant", "fit-config"]
     assert init[1]["args"][-len(APPLY_ARGS):] == APPLY_ARGS
     config = get(cluster, "configmap", "-n", namespace, "opt-model-config")["data"]["config.pbtxt"]
     assert "max_batch_size: 16" in config and "max_queue_delay_microseconds: 400" in config
@@ -179,7 +179,7 @@ def test_one_job_per_spec_rollout_waits_and_the_report_reaches_status(
     assert condition({"status": status}, "Optimized")["reason"] == "NoFasterVariant"
     assert status["optimization"]["outcome"] == "baseline" and "speedup" not in status["optimization"]
     dep = wait_for(lambda: (d := deployments(cluster, namespace, "opt")) and
-                   len(d[0]["spec"]["template"]["spec"]["initContainers"]) == 1 and d, timeout=30,
+                   len(d[0]["spec"]["template"]["spec"]["initContainers"]) == 2 and d, timeout=30,
                    what="the Deployment without apply-variant")
 
 
@@ -192,7 +192,7 @@ def test_a_failed_job_falls_back_to_the_original(cluster: Any, operator: Operato
                          and c, timeout=60, what="Optimized=False/Failed")
     assert optimized["status"] == "False" and line in optimized["message"]
     dep = wait_for(lambda: deployments(cluster, namespace, "fallback"), timeout=30, what="the baseline Deployment")[0]
-    assert [c["name"] for c in dep["spec"]["template"]["spec"]["initContainers"]] == ["fetch-model"]
+    assert [c["name"] for c in dep["spec"]["template"]["spec"]["initContainers"]] == ["fetch-model", "fit-config"]
     status = msvc(cluster, namespace, "fallback")["status"]
     assert status["variant"] == "original" and status["optimization"] == {"job": job, "outcome": "failed"}
     failed = get(cluster, "job", "-n", namespace, job)
@@ -254,7 +254,7 @@ def test_a_dataset_is_fetched_by_the_one_job_and_by_serving_pods_that_rebuild_fr
                                          json.dumps(calibrated, separators=(",", ":"))))
     dep = wait_for(lambda: deployments(cluster, namespace, "data"), timeout=60, what="the Deployment")[0]
     init = dep["spec"]["template"]["spec"]["initContainers"]
-    assert [c["name"] for c in init] == ["fetch-model", "fetch-dataset", "apply-variant"]
+    assert [c["name"] for c in init] == ["fetch-model", "fetch-dataset", "apply-variant", "fit-config"]
     assert init[1]["args"] == fetch["args"] and init[2]["args"][-2:] == ["--dataset", "/dataset/dataset.npz"]
 
     changed = manifest("data", dataset={**DATASET, "sha256": "e6" * 32})

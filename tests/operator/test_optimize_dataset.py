@@ -136,7 +136,8 @@ def test_serving_pods_fetch_the_dataset_when_the_variants_rebuild_reads_it() -> 
     msvc = _msvc()
     artifact = variant(msvc.spec, "static-int8", CALIBRATED)
     pod_spec = _serving_pod(msvc, artifact)
-    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-dataset", "apply-variant"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-dataset", "apply-variant",
+                                                                "fit-config"]
     fetch = pod_spec["initContainers"][1]
     assert fetch["args"][:3] == ["--uri=https://data.example/val.npz", f"--sha256={DATA_SHA}",
                                  "--dest=/dataset/dataset.npz"], "the path the Job read, verified the same way"

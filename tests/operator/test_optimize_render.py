@@ -157,7 +157,7 @@ def test_a_chosen_variant_adds_the_apply_variant_step_after_fetch() -> None:
     objs = {o["kind"]: o for o in render_children(msvc, artifact=variant(msvc.spec, "ort-all", APPLY_ARGS)).objects}
     dep = objs["Deployment"]
     pod = dep["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "apply-variant"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "apply-variant", "fit-config"]
     apply = pod["initContainers"][1]
     assert apply["command"] == ["modelship", "optimize"]
     assert apply["args"] == ["--model=/models/resnet/1/model.onnx", "--output=/models/resnet/1",
@@ -166,7 +166,7 @@ def test_a_chosen_variant_adds_the_apply_variant_step_after_fetch() -> None:
     assert dep["metadata"]["annotations"][names.VARIANT_ANNOTATION] == "ort-all"
     assert_restricted(pod)
     plain = {o["kind"]: o for o in render_children(msvc).objects}["Deployment"]
-    assert [c["name"] for c in plain["spec"]["template"]["spec"]["initContainers"]] == ["fetch-model"]
+    assert [c["name"] for c in plain["spec"]["template"]["spec"]["initContainers"]] == ["fetch-model", "fit-config"]
     assert plain["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION] != \
         dep["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
 

@@ -52,6 +52,7 @@ def test_cpu_onnxruntime_example_renders_the_server_with_probes_and_safe_rollout
     assert server["command"] == [
         "modelship-server", "--model-repository", "/models",
         "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
+        "--termination-log", "/dev/termination-log",
     ]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"

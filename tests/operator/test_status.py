@@ -22,7 +22,8 @@ SCHEDULER_GPU = ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node
     [
         (pod(init=[terminated("fetch-model", 10, "InvalidModelURI: spec.model.uri has no host")]),
          "InvalidModelURI", "has no host"),
-        (pod(init=[waiting("fetch-model", "CrashLoopBackOff", last={"exitCode": 11, "message": "ModelUnreachable: https://h/m.onnx: [Errno -2] Name or service not known"})]),
+        (pod(init=[waiting("fetch-model", "CrashLoopBackOff", last={
+            "exitCode": 11, "message": "ModelUnreachable: https://h/m.onnx: [Errno -2] Name or service not known"})]),
          "ModelUnreachable", "Name or service not known"),
         (pod(init=[terminated("fetch-model", 12, "ModelChecksumMismatch: https://h/m: sha256 is ab, expected cd (3 bytes read)")]),
          "ModelChecksumMismatch", "sha256 is ab, expected cd"),

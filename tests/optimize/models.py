@@ -118,3 +118,59 @@ def transformer_encoder(seed: int = 0, seq: int = 16, dim: int = 32, ffn: int = 
     return samples._model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", seq, dim])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", seq, dim])], inits,
                           "transformer_encoder")
+
+
+def free_image(seed: int = 0) -> onnx.ModelProto:
+    """An OCR-style CNN with a free image size, x [N, 3, H, W] -> [N, 10]: a 3x3 convolution
+    without padding, so generated 1x1 images cannot run (H and W must be at least 3)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((8, 10)) * 0.3).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc"),
+    ]
+    return samples._model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits,
+                          "free_image")
+
+
+def stateful(seed: int = 0) -> onnx.ModelProto:
+    """A voice-activity-style model: audio [N, S], state [2, N, 16] (batch on axis 1) and a
+    scalar int64 sample rate `sr` -> prob [N, 1], stateN [2, N, 16]. The audio is padded with
+    reflection (S must be at least 2, as in the real model) and scaled by sr / 16000."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "pads"),
+        numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(1 / 16000, np.float32), "per_rate"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "decay"),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["audio", "pads"], ["padded"], mode="reflect", name="pad"),
+        helper.make_node("ReduceMean", ["padded"], ["level"], axes=[1], keepdims=1, name="level"),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Mul", ["srf", "per_rate"], ["rate"], name="rate"),
+        helper.make_node("Mul", ["level", "rate"], ["scaled"], name="scale"),
+        helper.make_node("MatMul", ["state", "w"], ["mixed"], name="mix"),
+        helper.make_node("Tanh", ["mixed"], ["squashed"], name="squash"),
+        helper.make_node("Mul", ["squashed", "decay"], ["stateN"], name="decay"),
+        helper.make_node("ReduceMean", ["stateN"], ["memory"], axes=[0, 2], keepdims=0, name="memory"),
+        helper.make_node("Unsqueeze", ["memory", "one"], ["memory2"], name="unsqueeze"),
+        helper.make_node("Add", ["scaled", "memory2"], ["logit"], name="add"),
+        helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid"),
+    ]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "one"))
+    return samples._model(
+        nodes,
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", "S"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 16]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "N", 16])],
+        inits, "stateful")

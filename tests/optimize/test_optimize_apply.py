@@ -90,7 +90,7 @@ def test_bad_recipe_flags_are_one_line_errors(tmp_path, args, needle):
 def test_feeds_split_is_shared_by_search_and_rebuild():
     import argparse
 
-    args = argparse.Namespace(dataset=None, samples=32, seed=0)
+    args = argparse.Namespace(dataset=None, inputs=None, samples=32, seed=0)
     calibration, validation, source = _feeds(args, models.mlp())
     assert len(calibration) == 16 and len(validation) == 16 and "seed 0" in source
 
@@ -110,3 +110,27 @@ def test_every_recipe_builds_the_same_bytes_every_time(tmp_path, make):
     for recipe in recipes:
         digests = {_sha(cand.build(recipe, tmp_path / "model.onnx", tmp_path / f"w{i}", feeds)) for i in range(4)}
         assert len(digests) == 1, f"{recipe.name} built {len(digests)} different files"
+
+
+def test_a_calibrated_rebuild_regenerates_from_the_declared_inputs(tmp_path):
+    """Static int8 of a model with a free image size: the Job calibrated on feeds in the
+    declared shape; the recorded flags carry the declaration, so the pod's feeds are the same."""
+    from modelship_server.feeds import parse_hints
+
+    model = models.free_image()
+    declared = json.dumps([{"name": "x", "shape": [1, 3, 12, 30]}])
+    recipe = cand.Recipe(name="static-int8", kind="static_int8")
+    job = tmp_path / "job"
+    job.mkdir()
+    onnx.save(model, str(job / "model.onnx"))
+    feeds = generate(input_specs(model), 32, seed=0, hints=parse_hints(declared))
+    digest = _sha(cand.build(recipe, job / "model.onnx", job / "work", feeds[:16]))
+    args = args_for(recipe, digest, samples=32, seed=0, dataset=None, inputs=declared)
+    assert args[args.index("--inputs") + 1] == declared
+    assert "--inputs" not in args_for(cand.Recipe(name="ort", kind="ort_all"), digest, 32, 0, None, declared)
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    onnx.save(model, str(pod / "model.onnx"))
+    result = optimize("--model", str(pod / "model.onnx"), "--output", str(pod), *args)
+    assert result.returncode == 0, result.stderr
+    assert _sha(pod / "model.onnx") == digest

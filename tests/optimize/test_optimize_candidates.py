@@ -40,8 +40,15 @@ def test_mixed_precision_keeps_the_sensitive_layer_float_and_passes_where_plain_
     plain = cand.build(cand.Recipe(name="plain", kind="dynamic_int8", per_channel=True), path, tmp_path / "p", feeds[:8])
     mixed = cand.build(cand.Recipe(name="mixed", kind="dynamic_int8", per_channel=True, float_fraction=0.1),
                        path, tmp_path / "m", feeds[:8])
-    assert not evaluate(GateSpec(), reference, _outputs(plain, feeds[8:])).passed
-    assert evaluate(GateSpec(), reference, _outputs(mixed, feeds[8:])).passed
+    # The gate sits between the two, far from both. Mixed precision's worst cosine depends on the
+    # CPU's int8 kernel: 0.9999 with AVX-512 VNNI, 0.97994 on AVX2 without it, whose u8s8 pairwise
+    # multiply-add saturates at int16 (emulated in numpy, it gives the 0.97994 a fresh machine saw
+    # against the default 0.98). Plain int8 stays at 0.0 on both: the outliers erase the signal.
+    gate = GateSpec(threshold_mean=0.95, threshold_worst=0.9)
+    plain_result = evaluate(gate, reference, _outputs(plain, feeds[8:]))
+    mixed_result = evaluate(gate, reference, _outputs(mixed, feeds[8:]))
+    assert not plain_result.passed and plain_result.worst < 0.5, plain_result
+    assert mixed_result.passed, mixed_result
     nodes = {n.name: n.op_type for n in onnx.load(str(mixed)).graph.node}
     # left in float (the quantizer rewrites a Gemm as MatMul + Add, keeping the name)
     assert nodes.get("gemm1") == "Gemm" or nodes.get("gemm1_MatMul") == "MatMul", nodes

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -77,7 +78,8 @@ def test_measure_on_a_real_server(tmp_path):
     onnx.save(models.mlp(), str(path))
     log = tmp_path / "progress"
     with open(log, "w") as progress:
-        cap = measure(path, baseline_recipe(), slo_ms=1000.0, max_batch_size=4, budget_seconds=30,
+        feed = {"INPUT0": np.ones((1, 32), np.float32)}
+        cap = measure(path, baseline_recipe(), feed=feed, slo_ms=1000.0, max_batch_size=4, budget_seconds=30,
                       level_seconds=0.3, max_concurrency=2, progress=progress)
     assert cap.within_slo and cap.requests_per_second > 10 and cap.latency_ms < 1000
     assert len(cap.sweeps) == 2 and all(len(s.levels) >= 1 for s in cap.sweeps)

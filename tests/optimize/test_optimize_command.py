@@ -12,6 +12,8 @@ import onnx
 import pytest
 
 import models
+from modelship.contracts import OptimizeSummary
+from modelship.status.optimization import parse_summary
 from modelship_server.optimize.command import MIN_CAPACITY_SECONDS, capacity_seconds_left, split_budget
 
 FAST = ["--timing-rounds", "2", "--timing-calls", "2", "--samples", "6", "--capacity-seconds", "0"]
@@ -45,6 +47,11 @@ def test_writes_model_report_table_and_termination_message(tmp_path, model_file)
     # The summary names the baseline "original" (C1), whichever way this run's timing went.
     expected = "original" if report["chosen"] == "baseline" else report["chosen"]
     assert len(summary) <= 4096 and json.loads(summary)["chosen"] == expected
+    # The operator reads this very message; its keys are the contract's.
+    doc = json.loads(summary)
+    assert set(doc) <= set(OptimizeSummary.__annotations__), set(doc) - set(OptimizeSummary.__annotations__)
+    read = parse_summary(summary.decode())
+    assert (read.outcome, read.chosen, read.sha256) == (doc["outcome"], expected, report["output_sha256"])
 
 
 def test_dataset_is_used_for_calibration_and_gate(tmp_path, model_file):
@@ -93,7 +100,7 @@ def test_malformed_digest(tmp_path, model_file):
 
 
 @pytest.mark.parametrize("arrays, needle", [
-    ({"INPUT0": np.zeros((4, 31), np.float32)}, "dataset input 'INPUT0': expected shape [?, 32]"),
+    ({"INPUT0": np.zeros((4, 31), np.float32)}, "dataset input 'INPUT0': expected samples of shape [?, 32]"),
     ({"INPUT0": np.zeros((4, 32), np.float64)}, "dataset input 'INPUT0': expected dtype float32, got float64"),
     ({"image": np.zeros((4, 32), np.float32)}, "no array for input(s) ['INPUT0']"),
 ])

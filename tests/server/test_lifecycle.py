@@ -257,7 +257,6 @@ def test_failed_models_exit_by_default(tmp_path):
     )
     assert r.returncode == 1
     err = r.stderr
-    assert "4 model(s) failed to load" not in err or True
     assert "config input 'foo' is not in the ONNX model; its inputs are ['INPUT0']" in err
     assert "ONNX Runtime cannot load the model" in err
     assert "not a valid Triton model config" in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import struct
 
 import grpc as grpclib
 import numpy as np

@@ -1,15 +1,10 @@
 """The ModelService API as the operator sees it: names, and pydantic models of the CRD.
 
 `crds/modelservices.modelship.dev.yaml` is the source of truth; `v1alpha1` mirrors it so the
-operator and `modelship render` work on typed, validated objects instead of raw dicts.
+operator and `modelship render` work on typed, validated objects instead of raw dicts. The
+API's names live in `modelship.contracts` (the layers below this one use them too).
 """
 
-GROUP = "modelship.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelService"
-PLURAL = "modelservices"
-SHORT_NAME = "msvc"
+from modelship.contracts import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, SHORT_NAME, VERSION
 
-# The one field manager for everything the operator writes (server-side apply and status).
-FIELD_MANAGER = "modelship"
+__all__ = ["API_VERSION", "FIELD_MANAGER", "GROUP", "KIND", "PLURAL", "SHORT_NAME", "VERSION"]

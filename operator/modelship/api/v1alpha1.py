@@ -59,12 +59,83 @@ def _check_sha256(value: str, field: str) -> str:
     return value
 
 
+Dims = Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(max_length=16)]
+
+
+class ModelInput(_Model):
+    """What one model input typically looks like, for every step that runs the model on inputs
+    nobody sent (the optimize Job's search, gate and capacity sweep, apply-variant, warm-up).
+    `shape` is one request's whole shape as the model's input has it, batch axis included (as
+    1): `[1, 3, 48, 160]`, `[2, 1, 128]` for a state batched on axis 1, `[]` for a scalar
+    (default: minShape, else maxShape). minShape/maxShape bound it (the ranges of a TensorRT optimization profile); `value` fills
+    the input with a constant (a sample rate), `range` [low, high) bounds generated values (token ids).
+    The server checks every rule against the model itself (modelship_server/feeds.py)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    shape: Dims | None = None
+    min_shape: Dims | None = None
+    max_shape: Dims | None = None
+    value: float | None = None
+    range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelInput:
+        where = f"spec.model.inputs[{self.name}]"
+        if self.value is not None and self.range is not None:
+            raise ValueError(f"{where}: value ({self.value:g}) and range ({self.range}) exclude each other; give one")
+        if all(v is None for v in (self.shape, self.min_shape, self.max_shape, self.value, self.range)):
+            raise ValueError(f"{where} declares nothing; give at least one of shape, minShape/maxShape, value, range")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            raise ValueError(f"{where}.range must be [low, high) with low < high; got {self.range}")
+        for key, bound, below in (("minShape", self.min_shape, True), ("maxShape", self.max_shape, False)):
+            if bound is None or self.shape is None:
+                continue
+            if len(bound) != len(self.shape):
+                raise ValueError(f"{where}.{key} {bound} has {len(bound)} dimensions but shape {self.shape} "
+                                 f"has {len(self.shape)}")
+            if not all((b <= s) if below else (b >= s) for b, s in zip(bound, self.shape)):
+                raise ValueError(f"{where}.{key} {bound} must be {'<=' if below else '>='} shape {self.shape} "
+                                 "in every dimension")
+        if self.min_shape is not None and self.max_shape is not None and (
+                len(self.min_shape) != len(self.max_shape)
+                or any(lo > hi for lo, hi in zip(self.min_shape, self.max_shape))):
+            raise ValueError(f"{where}.minShape {self.min_shape} must have the rank of maxShape and be <= maxShape "
+                             f"{self.max_shape} in every dimension")
+        return self
+
+
 class ModelSource(_Model):
     uri: Annotated[str, StringConstraints(max_length=2048)]
     sha256: Annotated[str, StringConstraints(max_length=64)]
     name: Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")] = "model"
     format: Literal["onnx"] = "onnx"
     credentials: SecretRef | None = None
+    inputs: Annotated[list[ModelInput], Field(max_length=64)] | None = None
+
+    @pydantic.field_validator("inputs")
+    @classmethod
+    def _unique_inputs(cls, value: list[ModelInput] | None) -> list[ModelInput] | None:
+        names = [i.name for i in value or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"spec.model.inputs declares input(s) {twice} more than once")
+        return value
+
+    def inputs_json(self) -> str | None:
+        """spec.model.inputs as the compact JSON every step receives (the optimize Job's
+        --inputs, config.pbtxt's modelship_inputs), or None when nothing is declared."""
+        if not self.inputs:
+            return None
+        import json
+
+        def plain(value: Any) -> Any:  # 16000.0 -> 16000: what the user wrote, and exact for int64
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else value
+
+        entries = [{k: plain(v) for k, v in i.model_dump(by_alias=True, exclude_none=True, mode="json").items()}
+                   for i in self.inputs]
+        return json.dumps(entries, separators=(",", ":"), sort_keys=True)
 
     @pydantic.field_validator("uri")
     @classmethod
@@ -208,7 +279,8 @@ class Accuracy(_Model):
 
 class Dataset(_Model):
     """The optimize Job's calibration and validation inputs: an .npz with one array per model
-    input, samples on the first axis (the first half calibrates, the second half gates). Same
+    input, batch-first or stacked complete feeds (the first half calibrates, the second half
+    gates; docs/optimize.md). Same
     schemes and checks as spec.model, and fetched with spec.model.credentials: one Secret per
     service, since model and data usually live in the same store."""
 
@@ -461,6 +533,12 @@ class AutoscalingStatus(_Model):
     last_scale_time: str | None = None
 
 
+class BatchingStatus(_Model):
+    max_batch_size: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -472,4 +550,5 @@ class ModelServiceStatus(_Model):
     latency: Latency | None = None
     optimization: OptimizationStatus | None = None
     autoscaling: AutoscalingStatus | None = None
+    batching: BatchingStatus | None = None
     conditions: list[Condition] | None = None

@@ -20,18 +20,20 @@ import contextlib
 import datetime
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import pydantic
 
-from modelship import api
+from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
-from modelship.autoscale.decision import Decision, PodSignals, Snapshot, State, decide
-from modelship.autoscale.policy import capacity_of, policy_of
-from modelship.controller.kube import KubeClient, KubeError, object_path
-from modelship.controller.store import Key, Store
+from modelship.autoscale.decision import Decision, PodSignals, Policy, Snapshot, State, decide
+from modelship.autoscale.policy import policy_of
+from modelship.kube import objects
+from modelship.kube.cache import Key, Store
+from modelship.kube.client import KubeClient, KubeError
 from modelship.render import names
+from modelship.render.capacity import capacity_of
 from modelship.status import conditions as c
 
 log = logging.getLogger("modelship.autoscale")
@@ -39,11 +41,19 @@ log = logging.getLogger("modelship.autoscale")
 SCALED_UP, SCALED_DOWN = "ScaledUp", "ScaledDown"
 
 
+class DecisionMetrics(Protocol):
+    """What the loop reports to the operator's metrics (controller/metrics.py)."""
+
+    def observe_decision(self, key: Key, decision: Decision, policy: Policy) -> None: ...
+
+    def forget(self, key: Key) -> None: ...
+
+
 def builtin_enabled(msvc: ModelService) -> bool:
     return msvc.spec.autoscaling.enabled and msvc.spec.autoscaling.engine == "builtin"
 
 
-def pod_states(pods: list[Mapping[str, Any]]) -> list[signals.PodState]:
+def pod_states(pods: Sequence[Mapping[str, Any]]) -> list[signals.PodState]:
     """Serving pods as the decision sees them; terminating pods no longer take traffic."""
     out = []
     for pod in pods:
@@ -78,8 +88,8 @@ class Autoscaler:
 
     def __init__(self, *, kube: KubeClient, store: Store, wake: Callable[[Key], None],
                  clock: Callable[[], float] = time.time, interval_seconds: float | None = None,
-                 prometheus_url: str | None = None, metrics: Any = None,
-                 scrape_port: int = signals.METRICS_PORT, scrape_timeout: float = 1.0) -> None:
+                 prometheus_url: str | None = None, metrics: DecisionMetrics | None = None,
+                 scrape_port: int = contracts.METRICS_PORT, scrape_timeout: float = 1.0) -> None:
         self.kube, self.store, self.wake, self.clock = kube, store, wake, clock
         self.interval_override = interval_seconds
         self.prometheus_url = prometheus_url
@@ -132,7 +142,7 @@ class Autoscaler:
 
     def sync(self) -> None:
         wanted = set()
-        for key in self.store.keys():
+        for key in self.store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
             msvc = self._msvc(key)
             if msvc is not None and builtin_enabled(msvc):
                 wanted.add(key)
@@ -205,12 +215,12 @@ class Autoscaler:
         capacity = capacity_of(msvc, body.get("status"))
         policy = policy_of(msvc, capacity, interval_seconds=interval)
         deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
-        base = dict(engine="builtin", capacity_per_replica=capacity.requests_per_second,
+        base: dict[str, Any] = dict(engine="builtin", capacity_per_replica=capacity.requests_per_second,
                     capacity_source=capacity.source, percentile=policy.percentile,
                     slo_milliseconds=msvc.spec.slo.latency_milliseconds if msvc.spec.slo else None,
                     max_replicas=policy.max_replicas)
         old = self.views.get(key)
-        if deployment is None or not _controlled_by(deployment, msvc.metadata.uid):
+        if deployment is None or not objects.controlled_by(deployment, msvc.metadata.uid):
             self._publish(key, report.View(reason="waiting for the Deployment", **base))
             return interval
         current = int((deployment.get("spec") or {}).get("replicas", 1))
@@ -277,8 +287,8 @@ class Autoscaler:
                                           timeout=self.scrape_timeout, port=self.scrape_port)
         problem = None
         if errors:
-            name, error = next(iter(errors.items()))
-            problem = f"scrape of {name} failed: {error}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            name, reason = next(iter(errors.items()))
+            problem = f"scrape of {name} failed: {reason}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
         return signals.snapshot(pods, history), problem
 
     async def _client(self) -> Any:
@@ -290,34 +300,17 @@ class Autoscaler:
 
     async def _scale(self, msvc: ModelService, replicas: int) -> None:
         """Set the Deployment's replicas through its scale subresource, as field manager modelship."""
-        path = object_path("apps/v1", "Deployment", msvc.metadata.namespace, names.deployment(msvc.metadata.name))
-        # KubeClient has no scale verb; its generic call keeps the accounting and error mapping.
-        await self.kube._call("scale", "PATCH", path + "/scale", body={"spec": {"replicas": replicas}},
-                              content_type="application/merge-patch+json",
-                              query={"fieldManager": api.FIELD_MANAGER})
+        await self.kube.scale("apps/v1", "Deployment", msvc.metadata.namespace,
+                              names.deployment(msvc.metadata.name), replicas)
 
     async def _event(self, body: Mapping[str, Any], old: int, decision: Decision) -> None:
         meta = body.get("metadata") or {}
-        now = _rfc3339(self.clock())
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta.get("name"),
-                               "namespace": meta.get("namespace"), "uid": meta.get("uid")},
-            "type": "Normal",
-            "reason": SCALED_UP if decision.desired > old else SCALED_DOWN,
-            "message": f"{old} -> {decision.desired} replicas: {decision.reason}"[:1024],
-            "source": {"component": "modelship-autoscaler"},
-            "reportingComponent": "modelship.dev/autoscaler",
-            "reportingInstance": "modelship",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
+        event = objects.event(
+            body, reason=SCALED_UP if decision.desired > old else SCALED_DOWN,
+            message=f"{old} -> {decision.desired} replicas: {decision.reason}", now=_rfc3339(self.clock()),
+            component="modelship-autoscaler", reporting_component="modelship.dev/autoscaler",
+            reporting_instance="modelship")
         try:
             await self.kube.create_event(event)
         except KubeError as error:
             log.warning("cannot post Event for %s/%s: %s", meta.get("namespace"), meta.get("name"), error)
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    return any(ref.get("controller") and ref.get("uid") == uid
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -1,41 +1,12 @@
-"""From a ModelService to the decision's Policy: the SLO, the bounds, the knobs, and the
-capacity per replica with where it came from.
-
-Capacity, in order: spec.autoscaling.capacityPerReplica (a person said so: it overrides),
-status.optimization.capacity.requestsPerSecond (the optimize Job measured it on this model
-and hardware, contract C4), else `DEFAULT_CAPACITY`. The default is deliberately low: a
-service with no measured capacity gets more replicas than it needs rather than missed SLOs,
-and the online correction raises it once pods show headroom. status.autoscaling.capacitySource
-says which one is in use.
+"""From a ModelService to the decision's Policy: the SLO, the bounds and the knobs. The
+capacity per replica comes from `render/capacity.py`, the rule the HPA/KEDA render uses too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
-
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale.decision import Policy
-
-DEFAULT_CAPACITY = 10.0  # requests/s per replica when nothing better is known
-SPEC, OPTIMIZATION, DEFAULT = "spec", "optimization", "default"
-
-
-@dataclasses.dataclass(frozen=True)
-class Capacity:
-    requests_per_second: float
-    source: str  # SPEC | OPTIMIZATION | DEFAULT
-
-
-def capacity_of(msvc: ModelService, status: Mapping[str, Any] | None) -> Capacity:
-    """The capacity per replica the autoscaler plans with, and its source."""
-    override = msvc.spec.autoscaling.capacity_per_replica
-    if override is not None:
-        return Capacity(override, SPEC)
-    measured = (((status or {}).get("optimization") or {}).get("capacity") or {}).get("requestsPerSecond")
-    if isinstance(measured, (int, float)) and not isinstance(measured, bool) and measured > 0:
-        return Capacity(float(measured), OPTIMIZATION)
-    return Capacity(DEFAULT_CAPACITY, DEFAULT)
+from modelship.render.capacity import Capacity
 
 
 def policy_of(msvc: ModelService, capacity: Capacity, *, interval_seconds: float | None = None) -> Policy:

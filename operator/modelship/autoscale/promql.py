@@ -17,7 +17,10 @@ import re
 from typing import Any, Mapping, Sequence
 
 from modelship.autoscale.decision import PodSignals, Snapshot
-from modelship.autoscale.signals import DEMAND_OUTCOMES, PERCENTILES, PodState
+from modelship.autoscale.signals import PERCENTILES, PodState
+from modelship.contracts import (
+    DEMAND_OUTCOMES, INFLIGHT_METRIC, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC, REQUESTS_METRIC,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +57,18 @@ def queries(model: str, namespace: str, pods: Sequence[PodState], source: Promet
     by = f"sum by ({source.pod_label})"
     sel = _selector(model, namespace, pods, source)
     demand = _selector(model, namespace, pods, source, f'outcome=~"{"|".join(DEMAND_OUTCOMES)}"')
+    requests, inflight, queue, duration = REQUESTS_METRIC, INFLIGHT_METRIC, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC
     out = {
-        "requests": f"{by} (rate(modelship_inference_requests_total{demand}{w}))",
-        "inflight": f"{by} (modelship_inflight_requests{sel})",
-        "growth": f"{by} (deriv(modelship_inflight_requests{sel}{w}))",
-        "queue": f"{by} (rate(modelship_queue_duration_seconds_sum{sel}{w})) / "
-                 f"{by} (rate(modelship_queue_duration_seconds_count{sel}{w}))",
-        "scraped": f"max by ({source.pod_label}) (timestamp(modelship_inflight_requests{sel}))",
-        "samples": f"sum(increase(modelship_request_duration_seconds_count{sel}{w}))",
+        "requests": f"{by} (rate({requests}_total{demand}{w}))",
+        "inflight": f"{by} ({inflight}{sel})",
+        "growth": f"{by} (deriv({inflight}{sel}{w}))",
+        "queue": f"{by} (rate({queue}_sum{sel}{w})) / "
+                 f"{by} (rate({queue}_count{sel}{w}))",
+        "scraped": f"max by ({source.pod_label}) (timestamp({inflight}{sel}))",
+        "samples": f"sum(increase({duration}_count{sel}{w}))",
     }
     for name, q in PERCENTILES.items():
-        out[name] = f"histogram_quantile({q}, sum by (le) (rate(modelship_request_duration_seconds_bucket{sel}{w})))"
+        out[name] = f"histogram_quantile({q}, sum by (le) (rate({duration}_bucket{sel}{w})))"
     return out
 
 
@@ -115,7 +119,7 @@ async def fetch_snapshot(session: Any, source: PrometheusSource, *, model: str, 
             async with asyncio.timeout(source.timeout_seconds):
                 async with session.get(url, params={"query": query}) as response:
                     body = await response.json(content_type=None)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is this query's PrometheusError
             raise PrometheusError(f"{url}: query {name} failed: {type(error).__name__}: {error}") from None
         if body.get("status") != "success":
             raise PrometheusError(f"{url}: query {name} failed: {body.get('error') or body}")

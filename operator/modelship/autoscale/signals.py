@@ -22,11 +22,10 @@ import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from modelship.autoscale.decision import PodSignals, Snapshot
+from modelship.contracts import (
+    DEMAND_OUTCOMES, INFLIGHT_METRIC, METRICS_PORT, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC, REQUESTS_METRIC,
+)
 
-METRICS_PORT = 8002
-# Outcomes that are demand on the replica. `invalid` and `not_found` are the client's
-# mistakes, answered before any compute; counting them would let a buggy client scale a service.
-DEMAND_OUTCOMES = ("success", "unavailable", "shed", "timeout", "error")
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 
@@ -63,22 +62,21 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
             if sample.labels.get("model") != model:
                 continue
             name = sample.name
-            if name == "modelship_inference_requests_total" or (
-                    name == "modelship_inference_requests" and family.type == "counter"):
+            if name == f"{REQUESTS_METRIC}_total" or (name == REQUESTS_METRIC and family.type == "counter"):
                 seen = True
                 if sample.labels.get("outcome") in DEMAND_OUTCOMES:
                     requests += sample.value
-            elif name == "modelship_request_duration_seconds_bucket":
+            elif name == f"{REQUEST_DURATION_METRIC}_bucket":
                 bound = math.inf if sample.labels["le"] in ("+Inf", "Inf") else float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-            elif name == "modelship_queue_duration_seconds_sum":
+            elif name == f"{QUEUE_DURATION_METRIC}_sum":
                 queue_sum += sample.value
-            elif name == "modelship_queue_duration_seconds_count":
+            elif name == f"{QUEUE_DURATION_METRIC}_count":
                 queue_count += sample.value
-            elif name == "modelship_inflight_requests":
+            elif name == INFLIGHT_METRIC:
                 inflight += sample.value
     if not seen:
-        raise MetricsError(f"no modelship_inference_requests_total for model {model!r} "
+        raise MetricsError(f"no {REQUESTS_METRIC}_total for model {model!r} "
                            "(is this a modelship-server, serving that model?)")
     return Scrape(at=at, requests=requests, buckets=tuple(sorted(buckets.items())),
                   queue_sum=queue_sum, queue_count=queue_count, inflight=inflight)
@@ -232,7 +230,7 @@ async def scrape_all(session: Any, pods: Sequence[PodState], history: PodHistory
             return
         try:
             result = await scrape(session, url, model=model, at=clock(), timeout=timeout)
-        except Exception as error:  # any failure is a gap in this pod's metrics, never a crash
+        except Exception as error:  # noqa: BLE001 - any failure is a gap in this pod's metrics, never a crash
             history.failed(pod.name, clock())
             errors[pod.name] = f"{type(error).__name__}: {error}"
             return

@@ -1,7 +1,8 @@
 """The operator at run time: the stages an event passes through, one module each.
 
-    handlers  (kopf, thin)  watch events ─► store (cache of what exists) + queue (keys to look at)
+    handlers  (kopf, thin)  watch events ─► kube.cache (what exists) + queue (keys to look at)
     reconcile              key ─► render ─► apply what differs ─► observe ─► status, Events
-    kube                   the only module that talks to the API server (apply, delete, status, events)
     main                   wires them together and runs kopf
+
+The API client and the cache live in `modelship.kube`, below this package and the autoscaler.
 """

@@ -8,13 +8,13 @@ ModelService can be deleted while the operator is down, and GitOps tools see no 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import kopf
 
 from modelship import api
 from modelship.controller.queue import WorkQueue
-from modelship.controller.store import Store
+from modelship.kube.cache import Store
 from modelship.render.names import MANAGED_BY
 
 # (group, version, plural, kind) of every watched kind besides ModelService.
@@ -34,22 +34,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
     for change handlers (on.create/update). This operator has none, so the copy is pure cost:
     about half of the operator's CPU at 500 ModelServices. Nothing is stored, nothing is read."""
 
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:  # noqa: ARG002 - kopf's signature
         return kopf.BodyEssence()
 
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:  # noqa: ARG002
         return None
 
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:  # noqa: ARG002
         return None
 
 
-def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue) -> None:
-    """Declare the watches on `registry`; `store` and `queue` are where events go."""
+def register(registry: kopf.OperatorRegistry, *, store: Store, queue: WorkQueue,
+             on_relist: Callable[[], None] | None = None) -> None:
+    """Declare the watches on `registry`; `store` and `queue` are where events go.
+    `on_relist`: called when kopf lists ModelServices (event type None: at start, and after a
+    watch gap), whose listing says nothing about objects deleted meanwhile (kube/relist.py)."""
 
-    def on_event(kind: str):  # noqa: ANN202 - a kopf handler
+    def on_event(kind: str) -> Callable[..., Awaitable[None]]:  # a kopf handler
         # async: kopf runs sync handlers in a thread pool, a hop this dict update does not need
         async def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            if event.get("type") is None and kind == api.KIND and on_relist is not None:
+                on_relist()
             if event.get("type") == "DELETED":
                 key = store.remove(kind, body)
                 if kind == api.KIND and key is not None:

@@ -8,25 +8,25 @@ worker is done. This keeps reconciles per ModelService serial without locks.
 from __future__ import annotations
 
 import asyncio
-from typing import Hashable
+from modelship.kube.cache import Key
 
 
 class WorkQueue:
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._queued: set[Hashable] = set()
-        self._active: set[Hashable] = set()
-        self._again: set[Hashable] = set()
-        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._again: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Key) -> None:
         if key in self._active:
             self._again.add(key)
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    def add_after(self, key: Hashable, delay: float) -> None:
+    def add_after(self, key: Key, delay: float) -> None:
         """Queue `key` after `delay` seconds (the earliest of several requests wins)."""
         loop = asyncio.get_running_loop()
         existing = self._timers.get(key)
@@ -36,17 +36,17 @@ class WorkQueue:
             existing.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
-    def _fire(self, key: Hashable) -> None:
+    def _fire(self, key: Key) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
-    async def get(self) -> Hashable:
+    async def get(self) -> Key:
         key = await self._queue.get()
         self._queued.discard(key)
         self._active.add(key)
         return key
 
-    def done(self, key: Hashable) -> None:
+    def done(self, key: Key) -> None:
         self._active.discard(key)
         if key in self._again:
             self._again.discard(key)

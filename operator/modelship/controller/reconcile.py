@@ -27,12 +27,15 @@ from typing import Any, Callable, Mapping
 import pydantic
 
 from modelship import api
+from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
-from modelship.controller.kube import KubeClient, KubeError
-from modelship.controller.store import Key, Store
+from modelship.kube import objects
+from modelship.kube.cache import Key, Store
+from modelship.kube.client import KubeClient, KubeError
+from modelship.kube.kinds import object_path
 from modelship.render import Rendered, names, render_children
-from modelship.render.autoscaler import measured_capacity
 from modelship.render.artifact import ORIGINAL, original
+from modelship.render.capacity import measured_capacity
 from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
 from modelship.status import optimization
@@ -55,9 +58,6 @@ class Reconciler:
     store: Store
     clock: Callable[[], str] = utc_now
     reporting_instance: str = dataclasses.field(default_factory=socket.gethostname)
-    # Seam for other components' conditions (e.g. ScalingLimited). Sees the validated
-    # ModelService and the cache; must be pure and cheap (called per reconcile).
-    extra_conditions: Callable[[ModelService, Store], list[c.ConditionSpec]] | None = None
     # Seam for the autoscaler: status fields (autoscaling, latency; None removes) and
     # conditions (ScalingLimited, AutoscalerReady), so the reconciler stays the one status writer.
     # The third argument: kinds whose API is not installed (OPTIONAL_KINDS that answered 404).
@@ -88,6 +88,10 @@ class Reconciler:
             except pydantic.ValidationError as error:
                 await self._report_invalid(key, body, error)
                 return
+        if cached is not None and cached[0] == (meta.get("uid"), meta.get("generation")) \
+                and self._lost_children(key, msvc, cached[2]) and not await self._reread(key, body):
+            self._drop(key)
+            return  # deleted unseen (a watch gap): the garbage collector took its children
         apply_error = None
         try:
             decision = await self._optimize(key, msvc)
@@ -123,13 +127,12 @@ class Reconciler:
         else:  # what the Deployment of an earlier spec serves, if there is one
             variant = _served_variant(deployment, msvc.metadata.uid)
         previous = self._previous(key, body)
-        extra = self.extra_conditions(msvc, self.store) if self.extra_conditions else []
         scaling_fields, scaling_conditions = self.extra_status(
             key, msvc, frozenset(self.unavailable.get(key, ()))) if self.extra_status else ({}, [])
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
-            extra_conditions=[decision.condition, *extra, *scaling_conditions], wait=decision.wait,
+            extra_conditions=[decision.condition, *scaling_conditions], wait=decision.wait,
             extra_fields={"optimization": decision.status, **scaling_fields},
         )
         await self._write_status(key, body, previous, status, transitions)
@@ -137,7 +140,7 @@ class Reconciler:
     async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
         """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""
         uid = msvc.metadata.uid
-        jobs = [j for j in self.store.children_of_kind(key, "Job") if _controlled_by(j, uid)]
+        jobs = [j for j in self.store.children_of_kind(key, "Job") if objects.controlled_by(j, uid)]
         if not msvc.spec.optimization.enabled:
             await self._delete_jobs(msvc, jobs)
             return optimization.disabled(msvc)
@@ -148,7 +151,7 @@ class Reconciler:
             log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
             job = await self.kube.apply(job)
             self.store.upsert("Job", job, own_write=True)
-        elif not _controlled_by(job, uid):
+        elif not objects.controlled_by(job, uid):
             job = None  # of an earlier ModelService of this name: the garbage collector takes it
         result = optimization.observe(job, self.store.job_pods(key), now=self.clock())
         decision = optimization.decide(msvc, name, result)
@@ -174,10 +177,49 @@ class Reconciler:
         if not status_changed(previous, status):
             return
         meta = body["metadata"]
-        written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        try:
+            written = await self.kube.patch_status(meta["namespace"], meta["name"], status_patch(previous, status))
+        except KubeError as error:
+            if error.status == 404 and not await self._reread(key, body):
+                self._drop(key)
+                return
+            raise
         self.written[key] = (meta.get("uid"), status)
         self.store.upsert("ModelService", written, own_write=True)
         await asyncio.gather(*(self._event(written, t) for t in transitions))
+
+    def _drop(self, key: Key) -> None:
+        self.written.pop(key, None)
+        self.unavailable.pop(key, None)
+        self._renders.pop(key, None)
+
+    def _lost_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> bool:
+        """A child this spec's render produced is no longer cached: someone deleted it, or the
+        garbage collector did because the ModelService is gone and the watch missed it. One
+        read tells which, before anything is re-applied for an owner that may not exist."""
+        held = set(HELD_KINDS) if msvc.spec.optimization.enabled else set()
+        return any(self.store.child(key, o["kind"], o["metadata"]["name"]) is None
+                   for o in rendered.objects if o["kind"] not in held and o["kind"] not in OPTIONAL_KINDS)
+
+    async def _reread(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """A 404 on the status patch: the cache holds a ModelService the API server does not
+        (deleted during a watch gap). Read it again: gone (False), it leaves the cache and
+        nothing more is written for it; re-created (True), the retry works on the new one."""
+        meta = body["metadata"]
+        try:
+            fresh = await self.kube.get(object_path(api.API_VERSION, api.KIND, meta["namespace"], meta["name"]))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+            log.info("ModelService %s/%s is gone; forgetting it", *key)
+            cached = self.store.msvc(key)
+            if cached is not None and (cached.get("metadata") or {}).get("uid") == meta.get("uid"):
+                self.store.forget(key)
+            return False
+        fresh.setdefault("apiVersion", api.API_VERSION)
+        fresh.setdefault("kind", api.KIND)
+        self.store.upsert("ModelService", fresh)
+        return True
 
     async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False) -> None:
         """Apply what differs; `hold`: not the ConfigMap and the Deployment (they carry the
@@ -190,7 +232,7 @@ class Reconciler:
                 continue
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
-            if live is None or _hash(live) != want or not _controlled_by(live, uid) or _drifted(obj, live):
+            if live is None or _hash(live) != want or not objects.controlled_by(live, uid) or _drifted(obj, live):
                 stale.append(obj)
         # The ConfigMap first, so new pods find the config they mount; the rest at once.
         first = [o for o in stale if o["kind"] == "ConfigMap"]
@@ -202,7 +244,7 @@ class Reconciler:
                 raise errors[0]
         for ref in [*rendered.absent, *rendered.absent_autoscalers]:
             live = self.store.child(key, ref.kind, ref.name)
-            if live is not None and _controlled_by(live, uid):
+            if live is not None and objects.controlled_by(live, uid):
                 log.info("deleting %s %s/%s (no longer wanted)", ref.kind, msvc.metadata.namespace, ref.name)
                 await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
                 self.store.remove(ref.kind, live)
@@ -224,8 +266,6 @@ class Reconciler:
     async def _report_invalid(self, key: Key, body: Mapping[str, Any], error: pydantic.ValidationError) -> None:
         """A spec the API server accepted but the operator cannot serve (its checks are
         stricter in places, e.g. URIs): say why in status; create nothing."""
-        from modelship.render_command import format_validation_error
-
         problems = format_validation_error(error)
         reason = ("InvalidModelURI" if any(p.startswith("spec.model.uri") for p in problems) else
                   "InvalidDatasetURI" if any(p.startswith("spec.optimization.dataset.uri") for p in problems) else
@@ -246,29 +286,13 @@ class Reconciler:
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
         """One Event per condition transition, shown by `kubectl describe msvc`."""
         meta = msvc["metadata"]
-        now = self.clock()
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
             transition.type == c.DEGRADED and transition.new_status == c.TRUE
         )
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": "Warning" if bad and transition.warning else "Normal",
-            "reason": transition.reason,
-            "message": f"{transition.type}={transition.new_status}: {transition.message}"[:1024],
-            "source": {"component": "modelship"},
-            "reportingComponent": "modelship.dev/operator",
-            "reportingInstance": self.reporting_instance[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        event = objects.event(
+            msvc, reason=transition.reason, message=f"{transition.type}={transition.new_status}: {transition.message}",
+            now=self.clock(), component="modelship", reporting_component="modelship.dev/operator",
+            reporting_instance=self.reporting_instance, warning=bad and transition.warning)
         try:
             await self.kube.create_event(event)
         except KubeError as error:  # an Event is a courtesy; never fail a reconcile over one
@@ -284,7 +308,7 @@ def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
 
 
 def _served_variant(deployment: Mapping[str, Any] | None, uid: str | None) -> str | None:
-    if deployment is None or not _controlled_by(deployment, uid):
+    if deployment is None or not objects.controlled_by(deployment, uid):
         return None
     annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     return annotations.get(names.VARIANT_ANNOTATION, ORIGINAL)
@@ -304,10 +328,3 @@ def _hash_of(rendered: Rendered, kind: str) -> str | None:
         if obj["kind"] == kind:
             return _hash(obj)
     return None
-
-
-def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("uid") == uid:
-            return True
-    return False

@@ -73,7 +73,7 @@ def _up(plane, args: argparse.Namespace) -> int:  # noqa: ANN001 - ControlPlane,
     return 0
 
 
-def _down(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _down(plane, _args: argparse.Namespace) -> int:  # noqa: ANN001
     if not plane.processes():
         _say(f"nothing to stop: no control plane recorded in {plane.state_dir}")
         return 0
@@ -83,7 +83,7 @@ def _down(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
     return 0
 
 
-def _status(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _status(plane, _args: argparse.Namespace) -> int:  # noqa: ANN001
     records = plane.processes()
     if not records:
         _say(f"not running (no plane recorded in {plane.state_dir}); start one with `modelship dev-cluster up`")
@@ -103,7 +103,7 @@ def _status(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
     return 0
 
 
-def _kubeconfig(plane, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _kubeconfig(plane, _args: argparse.Namespace) -> int:  # noqa: ANN001
     if not plane.kubeconfig.is_file():
         print(f"error: no kubeconfig in {plane.state_dir}: start the plane with `modelship dev-cluster up`",
               file=sys.stderr)

@@ -9,6 +9,7 @@ command line still names our binary, so a recycled PID is never hit.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ class ControlPlane:
 
     def __init__(self, state_dir: Path, binaries: dict[str, Path] | None = None, progress: Progress = print,
                  *, die_with_parent: bool = False, backoff_initial: float = DEFAULT_INITIAL,
-                 backoff_cap: float = DEFAULT_CAP):
+                 backoff_cap: float = DEFAULT_CAP) -> None:
         """`die_with_parent` ties every component's life to this process (for test sessions:
         a killed pytest must not leave a control plane behind); `dev-cluster up` detaches instead.
         `backoff_*`: the node agent's CrashLoopBackOff delays (tests shorten them)."""
@@ -170,6 +171,11 @@ class ControlPlane:
         missing = [n for n in GO_COMPONENTS if not self.binaries.get(n) or not Path(self.binaries[n]).is_file()]
         if missing:
             raise DevClusterError(f"binaries not built: {', '.join(missing)} (run `make tools`)")
+        # The node agent runs pods from their images' environments: built (or found cached) here,
+        # before the start-up deadline, so the first pod does not wait minutes for one.
+        from modelship.devcluster import imageenv
+
+        imageenv.ensure_all((imageenv.SERVER, imageenv.OPERATOR), progress=self.progress)
         self._claim_state_dir()
         started = time.monotonic()
         deadline = started + timeout
@@ -234,12 +240,12 @@ class ControlPlane:
         """The raw response body of an authenticated request; DevClusterError on failure."""
         pki = self.pki
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.server + path, data=data, method=method)
+        request = urllib.request.Request(self.server + path, data=data, method=method)  # noqa: S310 - the plane's https URL
         request.add_header("Authorization", f"Bearer {pki.tokens[user]}")
         request.add_header("Content-Type", "application/json")
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         try:
-            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
                 return response.read()
         except urllib.error.HTTPError as exc:
             raise DevClusterError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from exc
@@ -352,7 +358,7 @@ class ControlPlane:
         ])
         for name, port in (("kube-controller-manager", ports["controller-manager"]),
                            ("kube-scheduler", ports["scheduler"])):
-            self._wait(deadline, name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure=True),
+            self._wait(deadline, name, functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz", insecure=True),
                        component=name)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         # Picked now, not with the others: the model store starts last, tens of seconds later,
@@ -549,7 +555,7 @@ def _port_free(port: int) -> bool:
 def _http_ok(url: str, insecure: bool = False) -> bool:
     context = ssl._create_unverified_context() if insecure else None  # noqa: S323 - self-signed health port
     try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - a health URL we built
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False

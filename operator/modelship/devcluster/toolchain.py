@@ -149,13 +149,6 @@ def _stamps(component: Component, version: str) -> list[str]:
     return [s.format(version=version, major=major, minor=minor) for s in component.stamps]
 
 
-def asset_dir(name: str, root: Path | None = None, cache: Path | None = None) -> Path:
-    """Where the data files of component `name` are kept (next to its binaries)."""
-    paths = binary_paths(root, cache)
-    component = next(c for c in COMPONENTS if c.module_dir == name)
-    return paths[component.binaries[0].name].parent / "assets"
-
-
 def binary_paths(root: Path | None = None, cache: Path | None = None) -> dict[str, Path]:
     """Where each binary is (or will be) once built; pure path arithmetic, no build."""
     root = root or tools_dir()
@@ -225,7 +218,7 @@ def _run_go(cmd: list[str], module: Path, env: dict[str, str], what: str, progre
     with subprocess.Popen(cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         output: list[str] = []
-        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+        reader = threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True)
         reader.start()
         while True:
             try:

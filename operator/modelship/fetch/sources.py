@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from modelship.fetch.outcomes import FetchError, FetchOutcome
 from modelship.modeluri import ModelURI, redact
@@ -271,7 +271,3 @@ def sigv4_authorization(
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
     return f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
-
-
-def environment() -> Mapping[str, str]:
-    return os.environ

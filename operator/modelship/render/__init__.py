@@ -12,8 +12,8 @@ import hashlib
 import json
 from typing import Any
 
-from modelship import api
 from modelship.api.v1alpha1 import ModelService
+from modelship.kube.objects import owner_reference
 from modelship.render import names
 from modelship.render.artifact import ModelArtifact, original
 from modelship.render.autoscaler import render_hpa, render_scaled_object
@@ -25,22 +25,20 @@ from modelship.render.network import render_network_policy
 from modelship.render.service import render_service
 
 # The kinds every ModelService renders or lists as absent, in the order they are applied
-# (config before the pods that read it). apiVersion, kind, plural.
-CORE_KINDS: tuple[tuple[str, str, str], ...] = (
-    ("v1", "ConfigMap", "configmaps"),
-    ("apps/v1", "Deployment", "deployments"),
-    ("v1", "Service", "services"),
-    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+# (config before the pods that read it). apiVersion, kind; plurals in `kube.kinds`.
+CORE_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 # The autoscaler an engine other than builtin needs (at most one). Kept apart from the core
 # kinds: they are not watched (the KEDA CRD may not exist), and listed in `absent_autoscalers`.
-AUTOSCALER_KINDS: tuple[tuple[str, str, str], ...] = (
-    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-    ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+AUTOSCALER_KINDS: tuple[tuple[str, str], ...] = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 )
-# Every kind a ModelService may own.
-CHILD_KINDS = CORE_KINDS + AUTOSCALER_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,27 +76,16 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
     ]
     absent = [
         ChildRef(api_version, kind, msvc.metadata.name)
-        for (api_version, kind, _), obj in zip(CORE_KINDS, objects)
+        for (api_version, kind), obj in zip(CORE_KINDS, objects)
         if obj is None
     ]
     autoscalers = [render_hpa(msvc, measured_capacity=measured_capacity),
                    render_scaled_object(msvc, measured_capacity=measured_capacity)]
     absent_autoscalers = [ChildRef(api_version, kind, names.deployment(msvc.metadata.name))
-                          for (api_version, kind, _), obj in zip(AUTOSCALER_KINDS, autoscalers) if obj is None]
+                          for (api_version, kind), obj in zip(AUTOSCALER_KINDS, autoscalers) if obj is None]
     finished = [_finish(obj, msvc) for obj in [*objects, *autoscalers] if obj is not None]
     return Rendered(objects=finished, absent=absent, artifact=artifact, absent_autoscalers=absent_autoscalers,
                     measured_capacity=measured_capacity)
-
-
-def owner_reference(msvc: ModelService) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "name": msvc.metadata.name,
-        "uid": msvc.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def desired_hash(obj: dict[str, Any]) -> str:
@@ -117,6 +104,6 @@ def _finish(obj: dict[str, Any], msvc: ModelService) -> dict[str, Any]:
     obj = json.loads(json.dumps(obj))  # no shared sub-dicts between children
     metadata = obj["metadata"]
     if msvc.metadata.uid:
-        metadata["ownerReferences"] = [owner_reference(msvc)]
+        metadata["ownerReferences"] = [owner_reference(msvc.metadata.name, msvc.metadata.uid)]
     metadata.setdefault("annotations", {})[names.DESIRED_HASH_ANNOTATION] = desired_hash(obj)
     return obj

@@ -3,7 +3,7 @@
 Pure, like every render. Both scale the Deployment on the same signal the builtin engine
 plans with: requests per second per pod against a target of capacity x targetUtilization,
 where capacity is spec.autoscaling.capacityPerReplica, else the optimize Job's measurement,
-else the conservative default (autoscale/policy.py). Both get the same behaviour: scale-up
+else the conservative default (render/capacity.py, the builtin engine's rule too). Both get the same behaviour: scale-up
 without stabilization (double, or +4 pods, every 15 s), scale-down stabilized over
 spec.autoscaling.scaleDownStabilizationSeconds.
 
@@ -15,39 +15,20 @@ spec.autoscaling.prometheus.url, with the PromQL below.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.autoscale.policy import DEFAULT_CAPACITY
-from modelship.autoscale.signals import DEMAND_OUTCOMES
+from modelship.contracts import DEMAND_OUTCOMES, POD_RATE_METRIC, REQUESTS_METRIC
 from modelship.render import names
+from modelship.render.capacity import resolve
 
 HPA_API_VERSION = "autoscaling/v2"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
-POD_METRIC = "modelship_requests_per_second"  # served by prometheus-adapter (chart values)
-
-
-def measured_capacity(optimization_status: Mapping[str, Any] | None) -> float | None:
-    """requests/s per replica from status.optimization (C4), or None."""
-    value = ((optimization_status or {}).get("capacity") or {}).get("requestsPerSecond")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
-def capacity_per_replica(msvc: ModelService, measured: float | None) -> float:
-    """requests/s one replica serves within the SLO: the spec's override, the optimize Job's
-    measurement, or the default (same order as the builtin engine)."""
-    override = msvc.spec.autoscaling.capacity_per_replica
-    if override is not None:
-        return override
-    if measured is not None and measured > 0:
-        return measured
-    return DEFAULT_CAPACITY
 
 
 def target_per_pod(msvc: ModelService, measured: float | None) -> float:
-    return capacity_per_replica(msvc, measured) * msvc.spec.autoscaling.target_utilization
+    """requests/s per pod the HPA/KEDA aim at: capacity per replica x targetUtilization."""
+    return resolve(msvc, measured).requests_per_second * msvc.spec.autoscaling.target_utilization
 
 
 def quantity(value: float) -> str:
@@ -78,7 +59,7 @@ def demand_query(msvc: ModelService, window: str = "1m") -> str:
     pod_label = settings.pod_label if settings else "pod"
     namespace_label = settings.namespace_label if settings else "namespace"
     deployment = names.deployment(msvc.metadata.name)
-    return (f'sum(rate(modelship_inference_requests_total{{{namespace_label}="{msvc.metadata.namespace}",'
+    return (f'sum(rate({REQUESTS_METRIC}_total{{{namespace_label}="{msvc.metadata.namespace}",'
             f'{pod_label}=~"{deployment}-[a-z0-9]+-[a-z0-9]+",model="{msvc.spec.model.name}",'
             f'outcome=~"{"|".join(DEMAND_OUTCOMES)}"}}[{window}]))')
 
@@ -94,7 +75,7 @@ def render_hpa(msvc: ModelService, *, measured_capacity: float | None = None) ->
         "metrics": [{
             "type": "Pods",
             "pods": {
-                "metric": {"name": POD_METRIC},
+                "metric": {"name": POD_RATE_METRIC},
                 "target": {"type": "AverageValue", "averageValue": quantity(target_per_pod(msvc, measured_capacity))},
             },
         }],

@@ -1,8 +1,9 @@
-"""The Deployment that serves the model: an init step that fetches and verifies the model
-(and a second one that rebuilds the optimize Job's chosen variant from it, when there is
-one, after a step that fetches and verifies the dataset the variant was calibrated on, when
-it was), then either modelship's server (runtime onnxruntime) or NVIDIA Triton (runtime
-triton). The pod parts it shares with the optimize Job live in `pod`.
+"""The Deployment that serves the model: an init step that fetches and verifies the model (and a second
+one that rebuilds the optimize Job's chosen variant from it, when there is one, after a step that
+fetches and verifies the dataset the variant was calibrated on, when it was; and a last one,
+`fit-config`, that fits config.pbtxt's batching to that file), then either modelship's server
+(runtime onnxruntime) or NVIDIA Triton (runtime triton). The pod parts it shares with the optimize
+Job live in `pod`.
 
 Choices, and why:
 - maxUnavailable 0 with a surge: a rollout never lowers serving capacity.
@@ -25,9 +26,12 @@ from typing import Any
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import names, pod
 from modelship.render.artifact import ModelArtifact
+from modelship.render.model_config import batching_mode
 from modelship.render.pod import MODEL_REPOSITORY
 
 APPLY_VARIANT = "apply-variant"
+FIT_CONFIG = "fit-config"
+TRITON_WARMUP = "triton-warmup"
 
 
 def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_hash: str) -> dict[str, Any]:
@@ -46,6 +50,11 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         volumes += pod.dataset_volumes(msvc, artifact.dataset.uri)
     if artifact.apply_args:
         init.append(apply_variant_container(msvc, artifact))
+    mode = batching_mode(spec)
+    if mode is not None:
+        init.append(fit_config_container(msvc, mode))
+    if spec.runtime == "triton" and spec.model.inputs:  # last: its dims follow the fitted batching
+        init.append(triton_warmup_container(msvc))
 
     server = _server_container(msvc)
     server["volumeMounts"] = [
@@ -119,6 +128,48 @@ def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict
     }
 
 
+def triton_warmup_container(msvc: ModelService) -> dict[str, Any]:
+    """The init step that gives Triton a `model_warmup` in the declared inputs' shapes: it needs
+    each input's data type, which only the model file says (modelship_server/triton_warmup.py)."""
+    return {
+        "name": TRITON_WARMUP,
+        "image": msvc.spec.images.server,
+        "imagePullPolicy": msvc.spec.images.pull_policy,
+        "command": ["python", "-m", "modelship_server.triton_warmup"],
+        "args": [f"--model-dir={MODEL_REPOSITORY}/{msvc.spec.model.name}"],
+        "resources": pod.resources(msvc),  # it reads the whole model file, as serving does
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def fit_config_container(msvc: ModelService, mode: str) -> dict[str, Any]:
+    """The init step that fits config.pbtxt's batching to the model file about to be served
+    (after apply-variant, so the variant's file), for either runtime: `auto` turns batching off
+    for a model that cannot batch, `required` refuses one (see model_config.batching_mode).
+    Its one-line outcome, in the termination message, is how the status learns why batching
+    is off. It opens the model in ONNX Runtime (graph optimizations off), so it gets the
+    server's resources, like apply-variant."""
+    model_dir = f"{MODEL_REPOSITORY}/{msvc.spec.model.name}"
+    return {
+        "name": FIT_CONFIG,
+        "image": msvc.spec.images.server,
+        "imagePullPolicy": msvc.spec.images.pull_policy,
+        "command": ["python", "-m", "modelship_server.fit_config"],
+        "args": [f"--config={model_dir}/config.pbtxt", f"--model={model_dir}/1/model.onnx",
+                 f"--batching={mode}", f"--termination-log={pod.TERMINATION_LOG}"],
+        "resources": pod.resources(msvc),
+        "securityContext": pod.container_security(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
 def _server_container(msvc: ModelService) -> dict[str, Any]:
     spec = msvc.spec
     if spec.runtime == "triton":
@@ -140,6 +191,7 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
             "--http-port", str(names.HTTP_PORT),
             "--grpc-port", str(names.GRPC_PORT),
             "--metrics-port", str(names.METRICS_PORT),
+            "--termination-log", pod.TERMINATION_LOG,  # why a model failed to load, for the status
         ]
     container: dict[str, Any] = {
         "name": "server",

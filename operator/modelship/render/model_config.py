@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 from modelship.api.v1alpha1 import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS, ModelServiceSpec,
 )
+from modelship.contracts import INPUTS_CONFIG_PARAMETER
 from modelship.render.artifact import MeasuredBatching
+
+
+# spec.model.inputs travels to the serving pods in config.pbtxt under this key (the same JSON
+# as the optimize Job's --inputs); modelship_server reads it. Triton's onnxruntime backend
+# reads only the parameter keys it knows.
+INPUTS_PARAMETER = INPUTS_CONFIG_PARAMETER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +58,29 @@ def effective_batching(spec: ModelServiceSpec, measured: MeasuredBatching | None
     return EffectiveBatching(size, delay if dynamic else 0, dynamic, preferred if dynamic else ())
 
 
-def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,  # noqa: ANN201 - ModelConfig
-                 intra_op_threads: int | None = None):
+BATCHING_AUTO = "auto"  # batching follows the model: off for a model that cannot batch
+BATCHING_REQUIRED = "required"  # the user set batching's sizes: a model that cannot batch is refused
+
+
+def batching_mode(spec: ModelServiceSpec) -> str | None:
+    """How the serving pod's `fit-config` step treats a model that cannot batch (a state with
+    the batch on axis 1, a scalar input, a batch fixed at 1). The operator never opens the
+    model, so this is decided in the pod against the file served:
+    None when spec.batching.enabled is false (nothing to fit); `required` when the user set
+    maxBatchSize, maxQueueDelayMicroseconds or preferredBatchSizes (asked for batching, so a
+    contradiction is refused with the reason); else `auto` (the spec's defaults and the optimize
+    Job's measured sizes follow the model)."""
+    batching = spec.batching
+    if not batching.enabled:
+        return None
+    if (batching.max_batch_size is not None or batching.max_queue_delay_microseconds is not None
+            or batching.preferred_batch_sizes):
+        return BATCHING_REQUIRED
+    return BATCHING_AUTO
+
+
+def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,
+                 intra_op_threads: int | None = None) -> Any:  # tritonclient's ModelConfig (untyped protobuf)
     """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators, and the
     session threads (the spec's, else those the chosen variant was timed with)."""
     from tritonclient.grpc import model_config_pb2 as pb  # heavy; imported on use
@@ -88,6 +117,9 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
     ):
         if value is not None:
             config.parameters[key].string_value = str(value)
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # the serving pods warm up on the declared inputs (modelship_server/feeds.py)
+        config.parameters[INPUTS_PARAMETER].string_value = inputs
     return config
 
 

@@ -7,18 +7,18 @@ selector label never changes: a Deployment's selector is immutable.
 
 from __future__ import annotations
 
-SERVICE_LABEL = "modelship.dev/modelservice"
-# On optimize Jobs and their pods instead of SERVICE_LABEL: those pods must never match the
-# Service's or the Deployment's selector, nor count as serving pods in status.
-OPTIMIZE_LABEL = "modelship.dev/optimize-for"
+# The labels and ports are contracts with the cache, the server image and users' selectors;
+# named here too because every render reads them as names.X.
+from modelship.contracts import GRPC_PORT as GRPC_PORT
+from modelship.contracts import HTTP_PORT as HTTP_PORT
+from modelship.contracts import METRICS_PORT as METRICS_PORT
+from modelship.contracts import OPTIMIZE_LABEL as OPTIMIZE_LABEL
+from modelship.contracts import SERVICE_LABEL as SERVICE_LABEL
+
 VARIANT_ANNOTATION = "modelship.dev/variant"  # on the Deployment: the variant its pods serve
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelship"}
 DESIRED_HASH_ANNOTATION = "modelship.dev/desired-hash"
 CONFIG_HASH_ANNOTATION = "modelship.dev/model-config-hash"
-
-HTTP_PORT = 8000
-GRPC_PORT = 8001
-METRICS_PORT = 8002
 
 
 def deployment(msvc_name: str) -> str:

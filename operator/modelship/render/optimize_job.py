@@ -1,7 +1,8 @@
 """The optimize Job: `modelship optimize` on the service's own hardware, before it rolls out.
 
 Named `<msvc>-optimize-<digest>`, where the digest covers everything the result depends on:
-the model's sha256, the dataset's sha256 (when spec.optimization.dataset is set), the gate,
+the model's sha256, the dataset's sha256 (when spec.optimization.dataset is set), the
+declared inputs (spec.model.inputs, passed as `--inputs`), the gate,
 the budget, the SLO, the batching bounds, the resources (GPU product, count and MIG profile
 included), the scheduling and the server image. A spec change that matters makes a new Job; a
 re-run, a restart or a change that does not matter (replicas, rollout settings, the model's or
@@ -25,6 +26,7 @@ from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.fetch import outcomes as fetch_outcomes
+from modelship.kube.objects import owner_reference
 from modelship.render import names, pod
 
 CONTAINER = "optimize"
@@ -59,6 +61,9 @@ def optimize_args(msvc: ModelService) -> list[str]:
         args += [f"--slo-ms={spec.slo.latency_milliseconds}", f"--slo-percentile={spec.slo.percentile}"]
     if spec.optimization.dataset is not None:
         args.append(f"--dataset={pod.DATASET_PATH}")
+    inputs = spec.model.inputs_json()
+    if inputs is not None:  # spec.model.inputs: the shapes and values every step generates from
+        args.append(f"--inputs={inputs}")
     args.append(f"--termination-log={pod.TERMINATION_LOG}")
     return args
 
@@ -122,12 +127,10 @@ def failure_rules(msvc: ModelService) -> list[dict[str, Any]]:
 def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     """The Job for `msvc`'s current spec, with labels and (when the ModelService has a uid)
     a controller ownerReference, so deleting the ModelService deletes its Jobs."""
-    from modelship.render import owner_reference  # the package imports this module
-
     spec = msvc.spec
     labels = names.optimize_labels(msvc.metadata.name)
     dataset = spec.optimization.dataset
-    optimize = {
+    optimize: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.images.server,
         "imagePullPolicy": spec.images.pull_policy,
@@ -157,7 +160,7 @@ def render_optimize_job(msvc: ModelService) -> dict[str, Any]:
     })
     metadata: dict[str, Any] = {"name": job_name(msvc), "namespace": msvc.metadata.namespace, "labels": labels}
     if msvc.metadata.uid:
-        metadata["ownerReferences"] = [owner_reference(msvc)]
+        metadata["ownerReferences"] = [owner_reference(msvc.metadata.name, msvc.metadata.uid)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

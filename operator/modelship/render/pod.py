@@ -68,7 +68,7 @@ def fetch_container(msvc: ModelService, *, uri: str, sha256: str, config_copy: s
 
     `config_copy`: a mounted config.pbtxt to copy next to the model (serving), or None (the
     optimize Job, which needs only the model)."""
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -86,7 +86,7 @@ def fetch_dataset_container(msvc: ModelService, *, uri: str, sha256: str, dest: 
     """The `fetch-dataset` init step: the same fetch, verify and place as `fetch-model`, for
     the .npz of spec.optimization.dataset, with the same credentials."""
     volume, mount = dataset_claim(msvc, uri) or (None, PVC_MOUNT)
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "dataset", "mountPath": DATASET_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
     ]

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import names
+from modelship.status import batching
 from modelship.status import conditions as c
 from modelship.status.diagnosis import Problem, diagnose
 from modelship.status.optimization import Wait
@@ -192,6 +193,9 @@ def compute_status(
         "variant": variant,
         "endpoints": names.endpoints(msvc.metadata.name, msvc.metadata.namespace),
         "conditions": merged,
+        # why batching is off when the model is why (the pods' fit-config step); None: absent
+        "batching": batching.compute(observed.pods, previous.get("batching"),
+                                     batching_enabled=msvc.spec.batching.enabled),
     }
     status.update(extra_fields or {})
     return status, transitions

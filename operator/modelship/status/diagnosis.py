@@ -21,6 +21,8 @@ from modelship.modeluri import redact_text
 FETCH_CONTAINER = "fetch-model"
 FETCH_DATASET_CONTAINER = "fetch-dataset"
 APPLY_VARIANT_CONTAINER = "apply-variant"
+FIT_CONFIG_CONTAINER = "fit-config"
+SERVER_CONTAINER = "server"
 
 IMAGE_PULL_FAILED = "ImagePullFailed"
 CRASH_LOOP = "CrashLoop"
@@ -52,6 +54,15 @@ DATASET_FIXES = {
 # Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
 VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
 
+# spec.batching asks to batch a model that cannot (the fit-config step refused it).
+BATCHING_NOT_SUPPORTED = "BatchingNotSupported"
+CONFIG_FIT_FAILED = "ConfigFitFailed"  # the fit-config step failed otherwise (its log says why)
+# Why modelship-server exited on a model that failed to load: the first word of its
+# termination message (modelship_server.errors, the ModelLoadError reasons).
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+WARMUP_FAILED = "WarmupFailed"
+SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED)
+
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 _FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
                 FetchOutcome.NOT_FOUND, FetchOutcome.TOO_LARGE, FetchOutcome.REDIRECT_REFUSED,
@@ -62,6 +73,10 @@ PRIORITY = [
     *(dataset_reason(outcome) for outcome in _FETCH_ORDER),
     DATASET_FETCH_FAILED,
     VARIANT_REBUILD_FAILED,
+    BATCHING_NOT_SUPPORTED,
+    CONFIG_FIT_FAILED,
+    WARMUP_FAILED,
+    MODEL_LOAD_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -154,6 +169,14 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
         return (VARIANT_REBUILD_FAILED,
                 f"rebuilding the optimized variant failed (exit code {failed.get('exitCode')}): "
                 f"{detail[-1] if detail else failed.get('reason', '')}")
+    if init and cname == FIT_CONFIG_CONTAINER and failed:
+        return _reasoned(failed, known=(BATCHING_NOT_SUPPORTED,), fallback=CONFIG_FIT_FAILED,
+                         what="fitting config.pbtxt to the model failed")
+    if not init and cname == SERVER_CONTAINER and failed:
+        line = (failed.get("message") or "").strip()
+        if line.split(":", 1)[0] in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
+            return _reasoned(failed, known=SERVER_REASONS, fallback=MODEL_LOAD_FAILED,
+                             what="the server could not load the model")
     if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
         restarts = container.get("restartCount", 0)
         why = ""
@@ -165,6 +188,16 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
                 why += f": {str(last['message']).strip()[:300]}"
         return CRASH_LOOP, f"container {cname} is crash-looping ({restarts} restarts){why}"
     return None
+
+
+def _reasoned(failed: Mapping[str, Any], *, known: tuple[str, ...], fallback: str, what: str) -> tuple[str, str]:
+    """A termination message `<Reason>: <why>` (fit-config's, modelship-server's) as the
+    problem: the reason when it is one we know, the why as the message."""
+    line = " ".join((failed.get("message") or "").split())
+    reason, _, detail = line.partition(": ")
+    if reason not in known:
+        reason, detail = fallback, line
+    return reason, f"{what} (exit code {failed.get('exitCode')}): {detail or failed.get('reason', '')}"
 
 
 def _dataset_fetch_problem(failed: Mapping[str, Any]) -> tuple[str, str]:

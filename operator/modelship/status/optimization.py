@@ -14,16 +14,15 @@ import dataclasses
 import datetime
 import json
 import re
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, cast
 
 from modelship.api.v1alpha1 import ModelService
+from modelship.contracts import INPUTS_UNDECLARED_PREFIX, OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
 from modelship.modeluri import redact
 from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
 from modelship.status import conditions as c
 from modelship.status.diagnosis import diagnose_pod
 
-SCHEMA = "modelship.dev/optimize-report/v1"
-OUTCOMES = ("optimized", "baseline", "accuracy_gate_failed")
 CONTAINER = "optimize"
 # A Job may report Complete a moment before the watch delivers its pod's final status.
 SUMMARY_GRACE_SECONDS = 60
@@ -36,11 +35,18 @@ SUCCEEDED = "Succeeded"
 NO_FASTER_VARIANT = "NoFasterVariant"
 ACCURACY_GATE_FAILED = "AccuracyGateFailed"
 FAILED = "Failed"
+INPUTS_UNDECLARED = "InputsUndeclared"  # generated inputs would be meaningless: spec.model.inputs needed
+INPUTS_INVALID = "InputsInvalid"  # spec.model.inputs contradicts the model, or the model cannot run on them
 OPTIMIZING = "Optimizing"  # Ready=False while this spec's Job runs
 OPTIMIZATION_FAILED = "OptimizationFailed"  # Ready=False under failurePolicy FailClosed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DATASET_ERROR = re.compile(r"^(error: )?dataset\b")
+# The optimizer's exit-2 lines about declared inputs (modelship_server/feeds.py and search.py
+# write them; the undeclared one starts with the contract's prefix).
+HINTS_NEEDED_PREFIX = INPUTS_UNDECLARED_PREFIX
+_INPUTS_UNDECLARED = re.compile(r"^(error: )?" + re.escape(INPUTS_UNDECLARED_PREFIX))
+_INPUTS_INVALID = re.compile(r"^(error: )?(spec\.model\.inputs\b|the original model does not run on its inputs)")
 
 
 class SummaryError(ValueError):
@@ -103,20 +109,23 @@ def parse_summary(text: str | None) -> Summary:
         raise SummaryError("the optimize container left no summary (its termination message is empty)")
     text = text.strip()
     try:
-        doc = json.loads(text)
-    except ValueError as error:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
         size = len(text.encode())
         if text.startswith("{") and not text.endswith("}"):
             raise SummaryError(f"the optimize summary is cut off after {size} bytes") from None
         raise SummaryError(f"the optimize summary is not JSON ({error.msg} at character {error.pos}): "
                            f"{_snippet(text)}") from None
-    if not isinstance(doc, dict):
-        raise SummaryError(f"the optimize summary must be a JSON object; got {type(doc).__name__}: {_snippet(text)}")
-    if doc.get("schema") != SCHEMA:
-        raise SummaryError(f"the optimize summary has schema {doc.get('schema')!r}; this operator reads {SCHEMA}")
+    if not isinstance(parsed, dict):
+        raise SummaryError(f"the optimize summary must be a JSON object; got {type(parsed).__name__}: {_snippet(text)}")
+    # The keys are the contract's (mypy checks the writer's, modelship_server/optimize/report.py); values are checked here.
+    doc = cast(OptimizeSummary, parsed)
+    if doc.get("schema") != SUMMARY_SCHEMA:
+        raise SummaryError(f"the optimize summary has schema {doc.get('schema')!r}; this operator reads {SUMMARY_SCHEMA}")
     outcome = doc.get("outcome")
-    if outcome not in OUTCOMES:
-        raise SummaryError(f"the optimize summary's outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
+    if outcome not in OPTIMIZE_OUTCOMES:
+        raise SummaryError(f"the optimize summary's outcome must be one of {', '.join(OPTIMIZE_OUTCOMES)}; "
+                           f"got {outcome!r}")
     chosen = doc.get("chosen")
     if not isinstance(chosen, str) or not chosen:
         raise SummaryError(f"the optimize summary's chosen must name a variant; got {chosen!r}")
@@ -129,7 +138,7 @@ def parse_summary(text: str | None) -> Summary:
     if outcome == "optimized" and (not apply_args or sha256 is None):
         raise SummaryError(f"the optimize summary chose variant {chosen} but gives no apply_args and sha256 "
                            "to rebuild it in the serving pods")
-    if outcome == "optimized":
+    if outcome == "optimized" and sha256 is not None:
         expected = apply_args[apply_args.index("--expect-sha256") + 1:][:1] if "--expect-sha256" in apply_args else []
         if [e.lower() for e in expected] != [sha256.lower()]:
             raise SummaryError(f"the optimize summary's apply_args must pass --expect-sha256 {sha256.lower()} (its "
@@ -322,8 +331,10 @@ def _running(pod: Mapping[str, Any], name: str) -> bool:
 
 
 def _seconds_between(earlier: str, later: str) -> float:
+    def parse(stamp: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
     try:
-        parse = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
         return (parse(later) - parse(earlier)).total_seconds()
     except ValueError:
         return float("inf")
@@ -381,10 +392,11 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
         fail_closed = spec.failure_policy == "FailClosed"
         then = ("nothing rolls out (failurePolicy FailClosed)" if fail_closed
                 else "serving the original model (failurePolicy FallbackToBaseline)")
-        message = f"optimize Job {job_name} failed: {_explain(msvc, result.detail)}; {then}"
+        reason, explained = _inputs_failure(result.detail)
+        message = f"optimize Job {job_name} {explained or 'failed: ' + _explain(msvc, result.detail)}; {then}"
         return Decision(
             artifact=None if fail_closed else original(msvc.spec),
-            condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, FAILED, message, warning=True),
+            condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, reason, message, warning=True),
             status={"job": job_name, "outcome": "failed"},
             wait=Wait(OPTIMIZATION_FAILED, message, blocked=True) if fail_closed else None,
             finished=True,
@@ -426,6 +438,18 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
     return Decision(artifact=artifact, condition=condition, status=status, finished=True)
 
 
+def _inputs_failure(detail: str) -> tuple[str, str]:
+    """(reason, message) when the Job stopped over the model's inputs rather than failing:
+    undeclared inputs where generation would mean nothing, or declared ones the model refuses."""
+    line = detail.removeprefix("error: ")
+    if _INPUTS_UNDECLARED.match(detail):
+        return INPUTS_UNDECLARED, (f"stopped before its search: {line} (declare them in spec.model.inputs, or set "
+                                   "spec.optimization.dataset)")
+    if _INPUTS_INVALID.match(detail):
+        return INPUTS_INVALID, f"stopped before its search: {line} (fix spec.model.inputs)"
+    return FAILED, ""
+
+
 def _inputs_phrase(inputs: str) -> str:
     """The summary's inputs as a reader needs them: whether the gate saw real data."""
     if inputs.startswith("dataset"):
@@ -441,9 +465,10 @@ def _explain(msvc: ModelService, detail: str) -> str:
     dataset = msvc.spec.optimization.dataset
     if dataset is None or not _DATASET_ERROR.match(detail):
         return detail
-    return (f"{detail} (the .npz of spec.optimization.dataset, {redact(dataset.uri)}, does not fit the model: it needs "
-            "one array per model input, named after the input, with its dtype and shape, samples on the first "
-            "axis; fix the file and spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
+    return (f"{detail} (the .npz of spec.optimization.dataset, {redact(dataset.uri)}, does not fit the model: it "
+            "needs one array per model input, named after the input, with its dtype, either batch-first (samples "
+            "on the batch axis) or stacked complete feeds (one axis more than the input); fix the file and "
+            "spec.optimization.dataset.sha256, or remove spec.optimization.dataset)")
 
 
 def _capacity_sentence(capacity: Capacity | None) -> str:

@@ -37,6 +37,8 @@ def decode_request(
         doc = _loads(bytes(header_bytes) if isinstance(header_bytes, memoryview) else header_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"request body must be a JSON object, got {type(doc).__name__}")
     raw_inputs = doc.get("inputs")
@@ -90,6 +92,8 @@ def decode_request(
             outputs.append(RequestedOutput(o["name"], bool(binary) if binary is not None else None))
 
     request_id = doc.get("id", "")
+    if isinstance(request_id, str):
+        tensors.check_text("request 'id'", request_id)
     return InferRequest(
         model=model,
         version=version,
@@ -134,7 +138,8 @@ def encode_response(response: InferResponse) -> tuple[bytes, list, int | None]:
 
 
 def error_body(message: str) -> bytes:
-    return _dumps({"error": message}).encode()
+    # The message may quote the client's own bad text (a lone surrogate): never fail on it.
+    return _dumps({"error": message}).encode(errors="backslashreplace")
 
 
 def dumps(doc: Any) -> bytes:

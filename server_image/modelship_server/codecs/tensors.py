@@ -12,7 +12,7 @@ import struct
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+from tritonclient.utils import serialize_byte_tensor
 
 from .. import datatypes
 from ..errors import InvalidInput
@@ -25,6 +25,7 @@ def check_header(name: Any, datatype: Any, shape: Any, what: str = "input") -> s
     """Validate the name/datatype/shape triple every tensor carries; return the name."""
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{what} tensor without a 'name' string (got {name!r})")
+    check_text(f"{what} name", name)
     if datatype not in datatypes.DATATYPES:
         raise InvalidInput(
             f"{what} '{name}': unknown datatype {datatype!r}; expected one of "
@@ -34,9 +35,30 @@ def check_header(name: Any, datatype: Any, shape: Any, what: str = "input") -> s
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(
-            f"{what} '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"
+            f"{what} '{name}': 'shape' must be a list of non-negative integers, got {shape!r}"[:300]
         )
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{what} '{name}': rank {len(shape)} is over the limit of {MAX_RANK} dimensions")
+    big = next((d for d in shape if d > MAX_DIM), None)
+    if big is not None:
+        raise InvalidInput(f"{what} '{name}': dimension {big} is over the limit of {MAX_DIM} (int64)")
     return name
+
+
+MAX_RANK = 64  # the most numpy 2 can hold; numpy 1 stops at 32 and _reshape says so
+MAX_DIM = 2**63 - 1
+
+
+def check_text(what: str, value: str) -> str:
+    """A string that must go back on the wire: lone surrogates (valid JSON, invalid UTF-8) are refused."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} {value[:40].encode(errors='backslashreplace').decode()!r} is not valid Unicode text: {exc.reason} "
+            f"at position {exc.start}"
+        ) from None
+    return value
 
 
 _NONE_FOUND = object()
@@ -64,19 +86,23 @@ def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarr
         flat = data if isinstance(data, list) else [data]
         if any(isinstance(v, list) for v in flat):
             flat = list(_flatten(flat))
-        bad = next((v for v in flat if not isinstance(v, str)), None)
-        if bad is not None:
+        bad = next((v for v in flat if not isinstance(v, str)), _NONE_FOUND)
+        if bad is not _NONE_FOUND:
             raise InvalidInput(f"input '{name}': expected strings for BYTES, got {_describe(bad)}")
         if len(flat) != count:
             raise InvalidInput(
                 f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}"
             )
-        return np.array([s.encode() for s in flat], dtype=object).reshape(shape)
+        try:
+            encoded = [s.encode() for s in flat]
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"input '{name}': a BYTES element is not valid Unicode text: {exc.reason}") from None
+        return _reshape(name, np.array(encoded, dtype=object), shape)
     if not isinstance(data, list):
         data = [data]
     try:
         arr = np.asarray(data)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidInput(
             f"input '{name}': 'data' is a ragged nested list; expected {count} {datatype} values "
             f"for shape {list(shape)}"
@@ -118,7 +144,14 @@ def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarr
                 f"input '{name}': value {int(bad)} is out of range for {datatype} "
                 f"[{info.min}, {info.max}]"
             )
-    return arr.astype(dtype, copy=False).reshape(shape)
+    return _reshape(name, arr.astype(dtype, copy=False), shape)
+
+
+def _reshape(name: str, arr: np.ndarray, shape: list[int]) -> np.ndarray:
+    try:
+        return arr.reshape(shape)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': cannot take shape {list(shape)}: {exc}") from None
 
 
 def _flatten(values):
@@ -133,24 +166,54 @@ def from_bytes(name: str, datatype: str, shape: list[int], buf) -> np.ndarray:
     """Raw little-endian bytes (binary extension, gRPC raw contents) to an array; no copy."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        try:
-            arr = deserialize_bytes_tensor(bytes(buf)) if len(buf) else np.empty(0, dtype=object)
-        except (struct.error, ValueError, IndexError):
-            raise InvalidInput(
-                f"input '{name}': BYTES data is not a sequence of 4-byte length-prefixed strings"
-            ) from None
-        if arr.size != count:
-            raise InvalidInput(
-                f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}"
-            )
-        return arr.reshape(shape)
+        return _reshape(name, split_bytes(name, buf, count), shape)
     dtype = datatypes.to_numpy(datatype)
     expected = count * dtype.itemsize
     if len(buf) != expected:
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes, got {len(buf)}"
         )
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return _reshape(name, np.frombuffer(buf, dtype=dtype), shape)
+
+
+_U32 = struct.Struct("<I")
+
+
+def split_bytes(name: str, buf, count: int) -> np.ndarray:
+    """Triton's BYTES wire format (4-byte little-endian length, then the bytes) to an object array.
+
+    Stops at the first element past `count`: 16 MiB of empty strings declared as
+    [1, 1] is refused after two elements, not after four million.
+    """
+    view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf
+    end = len(view)
+    out = []
+    append = out.append
+    unpack = _U32.unpack_from
+    pos = 0
+    while pos < end:
+        if len(out) == count:
+            raise InvalidInput(
+                f"input '{name}': shape needs {count} elements, got more in {end} bytes of BYTES data"
+            )
+        if pos + 4 > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES data is not a sequence of 4-byte length-prefixed strings "
+                f"({end - pos} stray bytes at offset {pos})"
+            )
+        (n,) = unpack(view, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element {len(out)} declares {n} bytes but only {end - pos} remain"
+            )
+        append(bytes(view[pos:pos + n]))
+        pos += n
+    if len(out) != count:
+        raise InvalidInput(f"input '{name}': shape needs {count} elements, got {len(out)}")
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    return arr
 
 
 _CONTENTS_FIELD = {
@@ -212,6 +275,8 @@ def to_bytes(datatype: str, arr: np.ndarray):
     """Wire bytes of an array: a zero-copy view when the array is contiguous."""
     if datatype == "BYTES":
         return serialize_byte_tensor(arr).item() if arr.size else b""  # a 0-d object array holding bytes
+    if arr.size == 0:
+        return b""  # memoryview cannot cast an empty view
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     return memoryview(arr).cast("B")

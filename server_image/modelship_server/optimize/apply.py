@@ -38,12 +38,18 @@ def parse_recipe(text: str) -> Recipe:
                          f"({first[0] if first else type(exc).__name__}); got {text[:120]!r}") from None
 
 
-def args_for(recipe: Recipe, sha256: str, samples: int, seed: int, dataset: Path | None) -> list[str]:
-    """The flags that make `modelship optimize` rebuild this recipe (recorded in the report)."""
+def args_for(recipe: Recipe, sha256: str, samples: int, seed: int, dataset: Path | None,
+             inputs: str | None = None) -> list[str]:
+    """The flags that make `modelship optimize` rebuild this recipe (recorded in the report).
+    A calibrated recipe rebuilds from the same inputs: the dataset, else the declared inputs
+    the calibration feeds were generated from."""
     args = ["--apply-recipe", recipe.model_dump_json(), "--expect-sha256", sha256,
             "--samples", str(samples), "--seed", str(seed)]
-    if dataset is not None and (recipe.kind == "static_int8" or recipe.float_fraction > 0):  # calibrated
+    calibrated = recipe.kind == "static_int8" or recipe.float_fraction > 0
+    if dataset is not None and calibrated:
         args += ["--dataset", str(dataset)]
+    elif inputs and calibrated:
+        args += ["--inputs", inputs]
     return args
 
 

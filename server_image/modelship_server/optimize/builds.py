@@ -94,7 +94,7 @@ def _build(recipe: cand.Recipe, source: Path, workdir: Path, calibration: list[F
     start = time.monotonic()
     try:
         path = cand.build(recipe, source, workdir, calibration)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a recipe that fails to build is a finding, reported
         return Built(recipe, None, f"{type(exc).__name__}: {str(exc)[:200]}", time.monotonic() - start)
     return Built(recipe, path, None, time.monotonic() - start)
 

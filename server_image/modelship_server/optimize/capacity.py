@@ -27,6 +27,7 @@ import onnx
 from pydantic import BaseModel
 
 from .candidates import Recipe
+from .inputs import Feed
 
 Percentile = Literal["p50", "p90", "p95", "p99"]
 PLATEAU = 1.10  # a level that adds less than 10 % throughput is past the knee
@@ -141,6 +142,21 @@ def config_pbtxt(config: BatchingConfig) -> str:
     return text
 
 
+def warmup_pbtxt(feed: Feed, config: BatchingConfig, model_dir: Path) -> str:
+    """The sweep's request as the server's warm-up sample (written under model_dir/warmup/):
+    the server warms up on what it will be sent, not on 1-sized stand-ins a model may refuse."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from modelship_server.triton_warmup import WARMUP_FOLDER, sample_for
+
+    sample, files = sample_for(feed, config.max_batch_size, name="capacity request")
+    (model_dir / WARMUP_FOLDER).mkdir(exist_ok=True)
+    for name, data in files.items():
+        (model_dir / WARMUP_FOLDER / name).write_bytes(data)
+    return text_format.MessageToString(mc.ModelConfig(model_warmup=[sample]))
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -155,13 +171,13 @@ def _free_ports(n: int) -> list[int]:
 class _Server:
     """A modelship-server child process on loopback serving one model; always stopped."""
 
-    def __init__(self, model_file: Path, config: BatchingConfig, recipe: Recipe, workdir: Path) -> None:
+    def __init__(self, model_file: Path, config: BatchingConfig, recipe: Recipe, workdir: Path, feed: Feed) -> None:
         repo = workdir / "repository"
         shutil.rmtree(repo, ignore_errors=True)
         version = repo / "model" / "1"
         version.mkdir(parents=True)
         os.symlink(model_file.resolve(), version / "model.onnx")
-        (repo / "model" / "config.pbtxt").write_text(config_pbtxt(config))
+        (repo / "model" / "config.pbtxt").write_text(config_pbtxt(config) + warmup_pbtxt(feed, config, repo / "model"))
         self.http, self.grpc, metrics = _free_ports(3)
         providers = ",".join(p.removesuffix("ExecutionProvider").lower() for p in recipe.providers)
         args = [sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
@@ -190,11 +206,14 @@ class _Server:
                 self.proc.wait()
 
 
-def measure(model_file: Path, recipe: Recipe, *, slo_ms: float | None, percentile: Percentile = "p95",
+def measure(model_file: Path, recipe: Recipe, *, feed: Feed, slo_ms: float | None,
+            percentile: Percentile = "p95",
             max_batch_size: int = 32, budget_seconds: float = 120.0, level_seconds: float = 1.5,
             max_concurrency: int = 64, progress: TextIO = sys.stderr,
             clock: Callable[[], float] = time.monotonic) -> Capacity:
-    """Sweep each batching configuration on a real server and pick the capacity."""
+    """Sweep each batching configuration on a real server and pick the capacity. Every
+    request is `feed`: one sample of the inputs the search used (the dataset's or the declared
+    shapes), so the sweep times the requests the service will get."""
     from modelship_server.bench import _Target, run_level_async
 
     start = clock()
@@ -205,11 +224,12 @@ def measure(model_file: Path, recipe: Recipe, *, slo_ms: float | None, percentil
             if sweeps and clock() - start > budget_seconds:
                 print(f"[capacity] budget of {budget_seconds:g}s spent; not trying {config}", file=progress)
                 break
-            server = _Server(model_file, config, recipe, Path(tmp))
+            server = _Server(model_file, config, recipe, Path(tmp), feed)
             levels: list[Level] = []
             try:
                 server.wait_ready()
-                target = _Target(f"127.0.0.1:{server.grpc}", "grpc", "model", "", 1, {}, "random", True)
+                target = _Target(f"127.0.0.1:{server.grpc}", "grpc", "model", "", 1, {}, "random", True,
+                                 feed=feed)
                 concurrency = 1
                 while concurrency <= max_concurrency:
                     r = run_level_async(target, concurrency, warmup_s=0.3, measure_s=level_seconds)

@@ -58,8 +58,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder for model.onnx (the chosen variant) and report.json")
     parser.add_argument("--sha256", help="expected sha256 of --model (hex); refuse the model if it differs")
     parser.add_argument("--dataset", type=Path,
-                        help=".npz with one array per model input, samples on the first axis; used for "
-                             "calibration and the accuracy gate (default: random inputs from the model's shapes)")
+                        help=".npz with one array per model input: batch-first (samples on the batch axis) or "
+                             "stacked complete feeds (one axis more than the input); used for calibration, the "
+                             "accuracy gate and the capacity sweep (default: inputs generated from --inputs and "
+                             "the model's shapes)")
+    parser.add_argument("--inputs", metavar="JSON", default=None,
+                        help="declared inputs, the JSON form of a ModelService's spec.model.inputs: "
+                             '[{"name": "x", "shape": [1, 3, 48, 160]}, {"name": "sr", "value": 16000}, '
+                             '{"name": "ids", "range": [0, 30522]}]; shape is one request\'s whole shape, '
+                             "batch axis included. Generated inputs follow it; without it (and without "
+                             "--dataset) a model with a dynamic non-batch dim or a scalar input is refused")
     parser.add_argument("--metric", default="cosine", choices=["cosine", "top1_agreement", "max_abs", "max_rel"],
                         help="accuracy metric of the gate (default: cosine)")
     parser.add_argument("--threshold-mean", type=float, default=None,
@@ -118,7 +126,7 @@ def _check_model(path: Path, expected_sha256: str | None):  # noqa: ANN202 - onn
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever onnx or ORT raise, the model is not loadable
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"model file {path} is not a loadable ONNX model ({detail}); "
                          "check that it is a complete .onnx export") from None
@@ -144,19 +152,29 @@ def _write(path: Path, text: str) -> None:
         print(f"modelship optimize: cannot write termination log {path}: {exc}", file=sys.stderr)
 
 
-def _feeds(args: argparse.Namespace, model) -> tuple[list, list, str]:  # noqa: ANN001 - onnx.ModelProto
-    """Calibration and validation inputs, the same way for a search and for a re-apply."""
+def _feeds(args: argparse.Namespace, model, *, strict: bool = True) -> tuple[list, list, str]:  # noqa: ANN001
+    """Calibration and validation inputs, the same way for a search and for a re-apply.
+
+    `strict`: refuse to generate inputs that would be meaningless (feeds.require_generatable);
+    a re-apply is not strict, it regenerates exactly what the search used."""
+    from modelship_server.feeds import InputsError, check_hints, parse_hints, require_generatable
+
     from .inputs import DatasetError, generate, input_specs, load_dataset
 
     specs = input_specs(model)
     try:
+        hints = parse_hints(args.inputs, where="--inputs")
+        check_hints(specs, hints)
         if args.dataset is not None:
             feeds = load_dataset(args.dataset, specs)
             source = f"dataset {args.dataset}"
         else:
-            feeds = generate(specs, max(args.samples, 1), seed=args.seed)
-            source = f"generated ({len(feeds)} inputs, seed {args.seed})"
-    except DatasetError as exc:
+            if strict:
+                require_generatable(specs, hints)
+            feeds = generate(specs, max(args.samples, 1), seed=args.seed, hints=hints)
+            declared = ", declared shapes" if hints else ""
+            source = f"generated ({len(feeds)} inputs, seed {args.seed}{declared})"
+    except (DatasetError, InputsError) as exc:
         raise UsageError(str(exc)) from None
     # Calibrate and validate on disjoint halves when there is enough data, so the gate is not
     # judged on the very inputs the quantizer's ranges were fitted to.
@@ -177,7 +195,7 @@ def _apply(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     quiet_quantizer()
     model = _check_model(args.model, args.sha256)
-    calibration, _, _ = _feeds(args, model)
+    calibration, _, _ = _feeds(args, model, strict=False)
     digest = apply(args.model, args.output, recipe, args.expect_sha256, calibration)
     print(f"modelship optimize: rebuilt variant {recipe.name} into {args.output / 'model.onnx'} (sha256 {digest})")
     return 0
@@ -189,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
     from .capacity import measure
     from .gate import HIGHER_IS_BETTER, GateSpec
     from .report import render_table, summary
-    from .search import optimize
+    from .search import BaselineFailed, optimize
 
     import time
 
@@ -212,14 +230,21 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
     search_budget = split_budget(args.budget_seconds, args.capacity_seconds) - (time.monotonic() - started)
-    report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
-                      budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls,
-                      workers=args.build_workers)
+    try:
+        report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
+                          budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls,
+                          workers=args.build_workers)
+    except BaselineFailed as exc:
+        fix = "fix the dataset" if args.dataset is not None else "declare the inputs' shapes and values (--inputs)"
+        raise UsageError(f"{exc}; {fix}") from None
     if report.outcome == "optimized":
         report.apply_args = args_for(report.chosen_recipe, report.output_sha256, args.samples, args.seed,
-                                     args.dataset)
+                                     args.dataset, args.inputs)
     if args.capacity_seconds > 0:
-        report.capacity = measure(args.output / "model.onnx", report.chosen_recipe, slo_ms=args.slo_ms,
+        # One request of the sweep: a sample the gate judged on, so the capacity is measured on
+        # the dataset's or the declared shapes, never on 1-sized stand-ins.
+        report.capacity = measure(args.output / "model.onnx", report.chosen_recipe, feed=validation[0],
+                                  slo_ms=args.slo_ms,
                                   percentile=args.slo_percentile, max_batch_size=args.max_batch_size,
                                   budget_seconds=capacity_seconds_left(args.budget_seconds,
                                                                        time.monotonic() - started,

@@ -3,32 +3,32 @@
 Quantization needs realistic activations and the accuracy gate needs inputs to compare on.
 A user dataset is checked against the model up front so a misfit fails with a message that
 names the input, instead of a shape error deep inside ONNX Runtime or the quantizer.
+
+An .npz holds one array per input, in one of two layouts, told apart by rank:
+- batch-first: the model's rank, samples on the batch axis; sample i is `array[i:i+1]`;
+- stacked feeds: one axis more than the model's rank; sample i is `array[i]`, a complete
+  feed, which is how a scalar input or a state with the batch on axis 1 is written.
+Generated inputs follow the declared shapes and values (`modelship_server.feeds`).
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
-Feed = dict[str, np.ndarray]
+from modelship_server import feeds
+from modelship_server.feeds import Feed, InputHint, InputSpec, shape_text
+
+__all__ = ["DatasetError", "Feed", "InputSpec", "generate", "input_specs", "load_dataset"]
 
 
 class DatasetError(ValueError):
     """The dataset does not fit the model; the message says which input and how."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, numpy dtype, shape with None for dynamic dimensions."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -45,36 +45,25 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def _shape_text(shape: tuple[int | None, ...]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+def generate(specs: list[InputSpec], count: int, seed: int = 0,
+             hints: Sequence[InputHint] = ()) -> list[Feed]:
+    """`count` random feeds in the declared shapes and values (feeds.generate); strings
+    cannot be generated."""
+    for spec in specs:
+        if spec.dtype.kind in "OSU":
+            raise DatasetError(f"input {spec.name!r} has dtype {spec.dtype}, which cannot be generated; "
+                               "pass --dataset FILE.npz with real inputs")
+    return feeds.generate(specs, hints, count, seed=seed)
 
 
-def generate(specs: list[InputSpec], count: int, seed: int = 0) -> list[Feed]:
-    """`count` random feeds, batch of one, dynamic dimensions set to 1, reproducible by seed."""
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(count):
-        feed: Feed = {}
-        for spec in specs:
-            shape = tuple(1 if d is None else d for d in spec.shape)
-            if spec.dtype.kind == "f":
-                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            elif spec.dtype.kind in "iu":
-                feed[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
-            elif spec.dtype.kind == "b":
-                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
-            else:
-                raise DatasetError(f"input {spec.name!r} has dtype {spec.dtype}, which cannot be generated; "
-                                   "pass --dataset FILE.npz with real inputs")
-        feeds.append(feed)
-    return feeds
+HOW_TO_WRITE = ("write every input the same way: batch-first, np.savez(path, **{name: array}) with the samples "
+                "on the model's batch axis, or one complete feed per sample, np.savez(path, **{name: "
+                "np.stack([feed[name] for feed in feeds])})")
 
 
 def load_dataset(path: Path, specs: list[InputSpec]) -> list[Feed]:
-    """Feeds from an .npz holding one array per input, samples stacked on the first axis.
-
-    Sample i is `array[i:i+1]` for every input, so the batch axis stays in place.
-    """
+    """Feeds from an .npz holding one array per input, batch-first or stacked feeds (see the
+    module docstring); every input must be written the same way."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
@@ -92,18 +81,54 @@ def load_dataset(path: Path, specs: list[InputSpec]) -> list[Feed]:
     if extra:
         raise DatasetError(f"dataset {path} has array(s) {extra} that are not model inputs; "
                            f"the model expects {sorted(expected)}")
+    for spec in specs:
+        if spec.dtype.kind == "O" and arrays[spec.name].dtype.kind in "US":  # strings: savez cannot store objects
+            arrays[spec.name] = arrays[spec.name].astype(object)
+        if arrays[spec.name].dtype != spec.dtype:
+            raise DatasetError(f"dataset input {spec.name!r}: expected dtype {spec.dtype}, "
+                               f"got {arrays[spec.name].dtype}")
+    stacked = layout(path, specs, arrays)
     counts = set()
     for spec in specs:
         array = arrays[spec.name]
-        if array.dtype != spec.dtype:
-            raise DatasetError(f"dataset input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype}")
-        if array.ndim != len(spec.shape) or any(
-                want is not None and got != want for want, got in zip(spec.shape[1:], array.shape[1:])):
-            raise DatasetError(f"dataset input {spec.name!r}: expected shape {_shape_text(spec.shape)} "
-                               f"(samples on the first axis), got {list(array.shape)}")
+        sample = array.shape[1:] if stacked else (1,) + array.shape[1:]
+        if any(want is not None and got != want for want, got in zip(spec.shape, sample)):
+            form = ("one complete feed per sample on a new first axis" if stacked
+                    else "samples on the first axis")
+            raise DatasetError(f"dataset input {spec.name!r}: expected samples of shape {shape_text(spec.shape)} "
+                               f"({form}), got {list(array.shape)}, i.e. samples of {list(sample)}")
         counts.add(array.shape[0])
     if len(counts) != 1 or 0 in counts:
         raise DatasetError(f"dataset {path}: every input needs the same, non-zero number of samples "
                            f"on the first axis, got {sorted(counts)}")
     total = counts.pop()
+    if stacked:
+        return [{name: arrays[name][i, ...] for name in expected} for i in range(total)]  # 0-d stays an array
     return [{name: arrays[name][i:i + 1] for name in expected} for i in range(total)]
+
+
+def layout(path: Path, specs: list[InputSpec], arrays: dict[str, np.ndarray]) -> bool:
+    """Pure: True when the arrays are stacked feeds, False when batch-first; DatasetError
+    when the ranks do not say, or say different things for different inputs."""
+    stacked, batch_first, wrong = [], [], []
+    for spec in specs:
+        rank, ndim = len(spec.shape), arrays[spec.name].ndim
+        if ndim == rank + 1:
+            stacked.append(spec.name)
+        elif ndim == rank and rank > 0:
+            batch_first.append(spec.name)
+        else:
+            wrong.append(f"{spec.name!r} has {ndim} axes for the model's {shape_text(spec.shape)}, expected "
+                         f"{rank + 1} (stacked feeds)" + (f" or {rank} (batch-first)" if rank else ""))
+    if wrong:
+        raise DatasetError(f"dataset {path}: input {'; '.join(wrong)}; {HOW_TO_WRITE}")
+    if stacked and batch_first:
+        raise DatasetError(f"dataset {path} mixes layouts: {stacked} are stacked feeds (one axis more than the "
+                           f"model's input) but {batch_first} are batch-first (the model's rank); {HOW_TO_WRITE}")
+    if batch_first:
+        fixed = [f"{s.name!r} {shape_text(s.shape)}" for s in specs if s.shape and s.shape[0] not in (None, 1)]
+        if fixed:
+            raise DatasetError(f"dataset {path}: batch-first samples need a batch axis first, but input "
+                               f"{', '.join(fixed)} fixes its first axis; write one complete feed per sample: "
+                               "np.savez(path, **{name: np.stack([feed[name] for feed in feeds])})")
+    return bool(stacked)

@@ -11,13 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from modelship.contracts import SUMMARY_LIMIT, SUMMARY_SCHEMA, OptimizeSummary
+
 from .candidates import Recipe
 from .capacity import Capacity
 from .gate import GateResult, GateSpec
 from .timing import TimingStats
 
-SCHEMA_VERSION = "modelship.dev/optimize-report/v1"
-SUMMARY_LIMIT = 4096
+SCHEMA_VERSION = SUMMARY_SCHEMA  # the full report's schema is the summary's
 
 Status = Literal["chosen", "kept", "rejected", "skipped"]
 # optimized: a variant beat the original; baseline: none did beyond the measured spread;
@@ -65,7 +66,7 @@ def outcome_of(chosen: str, candidates: list[Candidate]) -> Outcome:
     if chosen != "baseline":
         return "optimized"
     gated = [c for c in candidates if c.name != "baseline" and c.gate is not None]
-    if gated and not any(c.gate.passed for c in gated):
+    if gated and not any(c.gate is not None and c.gate.passed for c in gated):
         return "accuracy_gate_failed"
     return "baseline"
 
@@ -104,7 +105,7 @@ def summary(report: Report, limit: int = SUMMARY_LIMIT) -> str:
     rows = [[c.name, c.status, None if c.speedup is None else round(c.speedup, 3),
              None if c.gate is None else round(c.gate.mean, 5), c.reason[:120]] for c in report.candidates]
     cap = report.capacity
-    doc = {
+    doc: OptimizeSummary = {
         "schema": SCHEMA_VERSION,
         "outcome": report.outcome,
         "chosen": "original" if report.chosen == "baseline" else report.chosen,

@@ -7,6 +7,7 @@ what the user gave us, within what we can measure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import sys
@@ -94,6 +95,10 @@ class BuildFailed(Exception):
     """A candidate's build raised; the message is the build's own error."""
 
 
+class BaselineFailed(Exception):
+    """The original model does not run on the inputs: nothing can be compared; says why."""
+
+
 class _Search:
     """One search's state, phase by phase: the baseline, builds gated as they finish, timing."""
 
@@ -116,8 +121,13 @@ class _Search:
         """The original file itself: no copy, it is only read (and copied out if it stays the choice)."""
         recipe, path = cand.baseline_recipe(), self.model
         self.sessions["baseline"] = cand.open_session(recipe, path)
-        self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
-                                                                  self.clock)
+        try:
+            self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
+                                                                      self.clock)
+        except Exception as exc:  # noqa: BLE001 - the inputs, not a candidate, are wrong: say so, in its words
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in self.validation[0].items())
+            raise BaselineFailed(f"the original model does not run on its inputs ({shapes}): {detail}") from None
         self.files["baseline"] = path
         self.results["baseline"] = Candidate(name="baseline", recipe=recipe, status="kept", reason="reference",
                                              size_bytes=path.stat().st_size)
@@ -153,7 +163,7 @@ class _Search:
                 raise BuildFailed(built.error or "no file")
             session = cand.open_session(recipe, built.path)
             outputs, call_ms = _timed_run(session, self.validation, self.clock)
-        except Exception as exc:  # a recipe that does not apply to this model is a finding, not a crash
+        except Exception as exc:  # noqa: BLE001 - a recipe that does not apply to this model is a finding, not a crash
             detail = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {str(exc)[:200]}"
             self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
                                                   reason=f"build failed: {detail}")
@@ -183,7 +193,7 @@ class _Search:
         feed = self.validation[0]
         # Racing: from round 6 on, a variant outpaced by another beyond noise stops being timed (after
         # 3 rounds, a loaded machine's swings dropped the variant that was 1.6x faster head to head).
-        timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in self.sessions.items()},
+        timings = time_interleaved({n: functools.partial(s.run, None, feed) for n, s in self.sessions.items()},
                                    rounds=rounds, calls=calls, protected={"baseline"},
                                    race_after=MIN_PAIRED_ROUNDS)
         raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
@@ -221,7 +231,7 @@ class _Search:
             if 2 * cost_seconds([self.per_call_ms[n] for n in names], batch_rounds, calls, warmup=1) > left:
                 self.say(f"sequential test: budget spent with {', '.join(sorted(open_))} undecided")
                 break
-            more = time_interleaved({n: (lambda s=self.sessions[n]: s.run(None, self.validation[0])) for n in names},
+            more = time_interleaved({n: functools.partial(self.sessions[n].run, None, self.validation[0]) for n in names},
                                     rounds=batch_rounds, calls=calls, warmup=1)
             for name in names:
                 per_round[name] += more[name].rounds_ms
@@ -274,9 +284,11 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
     # Builds finish in any order; the report lists candidates in the order they were proposed.
     results = search.results
     ordered = [results["baseline"]] + [results[r.name] for r in recipes] + [results[k.name] for k in skipped]
+    chosen_recipe = results[chosen].recipe
+    assert chosen_recipe is not None, "a chosen candidate was built from a recipe"
     return Report(model_sha256=sha256_file(model), output_sha256=sha256_file(out), chosen=chosen,
                   outcome=outcome_of(chosen, ordered), spread=round(timings["baseline"].spread, 4),
-                  chosen_recipe=results[chosen].recipe, gate=gate, validation_inputs=len(validation),
+                  chosen_recipe=chosen_recipe, gate=gate, validation_inputs=len(validation),
                   input_source=input_source, onnxruntime_version=ort.__version__,
                   timing_rounds=rounds, timing_calls=calls,
                   duration_seconds=round(clock() - search.start, 3), candidates=ordered)

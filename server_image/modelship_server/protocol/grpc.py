@@ -1,34 +1,83 @@
 """KServe v2 GRPCInferenceService on grpc.aio, using tritonclient's generated modules.
 
-`service_pb2` / `service_pb2_grpc` ship with tritonclient, so the messages are
-exactly the ones tritonclient (and Triton) use and no .proto copy is kept here.
-Errors become gRPC status codes (errors.ServingError carries them); a missing
-model's ModelReady answers ready=false, not NOT_FOUND, as Triton does.
+`service_pb2` ships with tritonclient, so the messages are exactly the ones
+tritonclient (and Triton) use and no .proto copy is kept here. Errors become
+gRPC status codes in one place (`_mapped`); a missing model's ModelReady
+answers ready=false, not NOT_FOUND, as Triton does.
+
+The two inference methods take the message as bytes and parse it themselves:
+its size is charged to the byte budget before parsing (RESOURCE_EXHAUSTED with a
+retry-after trailer when over), a message that does not parse is an
+INVALID_ARGUMENT (in a stream: an error for that message, and the stream goes
+on), and a large one is parsed and decoded off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from .. import __version__
+from ..budget import ByteBudget
 from ..codecs import grpc as codec
 from ..dataplane import DataPlane
-from ..errors import ServingError
+from ..errors import InvalidInput, Overloaded, ServingError, Unavailable
+from ..messages import InferRequest
 
 log = logging.getLogger(__name__)
 
+SERVICE = "inference.GRPCInferenceService"
+OFFLOAD_DECODE_BYTES = 256 * 1024  # messages larger than this are parsed on a worker thread
 
-class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+
+def _mapped(method):
+    """Turn a ServingError (or a bug) raised by a unary method into its gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            code, message = exc.grpc_code, exc.message
+            if isinstance(exc, Unavailable):
+                context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
+        except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
+            log.exception("gRPC %s failed", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        # Set the status and return, rather than abort() from inside the except: the
+        # exception's frames would hold the request (up to the message cap) in a
+        # cycle until the garbage collector ran.
+        del request
+        context.set_code(code)
+        context.set_details(message)
+        return None
+
+    return wrapper
+
+
+def _parse(raw: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(raw)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise InvalidInput(f"the ModelInferRequest message does not parse: {exc}") from None
+
+
+def _parse_and_decode(raw: bytes) -> tuple[pb.ModelInferRequest, InferRequest | None]:
+    msg = _parse(raw)
+    return msg, codec.decode_request(msg)
+
+
+class InferenceService:
+    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None) -> None:
         self.dp = dataplane
-
-    @staticmethod
-    async def _fail(context, exc: ServingError):
-        await context.abort(exc.grpc_code, exc.message)
+        self.budget = budget or ByteBudget(1 << 62)
+        self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-decode")
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -43,11 +92,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         md = self.dp.server_metadata()
         return pb.ServerMetadataResponse(name=md["name"], version=__version__, extensions=md["extensions"])
 
+    @_mapped
     async def ModelMetadata(self, request, context):
-        try:
-            md = self.dp.model_metadata(request.name, request.version)
-        except ServingError as exc:
-            await self._fail(context, exc)
+        md = self.dp.model_metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=md["name"],
             versions=md["versions"],
@@ -56,44 +103,65 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in md["outputs"]],
         )
 
+    @_mapped
     async def ModelConfig(self, request, context):
-        try:
-            config = self.dp.model_config(request.name, request.version)
-        except ServingError as exc:
-            await self._fail(context, exc)
-        return pb.ModelConfigResponse(config=config)
+        return pb.ModelConfigResponse(config=self.dp.model_config(request.name, request.version))
 
+    @_mapped
     async def ModelStatistics(self, request, context):
-        try:
-            stats = self.dp.statistics(request.name, request.version)
-        except ServingError as exc:
-            await self._fail(context, exc)
+        stats = self.dp.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[s.to_proto() for s in stats])
 
+    @_mapped
     async def RepositoryIndex(self, request, context):
         return pb.RepositoryIndexResponse(
             models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.dp.repository_index(request.ready)]
         )
 
-    async def ModelInfer(self, request, context):
+    async def _infer(self, raw: bytes, deadline_s: float | None) -> pb.ModelInferResponse:
+        """One inference from the message's bytes: budget, parse, look up, decode, run, encode."""
+        size = len(raw)
+        reserved = self.budget.try_reserve(size)
+        if reserved < 0:
+            raise Overloaded(self.budget.message(size))
         try:
-            self.dp.registry.get(request.model_name, request.model_version)  # 404 / 503 first
-            req = codec.decode_request(request)
-            remaining = context.time_remaining()
-            if remaining is not None and (req.timeout_s is None or remaining < req.timeout_s):
-                req.timeout_s = max(remaining, 1e-6)
-            resp = await self.dp.infer(req)
-            return codec.encode_response(resp)
-        except ServingError as exc:
-            await self._fail(context, exc)
+            offload = size > OFFLOAD_DECODE_BYTES
+            loop = asyncio.get_running_loop()
+            msg = await loop.run_in_executor(self.decoder, _parse, raw) if offload else _parse(raw)
+            self.dp.check_model(msg.model_name, msg.model_version, "grpc")  # 404 / 503 before decoding
+            try:
+                if offload:
+                    req = await loop.run_in_executor(self.decoder, codec.decode_request, msg)
+                else:
+                    req = codec.decode_request(msg)
+            except InvalidInput as exc:
+                self.dp.count_rejected(msg.model_name, msg.model_version, "grpc", exc)
+                raise
+            del raw, msg
+            if deadline_s is not None and (req.timeout_s is None or deadline_s < req.timeout_s):
+                req.timeout_s = max(deadline_s, 1e-6)
+            return codec.encode_response(await self.dp.infer(req))
+        finally:
+            self.budget.release(reserved)
+
+    @_mapped
+    async def ModelInfer(self, request: bytes, context):
+        return await self._infer(request, context.time_remaining())
 
     async def ModelStreamInfer(self, request_iterator, context):
-        async for request in request_iterator:
+        # Each message gets its own answer; a bad one is answered with its error and the stream goes on.
+        async for raw in request_iterator:
             try:
-                resp = await self.dp.infer(codec.decode_request(request))
-                yield pb.ModelStreamInferResponse(infer_response=codec.encode_response(resp))
+                resp = await self._infer(raw, None)
             except ServingError as exc:
-                yield pb.ModelStreamInferResponse(error_message=exc.message)
+                yield pb.ModelStreamInferResponse(error_message=exc.message,
+                                                  infer_response=_echo_ids(raw))
+            except Exception as exc:  # noqa: BLE001 - a bug: answer this message, keep the stream
+                log.exception("gRPC ModelStreamInfer message failed")
+                yield pb.ModelStreamInferResponse(error_message=f"internal error: {type(exc).__name__}: {exc}",
+                                                  infer_response=_echo_ids(raw))
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=resp)
 
     async def _unsupported(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this extension is not supported by this server")
@@ -104,7 +172,42 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     TraceSetting = LogSettings = _unsupported
 
 
-def make_server(dataplane: DataPlane, *, max_message_size: int) -> grpc.aio.Server:
+def _echo_ids(raw: bytes) -> pb.ModelInferResponse:
+    """The model and id of a failed stream message, when it parses, so the client can match the error."""
+    try:
+        msg = pb.ModelInferRequest.FromString(raw) if len(raw) < OFFLOAD_DECODE_BYTES else None
+    except Exception:  # noqa: BLE001 - it did not parse: nothing to echo
+        msg = None
+    if msg is None:
+        return pb.ModelInferResponse()
+    try:
+        return pb.ModelInferResponse(model_name=msg.model_name, model_version=msg.model_version, id=msg.id)
+    except Exception:  # noqa: BLE001
+        return pb.ModelInferResponse()
+
+
+_RAW = frozenset(("ModelInfer", "ModelStreamInfer"))  # methods that receive the message's bytes
+
+
+def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
+    """The service's method handlers, built from the proto descriptor (as the generated code does)."""
+    desc = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for m in desc.methods:
+        req_cls = getattr(pb, m.input_type.name)
+        resp_cls = getattr(pb, m.output_type.name)
+        deserializer = None if m.name in _RAW else req_cls.FromString
+        impl = getattr(service, m.name)
+        if m.client_streaming and m.server_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
+        handlers[m.name] = make(impl, request_deserializer=deserializer,
+                                response_serializer=resp_cls.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_size),
@@ -112,5 +215,5 @@ def make_server(dataplane: DataPlane, *, max_message_size: int) -> grpc.aio.Serv
             ("grpc.so_reuseport", 0),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(dataplane), server)
+    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget)),))
     return server

@@ -37,7 +37,7 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 class AddressPool:
     """First-free allocation of one /24: .1 to .254."""
 
-    def __init__(self, key: str, *, routed: bool = True, block: int | None = None):
+    def __init__(self, key: str, *, routed: bool = True, block: int | None = None) -> None:
         block = block_for(key) if block is None else block
         self.prefix = f"198.{18 + block // 256}.{block % 256}" if routed else f"127.{100 + block % 128}.{block // 128}"
         self.cidr = f"{self.prefix}.0/24"

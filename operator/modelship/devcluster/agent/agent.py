@@ -29,7 +29,7 @@ SHUTDOWN_GRACE = 3.0  # `dev-cluster down` tears the whole cluster down: no need
 
 
 class Agent:
-    def __init__(self, kube: Kube, agent_dir: Path, node_names: tuple[str, ...], backoff: BackoffPolicy):
+    def __init__(self, kube: Kube, agent_dir: Path, node_names: tuple[str, ...], backoff: BackoffPolicy) -> None:
         self.kube = kube
         self.dir = Path(agent_dir).resolve()
         self.node_names = node_names
@@ -138,6 +138,7 @@ class Agent:
             if rejected is not None:
                 self._reject(pod, *rejected)
                 return
+            assert self.pool is not None, "run() sets the pool before any pod"
             address = self.pool.allocate()
             worker = PodWorker(kube=self.kube, pod=pod, pod_ip=address, pod_dir=self.pods_dir / meta["uid"],
                                agent_dir=self.dir, backoff=self.backoff, api_address=(self.kube.host, self.kube.port),
@@ -155,7 +156,8 @@ class Agent:
     def _worker_exited(self, worker: PodWorker) -> None:
         with self.lock:
             self.workers.pop(worker.uid, None)
-        self.pool.release(worker.pod_ip)
+        if self.pool is not None:
+            self.pool.release(worker.pod_ip)
         worker.cleanup()
         log.info("pod %s: stopped and cleaned up", worker.key)
 

@@ -1,27 +1,32 @@
-"""Which images the agent can run, and the local command each one stands for.
+"""Which images the agent can run, and the local environment and command each one stands for.
 
-There is no image pulling here: a pod's image is only a name for one of this installation's
-commands, the same ones the images' Dockerfiles put in ENTRYPOINT/CMD (server_image/Dockerfile,
-operator/Dockerfile). Any registry and tag match, so the operator's rendered images run as they are.
+There is no image pulling here: a pod's image names one of modelship's images, and its container
+runs that image's ENTRYPOINT/CMD (server_image/Dockerfile, operator/Dockerfile) from the image's
+environment, built on this machine as the Dockerfile builds it (modelship.devcluster.imageenv:
+the image's lock, then modelship's wheel), so pods run what the images hold, not the development
+venv. Any registry and tag match, so the operator's rendered images run as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelship.devcluster import imageenv
+
 
 @dataclass(frozen=True)
 class LocalImage:
-    """An image's entrypoint and default arguments, as in its Dockerfile."""
+    """An image's entrypoint and default arguments, as in its Dockerfile, and its environment."""
 
     repository: str
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
+    env: imageenv.ImageEnv
 
 
 SERVER = LocalImage("modelship-server", ("modelship-server",),
-                    ("--model-repository", "/models", "--cache-dir", "/tmp/modelship-cache"))
-OPERATOR = LocalImage("modelship", ("modelship",), ("run",))
+                    ("--model-repository", "/models", "--cache-dir", "/tmp/modelship-cache"), imageenv.SERVER)
+OPERATOR = LocalImage("modelship", ("modelship",), ("run",), imageenv.OPERATOR)
 
 _BY_NAME = {"modelship-server": SERVER, "modelship": OPERATOR, "modelship-operator": OPERATOR}
 KNOWN_DESCRIPTION = ("images whose repository ends in modelship-server, modelship or modelship-operator "

@@ -22,7 +22,7 @@ import yaml
 class ApiError(Exception):
     """An API call failed; `status` is the HTTP status (0 when the server was unreachable)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 

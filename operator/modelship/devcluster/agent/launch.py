@@ -10,10 +10,11 @@ Mount points that do not exist on this machine (/models, /dev/termination-log, .
 created on the host as empty folders or files: a mount namespace isolates mounts, not the
 file tree underneath them.
 
-The container's commands are this installation's (its virtualenv, its Python, and for an
-editable install the repository's sources). A pod volume over a folder that holds them (an
-emptyDir at /tmp when the checkout lives under /tmp, as a CI clone may) would hide them, so
-those paths are bound back, read-only, on top of the pod's volumes.
+The container's commands come from its image's venv (the spec's "keep", built by
+modelship.devcluster.imageenv) and the base Python; this launcher from the agent's installation.
+A pod volume over a folder that holds them (an emptyDir at /tmp when the checkout or the cache
+lives under /tmp, as a CI clone may) would hide them, so those paths are bound back, read-only,
+on top of the pod's volumes.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ def hidden_by(paths: list[str], targets: list[str]) -> list[str]:
     return [p for p in paths if any(under(p, t) for t in targets)]
 
 
-def enter(mounts: list[dict], working_dir: str | None) -> None:
+def enter(mounts: list[dict], working_dir: str | None, keep: tuple[str, ...] = ()) -> None:
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     # Opened inside the new namespace (a bind source must belong to it), before any bind.
-    keep = hidden_by(installation_paths(), [m["target"] for m in mounts])
-    restore = [(os.open(p, os.O_PATH), {"source": p, "target": p, "readOnly": True}) for p in keep]
+    paths = sorted({*installation_paths(), *(p for p in keep if os.path.isdir(p))})
+    hidden = hidden_by(paths, [m["target"] for m in mounts])
+    restore = [(os.open(p, os.O_PATH), {"source": p, "target": p, "readOnly": True}) for p in hidden]
     handles = [(os.open(m["source"], os.O_PATH), m) for m in mounts]
     ordered = sorted(handles, key=lambda h: len(Path(h[1]["target"]).parts)) + restore
     for fd, mount in ordered:
@@ -89,7 +91,7 @@ def enter(mounts: list[dict], working_dir: str | None) -> None:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     try:
-        enter(spec["mounts"], spec.get("workingDir"))
+        enter(spec["mounts"], spec.get("workingDir"), tuple(spec.get("keep", ())))
         os.execvpe(spec["argv"][0], spec["argv"], os.environ)
     except OSError as exc:
         message = f"failed to start container: {spec['argv'][0]}: {exc.strerror or exc}"

@@ -72,7 +72,7 @@ def node_manifest(name: str, now: str) -> dict[str, Any]:
 class NodeKeeper:
     """Registers the nodes and keeps them Ready until stopped."""
 
-    def __init__(self, kube: Kube, names: tuple[str, ...]):
+    def __init__(self, kube: Kube, names: tuple[str, ...]) -> None:
         self.kube = kube
         self.names = names
         self.since = _now()

@@ -31,7 +31,8 @@ class ContainerView:
 
     @property
     def succeeded(self) -> bool:
-        return bool(self.terminated) and self.terminated.get("exitCode") == 0
+        terminated = self.terminated
+        return terminated is not None and terminated.get("exitCode") == 0
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {

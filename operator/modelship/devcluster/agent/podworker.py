@@ -12,12 +12,12 @@ import datetime as dt
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from modelship.devcluster import imageenv
 from modelship.devcluster.agent import events, images, probes
 from modelship.devcluster.agent.backoff import BackoffPolicy, should_restart
 from modelship.devcluster.agent.envvars import ConfigError, container_env, expand
@@ -25,6 +25,7 @@ from modelship.devcluster.agent.kube import ApiError, Kube
 from modelship.devcluster.agent.podstatus import ContainerView, pod_status, terminated, waiting
 from modelship.devcluster.agent.process import AGENT_DIR_ENV, POD_UID_ENV, ContainerProcess
 from modelship.devcluster.agent.volumes import VolumeWriter, mount_plan
+from modelship.devcluster.errors import DevClusterError
 
 log = logging.getLogger("modelship.agent")
 
@@ -32,6 +33,7 @@ HOST_IP = "127.0.0.1"
 MESSAGE_LIMIT = 4096
 LOG_FALLBACK_LINES, LOG_FALLBACK_BYTES = 80, 2048
 TICK = 0.1
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TOKEN_REFRESH_SECONDS = 1800.0  # tokens are asked for ~1 h, like the kubelet's; renewed at half-life
 
 
@@ -58,7 +60,7 @@ class PodWorker:
     """Runs one pod; `update` feeds it the latest object from the watch."""
 
     def __init__(self, *, kube: Kube, pod: dict[str, Any], pod_ip: str, pod_dir: Path, agent_dir: Path,
-                 backoff: BackoffPolicy, api_address: tuple[str, int], on_exit: Callable[["PodWorker"], None]):
+                 backoff: BackoffPolicy, api_address: tuple[str, int], on_exit: Callable[["PodWorker"], None]) -> None:
         self.kube = kube
         self.pod = pod
         self.uid = pod["metadata"]["uid"]
@@ -217,9 +219,8 @@ class PodWorker:
 
     def base_env(self) -> dict[str, str]:
         host, port = self.api_address
-        venv_bin = str(Path(sys.executable).parent)
         return {
-            "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": SYSTEM_PATH,
             "HOME": os.environ.get("HOME", "/root"),
             "HOSTNAME": self.name,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -250,7 +251,7 @@ class PodWorker:
 class Container:
     """One container of the pod: its view in the status, its runs, probes and restarts."""
 
-    def __init__(self, worker: PodWorker, spec: dict[str, Any], *, init: bool):
+    def __init__(self, worker: PodWorker, spec: dict[str, Any], *, init: bool) -> None:
         self.worker = worker
         self.spec = spec
         self.name = spec["name"]
@@ -290,12 +291,15 @@ class Container:
             self.publish()
             worker.stopping.wait()
             return False
-        self.view.image_id = f"local://{Path(sys.executable).parent}"
+        venv = self.image_environment(local)
+        if venv is None:
+            return False
+        self.view.image_id = f"local://{venv}"
         failures = 0
         runs = 0
         while not worker.stopping.is_set():
             try:
-                argv, env, mounts = self.configure(local)
+                argv, env, mounts = self.configure(local, venv)
             except (ConfigError, ApiError) as exc:
                 if self.view.state.get("waiting", {}).get("reason") != "CreateContainerConfigError":
                     worker.event("Failed", f"Error: {exc}", self.name)
@@ -312,7 +316,8 @@ class Container:
             runs += 1
             started_at = now_iso()
             process = ContainerProcess(argv, env, mounts=mounts, working_dir=self.spec.get("workingDir"),
-                                       run_dir=self.dir, termination_log=termination_log, log=log_path)
+                                       run_dir=self.dir, termination_log=termination_log, log=log_path,
+                                       keep=(str(venv),))
             self.process = process
             self.view.container_id = f"local://{process.pid}"
             has_startup = bool(self.spec.get("startupProbe")) and not self.is_init
@@ -348,9 +353,33 @@ class Container:
                 worker.stopping.wait(delay)
         return False
 
-    def configure(self, local: images.LocalImage) -> tuple[list[str], dict[str, str], list[dict]]:
+    def image_environment(self, local: images.LocalImage) -> Path | None:
+        """The image's venv (built like its Dockerfile, cached), as a kubelet pulls an image: the
+        Pulling/Pulled events, ErrImagePull and a retry when it cannot be built; None if stopped."""
         worker = self.worker
-        env = container_env(self.spec, worker.pod, base=worker.base_env(), lookup=worker.lookup,
+        while not worker.stopping.is_set():
+            started = time.monotonic()
+            worker.event("Pulling", f'Pulling image "{self.view.image}" (its environment: {local.env.lock})',
+                         self.name)
+            try:
+                venv = imageenv.ensure(local.env, progress=lambda line: log.info("image %s: %s", local.repository, line))
+            except (DevClusterError, OSError) as exc:
+                message = f"cannot build the environment of image {self.view.image}: {exc}"
+                self.view.state = waiting("ErrImagePull", message)
+                self.publish()
+                worker.event("Failed", f'Failed to pull image "{self.view.image}": {message}', self.name)
+                worker.stopping.wait(10.0)
+                continue
+            worker.event("Pulled", f'Successfully pulled image "{self.view.image}" in '
+                         f"{time.monotonic() - started:.3f}s (local environment {venv.name})", self.name)
+            return venv
+        return None
+
+    def configure(self, local: images.LocalImage, venv: Path) -> tuple[list[str], dict[str, str], list[dict]]:
+        worker = self.worker
+        base = worker.base_env()
+        base["PATH"] = f"{venv / 'bin'}:{SYSTEM_PATH}"  # the image's commands, not the agent's venv
+        env = container_env(self.spec, worker.pod, base=base, lookup=worker.lookup,
                             lookup_all=worker.lookup_all, pod_ip=worker.pod_ip, host_ip=HOST_IP)
         argv = [expand(part, env) for part in images.argv(local, self.spec.get("command"), self.spec.get("args"))]
         env[AGENT_DIR_ENV] = str(worker.agent_dir)

@@ -31,11 +31,12 @@ class ContainerProcess:
     """One run of one container."""
 
     def __init__(self, argv: list[str], env: dict[str, str], *, mounts: list[dict], working_dir: str | None,
-                 run_dir: Path, termination_log: Path, log: Path):
+                 run_dir: Path, termination_log: Path, log: Path, keep: tuple[str, ...] = ()) -> None:
+        """`keep`: folders the command comes from (the image's venv), bound back if a volume hides them."""
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = run_dir / "launch.json"
         spec.write_text(json.dumps({"argv": argv, "mounts": mounts, "workingDir": working_dir,
-                                    "terminationLog": str(termination_log)}))
+                                    "terminationLog": str(termination_log), "keep": list(keep)}))
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "modelship.devcluster.agent.launch", str(spec)],

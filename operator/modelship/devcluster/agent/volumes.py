@@ -61,7 +61,7 @@ def _write(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
 class VolumeWriter:
     """Writes one pod's volumes; `fields` resolves downward-API paths for this pod."""
 
-    def __init__(self, kube: Kube, pod: Mapping[str, Any], pod_dir: Path, *, pod_ip: str, host_ip: str):
+    def __init__(self, kube: Kube, pod: Mapping[str, Any], pod_dir: Path, *, pod_ip: str, host_ip: str) -> None:
         self.kube = kube
         self.pod = pod
         self.namespace = pod["metadata"]["namespace"]

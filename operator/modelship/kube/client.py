@@ -1,5 +1,5 @@
-"""The operator's writes to the API server, and nothing else: server-side apply with one field
-manager, deletes, status patches and Events.
+"""The operator's calls to the API server, and nothing else: server-side apply with one field
+manager, deletes, status patches, scale, Events and lists.
 
 The Kubernetes client is synchronous; calls run in a thread pool so the event loop (kopf's
 watches, the other workers) never waits on the network.
@@ -12,36 +12,32 @@ import concurrent.futures
 import json
 from typing import Any, Mapping
 
-from modelship import api
-from modelship.render import CHILD_KINDS
-
-# apiVersion, kind -> plural, for every kind the operator writes.
-PLURALS: dict[tuple[str, str], str] = {(v, k): p for v, k, p in CHILD_KINDS}
-PLURALS[(api.API_VERSION, api.KIND)] = api.PLURAL
-PLURALS[("v1", "Event")] = "events"
-PLURALS[("batch/v1", "Job")] = "jobs"
+from modelship import contracts
+from modelship.kube import retry
+from modelship.kube.kinds import object_path
 
 
 class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status, the message is the API server's."""
+    """An API call failed; `status` is the HTTP status (0: no answer, the transport failed),
+    the message is the API server's; `retry_after`: the seconds its Retry-After asked for."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
-
-def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    plural = PLURALS[(api_version, kind)]
-    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{path}/{name}" if name else path
+    @property
+    def transient(self) -> bool:
+        return retry.transient(self.status)
 
 
 class KubeClient:
     """Async writes on top of a configured `kubernetes.client.ApiClient`."""
 
-    def __init__(self, api_client: Any, *, field_manager: str = api.FIELD_MANAGER, threads: int = 8) -> None:
+    def __init__(self, api_client: Any, *, field_manager: str = contracts.FIELD_MANAGER, threads: int = 8,
+                 timeout: float = 30) -> None:
         self._api = api_client
+        self._timeout = timeout
         self._field_manager = field_manager
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.calls: dict[str, int] = {}  # verb -> count, for the benchmark and the logs
@@ -74,15 +70,35 @@ class KubeClient:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch the ModelService's status subresource (the spec is never written)."""
-        path = object_path(api.API_VERSION, api.KIND, namespace, name) + "/status"
+        path = object_path(contracts.API_VERSION, contracts.KIND, namespace, name) + "/status"
         return await self._call(
             "patch_status", "PATCH", path, body={"status": status},
             content_type="application/merge-patch+json", query={"fieldManager": self._field_manager},
         )
 
+    async def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set `replicas` through the object's scale subresource (a merge patch as the field
+        manager, so a later server-side apply that leaves replicas out never takes it back)."""
+        return await self._call(
+            "scale", "PATCH", object_path(api_version, kind, namespace, name) + "/scale",
+            body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json",
+            query={"fieldManager": self._field_manager},
+        )
+
     async def create_event(self, event: Mapping[str, Any]) -> None:
         path = object_path("v1", "Event", event["metadata"]["namespace"])
         await self._call("event", "POST", path, body=event, content_type="application/json")
+
+    async def get(self, path: str) -> dict[str, Any]:
+        return await self._call("get", "GET", path)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `body` to the collection `path` (the Lease of leader election)."""
+        return await self._call("create", "POST", path, body=body, content_type="application/json")
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT `body`; with metadata.resourceVersion set, a 409 says someone wrote first."""
+        return await self._call("replace", "PUT", path, body=body, content_type="application/json")
 
     async def list(self, path: str, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         """All items of a collection path such as /apis/apps/v1/deployments (for the cache's priming)."""
@@ -131,13 +147,17 @@ class KubeClient:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=30)
+            response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=self._timeout)
             response.read()
         except ApiException as error:
-            raise KubeError(error.status or 0, _message(error.body) or str(error.reason)) from None
+            raise KubeError(error.status or 0, _message(error.body) or str(error.reason),
+                            retry_after=retry.retry_after(error.headers)) from None
+        except retry.transport_errors() as error:  # refused, reset, timed out: weather, not a bug
+            raise KubeError(0, retry.describe_transport(error)) from None
         data = response.data.decode("utf-8") if isinstance(response.data, bytes) else response.data
         if response.status >= 400:
-            raise KubeError(response.status, _message(data) or f"HTTP {response.status}")
+            raise KubeError(response.status, _message(data) or f"HTTP {response.status}",
+                            retry_after=retry.retry_after(dict(response.headers or {})))
         return json.loads(data) if data else {}
 
 

@@ -1,7 +1,9 @@
 """The operator's own Prometheus metrics, served on `modelship run --metrics-port` (8080).
 
 Reconciles (duration, errors) and the autoscaler (decisions by direction and reason, and per
-service the observed latency against its SLO, the observed rate, the desired replicas).
+service the observed latency against its SLO, the observed rate, the desired replicas). Here,
+not in autoscale/, because the controller creates and serves them; the autoscaler gets them
+passed in (its `DecisionMetrics`).
 Each name is listed in docs/autoscaling.md. A registry per operator, so tests can run
 several; prometheus-client objects are fine here (a few updates per reconcile or tick, not
 per request).

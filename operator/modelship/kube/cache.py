@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from modelship.render.names import OPTIMIZE_LABEL, SERVICE_LABEL
+from modelship.contracts import OPTIMIZE_LABEL, SERVICE_LABEL
 
 Key = tuple[str, str]  # (namespace, ModelService name)
 

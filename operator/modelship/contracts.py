@@ -1,0 +1,97 @@
+"""The names other programs rely on, written once: the API's identity, the labels that find a
+ModelService's objects, the serving ports, the metrics the autoscaler reads, and the optimize
+summary that the Job hands to the operator.
+
+Both packages import this module: the operator (`modelship`) and the server image's
+`modelship_server`, which installs the same wheel without the operator's dependencies. So it
+imports the standard library only (`tests/test_layers.py` checks that importing it pulls in
+nothing else), and it holds names and shapes, never behaviour. Changing a value here changes
+a contract: the CRD, the chart, dashboards and running pods of the other side read it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+# --- the API (crds/modelservices.modelship.dev.yaml) ------------------------------------------
+
+GROUP = "modelship.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelService"
+PLURAL = "modelservices"
+SHORT_NAME = "msvc"
+# The one field manager for everything the operator writes (server-side apply, status, scale).
+FIELD_MANAGER = "modelship"
+
+# --- labels that tie objects to their ModelService --------------------------------------------
+
+SERVICE_LABEL = "modelship.dev/modelservice"
+# On optimize Jobs and their pods instead of SERVICE_LABEL: those pods must never match the
+# Service's or the Deployment's selector, nor count as serving pods in status.
+OPTIMIZE_LABEL = "modelship.dev/optimize-for"
+
+# --- ports (Triton's defaults, so tools and habits carry over) --------------------------------
+
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+# --- the serving metrics the autoscaler, the HPA/KEDA queries and dashboards read --------------
+
+# A counter: Prometheus' text format exposes it as `<name>_total`.
+REQUESTS_METRIC = "modelship_inference_requests"
+REQUEST_DURATION_METRIC = "modelship_request_duration_seconds"  # a histogram, seconds
+QUEUE_DURATION_METRIC = "modelship_queue_duration_seconds"  # a histogram, seconds
+INFLIGHT_METRIC = "modelship_inflight_requests"  # a gauge
+# The `outcome` label of REQUESTS_METRIC, one per way a request can end.
+OUTCOMES = ("success", "invalid", "not_found", "unavailable", "shed", "timeout", "error")
+# Outcomes that are demand on the replica. `invalid` and `not_found` are the client's
+# mistakes, answered before any compute; counting them would let a buggy client scale a service.
+DEMAND_OUTCOMES = ("success", "unavailable", "shed", "timeout", "error")
+# Requests/s per pod as prometheus-adapter serves it to the HPA (the chart's optional rule).
+POD_RATE_METRIC = "modelship_requests_per_second"
+
+# --- the optimize summary: the Job's termination message (at most 4 KiB of JSON) ----------------
+
+SUMMARY_SCHEMA = "modelship.dev/optimize-report/v1"
+SUMMARY_LIMIT = 4096  # bytes: Kubernetes' cap on a termination message
+# optimized: a variant beat the original; baseline: none did beyond the measured spread;
+# accuracy_gate_failed: every variant that was built failed the gate.
+OPTIMIZE_OUTCOMES = ("optimized", "baseline", "accuracy_gate_failed")
+
+
+class SummarySession(TypedDict, total=False):
+    intra_op_threads: int | None
+    graph_optimization_level: str | None
+
+
+class OptimizeSummary(TypedDict, total=False):
+    """The summary's keys and their types. The optimizer writes it, the operator reads it;
+    unknown keys are ignored on reading, so new keys are added here first."""
+
+    schema: str  # SUMMARY_SCHEMA
+    outcome: str  # one of OPTIMIZE_OUTCOMES
+    chosen: str  # "original" or a variant's name
+    sha256: str | None  # of the chosen file
+    speedup: float | None
+    spread: float
+    apply_args: list[str]  # `modelship optimize apply` flags that rebuild the chosen file
+    session: SummarySession
+    # requests_per_second, percentile, latency_ms, slo_ms, max_batch_size,
+    # max_queue_delay_microseconds, concurrency, dynamic_batching, ...
+    capacity: dict[str, Any] | None
+    gate: str  # the accuracy gate as a sentence: "cosine mean>=0.99 worst>=0.98"
+    inputs: str  # what the gate judged on: "dataset <path>" or "generated (...)"
+    candidates: list[list[Any]]  # [name, status, speedup, gate mean, reason]
+    truncated: bool  # candidates were dropped to fit SUMMARY_LIMIT
+
+# --- declared inputs (spec.model.inputs) ------------------------------------------------------
+
+# The config.pbtxt parameter that carries spec.model.inputs (as JSON) to the serving pods,
+# where modelship-server warms up on it and the triton-warmup step writes model_warmup from it.
+INPUTS_CONFIG_PARAMETER = "modelship_inputs"
+# The first words of the optimize Job's one-line error when generated inputs would be
+# meaningless (a dynamic dim beyond the batch axis, a scalar, strings, nothing declared):
+# the operator gives that line a reason of its own in `Optimized` (InputsUndeclared).
+INPUTS_UNDECLARED_PREFIX = "inputs need declaring:"

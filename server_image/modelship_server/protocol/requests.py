@@ -1,0 +1,20 @@
+"""One parsed HTTP request, as the connection hands it to the routes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(slots=True)
+class HttpRequest:
+    method: bytes
+    path: str
+    parts: list[str]  # the path's segments, "/v2/models/m/infer" -> ["v2", "models", "m", "infer"]
+    body: bytes | bytearray
+    header_length: int | None  # Inference-Header-Content-Length (binary extension)
+    content_encoding: bytes | None
+    accept_encoding: bytes | None
+    keep_alive: bool
+    reserved: int = 0  # bytes of the in-flight budget this request holds until answered
+    # An answer decided while parsing (413, 503 shed): (status, message, close, retry_after)
+    verdict: tuple[int, str, bool, int | None] | None = None
