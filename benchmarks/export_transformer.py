@@ -122,7 +122,7 @@ def minilm(out: Path) -> None:
         try:
             export(last_hidden(model), sample, target, dynamo)
             results[target.name] = "exported"
-        except Exception as exc:  # a way that fails here is a finding to report, not a crash
+        except Exception as exc:  # noqa: BLE001 - a way that fails here is a finding to report, not a crash
             target.unlink(missing_ok=True)
             results[target.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
     print(json.dumps({"folder": str(folder), "torch": torch.__version__,

@@ -29,7 +29,6 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 

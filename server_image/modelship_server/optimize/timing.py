@@ -177,7 +177,8 @@ def open_verdicts(per_round: dict[str, list[float]], baseline: str, passed: set[
                   margin: float = EQUIVALENCE_MARGIN) -> set[str]:
     """The passing candidates whose verdict could still change the choice: undecided against the
     baseline (and, once some candidate is shown faster, not shown slower than the fastest such
-    winner), or 'faster' and undecided against that winner (which of two winners to choose). Pure, so the rule is table-tested; the search times these again."""
+    winner), or 'faster' and undecided against that winner (which of two winners to choose).
+    Pure, so the rule is table-tested; the search times these again."""
     rounds = {name: per_round[name] for name in passed if per_round.get(name)}
     base = per_round[baseline]
     verdicts = {name: paired_verdict(values, base, margin) for name, values in rounds.items()}
