@@ -77,7 +77,9 @@ def test_a_graph_with_nothing_to_fuse_is_refused_with_a_reason(tmp_path):
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
     source = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(source))
     try:
         fusion.fuse(source, tmp_path / "out.onnx")
     except ValueError as exc:
@@ -101,7 +103,9 @@ def _where_mask_attention(mask_shape: tuple[int, ...] = (1, 1, 3, 3)) -> onnx.Mo
         nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4]),
                      helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, list(mask_shape))],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8  # what ONNX Runtime reads, whatever the installed onnx writes by default
+    return model
 
 
 def test_a_where_mask_becomes_mask_index_with_the_same_attention(tmp_path):
