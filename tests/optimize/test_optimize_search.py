@@ -16,7 +16,7 @@ from modelship_server.optimize.gate import GateSpec
 from modelship_server.optimize.inputs import generate, input_specs
 from modelship_server.optimize.report import SCHEMA_VERSION, Report, render_table, summary
 from modelship_server.optimize.search import choose, optimize, sha256_file
-from modelship_server.optimize.timing import TimingStats
+from modelship_server.optimize.timing import TimingStats, paired_verdict
 
 FAST = {"rounds": 3, "calls": 3}
 
@@ -49,7 +49,8 @@ def test_chosen_variant_passes_gate_and_is_not_slower_than_baseline(tmp_path, ma
     # the decision follows from the recorded figures: re-deciding from them gives the same answer
     timings = {n: c.timing for n, c in rows.items() if c.timing is not None}
     passed = {n for n, c in rows.items() if c.gate is not None and c.gate.passed}
-    assert choose("baseline", timings, passed)[0] == report.chosen
+    paired = {n: paired_verdict(timings[n].rounds_ms, timings["baseline"].rounds_ms) for n in passed}
+    assert choose("baseline", timings, passed, paired)[0] == report.chosen
     assert chosen.timing.median_ms <= rows["baseline"].timing.median_ms
     if report.chosen != "baseline":
         assert chosen.gate.passed and chosen.gate.mean >= 0.99 and chosen.gate.worst >= 0.98

@@ -182,20 +182,10 @@ def _ort_optimized(recipe: Recipe, source: Path, target: Path) -> None:
 
 
 def _fuse_transformer(source: Path, target: Path) -> None:
-    import logging
+    """Attention, layer-norm and GELU fusions for the layouts exporters write (fusion.py)."""
+    from .fusion import fuse
 
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    # It warns when the producer is not "pytorch" although model_type is given; noise in the Job log.
-    logging.getLogger("onnxruntime.transformers.optimizer").setLevel(logging.ERROR)
-
-    before = onnx.load(str(source))
-    ops_before = sorted(node.op_type for node in before.graph.node)
-    # opt_level 0: only the transformer fusions; ORT's own levels still run when served.
-    fused = optimize_model(before, model_type="bert", opt_level=0)
-    if sorted(node.op_type for node in fused.model.graph.node) == ops_before:
-        raise ValueError("the transformer optimizer found no attention, layer-norm or GELU pattern to fuse")
-    fused.save_model_to_file(str(target))
+    fuse(source, target)
 
 
 QDQ_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel scales) is opset 13

@@ -24,7 +24,9 @@ from .builds import Builds, Built, available_memory_bytes, usable_cpus, worker_c
 from .gate import GateSpec, evaluate
 from .inputs import Feed
 from .report import Candidate, Report, outcome_of
-from .timing import TimingStats, beats, cost_seconds, plan, speedup, time_interleaved
+from .timing import (MIN_PAIRED_ROUNDS, TimingStats, Verdict, beats, cost_seconds, open_verdicts, paired_verdict, plan, speedup,
+                     time_interleaved)
+from .timing import stats as timing_stats
 
 
 def sha256_file(path: Path) -> str:
@@ -35,20 +37,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def choose(baseline: str, timings: dict[str, TimingStats], passed: set[str]) -> tuple[str, dict[str, str]]:
-    """Pure decision: the fastest gated candidate that beats the baseline, and why each lost."""
+def choose(baseline: str, timings: dict[str, TimingStats], passed: set[str],
+           paired: dict[str, Verdict] | None = None) -> tuple[str, dict[str, str]]:
+    """Pure decision: the fastest gated candidate that beats the baseline, and why each lost.
+
+    A candidate beats the baseline beyond the measured spread (`beats`) unless, with `paired`, the
+    sequential test over interleaved rounds shows it not faster (timing.paired_verdict); or
+    when that test shows it faster although the gain is within the spread."""
     base = timings[baseline]
     reasons: dict[str, str] = {}
     winners = []
+    paired = paired or {}
     for name, stats in timings.items():
         if name == baseline:
             continue
         if name not in passed:
             continue
         gain = speedup(base, stats)
-        if beats(base, stats):
+        if beats(base, stats) and paired.get(name) == "not_faster":
+            reasons[name] = (f"not faster than baseline in paired rounds ({gain:.3f}x by medians, beyond the "
+                             f"spread, but not per round: the load moved between rounds)")
+        elif beats(base, stats):
             winners.append((stats.median_ms, name))
             reasons[name] = f"{gain:.3f}x faster than baseline, beyond the measured spread"
+        elif paired.get(name) == "faster" and gain > 1.0:
+            winners.append((stats.median_ms, name))
+            reasons[name] = (f"{gain:.3f}x faster than baseline: within the spread "
+                             f"({max(base.spread, stats.spread) * 100:.1f}%), but faster in paired rounds "
+                             f"(sequential test, {len(stats.rounds_ms)} rounds)")
         else:
             reasons[name] = (f"not faster than baseline beyond noise ({gain:.3f}x, spread "
                              f"{max(base.spread, stats.spread) * 100:.1f}%)")
@@ -175,13 +191,16 @@ class _Search:
         scaled = "" if (rounds, calls) == wanted else f" (scaled down from {wanted[0]} x {wanted[1]} to fit the budget)"
         self.say(f"timing {len(self.sessions)} variants: {rounds} interleaved rounds of {calls} calls{scaled}")
         feed = self.validation[0]
-        # Racing: from round 3 on, a variant outpaced by another beyond noise stops being timed.
+        # Racing: from round 6 on, a variant outpaced by another beyond noise stops being timed (after
+        # 3 rounds, a loaded machine's swings dropped the variant that was 1.6x faster head to head).
         timings = time_interleaved({n: functools.partial(s.run, None, feed) for n, s in self.sessions.items()},
                                    rounds=rounds, calls=calls, protected={"baseline"},
-                                   race_after=MIN_TIMING_ROUNDS)
+                                   race_after=MIN_PAIRED_ROUNDS)
         raced_out = {n for n, t in timings.items() if len(t.rounds_ms) < rounds}
         passed = set(self.sessions) - {"baseline"}
-        chosen, reasons = choose("baseline", timings, passed - raced_out)
+        timings = self.sequential(timings, passed - raced_out, calls)
+        paired = {n: paired_verdict(timings[n].rounds_ms, timings["baseline"].rounds_ms) for n in passed - raced_out}
+        chosen, reasons = choose("baseline", timings, passed - raced_out, paired)
         for name in raced_out & passed:
             reasons[name] = (f"outpaced by a faster variant beyond noise after {len(timings[name].rounds_ms)} of "
                              f"{rounds} rounds ({speedup(timings['baseline'], timings[name]):.3f}x); timing stopped")
@@ -193,6 +212,34 @@ class _Search:
                 entry.reason = reasons[name] if name == "baseline" else f"{entry.reason}; {reasons[name]}"
             entry.status = "chosen" if name == chosen else entry.status
         return chosen, timings, rounds, calls
+
+
+    def sequential(self, timings: dict[str, TimingStats], contenders: set[str], calls: int,
+                   batch_rounds: int = 3, max_rounds: int = 60) -> dict[str, TimingStats]:
+        """More interleaved rounds for the candidates whose verdict is still open (timing.open_verdicts),
+        with the baseline, `batch_rounds` at a time, until every verdict is in, the budget is
+        spent, or `max_rounds` rounds were timed. Returns the timings over all rounds."""
+        per_round = {n: list(t.rounds_ms) for n, t in timings.items()}
+        extra = 0
+        while len(per_round["baseline"]) + batch_rounds <= max_rounds:
+            open_ = open_verdicts(per_round, "baseline", contenders)
+            if not open_:
+                break
+            names = ["baseline"] + sorted(open_)
+            left = self.budget_seconds - (self.clock() - self.start)
+            # twice the estimate: per-call figures come from one pass, and a loaded machine slows them
+            if 2 * cost_seconds([self.per_call_ms[n] for n in names], batch_rounds, calls, warmup=1) > left:
+                self.say(f"sequential test: budget spent with {', '.join(sorted(open_))} undecided")
+                break
+            more = time_interleaved({n: functools.partial(self.sessions[n].run, None, self.validation[0]) for n in names},
+                                    rounds=batch_rounds, calls=calls, warmup=1)
+            for name in names:
+                per_round[name] += more[name].rounds_ms
+            extra += batch_rounds
+        if extra:
+            self.say(f"sequential test: {extra} more rounds for the undecided; "
+                     f"open now: {', '.join(sorted(open_verdicts(per_round, 'baseline', contenders))) or 'none'}")
+        return {n: timing_stats(values) if values else timings[n] for n, values in per_round.items()}
 
 
 def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation: list[Feed], gate: GateSpec,

@@ -7,8 +7,9 @@ all variants, and a variant beats the baseline only by more than the measured ru
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -115,3 +116,79 @@ def time_interleaved(runners: dict[str, Callable[[], object]], rounds: int = 7, 
             dropped = outpaced({n: per_round[n] for n in active}, protected or set())
             active = [n for n in active if n not in dropped]
     return {name: stats(values) for name, values in per_round.items()}
+
+
+# --- The sequential test: keep timing while the verdict is open -------------------------------
+#
+# The spread rule above (`beats`) compares a gain with the run-to-run spread, which more rounds
+# estimate better but do not shrink: on a loaded machine (spread 20 %) a real 13 % gain stays
+# "within noise" however long it is timed. Rounds are interleaved, so a candidate and the
+# baseline in the same round saw the same load: their ratio cancels most of it, and a
+# confidence interval on the median ratio narrows as rounds accumulate. So while a passing
+# candidate's interval still straddles "faster" and "no faster", more rounds are timed, until
+# a verdict or the budget.
+
+Verdict = Literal["faster", "not_faster", "undecided"]
+EQUIVALENCE_MARGIN = 0.03  # gains below 3 % are not worth a variant: "not faster" once shown below it
+MIN_PAIRED_ROUNDS = 6  # the order-statistics interval below needs 6 rounds to exist at 95 %
+
+
+def paired_ratios(candidate_ms: list[float], baseline_ms: list[float]) -> list[float]:
+    """Per-round ratio candidate / baseline over the rounds both ran (rounds are indexed alike)."""
+    return [c / b for c, b in zip(candidate_ms, baseline_ms) if b > 0]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval for the median (order statistics, binomial 1/2);
+    None when there are too few values for this confidence."""
+    n = len(values)
+    ordered = sorted(values)
+    alpha = 1.0 - confidence
+    # the largest k with P(Binomial(n, 1/2) < k) <= alpha / 2: the interval is [x_(k), x_(n-k+1)]
+    k, cumulative = 0, 0.0
+    while k < n:
+        p_k = math.comb(n, k) / 2.0 ** n
+        if cumulative + p_k > alpha / 2:
+            break
+        cumulative += p_k
+        k += 1
+    if k == 0:
+        return None
+    return ordered[k - 1], ordered[n - k]
+
+
+def paired_verdict(candidate_ms: list[float], baseline_ms: list[float], margin: float = EQUIVALENCE_MARGIN,
+                   confidence: float = 0.95, min_rounds: int = MIN_PAIRED_ROUNDS) -> Verdict:
+    """'faster' when the median per-round ratio is below 1 with `confidence`; 'not_faster' when it
+    is shown above 1 - margin (any gain is smaller than the margin); else 'undecided'."""
+    ratios = paired_ratios(candidate_ms, baseline_ms)
+    interval = median_interval(ratios, confidence) if len(ratios) >= min_rounds else None
+    if interval is None:
+        return "undecided"
+    low, high = interval
+    if high < 1.0:
+        return "faster"
+    if low > 1.0 - margin:
+        return "not_faster"
+    return "undecided"
+
+
+def open_verdicts(per_round: dict[str, list[float]], baseline: str, passed: set[str],
+                  margin: float = EQUIVALENCE_MARGIN) -> set[str]:
+    """The passing candidates whose verdict could still change the choice: undecided against the
+    baseline (and, once some candidate is shown faster, not shown slower than the fastest such
+    winner), or 'faster' and undecided against that winner (which of two winners to choose).
+    Pure, so the rule is table-tested; the search times these again."""
+    rounds = {name: per_round[name] for name in passed if per_round.get(name)}
+    base = per_round[baseline]
+    verdicts = {name: paired_verdict(values, base, margin) for name, values in rounds.items()}
+    open_ = {name for name, verdict in verdicts.items() if verdict == "undecided"}
+    winners = [name for name, verdict in verdicts.items() if verdict == "faster"]
+    if winners:
+        lead = min(winners, key=lambda name: float(np.median(paired_ratios(rounds[name], base))))
+        # once a winner is known, an undecided candidate matters only if it may still beat the winner
+        open_ = {name for name in open_ if paired_verdict(rounds[name], rounds[lead], margin) != "not_faster"}
+        for name in winners:
+            if name != lead and paired_verdict(rounds[name], rounds[lead], margin) == "undecided":
+                open_ |= {name, lead}
+    return open_
