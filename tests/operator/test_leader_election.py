@@ -85,7 +85,8 @@ def test_one_writer_a_standby_takes_over_and_idle_replicas_write_nothing(
     assert not writes(proxies[standby]), f"the standby wrote: {writes(proxies[standby])[:5]}"
 
     idle_from = time.time()
-    # Four resyncs on each replica; MODELSHIP_IDLE_SECONDS=600 is the acceptance list's 10 minutes.
+    # Four resyncs on each replica; MODELSHIP_IDLE_SECONDS=600 (with
+    # --timeout=1400) is the acceptance list's 10 minutes.
     time.sleep(float(os.environ.get("MODELSHIP_IDLE_SECONDS", "20")))
     assert not writes(proxies[0], idle_from) and not writes(proxies[1], idle_from), "idle replicas wrote"
     lease_writes = [s for p in proxies for s in p.requests(idle_from) if s.write and LEASES in s.path]
