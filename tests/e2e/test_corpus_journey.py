@@ -24,7 +24,7 @@ import pytest
 import tritonclient.http as httpclient
 
 import corpus
-from modelship.devcluster.agent.node import AGENT_TOLERATION
+from chart_install import AGENT_NODES, AGENT_TOLERATIONS, operator_from_chart
 from traffic import ready_addresses
 from waiting import wait_for
 
@@ -33,8 +33,6 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "corpus-e2e"
 OPERATOR_NAMESPACE = "modelship-corpus-e2e"
-AGENT_NODES = {"node.modelship.dev/agent": "local"}
-AGENT_TOLERATIONS = [AGENT_TOLERATION]
 MODELS = {"ocr": "ddddocr-ocr", "detector": "nudenet-320n", "vad": "vad-state"}
 
 
@@ -49,21 +47,9 @@ def _condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 def operator(cluster):  # noqa: ANN001, ANN201
     """The operator from its chart, watching only this module's namespace."""
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.wait_established("modelservices.modelship.dev")
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    cluster.helm("upgrade", "--install", "modelship-corpus", str(REPO / "charts" / "modelship"),
-                 "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                 "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
-                 "--set-json", f"nodeSelector={json.dumps(AGENT_NODES)}",
-                 "--set-json", f"tolerations={json.dumps(AGENT_TOLERATIONS)}",
-                 "--set", "resyncSeconds=30", "--wait", "--timeout", "180s", timeout=240)
-    try:
+    with operator_from_chart(cluster, release="modelship-corpus", namespace=NAMESPACE,
+                             operator_namespace=OPERATOR_NAMESPACE, delete_timeout="90s"):
         yield
-    finally:
-        cluster.kubectl("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s", check=False)
-        cluster.helm("uninstall", "modelship-corpus", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
-        cluster.kubectl("delete", "namespace", NAMESPACE, OPERATOR_NAMESPACE, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

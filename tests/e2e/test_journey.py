@@ -24,7 +24,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from modelship_server import samples
-from modelship.devcluster.agent.node import AGENT_TOLERATION
+from chart_install import AGENT_NODES, AGENT_TOLERATIONS, operator_from_chart
 from traffic import Traffic, processes_with_env, ready_addresses
 from waiting import wait_for
 
@@ -34,8 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "e2e"
 OPERATOR_NAMESPACE = "modelship-e2e"
 NAME = "journey"
-AGENT_NODES = {"node.modelship.dev/agent": "local"}
-AGENT_TOLERATIONS = [AGENT_TOLERATION]  # the agent's nodes are tainted NoSchedule
 MSVC_PATH = f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{NAME}"
 
 
@@ -71,21 +69,9 @@ def dataset(cluster, model) -> dict[str, Any]:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def operator_pod(cluster):  # noqa: ANN001, ANN201
     """The operator installed from its chart, watching only this module's namespace."""
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.wait_established("modelservices.modelship.dev")
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    cluster.helm("upgrade", "--install", "modelship-e2e", str(REPO / "charts" / "modelship"),
-                 "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                 "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
-                 "--set-json", f"nodeSelector={json.dumps(AGENT_NODES)}",
-                 "--set-json", f"tolerations={json.dumps(AGENT_TOLERATIONS)}",
-                 "--set", "resyncSeconds=30", "--wait", "--timeout", "180s", timeout=240)
-    try:
+    with operator_from_chart(cluster, release="modelship-e2e", namespace=NAMESPACE,
+                             operator_namespace=OPERATOR_NAMESPACE, delete_timeout="60s"):
         yield
-    finally:
-        cluster.kubectl("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=60s", check=False)
-        cluster.helm("uninstall", "modelship-e2e", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
-        cluster.kubectl("delete", "namespace", NAMESPACE, OPERATOR_NAMESPACE, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")
