@@ -35,6 +35,9 @@ import onnxruntime as ort
 from modelship_server import bench, samples
 from modelship_server.readiness import wait_until_ok
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import floor, free_port  # noqa: E402 - a sibling script, not a package
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_CPU, CLIENT_CPU = "0", {1}
 
@@ -84,14 +87,6 @@ if mode == "uvloop":
 else:
     asyncio.run(main())
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log(msg: str) -> None:
@@ -193,25 +188,8 @@ def start_server(repo: Path, pythonpath: str | None, extra: tuple[str, ...] = ()
 
 
 def empty_call(url: str, protocol: str, seconds: float) -> float:
-    """p50 ms of is_server_live() with the same client the inferences use."""
-    if protocol == "grpc":
-        import tritonclient.grpc as mod
-    else:
-        import tritonclient.http as mod
-    client = mod.InferenceServerClient(url)
-    try:
-        end = time.perf_counter() + 0.5
-        while time.perf_counter() < end:
-            client.is_server_live()
-        ts = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            client.is_server_live()
-            ts.append(time.perf_counter() - t)
-    finally:
-        client.close()
-    return float(np.percentile(ts, 50) * 1000)
+    """p50 ms of is_server_live() with the same client the inferences use (compare.py's floor)."""
+    return floor(url, protocol, seconds)["latency_p50_ms"]
 
 
 METADATA: dict[str, dict] = {}
