@@ -95,3 +95,26 @@ INPUTS_CONFIG_PARAMETER = "modelship_inputs"
 # meaningless (a dynamic dim beyond the batch axis, a scalar, strings, nothing declared):
 # the operator gives that line a reason of its own in `Optimized` (InputsUndeclared).
 INPUTS_UNDECLARED_PREFIX = "inputs need declaring:"
+
+# --- monitoring (spec.monitoring): what the server measures and the operator reads --------------
+
+# Gauges per pod, scraped from the metrics port like the autoscaler's signals. The operator takes,
+# over the pods whose window is full, the largest drift score per tensor and the label-weighted
+# quality; alerts and dashboards read the same series.
+DRIFT_SCORE_METRIC = "modelship_drift_score"  # labels model, tensor, test ("psi" or "ks")
+DRIFT_WINDOW_METRIC = "modelship_drift_window_samples"  # labels model, tensor: samples in the current window
+DRIFT_REFERENCE_METRIC = "modelship_drift_reference_samples"  # labels model: 0 while no reference is loaded or frozen
+QUALITY_METRIC = "modelship_quality"  # labels model, metric (one of QUALITY_METRICS): the current window's value
+QUALITY_LABELS_METRIC = "modelship_quality_window_labels"  # labels model: labels joined in the current window
+# Counters (`_total` on the wire).
+FEEDBACK_METRIC = "modelship_feedback"  # labels model, outcome (one of FEEDBACK_OUTCOMES)
+CAPTURE_METRIC = "modelship_capture_records"  # labels model, outcome ("written" or "dropped")
+FEEDBACK_OUTCOMES = ("joined", "unknown_id", "expired", "invalid")
+# Classifiers (the predicted class is the argmax of the output's last axis, or an integer output)
+# and regression. spec.monitoring.quality.metric names one; the server exports all of its kind.
+QUALITY_METRICS = (
+    "accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro",
+    "mae", "rmse",
+)
+# Lower is better for these; higher for the others.
+QUALITY_ERROR_METRICS = ("mae", "rmse")
