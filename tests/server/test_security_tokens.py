@@ -42,8 +42,11 @@ def accounts(cluster):
     cluster.kubectl("create", "clusterrolebinding", f"{ns}-reviewer", "--clusterrole=system:auth-delegator",
                     f"--serviceaccount={ns}:reviewer")
     # SubjectAccessReview: `reader` may `infer` the ModelService ns/fraud, `caller` may not
-    cluster.kubectl("-n", ns, "create", "role", "infer-fraud", "--verb=infer", "--resource=modelservices.modelship.dev",
-                    "--resource-name=fraud")
+    # (a manifest: `kubectl create role` checks verbs and resources against what the plane serves)
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "infer-fraud"},
+        "rules": [{"apiGroups": ["modelship.dev"], "resources": ["modelservices"], "verbs": ["infer"],
+                   "resourceNames": ["fraud"]}]}))
     cluster.kubectl("-n", ns, "create", "rolebinding", "infer-fraud", "--role=infer-fraud",
                     f"--serviceaccount={ns}:reader")
     try:
