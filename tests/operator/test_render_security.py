@@ -64,7 +64,7 @@ def test_tls_and_mtls_use_https_probes() -> None:
 
 @pytest.mark.parametrize("extra, message", [
     ({"auth": {"enabled": True}}, "spec.auth.enabled needs spec.auth.serviceAccounts or spec.auth.apiKeys"),
-    ({"runtime": "triton", "tls": {"secretRef": {"name": "x"}}}, "apply only to runtime onnxruntime"),
+    ({"runtime": "triton", "tls": {"secretRef": {"name": "x"}}}, "applies only to runtime onnxruntime"),
     ({"auth": {"enabled": True, "serviceAccounts": {"allowed": ["no-namespace"]}}}, "allowed"),
 ])
 def test_bad_specs_name_the_field(extra: dict[str, Any], message: str) -> None:

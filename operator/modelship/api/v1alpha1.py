@@ -462,9 +462,10 @@ class ModelServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
-        if self.runtime == "triton" and (self.auth.enabled or self.tls is not None):
-            raise ValueError("spec.auth and spec.tls apply only to runtime onnxruntime (Triton has no equivalent "
-                             "flags): put Triton behind a gateway for them, or use runtime onnxruntime")
+        if self.tls is not None and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.tls applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
+        if self.auth.enabled and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.auth applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.onnxruntime is not None and self.runtime != "onnxruntime":
             raise ValueError(f"spec.onnxruntime applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.triton is not None and self.runtime != "triton":
