@@ -391,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         return runner(serve(settings))
     except StartupError as exc:
         print(f"modelship-server: error: {exc}", file=sys.stderr)
+        if settings.termination_log is not None:
+            from .server import write_termination_log
+
+            write_termination_log(settings.termination_log, f"{exc.reason}: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import grpc
 
+from .auth import Gate
 from .budget import ByteBudget, cgroup_memory_limit, default_budget
 from .dataplane import DataPlane
+from .errors import AUTH_CONFIG_INVALID, TLS_CERTIFICATE_INVALID
 from .metrics import Metrics
-from .auth import Gate
 from .protocol.grpc import make_server
 from .protocol.rest import RestApp
 from .registry import LoadOptions, Registry
@@ -33,7 +34,13 @@ log = logging.getLogger("modelship_server")
 
 
 class StartupError(Exception):
-    """The server cannot start as configured; the message says which flag or file to fix."""
+    """The server cannot start as configured; the message says which flag or file to fix.
+
+    `reason` starts the termination log's line, which the operator reads into status."""
+
+    def __init__(self, message: str, reason: str = "StartupFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BindError(StartupError):
@@ -75,12 +82,15 @@ class Security:
             if settings.auth.enabled:
                 sec.gate = Gate(settings.auth)
                 sec.gate.start()
+        except (ValueError, OSError) as exc:
+            sec.close()
+            raise StartupError(str(exc), AUTH_CONFIG_INVALID) from None
+        try:
             if settings.tls is not None:
                 sec.tls = TlsFiles(settings.tls)
         except (ValueError, OSError) as exc:
-            if sec.gate is not None:
-                sec.gate.close()
-            raise StartupError(str(exc)) from None
+            sec.close()
+            raise StartupError(str(exc), TLS_CERTIFICATE_INVALID) from None
         for part in (sec.gate, sec.tls):
             if part is not None:
                 metrics.registry.register(part)

@@ -10,7 +10,9 @@ from pydantic import ValidationError
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import render_children
+from modelship.status.diagnosis import diagnose
 from msvc_samples import SHA, body
+from pods import pod, waiting
 from test_render import assert_restricted
 
 
@@ -72,3 +74,20 @@ def test_bad_specs_name_the_field(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as err:
         ModelService.from_body(body("fraud", spec=spec))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("line", "reason", "words"), [
+    ("TLSCertificateInvalid: the certificate /etc/modelship/tls/tls.crt does not match the private key in "
+     "/etc/modelship/tls/tls.key", "TLSCertificateInvalid", "cannot use the TLS Secret of spec.tls.secretRef"),
+    ("TLSCertificateInvalid: TLS file /etc/modelship/tls/tls.crt does not exist", "TLSCertificateInvalid",
+     "tls.crt does not exist"),
+    ("AuthConfigInvalid: --auth-api-keys /etc/modelship/api-keys: no API keys found", "AuthConfigInvalid",
+     "cannot start authentication as spec.auth asks"),
+])
+def test_the_servers_refusal_reaches_status(line: str, reason: str, words: str) -> None:
+    """The server's termination line for a bad or missing Secret (tests/server/test_security.py
+    checks the server writes it) becomes the ModelService's problem."""
+    problem = diagnose([pod(containers=[waiting("server", "CrashLoopBackOff", "back-off 10s", restarts=2,
+                                                last={"exitCode": 2, "message": line})])])
+    assert problem is not None and problem.reason == reason
+    assert words in problem.message

@@ -335,12 +335,34 @@ def test_mtls_refuses_clients_without_a_certificate(repo, ca, tmp_path, start_se
 def test_a_certificate_that_does_not_match_its_key_stops_the_start(repo, ca, tmp_path):
     secret = ca.write_secret(tmp_path / "tls")
     (secret / "tls.key").write_bytes(other_key_pem())
+    term = tmp_path / "termination-log"
     proc = subprocess.run([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
-                           "--tls-dir", str(secret), "--http-port", "1", "--grpc-port", "2", "--metrics-port", "3"],
+                           "--tls-dir", str(secret), "--http-port", "1", "--grpc-port", "2", "--metrics-port", "3",
+                           "--termination-log", str(term)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert f"the certificate {secret / 'tls.crt'} does not match the private key in {secret / 'tls.key'}" in proc.stderr
+    why = f"the certificate {secret / 'tls.crt'} does not match the private key in {secret / 'tls.key'}"
+    assert why in proc.stderr
     assert "Traceback" not in proc.stderr
+    # the line the operator reads into the ModelService's status (status/diagnosis.py)
+    assert term.read_text() == f"TLSCertificateInvalid: {why}\n"
+
+
+def test_a_missing_secret_names_the_file(repo, tmp_path):
+    """An optional Secret volume that is missing mounts as an empty folder."""
+    empty = tmp_path / "tls"
+    empty.mkdir()
+    term = tmp_path / "termination-log"
+    proc = subprocess.run([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
+                           "--tls-dir", str(empty), "--auth-api-keys", str(empty), "--termination-log", str(term)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert term.read_text().startswith(f"AuthConfigInvalid: --auth-api-keys {empty}: no API keys found")
+    proc = subprocess.run([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
+                           "--tls-dir", str(empty), "--termination-log", str(term)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert term.read_text().startswith(f"TLSCertificateInvalid: TLS file {empty / 'tls.crt'} does not exist")
 
 
 def test_flag_mistakes_name_the_flag(repo):

@@ -7,6 +7,11 @@ path the server reads by default. That account needs the built-in ClusterRole
 system:auth-delegator (create tokenreviews and subjectaccessreviews, nothing else): the
 operator does not create the binding, since that would need the right to bind a cluster
 role, which a compromised operator could use for any account; a cluster admin binds it once.
+
+The Secrets are mounted `optional`: a missing one lets the pod start, the server exits
+with `TLSCertificateInvalid` / `AuthConfigInvalid` naming the file, and that reason reaches
+the ModelService's status (status/diagnosis.py); a required mount would leave the pod in
+ContainerCreating with the reason only in an Event the operator does not read.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def server_security(msvc: ModelService) -> ServerSecurity:
     auth = spec.auth
     if auth.enabled:
         if auth.api_keys is not None:
-            volumes.append({"name": "api-keys", "secret": {"secretName": auth.api_keys.secret_ref.name}})
+            volumes.append({"name": "api-keys", "secret": {"secretName": auth.api_keys.secret_ref.name, "optional": True}})
             mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
             args += ["--auth-api-keys", API_KEYS_MOUNT]
         sa = auth.service_accounts
@@ -59,7 +64,7 @@ def server_security(msvc: ModelService) -> ServerSecurity:
             ]}})
             mounts.append({"name": "reviewer-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
     if spec.tls is not None:
-        volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_ref.name}})
+        volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_ref.name, "optional": True}})
         mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
         args += ["--tls-dir", TLS_MOUNT]
         if spec.tls.client_auth:

@@ -61,7 +61,15 @@ CONFIG_FIT_FAILED = "ConfigFitFailed"  # the fit-config step failed otherwise (i
 # termination message (modelship_server.errors, the ModelLoadError reasons).
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 WARMUP_FAILED = "WarmupFailed"
-SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED)
+# spec.tls / spec.auth: the server refused to start with its Secret's files (docs/security.md).
+TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
+AUTH_CONFIG_INVALID = "AuthConfigInvalid"
+SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED, TLS_CERTIFICATE_INVALID,
+                  AUTH_CONFIG_INVALID)
+_SERVER_WHAT = {
+    TLS_CERTIFICATE_INVALID: "the server cannot use the TLS Secret of spec.tls.secretRef",
+    AUTH_CONFIG_INVALID: "the server cannot start authentication as spec.auth asks",
+}
 
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 _FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
@@ -77,6 +85,8 @@ PRIORITY = [
     CONFIG_FIT_FAILED,
     WARMUP_FAILED,
     MODEL_LOAD_FAILED,
+    TLS_CERTIFICATE_INVALID,
+    AUTH_CONFIG_INVALID,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -174,9 +184,10 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
                          what="fitting config.pbtxt to the model failed")
     if not init and cname == SERVER_CONTAINER and failed:
         line = (failed.get("message") or "").strip()
-        if line.split(":", 1)[0] in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
+        first = line.split(":", 1)[0]
+        if first in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
             return _reasoned(failed, known=SERVER_REASONS, fallback=MODEL_LOAD_FAILED,
-                             what="the server could not load the model")
+                             what=_SERVER_WHAT.get(first, "the server could not load the model"))
     if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
         restarts = container.get("restartCount", 0)
         why = ""
