@@ -233,8 +233,10 @@ def wait_tls_ready(server, ca_path, timeout=60):
     wait_for("the TLS server ready", ready, timeout)
 
 
-def peer_serial(port, ca_path):
+def peer_serial(port, ca_path, alpn=None):
     ctx = https_context(ca_path)
+    if alpn:
+        ctx.set_alpn_protocols([alpn])  # gRPC's port: HTTP/2 over TLS
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s, \
             ctx.wrap_socket(s, server_hostname="127.0.0.1") as tls:
         return serial_of(ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True)).encode())
@@ -264,11 +266,14 @@ def test_tls_with_tritonclient_reload_without_dropping_connections(repo, ca, tmp
         kept.request("GET", "/v2/health/live")
         assert kept.getresponse().read() == b""
         first = peer_serial(server.http_port, ca_path)
+        assert peer_serial(server.grpc_port, ca_path, "h2") == first
 
         cert2, key2 = ca.issue("server-2", server=True)
         update_secret(secret, {"tls.crt": cert2, "tls.key": key2, "ca.crt": ca.pem})
         wait_for("new handshakes get the new certificate", lambda: peer_serial(server.http_port, ca_path) == serial_of(cert2))
         assert first != serial_of(cert2)
+        wait_for("new gRPC handshakes too", lambda: peer_serial(server.grpc_port, ca_path, "h2") == serial_of(cert2))
+        assert g.is_server_ready()  # the gRPC channel opened before the reload goes on
         kept.request("GET", f"/v2/models/{MODEL}", headers=auth)
         assert kept.getresponse().status == 200  # the old connection still works
         kept.close()
