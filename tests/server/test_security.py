@@ -129,6 +129,16 @@ def test_http_without_a_credential_is_401_and_health_stays_open(keyed):
     assert "modelship_auth_decisions_total" in keyed.metrics()
 
 
+def test_an_unauthenticated_body_is_refused_before_it_is_sent(keyed):
+    """401 as soon as the headers are in: the 40 MB body is never read nor charged to the budget."""
+    with socket.create_connection(("127.0.0.1", keyed.http_port), timeout=30) as s:
+        s.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 40000000\r\n"
+                  "Content-Type: application/json\r\n\r\n".encode())
+        head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 401") and "WWW-Authenticate: Bearer" in head
+    assert "modelship_inflight_request_bytes 0.0" in keyed.metrics()
+
+
 @pytest.mark.parametrize("header, why", [
     (f"Bearer {KEY_A}x", "not a known API key"),
     (f"Basic {KEY_A}", "Bearer scheme"),
