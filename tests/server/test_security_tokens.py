@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,27 @@ def test_allowed_service_account(cluster, accounts, reviewer_args, repo, module_
     log = server.log()
     assert caller not in log and doomed not in log
     assert caller.split(".")[2] not in log
+
+
+def test_concurrent_requests_with_a_new_token_cost_one_review(cluster, accounts, reviewer_args, repo,
+                                                              module_server_factory):
+    """Twenty requests at once with a fresh token: each either waits for the one review running or
+    hits its cached verdict, so the miss counter moves by exactly one."""
+    ns, _ = accounts
+    server = module_server_factory(repo, *reviewer_args, "--auth-audiences", AUDIENCE)
+    fresh = token(cluster, ns, "caller")
+
+    def misses():
+        for line in server.metrics().splitlines():
+            if line.startswith('modelship_auth_cache_lookups_total{result="miss"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = misses()
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda _: code(server, fresh)[0], range(20)))
+    assert codes == [200] * 20
+    assert misses() == before + 1
 
 
 def test_subject_access_review(cluster, accounts, reviewer_args, repo, module_server_factory):

@@ -69,3 +69,4 @@ def test_gate_answers_keys_and_shapes_without_the_network(tmp_path):
     assert gate.quick("Bearer secret-two").allowed and not gate.quick("Bearer secret-one").allowed
     assert gate.outcomes[("apikey", "allowed")] == 2
     gate.close()
+

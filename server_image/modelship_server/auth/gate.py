@@ -55,6 +55,7 @@ class Gate:
         self.kube: KubeReviews | None = None
         self.cache: dict[str, tuple[float, Verdict]] = {}
         self.hits = self.misses = 0
+        self.pending: dict[str, asyncio.Future[Verdict]] = {}  # reviews running now, by fingerprint
         self.outcomes: dict[tuple[str, str], int] = {}
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="auth-review")
 
@@ -96,21 +97,34 @@ class Gate:
         return None
 
     async def review(self, header: str | bytes | None) -> Verdict:
-        """Ask the Kubernetes API about a token `quick` could not decide; cache the answer."""
+        """Ask the Kubernetes API about a token `quick` could not decide; cache the answer.
+
+        Requests with the same token that arrive while its review runs wait for that one
+        review (counted as hits) instead of each asking the API server."""
         cred = bearer(header)
         if not isinstance(cred, str) or self.kube is None:
             return self.quick(header) or NO_CREDENTIAL
-        self.misses += 1
+        key = fingerprint(cred)
+        running = self.pending.get(key)
+        if running is not None:
+            self.hits += 1
+            return self._count(await asyncio.shield(running))
         loop = asyncio.get_running_loop()
+        self.pending[key] = done = loop.create_future()
+        self.misses += 1
+        verdict = Verdict(UNAVAILABLE, "the token review was interrupted; retry", "token")  # if cancelled
         try:
             verdict = await loop.run_in_executor(self.pool, self._review_blocking, cred)
         except KubeUnavailable as exc:
             log.warning("cannot check a bearer token: %s", exc)
-            return self._count(Verdict(UNAVAILABLE, f"cannot check the bearer token now: {exc}", "token"))
-        key = fingerprint(cred)
-        if len(self.cache) >= self.config.cache_size:
-            self._evict()
-        self.cache[key] = (time.monotonic() + self.config.cache_ttl_s, verdict)
+            verdict = Verdict(UNAVAILABLE, f"cannot check the bearer token now: {exc}", "token")
+        else:
+            if len(self.cache) >= self.config.cache_size:
+                self._evict()
+            self.cache[key] = (time.monotonic() + self.config.cache_ttl_s, verdict)
+        finally:
+            del self.pending[key]
+            done.set_result(verdict)
         return self._count(verdict)
 
     def _review_blocking(self, token: str) -> Verdict:
