@@ -131,6 +131,13 @@ def test_auth_and_tls_on_real_pods(cluster: Any, operator: OperatorProcess, name
                         what="Ready=False/TLSCertificateInvalid")
         message = condition(msvc, "Ready")["message"]
         assert "cannot use the TLS Secret of spec.tls.secretRef" in message and "tls.crt does not exist" in message
+
+        # a reviewer ServiceAccount that does not exist: no pod can be created, the status says why
+        apply(cluster, _manifest("noreviewer", uri, sha, auth={
+            "enabled": True, "serviceAccounts": {"reviewerServiceAccount": "absent-reviewer"}}), namespace)
+        msvc = wait_for(lambda: _ready(cluster, namespace, "noreviewer", "False", "PodCreationFailed"), timeout=180,
+                        what="Ready=False/PodCreationFailed")
+        assert 'serviceaccount "absent-reviewer" not found' in condition(msvc, "Ready")["message"]
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
         print(json.dumps(get(cluster, "msvc", "-n", namespace)["items"], indent=1)[-3000:])

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.render import render_children
-from modelship.status.diagnosis import diagnose
+from modelship.status.diagnosis import diagnose, replica_failure
 from msvc_samples import SHA, body
 from pods import pod, waiting
 from test_render import assert_restricted
@@ -91,3 +91,18 @@ def test_the_servers_refusal_reaches_status(line: str, reason: str, words: str) 
                                                 last={"exitCode": 2, "message": line})])])
     assert problem is not None and problem.reason == reason
     assert words in problem.message
+
+
+def test_a_missing_reviewer_account_is_named_in_status() -> None:
+    """No pod exists to diagnose: the Deployment's ReplicaFailure condition (the ReplicaSet's
+    FailedCreate, as kube-controller-manager copies it) is the problem."""
+    deployment = {"status": {"conditions": [{
+        "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+        "message": 'pods "fraud-6d9f-" is forbidden: error looking up service account ml/modelship-serving: '
+                   'serviceaccount "modelship-serving" not found'}]}}
+    problem = replica_failure(deployment)
+    assert problem is not None and problem.reason == "PodCreationFailed"
+    assert 'serviceaccount "modelship-serving" not found' in problem.message
+    assert "reviewerServiceAccount" in problem.message
+    assert replica_failure({"status": {"conditions": [{"type": "Available", "status": "True"}]}}) is None
+    assert replica_failure(None) is None

@@ -71,6 +71,11 @@ _SERVER_WHAT = {
     AUTH_CONFIG_INVALID: "the server cannot start authentication as spec.auth asks",
 }
 
+# The Deployment cannot create pods at all (a missing ServiceAccount, a quota, an admission
+# webhook): no pod exists to diagnose, the Deployment's ReplicaFailure condition says why.
+POD_CREATION_FAILED = "PodCreationFailed"
+
+
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 _FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
                 FetchOutcome.NOT_FOUND, FetchOutcome.TOO_LARGE, FetchOutcome.REDIRECT_REFUSED,
@@ -87,6 +92,7 @@ PRIORITY = [
     MODEL_LOAD_FAILED,
     TLS_CERTIFICATE_INVALID,
     AUTH_CONFIG_INVALID,
+    POD_CREATION_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -119,6 +125,19 @@ def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     if not found:
         return None
     return min(found, key=lambda p: PRIORITY.index(p.reason))
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> Problem | None:
+    """The Deployment's ReplicaFailure condition as a problem, or None."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            message = " ".join(str(condition.get("message") or condition.get("reason") or "").split())
+            hint = ""
+            if "serviceaccount" in message.lower():
+                hint = ("; create the ServiceAccount (spec.auth.serviceAccounts.reviewerServiceAccount, "
+                        "docs/security.md) or fix the name")
+            return Problem(POD_CREATION_FAILED, f"the Deployment cannot create pods: {redact_text(message)}{hint}", "")
+    return None
 
 
 def diagnose_pod(pod: Mapping[str, Any]) -> Problem | None:
