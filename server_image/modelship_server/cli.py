@@ -213,7 +213,108 @@ def build_parser() -> argparse.ArgumentParser:
                            "(in a pod: /dev/termination-log); default: none")
     life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log verbosity (default info)")
+    _security_flags(p)
     return p
+
+
+# -- authentication and TLS (docs/security.md) --------------------------------
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _accounts(value: str) -> frozenset[str]:
+    names = _list(value)
+    bad = [n for n in names if n.count("/") != 1 or not all(n.split("/"))]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME[,NAMESPACE/NAME...], got {', '.join(bad)}")
+    return frozenset(names)
+
+
+def _object(value: str) -> tuple[str, str]:
+    ns, _, name = value.partition("/")
+    if not ns or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME of the ModelService, got {value!r}")
+    return ns, name
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    sec = p.add_argument_group(
+        "authentication and TLS (docs/security.md)",
+        "Off by default. With any --auth-* source on, every endpoint but /v2/health/{live,ready} (and gRPC "
+        "ServerLive/ServerReady) needs 'Authorization: Bearer <API key or ServiceAccount token>': 401 / "
+        "UNAUTHENTICATED without a valid one, 403 / PERMISSION_DENIED when it is valid but not allowed. "
+        "The metrics port stays open.")
+    sec.add_argument("--auth-api-keys", metavar="PATH",
+                     help="a file with one API key per line, or a mounted Secret folder with one key per entry; "
+                          "re-read when it changes (rotate keys by updating the Secret)")
+    sec.add_argument("--auth-token-review", type=_bool, default=False, metavar="BOOL",
+                     help="accept Kubernetes ServiceAccount tokens, checked with a TokenReview (default false)")
+    sec.add_argument("--auth-audiences", type=_list, default=(), metavar="LIST",
+                     help="audiences a token must be issued for (comma-separated; default: the API server's own)")
+    sec.add_argument("--auth-allowed-service-accounts", type=_accounts, default=frozenset(), metavar="LIST",
+                     help="NAMESPACE/NAME of the ServiceAccounts let in (comma-separated; default: any token that "
+                          "passes the TokenReview, then --auth-access-review if set)")
+    sec.add_argument("--auth-access-review", type=_object, default=None, metavar="NAMESPACE/NAME",
+                     help="also ask a SubjectAccessReview: may the caller <verb> this ModelService?")
+    sec.add_argument("--auth-access-verb", default="infer", metavar="VERB",
+                     help="the verb checked on modelservices by --auth-access-review (default infer)")
+    sec.add_argument("--auth-cache-ttl", type=_non_negative(float), default=10.0, metavar="SECONDS",
+                     help="how long a token's verdict is remembered (default 10; 0 = review every request)")
+    sec.add_argument("--auth-kube-api", default=None, metavar="URL",
+                     help="the Kubernetes API for reviews (default: in a pod, https://$KUBERNETES_SERVICE_HOST)")
+    sec.add_argument("--auth-kube-token-file", default=None, metavar="FILE",
+                     help="the server's own token for reviews (default: the pod's ServiceAccount token)")
+    sec.add_argument("--auth-kube-ca-file", default=None, metavar="FILE",
+                     help="CA of the Kubernetes API (default: the pod's ServiceAccount ca.crt)")
+    sec.add_argument("--tls-dir", default=None, metavar="DIR",
+                     help="serve HTTPS and gRPC over TLS from a kubernetes.io/tls Secret folder (tls.crt, tls.key; "
+                          "ca.crt for --tls-client-auth); re-read when it changes, open connections kept")
+    sec.add_argument("--tls-cert-file", default=None, metavar="FILE", help="certificate chain, PEM (default DIR/tls.crt)")
+    sec.add_argument("--tls-key-file", default=None, metavar="FILE", help="private key, PEM (default DIR/tls.key)")
+    sec.add_argument("--tls-client-auth", type=_bool, default=False, metavar="BOOL",
+                     help="mTLS: require client certificates signed by --tls-client-ca-file (default false)")
+    sec.add_argument("--tls-client-ca-file", default=None, metavar="FILE",
+                     help="CA that signs client certificates, PEM (default DIR/ca.crt)")
+    sec.add_argument("--watch-interval", type=_positive_float, default=2.0, metavar="SECONDS",
+                     help="how often the API key and TLS files are checked for changes (default 2)")
+
+
+def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The Settings fields of the security flags; parser.error on a combination that cannot work."""
+    from .auth import GateConfig
+    from .tls import TlsConfig
+
+    def path(v: str | None) -> Path | None:
+        return Path(v) if v else None
+
+    if (args.auth_allowed_service_accounts or args.auth_access_review or args.auth_audiences) \
+            and not args.auth_token_review:
+        parser.error("--auth-allowed-service-accounts, --auth-access-review and --auth-audiences need "
+                     "--auth-token-review true")
+    auth = GateConfig(
+        api_keys=path(args.auth_api_keys), token_review=args.auth_token_review, audiences=args.auth_audiences,
+        allowed_service_accounts=args.auth_allowed_service_accounts, access_review=args.auth_access_review,
+        access_verb=args.auth_access_verb, cache_ttl_s=args.auth_cache_ttl, kube_api=args.auth_kube_api,
+        kube_token_file=path(args.auth_kube_token_file), kube_ca_file=path(args.auth_kube_ca_file),
+    )
+    tls = None
+    folder = path(args.tls_dir)
+    cert = path(args.tls_cert_file) or (folder / "tls.crt" if folder else None)
+    key = path(args.tls_key_file) or (folder / "tls.key" if folder else None)
+    if cert or key:
+        if not (cert and key):
+            parser.error("TLS needs both a certificate and a key: pass --tls-dir, or --tls-cert-file and --tls-key-file")
+        ca = None
+        if args.tls_client_auth:
+            ca = path(args.tls_client_ca_file) or (folder / "ca.crt" if folder else None)
+            if ca is None:
+                parser.error("--tls-client-auth true needs --tls-client-ca-file (or --tls-dir holding ca.crt)")
+        tls = TlsConfig(cert, key, ca)
+    elif args.tls_client_auth:
+        parser.error("--tls-client-auth needs TLS on: pass --tls-dir, or --tls-cert-file and --tls-key-file")
+    return {"auth": auth, "tls": tls, "watch_interval_s": args.watch_interval}
 
 
 def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
@@ -264,6 +365,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
             allow_spinning=args.allow_spinning,
             cache_dir=Path(args.cache_dir),
         ),
+        **_security_settings(parser, args),
     ), args.log_level
 
 
@@ -275,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from .malloc import pin_mmap_threshold
-    from .server import BindError, serve  # after parsing: --help stays fast
+    from .server import StartupError, serve  # after parsing: --help stays fast
 
     pin_mmap_threshold()
 
@@ -287,8 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     try:
         return runner(serve(settings))
-    except BindError as exc:
+    except StartupError as exc:
         print(f"modelship-server: error: {exc}", file=sys.stderr)
+        if settings.termination_log is not None:
+            from .server import write_termination_log
+
+            write_termination_log(settings.termination_log, f"{exc.reason}: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

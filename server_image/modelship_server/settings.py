@@ -7,7 +7,9 @@ from pathlib import Path
 
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
+from .auth.gate import GateConfig
 from .runtime import RuntimeOptions
+from .tls import TlsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +49,7 @@ class Settings:
     exit_on_error: bool = True
     termination_log: Path | None = None  # where the reason of an exit on error is written
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    # -- authentication and TLS (docs/security.md) --
+    auth: GateConfig = dataclasses.field(default_factory=GateConfig)
+    tls: TlsConfig | None = None
+    watch_interval_s: float = 2.0  # how often the API key and TLS files are checked for changes

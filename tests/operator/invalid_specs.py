@@ -85,6 +85,16 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("inputs-zero-dim", _with(model__inputs=[{"name": "x", "shape": [1, 0]}]), "spec.model.inputs[0].shape[1]", ""),
     ("dataset-sha256-missing", _with(optimization={"dataset": {"uri": "https://h/val.npz"}}),
      "spec.optimization.dataset.sha256", "Required"),
+    # -- spec.auth and spec.tls (docs/security.md) --
+    ("auth-without-a-source", _with(auth={"enabled": True}), "spec.auth",
+     "needs spec.auth.serviceAccounts or spec.auth.apiKeys"),
+    ("auth-on-triton", _with(runtime="triton", auth={"enabled": True, "apiKeys": {"secretRef": {"name": "k"}}}),
+     "spec.auth", "applies only to runtime onnxruntime"),
+    ("tls-on-triton", _with(runtime="triton", tls={"secretRef": {"name": "t"}}), "spec.tls",
+     "applies only to runtime onnxruntime"),
+    ("tls-without-secret", _with(tls={}), "spec.tls.secretRef", "Required"),
+    ("auth-allowed-not-namespaced", _with(auth={"enabled": True, "serviceAccounts": {"allowed": ["caller"]}}),
+     "spec.auth.serviceAccounts.allowed[0]", ""),
 ]
 
 

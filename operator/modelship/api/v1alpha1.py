@@ -394,6 +394,49 @@ class NetworkPolicySettings(_Model):
     allow_metrics_from: Annotated[list[Peer], Field(max_length=16)] | None = None
 
 
+# -- authentication and TLS of the serving endpoints (docs/security.md) --
+
+_ACCOUNT = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+
+
+class SecretName(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class ServiceAccountAuth(_Model):
+    """Callers' ServiceAccount tokens, checked by the server with a TokenReview."""
+
+    audiences: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=253)]],
+                         Field(max_length=8)] | None = None
+    allowed: Annotated[list[Annotated[str, StringConstraints(pattern=_ACCOUNT, max_length=317)]],
+                       Field(max_length=64)] | None = None
+    subject_access_review: bool = False
+    reviewer_service_account: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "modelship-serving"
+
+
+class ApiKeyAuth(_Model):
+    secret_ref: SecretName
+
+
+class AuthSettings(_Model):
+    enabled: bool = False
+    service_accounts: ServiceAccountAuth | None = None
+    api_keys: ApiKeyAuth | None = None
+    cache_ttl_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+
+    @model_validator(mode="after")
+    def _source(self) -> AuthSettings:
+        if self.enabled and self.service_accounts is None and self.api_keys is None:
+            raise ValueError("spec.auth.enabled needs spec.auth.serviceAccounts or spec.auth.apiKeys "
+                             "(who may call: ServiceAccount tokens, API keys, or both)")
+        return self
+
+
+class TlsSettings(_Model):
+    secret_ref: SecretName  # a kubernetes.io/tls Secret (cert-manager's Certificate writes one)
+    client_auth: bool = False  # mTLS: clients need a certificate signed by the Secret's ca.crt
+
+
 Runtime = Literal["onnxruntime", "triton"]
 
 
@@ -413,9 +456,16 @@ class ModelServiceSpec(_Model):
     rollout: Rollout = Field(default_factory=Rollout)
     disruption_budget: DisruptionBudget = Field(default_factory=DisruptionBudget)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    # -- authentication and TLS (docs/security.md) --
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings | None = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
+        if self.tls is not None and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.tls applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
+        if self.auth.enabled and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.auth applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.onnxruntime is not None and self.runtime != "onnxruntime":
             raise ValueError(f"spec.onnxruntime applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.triton is not None and self.runtime != "triton":

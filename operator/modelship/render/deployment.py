@@ -28,6 +28,7 @@ from modelship.render import names, pod
 from modelship.render.artifact import ModelArtifact
 from modelship.render.model_config import batching_mode
 from modelship.render.pod import MODEL_REPOSITORY
+from modelship.render.security import server_security
 
 APPLY_VARIANT = "apply-variant"
 FIT_CONFIG = "fit-config"
@@ -61,11 +62,20 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    sec = server_security(msvc)  # spec.auth and spec.tls (docs/security.md)
+    server["command"] += sec.args
+    server["volumeMounts"] += sec.mounts
+    volumes += sec.volumes
+    if sec.probe_scheme != "HTTP":  # left out otherwise: services without TLS render as before
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            server[kind]["httpGet"]["scheme"] = sec.probe_scheme
     if spec.runtime == "triton":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
         server["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
 
     pod_spec = pod.base_pod_spec(msvc)
+    if sec.service_account is not None:
+        pod_spec["serviceAccountName"] = sec.service_account
     pod_spec.update({
         "terminationGracePeriodSeconds": spec.rollout.termination_grace_period_seconds,
         "initContainers": init,

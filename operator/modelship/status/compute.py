@@ -17,7 +17,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.render import names
 from modelship.status import batching
 from modelship.status import conditions as c
-from modelship.status.diagnosis import Problem, diagnose
+from modelship.status.diagnosis import Problem, diagnose, replica_failure
 from modelship.status.optimization import Wait
 
 AVAILABLE = "Available"
@@ -179,7 +179,7 @@ def compute_status(
     """
     previous = previous or {}
     rollout = rollout_of(msvc, observed.deployment, desired_hash)
-    problem = diagnose(observed.pods)
+    problem = diagnose(observed.pods) or replica_failure(observed.deployment)
     computed = compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait) + list(extra_conditions)
     merged, transitions = c.merge(
         previous.get("conditions"), computed, generation=msvc.metadata.generation, now=now

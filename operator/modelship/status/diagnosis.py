@@ -61,7 +61,20 @@ CONFIG_FIT_FAILED = "ConfigFitFailed"  # the fit-config step failed otherwise (i
 # termination message (modelship_server.errors, the ModelLoadError reasons).
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 WARMUP_FAILED = "WarmupFailed"
-SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED)
+# spec.tls / spec.auth: the server refused to start with its Secret's files (docs/security.md).
+TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
+AUTH_CONFIG_INVALID = "AuthConfigInvalid"
+SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED, TLS_CERTIFICATE_INVALID,
+                  AUTH_CONFIG_INVALID)
+_SERVER_WHAT = {
+    TLS_CERTIFICATE_INVALID: "the server cannot use the TLS Secret of spec.tls.secretRef",
+    AUTH_CONFIG_INVALID: "the server cannot start authentication as spec.auth asks",
+}
+
+# The Deployment cannot create pods at all (a missing ServiceAccount, a quota, an admission
+# webhook): no pod exists to diagnose, the Deployment's ReplicaFailure condition says why.
+POD_CREATION_FAILED = "PodCreationFailed"
+
 
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 _FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
@@ -77,6 +90,9 @@ PRIORITY = [
     CONFIG_FIT_FAILED,
     WARMUP_FAILED,
     MODEL_LOAD_FAILED,
+    TLS_CERTIFICATE_INVALID,
+    AUTH_CONFIG_INVALID,
+    POD_CREATION_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -109,6 +125,19 @@ def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     if not found:
         return None
     return min(found, key=lambda p: PRIORITY.index(p.reason))
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> Problem | None:
+    """The Deployment's ReplicaFailure condition as a problem, or None."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            message = " ".join(str(condition.get("message") or condition.get("reason") or "").split())
+            hint = ""
+            if "serviceaccount" in message.lower():
+                hint = ("; create the ServiceAccount (spec.auth.serviceAccounts.reviewerServiceAccount, "
+                        "docs/security.md) or fix the name")
+            return Problem(POD_CREATION_FAILED, f"the Deployment cannot create pods: {redact_text(message)}{hint}", "")
+    return None
 
 
 def diagnose_pod(pod: Mapping[str, Any]) -> Problem | None:
@@ -174,9 +203,10 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
                          what="fitting config.pbtxt to the model failed")
     if not init and cname == SERVER_CONTAINER and failed:
         line = (failed.get("message") or "").strip()
-        if line.split(":", 1)[0] in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
+        first = line.split(":", 1)[0]
+        if first in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
             return _reasoned(failed, known=SERVER_REASONS, fallback=MODEL_LOAD_FAILED,
-                             what="the server could not load the model")
+                             what=_SERVER_WHAT.get(first, "the server could not load the model"))
     if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
         restarts = container.get("restartCount", 0)
         why = ""

@@ -10,6 +10,9 @@ its size is charged to the byte budget before parsing (RESOURCE_EXHAUSTED with a
 retry-after trailer when over), a message that does not parse is an
 INVALID_ARGUMENT (in a stream: an error for that message, and the stream goes
 on), and a large one is parsed and decoded off the event loop.
+
+With auth on, one interceptor (`AuthInterceptor`) asks the gate before any method but
+ServerLive/ServerReady runs: UNAUTHENTICATED or PERMISSION_DENIED with the gate's message.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 from .. import __version__
+from ..auth import Gate
+from ..auth.decide import FORBIDDEN, OPEN_GRPC_METHODS, UNAVAILABLE, Verdict
 from ..budget import ByteBudget
 from ..codecs import grpc as codec
 from ..codecs import grpc_wire
@@ -217,8 +222,52 @@ def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None) -> grpc.aio.Server:
+_CODES = {FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE}
+
+
+def _refusal(handler: grpc.RpcMethodHandler, verdict: Verdict) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers the verdict's status and nothing else."""
+    code = _CODES.get(verdict.outcome, grpc.StatusCode.UNAUTHENTICATED)
+
+    async def refuse(request, context):  # noqa: ARG001
+        await context.abort(code, verdict.message)
+
+    async def refuse_stream(request_iterator, context):  # noqa: ARG001
+        await context.abort(code, verdict.message)
+        yield  # pragma: no cover - makes this an async generator, as a streaming handler must be
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The gRPC side of the auth gate: one check per call, before its handler runs."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def intercept_service(self, continuation, details):
+        if details.method.rsplit("/", 1)[-1] in OPEN_GRPC_METHODS:
+            return await continuation(details)
+        header = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                header = value
+                break
+        verdict = self.gate.quick(header)
+        if verdict is None:
+            verdict = await self.gate.review(header)
+        handler = await continuation(details)
+        if verdict.allowed or handler is None:
+            return handler
+        return _refusal(handler, verdict)
+
+
+def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None,
+                gate: Gate | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(gate)] if gate is not None else None,
         options=[
             ("grpc.max_receive_message_length", max_message_size),
             ("grpc.max_send_message_length", max_message_size),

@@ -18,3 +18,5 @@ class HttpRequest:
     reserved: int = 0  # bytes of the in-flight budget this request holds until answered
     # An answer decided while parsing (413, 503 shed): (status, message, close, retry_after)
     verdict: tuple[int, str, bool, int | None] | None = None
+    authorization: bytes | None = None  # the Authorization header, handed to the auth gate only
+    authorized: bool = False  # the gate let it in (set after an asynchronous token review)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 from urllib.parse import unquote
 
+from ..auth import Gate
 from ..budget import ByteBudget
 from ..codecs import rest as codec
 from ..dataplane import DataPlane
@@ -170,8 +171,11 @@ class RestApp:
     """What every HTTP connection shares: the data plane, the byte budget, the limits."""
 
     def __init__(self, dataplane: DataPlane, *, max_body_size: int, budget: ByteBudget | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, gate: Gate | None = None,
+                 require_client_cert: bool = False) -> None:
         self.dp = dataplane
+        self.gate = gate  # None: no authentication (the default)
+        self.require_client_cert = require_client_cert  # mTLS: the TLS layer asked, this layer refuses
         self.max_body_size = max_body_size
         self.budget = budget or ByteBudget(1 << 62)
         self.limits = limits or HttpLimits()
