@@ -109,8 +109,8 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
         accelerator.parameters["trt_engine_cache_enable"] = "true"
         accelerator.parameters["trt_engine_cache_path"] = TENSORRT_CACHE_PATH
-        for key, value in trt.profile:
-            accelerator.parameters[key] = value
+        for option, shapes in trt.profile:
+            accelerator.parameters[option] = shapes
 
     ort_settings = spec.onnxruntime
     spec_intra = ort_settings.intra_op_threads if ort_settings is not None else None
