@@ -186,6 +186,11 @@ def test_default_recipes_gpu_candidates_only_with_a_gpu():
     with_gpu, _ = cand.default_recipes(cpu_count=1, gpu_unavailable=None)
     assert any(r.kind == "fp16" and r.providers[0] == "CUDAExecutionProvider" for r in with_gpu)
     assert {r.name for r in with_gpu if r.kind == "tensorrt"} == {"tensorrt-fp32", "tensorrt-fp16"}
+    # with a GPU the service runs there: only GPU candidates, the CPU-only ones skipped with why
+    assert all(r.on_gpu for r in with_gpu)
+    _, skipped_on_gpu = cand.default_recipes(cpu_count=1, gpu_unavailable=None)
+    ort_all = next(s for s in skipped_on_gpu if s.name == "ort-all")
+    assert "the service runs on the GPU" in ort_all.reason
     assert not any(r.intra_op_threads == 1 for r in with_gpu)  # one core: no thread variant
 
 

@@ -129,8 +129,15 @@ def default_recipes(cpu_count: int | None = None, gpu_unavailable: str | None = 
                               op_types=["Conv"]))
     if cpus > 1:  # one thread per request can beat a contended pool for small models
         recipes.append(Recipe(name="ort-all-1-thread", kind="ort_all", intra_op_threads=1))
-    recipes += gpu_recipes(availability, profile)
     skipped += [Skipped(name=name, reason=why) for name, why in gpu.gpu_plan(availability)[1]]
+    on_gpu = gpu_recipes(availability, profile)
+    if on_gpu:
+        # The Job runs on the service's hardware: with a usable GPU the service runs there, so a
+        # CPU-only variant would be timed on a device it is not served on. The baseline is the
+        # original on CUDA (search.py), and the candidates are the GPU ones.
+        skipped += [Skipped(name=r.name, reason="the service runs on the GPU (CUDA is usable here): CPU-only variants "
+                                                "are not candidates there") for r in recipes]
+        return on_gpu, skipped
     return recipes, skipped
 
 
