@@ -12,6 +12,10 @@ exec > >(tee "$out/device.log") 2>&1
 export PYTHONUNBUFFERED=1
 bundle=/tmp/gpu-bundle
 rm -rf "$bundle" && cp -r "$small" "$bundle" || exit 2
+mkdir -p /tmp/gpu-parts
+for part in "$(dirname "$small")"/parts/p*/part; do  # a part carried with this call (the last one, when it fits)
+  [ -f "$part" ] && cp "$part" "/tmp/gpu-parts/$(basename "$(dirname "$part")")"
+done
 echo "[device] $(date -u +%FT%TZ) parts present: $(ls /tmp/gpu-parts 2>/dev/null | tr '\n' ' ')"
 python3 - "$bundle/manifest.json" <<'PY' || exit 3
 import hashlib, json, pathlib, sys
