@@ -25,10 +25,10 @@ _spec.loader.exec_module(gc)
     ("budget", "expected"),
     [
         # plenty: every step its planned share, in order
-        (1000.0, {"providers": 20.0, "serve": 130.0, "optimize-transformer": 240.0, "optimize-cnn": 310.0,
+        (1000.0, {"providers": 15.0, "serve": 135.0, "optimize-transformer": 245.0, "optimize-cnn": 305.0,
                   "throughput": 430.0}),
         # short: scaled to the budget less the reserve, the last deadline exactly at it
-        (225.0, {"providers": 10.0, "serve": 65.0, "optimize-transformer": 120.0, "optimize-cnn": 155.0,
+        (225.0, {"providers": 7.5, "serve": 67.5, "optimize-transformer": 122.5, "optimize-cnn": 152.5,
                  "throughput": 215.0}),
         (5.0, {name: 0.0 for name, _ in gc.STEPS}),  # less than the reserve: nothing may start
     ],
