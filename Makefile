@@ -95,6 +95,15 @@ bench-optimize: venv  ## modelship optimize vs Microsoft Olive on MiniLM and a C
 bench-autoscale: venv  ## builtin autoscaler vs CPU HPA vs KEDA polling on one replayed trace (docs/autoscaling.md)
 	$(BIN)/python benchmarks/autoscale_trace.py --json docs/benchmarks/autoscale-trace.json
 
+gpu-check:  ## the one-shot GPU check on this machine (needs an NVIDIA GPU; says so and exits 0 without one; docs/gpu.md)
+	$(PYTHON) benchmarks/gpu_check.py run --out gpu-check-results $(GPU_CHECK_ARGS)
+
+gpu-check-prepare: venv  ## bundle the wheels and models a GPU machine without registries needs, print the device calls (docs/gpu.md)
+	$(BIN)/python benchmarks/gpu_check.py prepare
+
+gpu-check-device:  ## on the lent GPU machine, after the parts calls: join, install, run the check into $$OUT (docs/gpu.md)
+	bash benchmarks/gpu_check_device.sh .gpu-bundle/small $(GPU_CHECK_ARGS)
+
 images:  ## build the serving and operator images (needs a Docker engine; none runs on the dev VM)
 	docker build -f server_image/Dockerfile -t ghcr.io/modelship/modelship-server:0.1.0 .
 	docker build -f operator/Dockerfile -t ghcr.io/modelship/modelship-operator:0.1.0 .

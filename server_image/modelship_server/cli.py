@@ -183,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "run takes less than this: the thread handoff (~40 us) would cost more than the run "
                             "(default 100; 0 = always use worker threads)")
     rt = p.add_argument_group("ONNX Runtime")
-    rt.add_argument("--execution-providers", type=_providers, default=("tensorrt", "cuda", "cpu"),
+    rt.add_argument("--execution-providers", type=_providers, default=("cuda", "cpu"),
                     metavar="LIST",
-                    help="providers to try, in order, when usable here (default tensorrt,cuda,cpu); "
-                         "a config's gpu_execution_accelerator list comes first")
+                    help="providers to try, in order, when usable here (default cuda,cpu); a config's "
+                         "gpu_execution_accelerator list comes first, and is how TensorRT is turned on "
+                         "for a model (docs/gpu.md: the operator renders it only where it passed the gate)")
     rt.add_argument("--intra-op-threads", type=_non_negative(int), default=0, metavar="N",
                     help="threads inside one operator, per session (default 0 = ONNX Runtime's choice; "
                          "config parameter intra_op_thread_count wins)")

@@ -38,6 +38,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("onnxruntime-settings-on-triton", _with(runtime="triton", onnxruntime={"intraOpThreads": 2}),
      "spec.onnxruntime", "applies only to runtime onnxruntime"),
     ("tensorrt-without-gpu", _with(runtime="triton", triton={"tensorrt": True}), "spec.triton.tensorrt", "needs a GPU"),
+    ("onnxruntime-tensorrt-without-gpu", _with(onnxruntime={"tensorrt": True}), "spec.onnxruntime.tensorrt",
+     "needs a GPU"),
     ("mig-without-count", _with(resources={"gpu": {"migProfile": "1g.10gb"}}), "spec.resources.gpu.migProfile",
      "count of at least 1"),
     ("mig-profile-format", _with(resources={"gpu": {"count": 1, "migProfile": "big"}}), "spec.resources.gpu.migProfile",

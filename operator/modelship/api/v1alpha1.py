@@ -309,6 +309,10 @@ class Optimization(_Model):
 class OnnxRuntimeSettings(_Model):
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
     inter_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
+    # GPU (docs/gpu.md): unset, TensorRT runs only where the optimize Job's TensorRT variant
+    # passed the gate; true forces it (status says ungated); false keeps it off.
+    tensorrt: bool | None = None
+    tensorrt_precision: Literal["fp32", "fp16"] | None = None  # forced without a gated variant: fp16
 
 
 class TritonSettings(_Model):
@@ -474,6 +478,10 @@ class ModelServiceSpec(_Model):
             raise ValueError(
                 "spec.triton.tensorrt needs a GPU: set spec.resources.gpu.count to at least 1, or drop tensorrt"
             )
+        if self.onnxruntime is not None and self.onnxruntime.tensorrt and self.resources.gpu.count < 1:
+            raise ValueError(
+                "spec.onnxruntime.tensorrt needs a GPU: set spec.resources.gpu.count to at least 1, or drop tensorrt"
+            )
         if self.autoscaling.enabled and self.autoscaling.engine == "builtin" and self.slo is None:
             raise ValueError(
                 "spec.slo.latencyMilliseconds is required when spec.autoscaling uses the builtin engine, "
@@ -570,6 +578,7 @@ class OptimizationStatus(_Model):
     capacity: CapacityStatus | None = None
     gate: str | None = None
     inputs: str | None = None
+    tensorrt: str | None = None  # "gated: ...", "ungated: ..." or "off: ..." (render/model_config.tensorrt_choice)
 
 
 class AutoscalingStatus(_Model):

@@ -183,6 +183,16 @@ def _feeds(args: argparse.Namespace, model, *, strict: bool = True) -> tuple[lis
     return calibration, validation, source
 
 
+def _tensorrt_profile(args: argparse.Namespace, model):  # noqa: ANN001, ANN202
+    """The TensorRT optimization profile from --inputs and the batch range 1..--max-batch-size."""
+    from modelship_server.feeds import parse_hints
+
+    from .gpu_candidates import tensorrt_profile
+    from .inputs import input_specs
+
+    return tensorrt_profile(input_specs(model), parse_hints(args.inputs, where="--inputs"), args.max_batch_size)
+
+
 def _apply(args: argparse.Namespace) -> int:
     from .apply import apply, parse_recipe
     from .builds import quiet_quantizer
@@ -233,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
                           budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls,
-                          workers=args.build_workers)
+                          workers=args.build_workers, tensorrt_profile=_tensorrt_profile(args, model))
     except BaselineFailed as exc:
         fix = "fix the dataset" if args.dataset is not None else "declare the inputs' shapes and values (--inputs)"
         raise UsageError(f"{exc}; {fix}") from None
