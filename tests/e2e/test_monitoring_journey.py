@@ -1,0 +1,199 @@
+"""Monitoring on the local cluster, for real: the operator from its chart, a serving pod running
+modelship-server with spec.monitoring, and the conditions the operator derives from the pod's
+metrics (issue 15's acceptance).
+
+One ModelService, a three-input classifier (`age`, `income`, `tenure`, [batch, 2] each ->
+`scores` [batch, 3]) with the reference frozen from each pod's first requests. In order:
+- a stationary stream (the reference's distribution) leaves DataDrift False;
+- `income` shifted by 3 sigma turns DataDrift True, naming `income` (and not the others);
+- labels that disagree with the predictions turn QualityDegraded True (accuracy below 0.8),
+  and labels that agree turn it back to False.
+
+It needs the server half of monitoring (modelship_server.monitoring: the flags, the drift and
+quality series, POST /v2/models/{m}/feedback); without it the module skips, naming what is
+missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from chart_install import AGENT_NODES, AGENT_TOLERATIONS, operator_from_chart
+from traffic import ready_addresses
+from waiting import wait_for
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(importlib.util.find_spec("modelship_server.monitoring") is None,
+                       reason="needs the server half of monitoring (modelship_server.monitoring, branch mons)"),
+]
+
+NAMESPACE = "monitoring-e2e"
+OPERATOR_NAMESPACE = "modelship-monitoring-e2e"
+NAME = "churn"
+MODEL = "churn"
+INPUTS = ("age", "income", "tenure")
+MSVC_PATH = f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{NAME}"
+WINDOW = 100
+REFERENCE = 200
+
+
+def classifier() -> onnx.ModelProto:
+    """Three [batch, 2] float inputs, concatenated, times a fixed [6, 3] matrix: class scores."""
+    rng = np.random.default_rng(11)
+    weights = numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Concat", list(INPUTS), ["x"], axis=1), helper.make_node("MatMul", ["x", "w"], ["scores"])],
+        "churn",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in INPUTS],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in (msvc.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster):  # noqa: ANN001, ANN201
+    with operator_from_chart(cluster, release="modelship-monitoring", namespace=NAMESPACE,
+                             operator_namespace=OPERATOR_NAMESPACE, delete_timeout="90s"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def address(cluster, operator) -> str:  # noqa: ANN001
+    """The serving pod's address once the ModelService is Ready."""
+    folder = cluster.plane.state_dir / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "monitoring-churn.onnx"
+    onnx.save(classifier(), str(path))
+    store = cluster.plane.read_state()["model_store_url"].rstrip("/")
+    manifest = {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": f"{store}/{path.name}", "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                      "name": MODEL},
+            "replicas": 1, "resources": {"cpu": "500m", "memory": "1Gi"},
+            "batching": {"enabled": False},
+            "scheduling": {"nodeSelector": AGENT_NODES, "tolerations": AGENT_TOLERATIONS},
+            "rollout": {"preStopDelaySeconds": 1, "terminationGracePeriodSeconds": 10},
+            "monitoring": {"enabled": True, "window": WINDOW, "reference": {"firstRequests": REFERENCE},
+                           "quality": {"metric": "accuracy", "minimum": 0.8, "minLabels": 50}},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def ready() -> dict[str, Any] | None:
+        msvc = cluster.api("GET", MSVC_PATH)
+        ready_ = condition(msvc, "Ready")
+        return msvc if ready_ and ready_["status"] == "True" else None
+
+    wait_for(f"{NAME} to be Ready", ready, timeout=600, interval=2)
+    [pod] = ready_addresses(cluster.api, NAMESPACE, NAME)
+    return pod
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - a pod on loopback's cluster
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def send(address: str, rng: np.random.Generator, count: int, *, shift: dict[str, float] | None = None,
+         tag: str = "r") -> dict[str, int]:
+    """`count` single-row requests with ids `{tag}-{i}`; returns id -> predicted class."""
+    predicted = {}
+    for i in range(count):
+        rid = f"{tag}-{i}"
+        inputs = []
+        for name in INPUTS:
+            row = rng.standard_normal(2) + (shift or {}).get(name, 0.0)
+            inputs.append({"name": name, "shape": [1, 2], "datatype": "FP32", "data": row.tolist()})
+        status, answer = _post(f"http://{address}:8000/v2/models/{MODEL}/infer", {"id": rid, "inputs": inputs})
+        assert status == 200, answer
+        assert answer.get("id") == rid, answer
+        [scores] = [o for o in answer["outputs"] if o["name"] == "scores"]
+        predicted[rid] = int(np.argmax(scores["data"]))
+    return predicted
+
+
+def feedback(address: str, predicted: dict[str, int], *, correct: bool) -> None:
+    for rid, cls in predicted.items():
+        label = cls if correct else (cls + 1) % 3
+        status, answer = _post(f"http://{address}:8000/v2/models/{MODEL}/feedback", {"id": rid, "label": label})
+        assert status == 200, (rid, answer)
+
+
+def wait_condition(cluster, kind: str, status: str, timeout: float = 120) -> dict[str, Any]:  # noqa: ANN001
+    seen: list[Any] = []
+
+    def check() -> dict[str, Any] | None:
+        msvc = cluster.api("GET", MSVC_PATH)
+        found = condition(msvc, kind)
+        seen.append((found, (msvc.get("status") or {}).get("monitoring")))
+        return {"condition": found, "msvc": msvc} if found and found["status"] == status else None
+
+    try:
+        return wait_for(f"{kind}={status}", check, timeout=timeout, interval=2)
+    except AssertionError:
+        raise AssertionError(f"{kind} never turned {status}; last seen: {seen[-1] if seen else None}") from None
+
+
+def test_a_stationary_stream_leaves_data_drift_false(cluster, address) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(1)
+    send(address, rng, REFERENCE + 3 * WINDOW, tag="stationary")
+    found = wait_condition(cluster, "DataDrift", "False")
+    assert found["condition"]["reason"] == "NoDrift", found["condition"]
+    monitoring = found["msvc"]["status"]["monitoring"]
+    assert monitoring["referenceReadyPods"] == "1/1", monitoring
+    assert monitoring["reference"] == f"first {REFERENCE} sampled requests of each pod", monitoring
+    assert not any(entry["drifted"] for entry in monitoring["drift"]), monitoring
+
+
+def test_a_shifted_input_turns_data_drift_true_naming_it(cluster, address) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(2)
+    send(address, rng, 3 * WINDOW, shift={"income": 3.0}, tag="shifted")
+    found = wait_condition(cluster, "DataDrift", "True")
+    drift = found["condition"]
+    assert drift["reason"] == "DriftDetected" and "income" in drift["message"], drift
+    assert "age" not in drift["message"] and "tenure" not in drift["message"], drift
+    top = found["msvc"]["status"]["monitoring"]["drift"][0]
+    assert "income" in top["tensor"] and top["drifted"] and top["psi"] > 0.2, top
+    events = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=involvedObject.name={NAME}")
+    assert any(e["reason"] == "DriftDetected" and e["type"] == "Warning" for e in events["items"]), \
+        [(e["reason"], e["type"]) for e in events["items"]]
+
+
+def test_bad_labels_turn_quality_degraded_true_and_good_labels_turn_it_back(cluster, address) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(3)
+    wrong = send(address, rng, WINDOW, tag="wrong")
+    feedback(address, wrong, correct=False)
+    found = wait_condition(cluster, "QualityDegraded", "True")
+    assert found["condition"]["reason"] == "BelowMinimum", found["condition"]
+    quality = found["msvc"]["status"]["monitoring"]["quality"]
+    assert quality["metric"] == "accuracy" and quality["value"] < 0.8, quality
+
+    right = send(address, rng, 2 * WINDOW, tag="right")
+    feedback(address, right, correct=True)
+    found = wait_condition(cluster, "QualityDegraded", "False")
+    assert found["condition"]["reason"] == "WithinBound", found["condition"]
+    assert found["msvc"]["status"]["monitoring"]["quality"]["value"] >= 0.8
