@@ -11,7 +11,7 @@ Choices, and why:
 - A tensor is judged only on pods whose current window is full (`window` samples); a pod that
   just started says nothing yet. Over those pods the largest score per tensor counts: one pod
   seeing drifted traffic is drift.
-- Drifted means the PSI is above its threshold and, where the server also exports the
+- Drifted means the PSI is at or above its threshold and, where the server also exports the
   two-sample Kolmogorov-Smirnov statistic, its p-value is below `pValue`: both tests must
   agree. PSI alone is noisy on small windows; KS alone fires on harmless shifts of huge windows.
   The KS p-value comes from the statistic D and the two sample sizes (the window and the
@@ -152,7 +152,7 @@ def _drift(spec: Monitoring, pods: Mapping[str, PodReading], previous: Verdict |
             if t.window < spec.window or t.psi is None:
                 continue
             p = ks_p_value(t.ks, t.window, reading.reference_samples) if t.ks is not None else None
-            drifted = t.psi > spec.drift.psi_threshold and (p is None or p < spec.drift.p_value)
+            drifted = t.psi >= spec.drift.psi_threshold and (p is None or p < spec.drift.p_value)
             entry = DriftEntry(tensor=t.tensor, psi=t.psi, p_value=p, drifted=drifted)
             old = worst.get(t.tensor)
             if old is None or (entry.drifted, entry.psi) > (old.drifted, old.psi):
