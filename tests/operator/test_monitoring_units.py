@@ -263,6 +263,7 @@ def _server(pod: dict[str, Any]) -> dict[str, Any]:
 def test_render_without_monitoring_adds_nothing() -> None:
     pod = _pod(PLAIN)
     assert not any(a.startswith("--monitoring") or a.startswith("--capture") for a in _server(pod)["command"])
+    assert "env" not in _server(pod) and "envFrom" not in _server(pod)
     assert "build-reference" not in [i["name"] for i in pod["initContainers"]]
 
 
@@ -273,6 +274,7 @@ def test_render_first_requests_reference() -> None:
     assert "--monitoring --monitoring-sample-rate 0.5 --monitoring-window 1000" in joined
     assert "--drift-psi-threshold 0.2 --drift-p-value 0.01 --monitoring-reference-size 200" in joined
     assert "build-reference" not in [i["name"] for i in pod["initContainers"]]
+    assert _server(pod)["env"] == [{"name": "MODELSHIP_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
 
 
 def test_render_dataset_reference_profiles_it_in_an_init_step() -> None:

@@ -68,6 +68,8 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     ]
     if env_from := monitoring.server_env_from(msvc):
         server["envFrom"] = env_from
+    if env := monitoring.server_env(msvc):
+        server["env"] = env
     if spec.runtime == "triton":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
         server["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})

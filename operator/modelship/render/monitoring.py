@@ -29,6 +29,7 @@ MONITORING_MOUNT = "/monitoring"
 REFERENCE_PATH = f"{MONITORING_MOUNT}/reference.json"
 CAPTURE_MOUNT = "/capture"
 CAPTURE_EMPTYDIR_LIMIT = "1Gi"
+POD_IP_ENV = "MODELSHIP_POD_IP"
 
 
 def enabled(msvc: ModelService) -> bool:
@@ -77,6 +78,14 @@ def server_mounts(msvc: ModelService) -> list[dict[str, Any]]:
     if enabled(msvc) and capture is not None and not capture.sink.startswith("s3://"):
         mounts.append({"name": "capture", "mountPath": CAPTURE_MOUNT})
     return mounts
+
+
+def server_env(msvc: ModelService) -> list[dict[str, Any]]:
+    """The pod's IP as MODELSHIP_POD_IP: the server puts it in the request ids it makes, so a
+    label sent to another replica (through the Service) is forwarded to the one that predicted."""
+    if not enabled(msvc):
+        return []
+    return [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
 
 
 def server_env_from(msvc: ModelService) -> list[dict[str, Any]]:
