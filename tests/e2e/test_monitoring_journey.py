@@ -8,6 +8,9 @@ One ModelService, a three-input classifier (`age`, `income`, `tenure`, [batch, 2
 - `income` shifted by 3 sigma turns DataDrift True, naming `income` (and not the others);
 - labels that disagree with the predictions turn QualityDegraded True (accuracy below 0.8),
   and labels that agree turn it back to False.
+And a second one with spec.optimization.dataset: its pods profile the dataset in the
+build-reference init step, so the reference is ready before any request, and a shifted `tenure`
+turns DataDrift True against it.
 
 It needs the server half of monitoring (modelship_server.monitoring: the flags, the drift and
 quality series, POST /v2/models/{m}/feedback); without it the module skips, naming what is
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +46,6 @@ OPERATOR_NAMESPACE = "modelship-monitoring-e2e"
 NAME = "churn"
 MODEL = "churn"
 INPUTS = ("age", "income", "tenure")
-MSVC_PATH = f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{NAME}"
 # Windows of 500 against a reference of 1000: PSI's sampling noise on a stationary stream stays far
 # below the 0.2 threshold (with windows of 100, stationary features reached PSI 0.4 here).
 WINDOW = 500
@@ -65,6 +67,10 @@ def classifier() -> onnx.ModelProto:
     return model
 
 
+def msvc_path(name: str) -> str:
+    return f"/apis/modelship.dev/v1alpha1/namespaces/{NAMESPACE}/modelservices/{name}"
+
+
 def condition(msvc: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in (msvc.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
 
@@ -76,39 +82,49 @@ def operator(cluster):  # noqa: ANN001, ANN201
         yield
 
 
-@pytest.fixture(scope="module")
-def address(cluster, operator) -> str:  # noqa: ANN001
-    """The serving pod's address once the ModelService is Ready."""
+def publish(cluster, filename: str, data: bytes) -> tuple[str, str]:  # noqa: ANN001
+    """A file on the cluster's model store: (its URL, its sha256)."""
     folder = cluster.plane.state_dir / "models"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "monitoring-churn.onnx"
-    onnx.save(classifier(), str(path))
+    (folder / filename).write_bytes(data)
     store = cluster.plane.read_state()["model_store_url"].rstrip("/")
+    return f"{store}/{filename}", hashlib.sha256(data).hexdigest()
+
+
+def deploy(cluster, name: str, **spec: Any) -> str:  # noqa: ANN001
+    """Apply the classifier as ModelService `name` with `spec` added; its pod's address once Ready."""
+    uri, sha256 = publish(cluster, "monitoring-churn.onnx", classifier().SerializeToString())
     manifest = {
         "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "model": {"uri": f"{store}/{path.name}", "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-                      "name": MODEL},
+            "model": {"uri": uri, "sha256": sha256, "name": MODEL},
             "replicas": 1, "resources": {"cpu": "500m", "memory": "1Gi"},
             "batching": {"enabled": False},
             "scheduling": {"nodeSelector": AGENT_NODES, "tolerations": AGENT_TOLERATIONS},
             "rollout": {"preStopDelaySeconds": 1, "terminationGracePeriodSeconds": 10},
-            "monitoring": {"enabled": True, "window": WINDOW, "reference": {"firstRequests": REFERENCE},
-                           "drift": {"top": 12},  # income[0..1] and the outputs it moves (scores[i], scores.class)
-                           "quality": {"metric": "accuracy", "minimum": 0.8, "minLabels": 50}},
+            **spec,
         },
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def ready() -> dict[str, Any] | None:
-        msvc = cluster.api("GET", MSVC_PATH)
+        msvc = cluster.api("GET", msvc_path(name))
         ready_ = condition(msvc, "Ready")
         return msvc if ready_ and ready_["status"] == "True" else None
 
-    wait_for(f"{NAME} to be Ready", ready, timeout=600, interval=2)
-    [pod] = ready_addresses(cluster.api, NAMESPACE, NAME)
+    wait_for(f"{name} to be Ready", ready, timeout=600, interval=2)
+    [pod] = ready_addresses(cluster.api, NAMESPACE, name)
     return pod
+
+
+@pytest.fixture(scope="module")
+def address(cluster, operator) -> str:  # noqa: ANN001
+    """The serving pod of a ModelService whose reference is each pod's first requests."""
+    return deploy(cluster, NAME, monitoring={
+        "enabled": True, "window": WINDOW, "reference": {"firstRequests": REFERENCE},
+        "drift": {"top": 12},  # income[0..1] and the outputs it moves (scores[i], scores.class)
+        "quality": {"metric": "accuracy", "minimum": 0.8, "minLabels": 50}})
 
 
 def _post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -146,19 +162,21 @@ def feedback(address: str, predicted: dict[str, int], *, correct: bool) -> None:
     assert status == 200 and answer.get("joined") == len(items), answer
 
 
-def wait_condition(cluster, kind: str, status: str, timeout: float = 120) -> dict[str, Any]:  # noqa: ANN001
+def wait_condition(cluster, kind: str, status: str, timeout: float = 120, name: str = NAME,  # noqa: ANN001
+                   reason: str | None = None) -> dict[str, Any]:
     seen: list[Any] = []
 
     def check() -> dict[str, Any] | None:
-        msvc = cluster.api("GET", MSVC_PATH)
+        msvc = cluster.api("GET", msvc_path(name))
         found = condition(msvc, kind)
         seen.append((found, (msvc.get("status") or {}).get("monitoring")))
-        return {"condition": found, "msvc": msvc} if found and found["status"] == status else None
+        wanted = found and found["status"] == status and (reason is None or found["reason"] == reason)
+        return {"condition": found, "msvc": msvc} if wanted else None
 
     try:
         return wait_for(f"{kind}={status}", check, timeout=timeout, interval=2)
     except AssertionError:
-        raise AssertionError(f"{kind} never turned {status}; last seen: {seen[-1] if seen else None}") from None
+        raise AssertionError(f"{kind} never turned {status} {reason or ''}; last seen: {seen[-1] if seen else None}") from None
 
 
 def test_a_stationary_stream_leaves_data_drift_false(cluster, address) -> None:  # noqa: ANN001
@@ -201,3 +219,24 @@ def test_bad_labels_turn_quality_degraded_true_and_good_labels_turn_it_back(clus
     found = wait_condition(cluster, "QualityDegraded", "False")
     assert found["condition"]["reason"] == "WithinBound", found["condition"]
     assert found["msvc"]["status"]["monitoring"]["quality"]["value"] >= 0.8
+
+
+def test_a_dataset_reference_is_profiled_in_the_pod_and_drift_measured_against_it(cluster, operator) -> None:  # noqa: ANN001
+    """spec.optimization.dataset set: the pod's build-reference step profiles it (the default,
+    reference.fromDataset), so the reference is ready before any request and a shifted
+    `tenure` is measured against the dataset, not against the first requests."""
+    rng = np.random.default_rng(7)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{n: rng.standard_normal((2000, 2)).astype(np.float32) for n in INPUTS})
+    uri, sha256 = publish(cluster, "monitoring-churn-reference.npz", buffer.getvalue())
+    name = "churn-dataset"
+    pod = deploy(cluster, name, optimization={"dataset": {"uri": uri, "sha256": sha256}},
+                 monitoring={"enabled": True, "window": WINDOW, "drift": {"top": 12}})
+    # the reference is there before any request: waiting for a window, not for a reference
+    found = wait_condition(cluster, "DataDrift", "Unknown", name=name, reason="WindowNotFull")
+    monitoring = found["msvc"]["status"]["monitoring"]
+    assert monitoring["reference"] == f"dataset {uri}", monitoring
+    assert monitoring["referenceReadyPods"] == "1/1", monitoring
+    send(pod, np.random.default_rng(8), 2 * WINDOW, shift={"tenure": 3.0}, tag="dataset-shifted")
+    drift = wait_condition(cluster, "DataDrift", "True", name=name)["condition"]
+    assert "tenure[" in drift["message"] and "age[" not in drift["message"] and "income[" not in drift["message"], drift
