@@ -334,3 +334,14 @@ def test_render_capture_credentials_override_the_models() -> None:
 def test_ks_p_value_is_finite_for_extremes() -> None:
     for d in (1e-9, 0.5, 1.0):
         assert math.isfinite(m.ks_p_value(d, 1e6, 1e6))
+
+
+def test_a_dataset_that_cannot_be_profiled_is_named_in_ready() -> None:
+    from modelship.status.diagnosis import diagnose
+    from pods import pod, terminated
+
+    line = "error: dataset.npz: input 'age' expects [batch, 2], the array 'age' is [100, 3]"
+    problem = diagnose([pod(init=[terminated("fetch-model", 0), terminated("fetch-dataset", 0),
+                                  terminated("build-reference", 2, line)])])
+    assert problem is not None and problem.reason == "ReferenceBuildFailed"
+    assert "exit code 2" in problem.message and line in problem.message and "fromDataset: false" in problem.message

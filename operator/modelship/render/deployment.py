@@ -55,7 +55,7 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     mode = batching_mode(spec)
     if mode is not None:
         init.append(fit_config_container(msvc, mode))
-    if monitoring.reference_dataset(msvc):  # after apply-variant: the outputs are the served model's
+    if monitoring.reference_dataset(msvc):  # after apply-variant: checked against the file that serves
         init.append(monitoring.build_reference_container(msvc, artifact))
     if spec.runtime == "triton" and spec.model.inputs:  # last: its dims follow the fitted batching
         init.append(triton_warmup_container(msvc))

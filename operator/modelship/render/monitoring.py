@@ -2,11 +2,12 @@
 the capture sink (docs/monitoring.md).
 
 - The reference: with `fromDataset` (the default when spec.optimization.dataset is set) a
-  `build-reference` init step profiles the dataset through the model about to be served (after
-  apply-variant, so the outputs are the variant's) into a small emptyDir the server reads with
-  `--monitoring-reference`; the dataset is fetched and verified by the same `fetch-dataset`
-  step the optimize Job uses, or reused when the variant's rebuild already fetched it. Without
-  it, each pod freezes its first `firstRequests` sampled requests (`--monitoring-reference-size`).
+  `build-reference` init step profiles the dataset's inputs, checked against the model file
+  about to be served (after apply-variant), into a small emptyDir the server reads with
+  `--monitoring-reference`; a dataset that does not fit fails the step (ReferenceBuildFailed).
+  The dataset is fetched and verified by the same `fetch-dataset` step the optimize Job uses,
+  or reused when the variant's rebuild already fetched it. Without it, each pod freezes its
+  first `firstRequests` sampled requests (`--monitoring-reference-size`).
   Profiling in each pod, rather than once in the optimize Job, keeps the reference working with
   optimization off, and needs no store the operator would have to manage.
 - Capture: `emptyDir` and `pvc://claim/path` are mounted at /capture (`--capture-dir`);
@@ -131,9 +132,9 @@ def dataset_file(artifact: ModelArtifact) -> str:
 
 
 def build_reference_container(msvc: ModelService, artifact: ModelArtifact) -> dict[str, Any]:
-    """The init step that profiles the dataset through the model about to be served. A
+    """The init step that profiles the dataset's inputs for the model about to be served. A
     dataset that does not fit the model fails here, with the reason in the termination
-    message, rather than as a silently useless reference."""
+    message (status: ReferenceBuildFailed), rather than as a silently useless reference."""
     model_file = pod.model_path(msvc)
     return {
         "name": BUILD_REFERENCE,
@@ -141,7 +142,7 @@ def build_reference_container(msvc: ModelService, artifact: ModelArtifact) -> di
         "imagePullPolicy": msvc.spec.images.pull_policy,
         "command": ["python", "-m", "modelship_server.monitoring"],
         "args": ["reference", "--dataset", dataset_file(artifact), "--model", model_file, "--output", REFERENCE_PATH],
-        "resources": pod.resources(msvc),  # it runs the model over the dataset, as serving would
+        "resources": pod.resources(msvc),  # it holds the whole dataset in memory
         "securityContext": pod.container_security(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
