@@ -345,3 +345,45 @@ def test_a_dataset_that_cannot_be_profiled_is_named_in_ready() -> None:
                                   terminated("build-reference", 2, line)])])
     assert problem is not None and problem.reason == "ReferenceBuildFailed"
     assert "exit code 2" in problem.message and line in problem.message and "fromDataset: false" in problem.message
+
+
+# --- chart ----------------------------------------------------------------------------------
+
+
+def test_the_chart_alerts_on_each_monitoring_condition_and_graphs_the_contract_series() -> None:
+    """The PrometheusRule and the dashboard, as helm renders them with both turned on."""
+    import json as json_
+
+    from test_chart import _rendered
+
+    documents = _rendered("--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true")
+    rule = next(d for d in documents if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    for condition_, alert in ((m.DATA_DRIFT, "ModelServiceDataDrift"), (m.QUALITY_DEGRADED, "ModelServiceQualityDegraded"),
+                              (m.CAPTURE_DROPPING, "ModelServiceCaptureDropping")):
+        assert f'condition="{condition_}"' in alerts[alert]["expr"] and alerts[alert]["for"] == "5m", alerts[alert]
+    config = next(d for d in documents if d["kind"] == "ConfigMap" and "modelship-monitoring.json" in d.get("data", {}))
+    dashboard = json_.loads(config["data"]["modelship-monitoring.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for name in (contracts.DRIFT_SCORE_METRIC, contracts.DRIFT_WINDOW_METRIC, contracts.DRIFT_REFERENCE_METRIC,
+                 contracts.QUALITY_METRIC, contracts.QUALITY_LABELS_METRIC, f"{contracts.FEEDBACK_METRIC}_total",
+                 f"{contracts.CAPTURE_METRIC}_total", "modelship_operator_monitoring_condition"):
+        assert name in exprs, name
+
+
+def test_the_operator_gauge_follows_the_conditions() -> None:
+    from modelship.controller.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    key = ("ns", "svc")
+    metrics.observe_monitoring(key, {m.DATA_DRIFT: "True", m.QUALITY_DEGRADED: "False", m.CAPTURE_DROPPING: None})
+
+    def value(condition_: str) -> float | None:
+        return metrics.registry.get_sample_value("modelship_operator_monitoring_condition",
+                                                 {"namespace": "ns", "modelservice": "svc", "condition": condition_})
+
+    assert (value(m.DATA_DRIFT), value(m.QUALITY_DEGRADED), value(m.CAPTURE_DROPPING)) == (1.0, 0.0, None)
+    metrics.observe_monitoring(key, {m.DATA_DRIFT: None})
+    assert value(m.DATA_DRIFT) is None
+    metrics.forget(key)
+    assert value(m.QUALITY_DEGRADED) is None
