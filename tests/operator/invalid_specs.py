@@ -97,6 +97,21 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("tls-without-secret", _with(tls={}), "spec.tls.secretRef", "Required"),
     ("auth-allowed-not-namespaced", _with(auth={"enabled": True, "serviceAccounts": {"allowed": ["caller"]}}),
      "spec.auth.serviceAccounts.allowed[0]", ""),
+    ("monitoring-on-triton", _with(runtime="triton", monitoring={"enabled": True}), "spec.monitoring",
+     "needs runtime onnxruntime"),
+    ("monitoring-reference-without-dataset", _with(monitoring={"enabled": True, "reference": {"fromDataset": True}}),
+     "spec.monitoring.reference.fromDataset", "needs spec.optimization.dataset"),
+    ("monitoring-quality-without-bound", _with(monitoring={"quality": {"metric": "accuracy"}}),
+     "spec.monitoring.quality", "needs minimum"),
+    ("monitoring-quality-minimum-for-rmse", _with(monitoring={"quality": {"metric": "rmse", "minimum": 0.5}}),
+     "spec.monitoring.quality", "needs maximum"),
+    ("monitoring-quality-metric", _with(monitoring={"quality": {"metric": "auc", "minimum": 0.5}}),
+     "spec.monitoring.quality.metric", "accuracy"),
+    ("monitoring-capture-scheme", _with(monitoring={"capture": {"sink": "ftp://host/records"}}),
+     "spec.monitoring.capture.sink", ""),
+    ("monitoring-capture-leaves-claim", _with(monitoring={"capture": {"sink": "pvc://records/../other"}}),
+     "spec.monitoring.capture.sink", "must stay inside its claim"),
+    ("monitoring-window-too-small", _with(monitoring={"window": 5}), "spec.monitoring.window", "100"),
 ]
 
 

@@ -440,6 +440,85 @@ class TlsSettings(_Model):
     secret_ref: SecretName  # a kubernetes.io/tls Secret (cert-manager's Certificate writes one)
     client_auth: bool = False  # mTLS: clients need a certificate signed by the Secret's ca.crt
 
+# --- monitoring (spec.monitoring; docs/monitoring.md) ---------------------------------------------
+
+QualityMetric = Literal["accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro",
+                        "f1_macro", "mae", "rmse"]  # contracts.QUALITY_METRICS (a test keeps them equal)
+_CAPTURE_SINK = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?|emptyDir)$"
+
+
+class MonitoringDrift(_Model):
+    """When an input or output counts as drifted: its population stability index above
+    `psiThreshold` and, where the server also runs the two-sample (Kolmogorov-Smirnov) test,
+    that test's p-value below `pValue`; both must agree, which keeps false alarms rare."""
+
+    psi_threshold: Annotated[float, Field(ge=0.01, le=10)] = 0.2
+    p_value: Annotated[float, Field(ge=1e-12, le=0.5)] = 0.01
+    top: Annotated[int, Field(ge=1, le=20)] = 3  # how many tensors status.monitoring.drift lists
+
+
+class MonitoringQuality(_Model):
+    """Online quality from the labels clients send back (POST /v2/models/{m}/feedback).
+    `minimum` bounds the metrics where higher is better, `maximum` the error metrics (mae, rmse);
+    a window with fewer than `minLabels` labels is not judged."""
+
+    metric: QualityMetric = "accuracy"
+    minimum: Annotated[float, Field(ge=0, le=1)] | None = None
+    maximum: Annotated[float, Field(ge=0)] | None = None
+    min_labels: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+
+    @model_validator(mode="after")
+    def _bound(self) -> MonitoringQuality:
+        error_metric = self.metric in ("mae", "rmse")
+        want, other = ("maximum", "minimum") if error_metric else ("minimum", "maximum")
+        if getattr(self, other) is not None:
+            raise ValueError(f"spec.monitoring.quality.{other} does not apply to metric {self.metric} "
+                             f"({'lower' if error_metric else 'higher'} is better); set {want} instead")
+        if getattr(self, want) is None:
+            raise ValueError(f"spec.monitoring.quality.{want} is required for metric {self.metric}")
+        return self
+
+
+class MonitoringCapture(_Model):
+    """Sampled request/response records, written in batches to `sink`: `s3://bucket/prefix`
+    (with `credentials`, else spec.model.credentials), `pvc://claim/path`, or `emptyDir` (the
+    pod's own scratch volume, lost with the pod: for trying it out)."""
+
+    sink: Annotated[str, StringConstraints(max_length=2048, pattern=_CAPTURE_SINK)]
+    sample_rate: Annotated[float, Field(ge=0.0001, le=1)] = 0.1
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 100
+    credentials: SecretRef | None = None
+
+    @pydantic.field_validator("sink")
+    @classmethod
+    def _no_parent(cls, value: str) -> str:
+        if value.startswith("pvc://") and ".." in value.split("/"):
+            raise ValueError(f"spec.monitoring.capture.sink must stay inside its claim (no '..'); got {value}")
+        return value
+
+
+class MonitoringReference(_Model):
+    """What drift is measured against. `fromDataset` (default: true when
+    spec.optimization.dataset is set) profiles that dataset in an init step of each pod; else
+    each pod freezes its first `firstRequests` sampled requests after it starts."""
+
+    from_dataset: bool | None = None
+    first_requests: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+
+
+class Monitoring(_Model):
+    """Profiles of the inputs and outputs, drift against a reference, online quality from
+    labels, and request capture, all inside modelship-server (runtime onnxruntime).
+    `enabled: true` alone gives drift against the first requests (or the dataset)."""
+
+    enabled: bool = False
+    sample_rate: Annotated[float, Field(ge=0.0001, le=1)] = 1.0
+    window: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+    drift: MonitoringDrift = Field(default_factory=MonitoringDrift)
+    quality: MonitoringQuality | None = None
+    capture: MonitoringCapture | None = None
+    reference: MonitoringReference = Field(default_factory=MonitoringReference)
+
 
 Runtime = Literal["onnxruntime", "triton"]
 
@@ -463,6 +542,7 @@ class ModelServiceSpec(_Model):
     # -- authentication and TLS (docs/security.md) --
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings | None = None
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
@@ -487,7 +567,22 @@ class ModelServiceSpec(_Model):
                 "spec.slo.latencyMilliseconds is required when spec.autoscaling uses the builtin engine, "
                 "which scales on latency"
             )
+        if self.monitoring.enabled and self.runtime != "onnxruntime":
+            raise ValueError(
+                f"spec.monitoring needs runtime onnxruntime (modelship-server computes the profiles, drift and "
+                f"quality; Triton does not), but spec.runtime is {self.runtime}"
+            )
+        if self.monitoring.reference.from_dataset and self.optimization.dataset is None:
+            raise ValueError("spec.monitoring.reference.fromDataset needs spec.optimization.dataset "
+                             "(the dataset the reference is profiled from)")
         return self
+
+    @property
+    def monitoring_reference_from_dataset(self) -> bool:
+        """Whether the reference is profiled from spec.optimization.dataset (the default when
+        one is set) rather than frozen from each pod's first requests."""
+        ref = self.monitoring.reference.from_dataset
+        return self.optimization.dataset is not None if ref is None else ref
 
     @property
     def autoscaler_owns_replicas(self) -> bool:
@@ -598,6 +693,33 @@ class BatchingStatus(_Model):
     message: str | None = None
 
 
+class DriftStatus(_Model):
+    tensor: str | None = None
+    psi: float | None = None
+    p_value: float | None = None
+    drifted: bool | None = None
+
+
+class QualityStatus(_Model):
+    metric: str | None = None
+    value: float | None = None
+    labels: int | None = None
+
+
+class CaptureStatus(_Model):
+    sink: str | None = None
+    written: int | None = None
+    dropped: int | None = None
+
+
+class MonitoringStatus(_Model):
+    reference: str | None = None
+    reference_ready_pods: str | None = None
+    drift: list[DriftStatus] | None = None
+    quality: QualityStatus | None = None
+    capture: CaptureStatus | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -610,4 +732,5 @@ class ModelServiceStatus(_Model):
     optimization: OptimizationStatus | None = None
     autoscaling: AutoscalingStatus | None = None
     batching: BatchingStatus | None = None
+    monitoring: MonitoringStatus | None = None
     conditions: list[Condition] | None = None

@@ -40,6 +40,7 @@ from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
 from modelship.status import optimization
 from modelship.status.compute import Observed, compute_status, status_changed, status_patch
+from modelship.status.monitoring import MONITORING_CONDITIONS
 
 log = logging.getLogger("modelship.reconcile")
 
@@ -287,7 +288,7 @@ class Reconciler:
         """One Event per condition transition, shown by `kubectl describe msvc`."""
         meta = msvc["metadata"]
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
-            transition.type == c.DEGRADED and transition.new_status == c.TRUE
+            transition.type in (c.DEGRADED, *MONITORING_CONDITIONS) and transition.new_status == c.TRUE
         )
         event = objects.event(
             msvc, reason=transition.reason, message=f"{transition.type}={transition.new_status}: {transition.message}",

@@ -25,7 +25,7 @@ from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
 from modelship.contracts import TENSORRT_CACHE_PATH, TENSORRT_CACHE_VOLUME
-from modelship.render import names, pod
+from modelship.render import monitoring, names, pod
 from modelship.render.artifact import ModelArtifact
 from modelship.render.model_config import batching_mode, tensorrt_choice
 from modelship.render.pod import MODEL_REPOSITORY
@@ -54,11 +54,15 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         init.append(pod.fetch_dataset_container(msvc, uri=artifact.dataset.uri, sha256=artifact.dataset.sha256,
                                                 dest=artifact.dataset.path))
         volumes += pod.dataset_volumes(msvc, artifact.dataset.uri)
+    init += monitoring.fetch_dataset(msvc, artifact)  # the reference's dataset, unless fetched above
+    volumes += monitoring.volumes(msvc, artifact)
     if artifact.apply_args:
         init.append(apply_variant_container(msvc, artifact))
     mode = batching_mode(spec)
     if mode is not None:
         init.append(fit_config_container(msvc, mode))
+    if monitoring.reference_dataset(msvc):  # after apply-variant: checked against the file that serves
+        init.append(monitoring.build_reference_container(msvc, artifact))
     if spec.runtime == "triton" and spec.model.inputs:  # last: its dims follow the fitted batching
         init.append(triton_warmup_container(msvc))
 
@@ -66,6 +70,7 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     server["volumeMounts"] = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        *monitoring.server_mounts(msvc),
     ]
     sec = server_security(msvc)  # spec.auth and spec.tls (docs/security.md)
     server["command"] += sec.args
@@ -74,6 +79,10 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     if sec.probe_scheme != "HTTP":  # left out otherwise: services without TLS render as before
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             server[kind]["httpGet"]["scheme"] = sec.probe_scheme
+    if env_from := monitoring.server_env_from(msvc):
+        server["envFrom"] = env_from
+    if env := monitoring.server_env(msvc):
+        server["env"] = env
     if spec.runtime == "triton":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
         server["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -213,6 +222,7 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
             "--grpc-port", str(names.GRPC_PORT),
             "--metrics-port", str(names.METRICS_PORT),
             "--termination-log", pod.TERMINATION_LOG,  # why a model failed to load, for the status
+            *monitoring.server_args(msvc),
         ]
     container: dict[str, Any] = {
         "name": "server",

@@ -22,6 +22,7 @@ FETCH_CONTAINER = "fetch-model"
 FETCH_DATASET_CONTAINER = "fetch-dataset"
 APPLY_VARIANT_CONTAINER = "apply-variant"
 FIT_CONFIG_CONTAINER = "fit-config"
+BUILD_REFERENCE_CONTAINER = "build-reference"  # spec.monitoring's reference, from the dataset
 SERVER_CONTAINER = "server"
 
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -53,6 +54,10 @@ DATASET_FIXES = {
 }
 # Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
 VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
+
+# Profiling spec.optimization.dataset as monitoring's drift reference failed (a dataset that
+# does not fit the model's inputs); the step's last line says why.
+REFERENCE_BUILD_FAILED = "ReferenceBuildFailed"
 
 # spec.batching asks to batch a model that cannot (the fit-config step refused it).
 BATCHING_NOT_SUPPORTED = "BatchingNotSupported"
@@ -86,6 +91,7 @@ PRIORITY = [
     *(dataset_reason(outcome) for outcome in _FETCH_ORDER),
     DATASET_FETCH_FAILED,
     VARIANT_REBUILD_FAILED,
+    REFERENCE_BUILD_FAILED,
     BATCHING_NOT_SUPPORTED,
     CONFIG_FIT_FAILED,
     WARMUP_FAILED,
@@ -198,6 +204,12 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
         return (VARIANT_REBUILD_FAILED,
                 f"rebuilding the optimized variant failed (exit code {failed.get('exitCode')}): "
                 f"{detail[-1] if detail else failed.get('reason', '')}")
+    if init and cname == BUILD_REFERENCE_CONTAINER and failed:
+        detail = (failed.get("message") or "").strip().splitlines()
+        return (REFERENCE_BUILD_FAILED,
+                f"profiling spec.optimization.dataset as the monitoring reference failed (exit code "
+                f"{failed.get('exitCode')}): {detail[-1] if detail else failed.get('reason', '')}; fix the dataset, or "
+                "set spec.monitoring.reference.fromDataset: false to use the first requests")
     if init and cname == FIT_CONFIG_CONTAINER and failed:
         return _reasoned(failed, known=(BATCHING_NOT_SUPPORTED,), fallback=CONFIG_FIT_FAILED,
                          what="fitting config.pbtxt to the model failed")
