@@ -440,6 +440,7 @@ class TlsSettings(_Model):
     secret_ref: SecretName  # a kubernetes.io/tls Secret (cert-manager's Certificate writes one)
     client_auth: bool = False  # mTLS: clients need a certificate signed by the Secret's ca.crt
 
+
 # --- monitoring (spec.monitoring; docs/monitoring.md) ---------------------------------------------
 
 QualityMetric = Literal["accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro",
