@@ -119,6 +119,30 @@ async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     return await app.dp.infer(request)
 
 
+def _monitoring(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    return 200, codec.dumps(app.dp.monitoring_snapshot(*_name(p)))
+
+
+def _feedback(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    """One `{"id", "label"}` or a list of them: 200 when every item joined, else 400 naming each
+    failure (the items that joined stay joined: nothing is lost)."""
+    name, version = _name(p)
+    try:
+        doc = codec._loads(req.body or b"")
+    except (ValueError, RecursionError) as exc:
+        app.dp.feedback(name, version, [None])  # counted as invalid
+        raise InvalidInput(f"feedback body is not valid JSON: {exc}") from None
+    items = doc if isinstance(doc, list) else [doc]
+    results = app.dp.feedback(name, version, items)
+    failed = [r for r in results if r["outcome"] != "joined"]
+    body: dict[str, Any] = {"joined": len(results) - len(failed), "results": results}
+    if failed:
+        body["error"] = "; ".join(f"{r['outcome']}: {r['error']}" for r in failed[:5]) + (
+            f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return 400, codec.dumps(body)
+    return 200, codec.dumps(body)
+
+
 def _extension(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
     raise Unsupported(f"the {req.parts[1]} extension is not supported by this server")
 
@@ -146,6 +170,8 @@ ROUTES: list[Route] = [
     *_model_routes("ready", _model_ready),
     *_model_routes("config", _model_config),
     *_model_routes("stats", _model_stats),
+    *_model_routes("monitoring", _monitoring, methods=frozenset((b"GET", b"HEAD"))),
+    *_model_routes("feedback", _feedback, methods=_POST),
 ]
 _EXTENSIONS = frozenset(("systemsharedmemory", "cudasharedmemory", "trace", "logging"))
 _BY_LENGTH: dict[int, list[Route]] = {}

@@ -1,0 +1,357 @@
+"""Per-model monitoring state, and the hub the data plane hands every answered request to.
+
+On the request path (event-loop thread) the hub only: gives the request an id when it has none,
+remembers the prediction for feedback, and, for sampled requests, appends references to the
+input and output arrays to a bounded queue (full: dropped and counted). One worker thread
+drains the queue and does the profiling: features, statistics, the reference (frozen from the
+first sampled requests when no file is given) and the drift windows.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from ..settings import MonitoringSettings
+from . import feedback as fb
+from .capture import CaptureWriter, DirSink, S3Sink
+from .drift import Score, score
+from .profile import FeatureStats, features, is_classifier_output, predicted_class
+from .quality import QualityWindow
+from .reference import ReferenceInvalid, check_against_model, from_features
+
+log = logging.getLogger("modelship_server.monitoring")
+
+BLOCKS = 10  # a window slides by a tenth of its size
+QUEUE_MAX = 4096  # sampled requests waiting for the profiler
+
+
+class FeatureWindow:
+    """The last `window` samples of one feature, binned like its reference, in BLOCKS blocks."""
+
+    __slots__ = ("edges", "ref", "window", "block_size", "blocks", "current", "current_n", "score", "psi_t", "p_t")
+
+    def __init__(self, edges: list[float], ref_counts: list[int], window: int, psi_t: float, p_t: float) -> None:
+        self.edges = np.asarray(edges, np.float64)
+        self.ref = np.asarray(ref_counts, np.int64)
+        self.window = window
+        self.block_size = max(1, window // BLOCKS)
+        self.blocks: collections.deque[np.ndarray] = collections.deque(maxlen=BLOCKS)
+        self.current = np.zeros(self.ref.size, np.int64)
+        self.current_n = 0
+        self.score: Score | None = None
+        self.psi_t, self.p_t = psi_t, p_t
+
+    def add(self, values: np.ndarray) -> None:
+        v = values[np.isfinite(values)]
+        if not v.size:
+            return
+        self.current += np.bincount(np.searchsorted(self.edges, v, side="left"), minlength=self.current.size)
+        self.current_n += v.size
+        if self.current_n >= self.block_size:
+            self.blocks.append(self.current)
+            self.current = np.zeros(self.ref.size, np.int64)
+            self.current_n = 0
+            counts = np.sum(self.blocks, axis=0)
+            if counts.sum() >= self.window:
+                self.score = score(self.ref, counts, self.psi_t, self.p_t)
+
+    @property
+    def samples(self) -> int:
+        return int(sum(int(b.sum()) for b in self.blocks)) + self.current_n
+
+
+class ModelMonitor:
+    """Everything monitored about one model (all its versions together)."""
+
+    def __init__(self, name: str, inputs: dict[str, str], outputs: dict[str, str], batched: bool,
+                 cfg: MonitoringSettings, reference: dict | None, reference_path: str = "") -> None:
+        self.name = name
+        self.inputs, self.outputs, self.batched = inputs, outputs, batched
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        self.reference: dict | None = None
+        self.reference_source = ""
+        self.collected = 0
+        self.collecting: dict[str, list[np.ndarray]] = {}
+        self.owners: dict[str, str] = {}
+        self.windows: dict[str, FeatureWindow] = {}
+        self.stats: dict[str, FeatureStats] = {}
+        self.profiled = 0
+        self.dropped = 0
+        self.store = fb.PredictionStore(cfg.feedback_ttl_s, cfg.feedback_max_entries)
+        self.quality_output = next(iter(outputs), "")
+        self.quality: QualityWindow | None = None
+        self.feedback_counts = {o: 0 for o in (fb.JOINED, fb.UNKNOWN, fb.EXPIRED, fb.INVALID)}
+        if reference is not None:
+            self._use_reference(reference, f"file {reference_path}" if reference_path else "given")
+
+    # -- profiling (worker thread) --------------------------------------------
+
+    def _use_reference(self, ref: dict, source: str) -> None:
+        self.reference = ref
+        self.reference_source = source
+        self.collecting = {}
+        self.windows = {
+            name: FeatureWindow(f["edges"], f["counts"], self.cfg.window, self.cfg.psi_threshold, self.cfg.p_value)
+            for name, f in ref["features"].items()
+        }
+        for name, f in ref["features"].items():
+            st = self.stats.setdefault(name, FeatureStats())
+            st.low, st.high = float(f.get("min", -np.inf)), float(f.get("max", np.inf))
+
+    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        feats: dict[str, np.ndarray] = {}
+        owners: dict[str, str] = {}
+        for role, tensors, types in (("input", inputs, self.inputs), ("output", outputs, self.outputs)):
+            for tname, arr in tensors.items():
+                dt = types.get(tname)
+                if dt is None:
+                    continue
+                for fname, v in features(tname, dt, arr, batched=self.batched, output=role == "output").items():
+                    feats[fname] = v
+                    owners[fname] = tname
+        with self.lock:
+            self.profiled += 1
+            for fname, v in feats.items():
+                st = self.stats.get(fname)
+                if st is None:
+                    st = self.stats[fname] = FeatureStats()
+                st.add(v)
+            if self.reference is None:
+                for fname, v in feats.items():
+                    self.collecting.setdefault(fname, []).append(np.array(v, np.float64))
+                self.owners.update(owners)
+                self.collected += 1
+                if self.collected >= self.cfg.reference_size:
+                    self._freeze()
+                return
+            for fname, v in feats.items():
+                w = self.windows.get(fname)
+                if w is not None:
+                    w.add(v)
+
+    def _freeze(self) -> None:
+        tensors = {t: {"role": "input", "datatype": d} for t, d in self.inputs.items()}
+        tensors |= {t: {"role": "output", "datatype": d} for t, d in self.outputs.items()}
+        used = set(self.owners.values())
+        source = f"frozen: the first {self.collected} sampled requests"
+        ref = from_features(self.collecting, self.owners, {t: v for t, v in tensors.items() if t in used},
+                            model=self.name, source=source, samples=self.collected)
+        self._use_reference(ref, source)
+        log.info("model %s: no --monitoring-reference given; froze the first %d sampled requests as the "
+                 "drift reference (%d features)", self.name, self.collected, len(ref["features"]))
+
+    # -- feedback (event-loop thread) -----------------------------------------
+
+    def remember(self, request_id: str, outputs: dict[str, np.ndarray]) -> None:
+        arr = outputs.get(self.quality_output)
+        if arr is None or not request_id:
+            return
+        if self.quality is None:
+            kind = "classification" if is_classifier_output(self.outputs[self.quality_output], arr.shape) else "regression"
+            self.quality = QualityWindow(self.cfg.window, kind)
+        pred = predicted_class(arr).ravel() if self.quality.kind == "classification" else arr.astype(np.float64).ravel()
+        self.store.put(request_id, pred)
+
+    def feedback(self, item: Any) -> tuple[str, str]:
+        """Join one `{"id": ..., "label": ...}`: (outcome, message)."""
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
+            self.feedback_counts[fb.INVALID] += 1
+            return fb.INVALID, f'expected {{"id": "<request id>", "label": ...}}, got {_short(item)}'
+        rid = item["id"]
+        outcome, pred = self.store.lookup(rid)
+        if pred is None:
+            self.feedback_counts[outcome] += 1
+            why = (f"the prediction of request {rid!r} is older than --feedback-ttl or was evicted"
+                   if outcome == fb.EXPIRED else
+                   f"no prediction of model {self.name!r} with request id {rid!r} is held here")
+            return outcome, why
+        assert self.quality is not None
+        labels, why = _labels(item["label"], pred.size, self.quality.kind)
+        if labels is None:
+            self.feedback_counts[fb.INVALID] += 1
+            return fb.INVALID, f"request {rid!r}: label {why}"
+        self.store.consume(rid)
+        self.quality.add(pred, labels)
+        self.feedback_counts[fb.JOINED] += 1
+        return fb.JOINED, ""
+
+    # -- reading (any thread) -------------------------------------------------
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            ref = self.reference
+            feats = {}
+            for fname, st in sorted(self.stats.items()):
+                w = self.windows.get(fname)
+                entry: dict[str, Any] = {"tensor": (ref["features"][fname]["tensor"] if ref and fname in ref["features"]
+                                                    else self.owners.get(fname, "")), **st.to_dict()}
+                if w is not None:
+                    entry["window_samples"] = w.samples
+                    if w.score is not None:
+                        entry |= {"psi": w.score.psi, "ks": w.score.ks, "p_value": w.score.p_value,
+                                  "drifted": w.score.drifted}
+                feats[fname] = entry
+            state = {"state": "loaded" if ref and not self.reference_source.startswith("frozen") else
+                     "frozen" if ref else "collecting",
+                     "source": self.reference_source or
+                     f"collecting: {self.collected} of the first {self.cfg.reference_size} sampled requests",
+                     "samples": ref["samples"] if ref else 0}
+            profiled, dropped = self.profiled, self.dropped
+        drifted = sorted((f for f, e in feats.items() if e.get("drifted")), key=lambda f: -feats[f]["psi"])
+        q = self.quality
+        return {
+            "model": self.name,
+            "reference": state,
+            "window": {"samples": self.cfg.window, "psi_threshold": self.cfg.psi_threshold, "p_value": self.cfg.p_value},
+            "sampling": {"rate": self.cfg.sample_rate, "profiled": profiled, "dropped": dropped},
+            "drift": {"drifted": drifted, "features": feats},
+            "quality": {"output": self.quality_output, "kind": q.kind if q else None, "window": self.cfg.window,
+                        "labels": len(q.pairs) if q else 0, "metrics": q.metrics() if q else {}},
+            "feedback": {"stored": len(self.store), "ttl_s": self.cfg.feedback_ttl_s,
+                         "max_entries": self.cfg.feedback_max_entries, "outcomes": dict(self.feedback_counts)},
+        }
+
+
+def _short(x: object) -> str:
+    s = repr(x)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _labels(label: Any, n: int, kind: str) -> tuple[np.ndarray | None, str]:
+    """The label as an array of `n` values of the right kind, or (None, why)."""
+    values = label if isinstance(label, list) else [label]
+    if len(values) != n:
+        return None, f"must hold {n} value(s), one per predicted sample, got {len(values)}: {_short(label)}"
+    if kind == "classification":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None, f"must be a class index (an integer) per sample for a classifier, got {_short(label)}"
+        return np.asarray(values, np.int64), ""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None, f"must be a number per sample for a regression output, got {_short(label)}"
+    return np.asarray(values, np.float64), ""
+
+
+@dataclasses.dataclass
+class _Sample:
+    monitor: ModelMonitor
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+class Monitoring:
+    """The server's monitoring: monitors by model name, the profiler thread, the capture writer."""
+
+    def __init__(self, cfg: MonitoringSettings, reference: dict | None = None) -> None:
+        self.cfg = cfg
+        self.reference = reference
+        self.monitors: dict[str, ModelMonitor] = {}
+        self.queue: collections.deque[_Sample] = collections.deque()
+        self._ids = itertools.count(1)
+        self._boot = uuid.uuid4().hex[:12]
+        self._random = random.random
+        self.capture: CaptureWriter | None = None
+        if cfg.capture_dir or cfg.capture_uri:
+            sink: DirSink | S3Sink = DirSink(cfg.capture_dir) if cfg.capture_dir else S3Sink(cfg.capture_uri)
+            self.capture = CaptureWriter(sink, batch_size=cfg.capture_batch_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
+        self._thread.start()
+
+    def new_id(self) -> str:
+        return f"{self._boot}-{next(self._ids)}"
+
+    def monitor_for(self, model: Any) -> ModelMonitor:
+        """The model's monitor, made on first use; ReferenceInvalid if the reference does not fit it."""
+        mon = self.monitors.get(model.name)
+        if mon is None:
+            inputs = {t.name: t.datatype for t in model.inputs}
+            outputs = {t.name: t.datatype for t in model.outputs}
+            ref = self.reference
+            if ref is not None and ref.get("model") not in ("", None, model.name):
+                ref = None
+            if ref is not None:
+                check_against_model(ref, inputs, outputs, self.cfg.reference)
+            mon = self.monitors[model.name] = ModelMonitor(
+                model.name, inputs, outputs, model.policy.max_batch_size > 0, self.cfg, ref, str(self.cfg.reference or ""))
+        return mon
+
+    def attach(self, models: list) -> None:
+        """Make every served model's monitor now, so a reference that does not fit fails the start."""
+        for m in models:
+            self.monitor_for(m)
+        ref = self.reference
+        if ref is not None and ref.get("model") and ref["model"] not in self.monitors:
+            raise ReferenceInvalid(f"reference {self.cfg.reference}: field 'model': expected one of the served models "
+                                 f"{sorted(self.monitors)}, got {ref['model']!r}")
+
+    def after_infer(self, model: Any, request: Any, outputs: dict[str, np.ndarray]) -> None:
+        """On the event-loop thread, after a successful inference; never raises."""
+        try:
+            mon = self.monitors.get(model.name) or self.monitor_for(model)
+            mon.remember(request.id, outputs)
+            rnd = self._random
+            if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
+                inputs = {t.name: t.data for t in request.inputs}
+                if len(self.queue) < QUEUE_MAX:
+                    self.queue.append(_Sample(mon, inputs, outputs))
+                else:
+                    mon.dropped += 1
+            cap = self.capture
+            if cap is not None and (self.cfg.capture_sample_rate >= 1.0 or rnd() < self.cfg.capture_sample_rate):
+                cap.offer({"type": "inference", "id": request.id, "time": time.time(), "model": model.name,
+                           "version": model.version,
+                           "inputs": {t.name: (t.datatype, t.data) for t in request.inputs},
+                           "outputs": {n: (model.output_specs[n].datatype, a) for n, a in outputs.items()}})
+        except Exception:  # noqa: BLE001 - monitoring must never fail a request
+            log.exception("model %s: monitoring failed on a request", model.name)
+
+    def feedback(self, model: Any, items: list) -> list[dict]:
+        mon = self.monitors.get(model.name) or self.monitor_for(model)
+        results = []
+        for item in items:
+            outcome, why = mon.feedback(item)
+            rid = item.get("id") if isinstance(item, dict) else None
+            results.append({"id": rid, "outcome": outcome, **({"error": why} if why else {})})
+            if outcome == fb.JOINED and self.capture is not None:
+                self.capture.offer({"type": "feedback", "id": rid, "time": time.time(), "model": model.name,
+                                    "version": model.version, "label": item["label"]})
+        return results
+
+    def snapshot(self, model: Any) -> dict:
+        mon = self.monitors.get(model.name) or self.monitor_for(model)
+        doc = mon.snapshot()
+        cap = self.capture
+        doc["capture"] = None if cap is None else {
+            "sink": cap.sink.describe(), "sample_rate": self.cfg.capture_sample_rate,
+            "batch_size": cap.batch_size, "written": cap.written[model.name], "dropped": cap.dropped[model.name],
+            "queued": len(cap.queue), "last_error": cap.last_error}
+        return doc
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.queue:
+                self._stop.wait(0.01)
+                continue
+            for _ in range(min(len(self.queue), 256)):
+                s = self.queue.popleft()
+                try:
+                    s.monitor.observe(s.inputs, s.outputs)
+                except Exception:  # noqa: BLE001 - one odd request must not stop profiling
+                    log.exception("model %s: profiling failed on a request", s.monitor.name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.capture is not None:
+            self.capture.close()
