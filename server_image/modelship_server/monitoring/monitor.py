@@ -53,17 +53,18 @@ class FeatureWindow:
 
     def add(self, values: np.ndarray) -> None:
         v = values[np.isfinite(values)]
-        if not v.size:
-            return
-        self.current += np.bincount(np.searchsorted(self.edges, v, side="left"), minlength=self.current.size)
-        self.current_n += v.size
-        if self.current_n >= self.block_size:
-            self.blocks.append(self.current)
-            self.current = np.zeros(self.ref.size, np.int64)
-            self.current_n = 0
-            counts = np.sum(self.blocks, axis=0)
-            if counts.sum() >= self.window:
-                self.score = score(self.ref, counts, self.psi_t, self.p_t)
+        while v.size:  # blocks hold exactly block_size samples, so a window is exactly `window`
+            take = min(v.size, self.block_size - self.current_n)
+            part, v = v[:take], v[take:]
+            self.current += np.bincount(np.searchsorted(self.edges, part, side="left"), minlength=self.current.size)
+            self.current_n += take
+            if self.current_n >= self.block_size:
+                self.blocks.append(self.current)
+                self.current = np.zeros(self.ref.size, np.int64)
+                self.current_n = 0
+                counts = np.sum(self.blocks, axis=0)
+                if counts.sum() >= self.block_size * BLOCKS:
+                    self.score = score(self.ref, counts, self.psi_t, self.p_t)
 
     @property
     def samples(self) -> int:
