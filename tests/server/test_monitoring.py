@@ -231,3 +231,82 @@ def test_a_matching_reference_file_is_used_from_the_first_request(tiny_repo, sta
     _, doc = wait_for("drift on INPUT0[2]", lambda: (lambda r: "INPUT0[2]" in r[1]["drift"]["drifted"] and r)(
         call(server, "GET", "/v2/models/tiny/monitoring")), timeout=60)
     assert doc["reference"]["state"] == "loaded" and doc["reference"]["source"] == f"file {ref}"
+
+
+# -- capture to S3-compatible storage, healthy and down ----------------------------------------
+
+
+@pytest.fixture
+def s3_capture_store():
+    """gofakes3 on loopback, in memory, with a `capture` bucket (built from its Go module like the
+    control plane, hence the `cluster` mark); yields (url, process) so a test can stop it early."""
+    import socket
+    import subprocess
+
+    from modelship.devcluster.errors import DevClusterError
+    from modelship.devcluster.toolchain import ensure_binaries
+
+    from .conftest import free_ports
+
+    try:
+        binary = ensure_binaries(lambda _line: None, only=("gofakes3",))["gofakes3"]
+    except DevClusterError as error:
+        pytest.skip(f"gofakes3 could not be built: {error}")
+    port = free_ports(1)[0]
+    process = subprocess.Popen([str(binary), "-backend", "memory", "-host", f"127.0.0.1:{port}",
+                                "-initialbucket", "capture", "-quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            assert process.poll() is None, "gofakes3 exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for("gofakes3 listening", up, timeout=30, interval=0.1)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _s3_keys(url: str, bucket: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/{bucket}?list-type=2&max-keys=1000", timeout=10) as r:
+        return re.findall(r"<Key>([^<]+)</Key>", r.read().decode())
+
+
+@pytest.mark.cluster
+def test_capture_to_s3_counts_every_record_then_drops_and_counts_when_the_store_is_down(
+        tiny_repo, start_server, s3_capture_store, monkeypatch):
+    url, store = s3_capture_store
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    server = start_server(tiny_repo, "--monitoring", "--capture-uri", "s3://capture/runs/a",
+                          "--capture-batch-size", "10")
+    h = httpclient.InferenceServerClient(server.http_url)
+    x = np.ones((1, 10), np.float32)
+    ids = {_http_infer(h, "tiny", x).get_response()["id"] for _ in range(30)}
+    wait_for("30 records written", lambda: call(server, "GET", "/v2/models/tiny/monitoring")[1]["capture"]["written"] == 30)
+    keys = _s3_keys(url, "capture")
+    seen = []
+    for key in (k for k in keys if k.endswith(".jsonl")):
+        assert key.startswith("runs/a/tiny/")
+        with urllib.request.urlopen(f"{url}/capture/{key}", timeout=10) as r:
+            seen += [json.loads(line)["id"] for line in r.read().decode().splitlines()]
+    assert sorted(seen) == sorted(ids)  # every record exactly once
+
+    store.terminate()
+    store.wait(timeout=10)
+    for _ in range(20):  # the sink is down: inference still answers
+        assert _http_infer(h, "tiny", x).as_numpy("OUTPUT0").shape == (1, 4)
+    _, doc = wait_for("20 records dropped", lambda: (lambda r: r[1]["capture"]["dropped"] == 20 and r)(
+        call(server, "GET", "/v2/models/tiny/monitoring")), timeout=60)
+    assert doc["capture"]["written"] == 30 and doc["capture"]["last_error"]
+    assert metric(server.metrics(), "modelship_capture_records_total", model="tiny", outcome="dropped") == 20
