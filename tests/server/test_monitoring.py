@@ -125,9 +125,24 @@ def test_ids_are_made_and_returned_over_http_and_grpc_and_a_clients_id_is_kept(t
     grpc_id = g.infer("tiny", [inp]).get_response().id
     assert grpc_id and grpc_id != made
     g.close()
-    for rid in (made, "mine-1", grpc_id):  # every one of them takes feedback
+    for rid in (made, "mine-1"):  # every one of them takes feedback
         status, body = call(server, "POST", "/v2/models/tiny/feedback", {"id": rid, "label": 1})
         assert status == 200, body
+    # and over gRPC, the monitoring service (JSON messages)
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        feedback = channel.unary_unary("/modelship.monitoring.v1.Monitoring/Feedback")
+        answer = json.loads(feedback(json.dumps({"model": "tiny", "items": [{"id": grpc_id, "label": 2}]}).encode()))
+        assert answer["joined"] == 1
+        with pytest.raises(grpc.RpcError) as err:
+            feedback(json.dumps({"model": "tiny", "items": [{"id": grpc_id, "label": 2}]}).encode())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expired" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            feedback(json.dumps({"model": "nope", "items": []}).encode())
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        snap = json.loads(channel.unary_unary("/modelship.monitoring.v1.Monitoring/Monitoring")(b'{"model": "tiny"}'))
+        assert snap["feedback"]["outcomes"]["joined"] == 3 and snap["quality"]["labels"] == 3
 
 
 def test_bad_feedback_is_a_clear_400_counted_and_loses_nothing(tiny_repo, start_server):
