@@ -111,8 +111,10 @@ class ModelMonitor:
             st.low, st.high = float(f.get("min", -np.inf)), float(f.get("max", np.inf))
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        self.observe_many([(inputs, outputs)])
+
+    def _features(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feats: dict[str, np.ndarray] = {}
-        owners: dict[str, str] = {}
         for role, tensors, types in (("input", inputs, self.inputs), ("output", outputs, self.outputs)):
             for tname, arr in tensors.items():
                 dt = types.get(tname)
@@ -120,26 +122,44 @@ class ModelMonitor:
                     continue
                 for fname, v in features(tname, dt, arr, batched=self.batched, output=role == "output").items():
                     feats[fname] = v
-                    owners[fname] = tname
+                    self.owners.setdefault(fname, tname)
+        return feats
+
+    def observe_many(self, batch: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
+        """Profile sampled requests; the worker hands over all it drained at once, so a busy
+        server pays the per-feature numpy calls once per batch, not once per request."""
         with self.lock:
-            self.profiled += 1
-            for fname, v in feats.items():
-                st = self.stats.get(fname)
-                if st is None:
-                    st = self.stats[fname] = FeatureStats()
-                st.add(v)
-            if self.reference is None:
+            i = 0
+            while self.reference is None and i < len(batch):  # collecting the reference: request by request
+                feats = self._features(*batch[i])
+                self._stats(feats)
                 for fname, v in feats.items():
                     self.collecting.setdefault(fname, []).append(np.array(v, np.float64))
-                self.owners.update(owners)
                 self.collected += 1
+                self.profiled += 1
+                i += 1
                 if self.collected >= self.cfg.reference_size:
                     self._freeze()
+            if i >= len(batch):
                 return
+            merged: dict[str, list[np.ndarray]] = {}
+            for inputs, outputs in batch[i:]:
+                for fname, v in self._features(inputs, outputs).items():
+                    merged.setdefault(fname, []).append(v)
+            self.profiled += len(batch) - i
+            feats = {f: (vs[0] if len(vs) == 1 else np.concatenate(vs)) for f, vs in merged.items()}
+            self._stats(feats)
             for fname, v in feats.items():
                 w = self.windows.get(fname)
                 if w is not None:
                     w.add(v)
+
+    def _stats(self, feats: dict[str, np.ndarray]) -> None:
+        for fname, v in feats.items():
+            st = self.stats.get(fname)
+            if st is None:
+                st = self.stats[fname] = FeatureStats()
+            st.add(v)
 
     def _freeze(self) -> None:
         tensors = {t: {"role": "input", "datatype": d} for t, d in self.inputs.items()}
@@ -344,12 +364,15 @@ class Monitoring:
             if not self.queue:
                 self._stop.wait(0.01)
                 continue
-            for _ in range(min(len(self.queue), 256)):
+            by_model: dict[str, tuple[ModelMonitor, list]] = {}
+            for _ in range(min(len(self.queue), 512)):
                 s = self.queue.popleft()
+                by_model.setdefault(s.monitor.name, (s.monitor, []))[1].append((s.inputs, s.outputs))
+            for mon, batch in by_model.values():
                 try:
-                    s.monitor.observe(s.inputs, s.outputs)
+                    mon.observe_many(batch)
                 except Exception:  # noqa: BLE001 - one odd request must not stop profiling
-                    log.exception("model %s: profiling failed on a request", s.monitor.name)
+                    log.exception("model %s: profiling failed on a batch of %d request(s)", mon.name, len(batch))
 
     def close(self) -> None:
         self._stop.set()
