@@ -261,6 +261,11 @@ def _monitoring_flags(p: argparse.ArgumentParser) -> None:
                           "AWS_REGION, AWS_ENDPOINT_URL)")
     mon.add_argument("--capture-sample-rate", type=_fraction, default=1.0, metavar="FRACTION",
                      help="share of requests captured, 0..1 (default 1.0)")
+    mon.add_argument("--monitoring-peer-address", default=None, metavar="HOST:PORT",
+                     help="where other replicas reach this server's HTTP port; the request ids it makes "
+                          "carry it, so feedback landing on another replica is forwarded here once "
+                          "(default: env MODELSHIP_POD_IP:--http-port, else --http-address:--http-port "
+                          "unless that is 0.0.0.0)")
     mon.add_argument("--capture-batch-size", type=_positive_int, default=100, metavar="N",
                      help="records per written batch (a partial batch is written after 1 s; default 100)")
 
@@ -281,7 +286,12 @@ def _monitoring_settings(parser: argparse.ArgumentParser, args: argparse.Namespa
             load_reference(Path(args.monitoring_reference))
         except ReferenceInvalid as exc:
             parser.error(f"--monitoring-reference: {exc}")
+    peer = args.monitoring_peer_address
+    if peer is None:
+        host = os.environ.get("MODELSHIP_POD_IP") or (args.http_address if args.http_address not in ("0.0.0.0", "::") else "")
+        peer = f"{host}:{args.http_port}" if host else ""
     return MonitoringSettings(
+        peer_address=peer,
         enabled=args.monitoring, sample_rate=args.monitoring_sample_rate,
         reference=Path(args.monitoring_reference) if args.monitoring_reference else None,
         reference_size=args.monitoring_reference_size, window=args.monitoring_window,

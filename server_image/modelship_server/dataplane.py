@@ -144,7 +144,7 @@ class DataPlane:
             outputs = await model.scheduler.submit(feeds, batch, timeout)
             if mon is not None:
                 if not request.id:  # the OIP id feedback refers to: made here, returned in the response
-                    request.id = mon.new_id()
+                    request.id = mon.new_id(model)
                 mon.after_infer(model, request, outputs)
             return self._response(request, model, outputs)
         except ServingError as exc:
@@ -177,6 +177,13 @@ class DataPlane:
         """Join labels to predictions; one result per item (outcome, and error when not joined)."""
         mon = self._monitoring()
         return mon.feedback(self.model(name, version), items)
+
+    def forward_target(self, name: str, request_id: object) -> str | None:
+        mon = self.monitoring
+        return mon.forward_target(name, request_id) if mon is not None else None
+
+    def forwarded(self, name: str, version: str, count: int) -> None:
+        self._monitoring().forwarded(self.model(name, version), count)
 
     def _response(self, request: InferRequest, model: ServedModel, outputs: dict) -> InferResponse:
         specs = model.output_specs

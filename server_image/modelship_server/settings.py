@@ -66,3 +66,4 @@ class MonitoringSettings:
     capture_uri: str = ""
     capture_sample_rate: float = 1.0
     capture_batch_size: int = 100
+    peer_address: str = ""  # HOST:PORT other replicas reach this one's HTTP at; put in the ids it makes

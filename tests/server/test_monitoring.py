@@ -325,3 +325,28 @@ def test_capture_to_s3_counts_every_record_then_drops_and_counts_when_the_store_
         call(server, "GET", "/v2/models/tiny/monitoring")), timeout=60)
     assert doc["capture"]["written"] == 30 and doc["capture"]["last_error"]
     assert metric(server.metrics(), "modelship_capture_records_total", model="tiny", outcome="dropped") == 20
+
+
+# -- several replicas: feedback that lands on the wrong one -------------------------------------
+
+
+def test_feedback_on_another_replica_is_forwarded_once_to_the_one_that_predicted(tiny_repo, start_server):
+    a = start_server(tiny_repo, "--monitoring")
+    b = start_server(tiny_repo, "--monitoring")
+    h = httpclient.InferenceServerClient(a.http_url)
+    ids = [_http_infer(h, "tiny", np.ones((1, 10), np.float32)).get_response()["id"] for _ in range(3)]
+    assert all(i.split("@")[1].startswith(f"{a.http_url}.") for i in ids), ids
+    status, body = call(b, "POST", "/v2/models/tiny/feedback", [{"id": ids[0], "label": 1}, {"id": ids[1], "label": 2}])
+    assert status == 200 and body["joined"] == 2 and {r["replica"] for r in body["results"]} == {a.http_url}, body
+    status, body = call(b, "POST", "/v2/models/tiny/feedback", {"id": ids[0], "label": 1})
+    assert status == 400 and body["results"][0]["outcome"] == "expired"  # A answered: already joined
+    forged = ids[2].rsplit(".", 1)[0].replace(a.http_url, "127.0.0.1:9") + ".0123456789abcdef"
+    status, body = call(b, "POST", "/v2/models/tiny/feedback", {"id": forged, "label": 1})
+    assert status == 400 and body["results"][0]["outcome"] == "unknown_id" and "replica" not in body["results"][0]
+    a_doc, b_doc = call(a, "GET", "/v2/models/tiny/monitoring")[1], call(b, "GET", "/v2/models/tiny/monitoring")[1]
+    assert a_doc["feedback"]["outcomes"] == {"joined": 2, "unknown_id": 0, "expired": 1, "invalid": 0}
+    assert b_doc["feedback"]["outcomes"] == {"joined": 0, "unknown_id": 1, "expired": 0, "invalid": 0}
+    assert a_doc["quality"]["labels"] == 2 and b_doc["quality"]["labels"] == 0
+    a.stop()  # the replica that predicted is gone: a clear unknown_id naming the failed forward
+    status, body = call(b, "POST", "/v2/models/tiny/feedback", {"id": ids[2], "label": 1})
+    assert status == 400 and "forwarding to the replica at" in body["error"], body

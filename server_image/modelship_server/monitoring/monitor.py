@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import os
 import itertools
 import logging
 import random
@@ -33,6 +37,23 @@ log = logging.getLogger("modelship_server.monitoring")
 
 BLOCKS = 10  # a window slides by a tenth of its size
 QUEUE_MAX = 4096  # sampled requests waiting for the profiler
+
+
+def replica_key(model_path: Any) -> bytes:
+    """The key a model's replicas share to tag the ids they make: MODELSHIP_MONITORING_KEY when
+    set (a Secret), else a digest of the model file's size and first MiB, which every replica of
+    the same model has and a client without the file does not."""
+    env = os.environ.get("MODELSHIP_MONITORING_KEY")
+    if env:
+        return env.encode()
+    digest = hashlib.sha256(b"modelship-feedback-ids")
+    try:
+        with open(model_path, "rb") as f:
+            digest.update(str(os.fstat(f.fileno()).st_size).encode())
+            digest.update(f.read(1 << 20))
+    except (OSError, TypeError):
+        pass
+    return digest.digest()
 
 
 class FeatureWindow:
@@ -280,6 +301,8 @@ class Monitoring:
         self.queue: collections.deque[_Sample] = collections.deque()
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:12]
+        self._keys: dict[str, bytes] = {}
+        self._served: dict[str, Any] = {}
         self._random = random.random
         self.capture: CaptureWriter | None = None
         if cfg.capture_dir or cfg.capture_uri:
@@ -289,13 +312,49 @@ class Monitoring:
         self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
         self._thread.start()
 
-    def new_id(self) -> str:
-        return f"{self._boot}-{next(self._ids)}"
+    def new_id(self, model: Any) -> str:
+        """`<boot>-<n>`, or with a peer address `<boot>-<n>@<host:port>.<tag>` (see `forward_target`)."""
+        if not self.cfg.peer_address:
+            return f"{self._boot}-{next(self._ids)}"
+        body = f"{self._boot}-{next(self._ids)}@{self.cfg.peer_address}"
+        return f"{body}.{self._tag(model.name, body)}"
+
+    def _tag(self, name: str, body: str) -> str:
+        key = self._keys.get(name)
+        if key is None:
+            m = self._served.get(name)
+            key = self._keys[name] = replica_key(m.model_path if m is not None else None)
+        return hmac.new(key, f"{name}\0{body}".encode(), hashlib.sha256).hexdigest()[:16]
+
+    def forward_target(self, name: str, request_id: object) -> str | None:
+        """The replica that made an id this one does not hold, or None.
+
+        Forwarded only when the id's tag checks out under the key the model's replicas share
+        (so a client cannot make a server POST to an address of its choosing), and only to an
+        IP-literal address.
+        """
+        if not self.cfg.peer_address or not isinstance(request_id, str) or "@" not in request_id:
+            return None
+        body, _, tag = request_id.rpartition(".")
+        target = body.rsplit("@", 1)[1]
+        if target == self.cfg.peer_address or not hmac.compare_digest(tag, self._tag(name, body)):
+            return None
+        host = target.rpartition(":")[0].strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        return target
+
+    def forwarded(self, model: Any, count: int) -> None:
+        """`count` unknown ids another replica answered: that replica counts (and captures) them."""
+        self.monitors[model.name].feedback_counts[fb.UNKNOWN] -= count
 
     def monitor_for(self, model: Any) -> ModelMonitor:
         """The model's monitor, made on first use; ReferenceInvalid if the reference does not fit it."""
         mon = self.monitors.get(model.name)
         if mon is None:
+            self._served[model.name] = model
             inputs = {t.name: t.datatype for t in model.inputs}
             outputs = {t.name: t.datatype for t in model.outputs}
             ref = self.reference
