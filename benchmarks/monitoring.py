@@ -56,15 +56,15 @@ def _monitor(ref_rows: np.ndarray):
 def ours_windows(rows: np.ndarray):
     """Yield (request index, set of flagged features) at each window evaluation."""
     mon = _monitor(rows[:REF])
-    first = mon.windows["x[0]"]
+    drift = mon.drift["x"]
     last = None
     for i in range(REF, len(rows), STEP):
         # A window slides by exactly STEP rows (one block), so STEP rows at once give the same
         # evaluations as STEP one-row requests (the server batches what its profiler drains, too).
         mon.observe({"x": rows[i:i + STEP].astype(np.float32)}, {})
-        if first.score is not None and first.score is not last:
-            last = first.score
-            yield i + STEP - 1 - REF, {f for f, w in mon.windows.items() if w.score is not None and w.score.drifted}
+        if drift.scores is not None and drift.scores is not last:
+            last = drift.scores
+            yield i + STEP - 1 - REF, {f for f, s in zip(drift.names, drift.scores) if s.drifted}
 
 
 def evaluate(window_fn, data: dict[str, np.ndarray]) -> dict:

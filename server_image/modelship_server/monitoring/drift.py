@@ -68,3 +68,24 @@ def score(reference: np.ndarray, current: np.ndarray, psi_threshold: float, p_va
     d = ks_statistic(reference, current)
     p = ks_p_value(d, int(np.sum(reference)), int(np.sum(current)))
     return Score(s, d, p, s >= psi_threshold and p < p_value)
+
+
+def scores(reference: np.ndarray, current: np.ndarray, valid: np.ndarray, psi_threshold: float,
+           p_value: float) -> list[Score]:
+    """`score` for many features at once: rows are features, columns their bins; `valid` marks
+    each row's real bins (features have different bin counts, rows are padded)."""
+    r = np.where(valid, reference + _SMOOTH, 0.0)
+    c = np.where(valid, current + _SMOOTH, 0.0)
+    r /= r.sum(axis=1, keepdims=True)
+    c /= c.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        psis = np.where(valid, (c - r) * np.log(np.where(valid, c / np.where(r > 0, r, 1.0), 1.0)), 0.0).sum(axis=1)
+    n_ref, n_cur = reference.sum(axis=1), current.sum(axis=1)
+    cdf_r = np.cumsum(reference, axis=1) / np.maximum(n_ref, 1)[:, None]
+    cdf_c = np.cumsum(current, axis=1) / np.maximum(n_cur, 1)[:, None]
+    ds = np.abs(cdf_r - cdf_c).max(axis=1)
+    out = []
+    for s, d, n, m in zip(psis.tolist(), ds.tolist(), n_ref.tolist(), n_cur.tolist()):
+        p = ks_p_value(d, int(n), int(m)) if n > 0 and m > 0 else 1.0
+        out.append(Score(s, d if n > 0 and m > 0 else 0.0, p, s >= psi_threshold and p < p_value))
+    return out

@@ -28,15 +28,17 @@ import numpy as np
 from ..settings import MonitoringSettings
 from . import feedback as fb
 from .capture import CaptureWriter, DirSink, S3Sink
-from .drift import Score, score
-from .profile import FeatureStats, features, is_classifier_output, predicted_class
+from .drift import Score
+from .drift import scores as drift_scores
+from .profile import ColumnStats, is_classifier_output, predicted_class, tensor_features
 from .quality import QualityWindow
 from .reference import ReferenceInvalid, check_against_model, from_features
 
 log = logging.getLogger("modelship_server.monitoring")
 
 BLOCKS = 10  # a window slides by a tenth of its size
-QUEUE_MAX = 4096  # sampled requests waiting for the profiler
+QUEUE_MAX = 8192  # sampled requests waiting for the profiler
+DRAIN_S = 0.1  # the profiler wakes this often and takes everything queued: fewer, larger numpy calls
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -56,40 +58,52 @@ def replica_key(model_path: Any) -> bytes:
     return digest.digest()
 
 
-class FeatureWindow:
-    """The last `window` samples of one feature, binned like its reference, in BLOCKS blocks."""
+class TensorDrift:
+    """The drift windows of every feature of one tensor, as matrices: the last `window` samples
+    binned like the reference, in BLOCKS blocks (a window slides by a tenth of its size)."""
 
-    __slots__ = ("edges", "ref", "window", "block_size", "blocks", "current", "current_n", "score", "psi_t", "p_t")
-
-    def __init__(self, edges: list[float], ref_counts: list[int], window: int, psi_t: float, p_t: float) -> None:
-        self.edges = np.asarray(edges, np.float64)
-        self.ref = np.asarray(ref_counts, np.int64)
+    def __init__(self, names: list[str], ref_features: list[dict], window: int, psi_t: float, p_t: float) -> None:
+        self.names = names
+        n = len(names)
+        width = max([len(f["edges"]) for f in ref_features] + [1])
+        self.k = width + 1
+        self.edges = np.full((n, width), np.inf)
+        self.ref = np.zeros((n, self.k))
+        self.valid = np.zeros((n, self.k), bool)
+        for j, f in enumerate(ref_features):
+            e = len(f["edges"])
+            self.edges[j, :e] = f["edges"]
+            self.ref[j, :e + 1] = f["counts"]
+            self.valid[j, :e + 1] = True
         self.window = window
         self.block_size = max(1, window // BLOCKS)
         self.blocks: collections.deque[np.ndarray] = collections.deque(maxlen=BLOCKS)
-        self.current = np.zeros(self.ref.size, np.int64)
+        self.current = np.zeros((n, self.k), np.int64)
         self.current_n = 0
-        self.score: Score | None = None
+        self.scores: list[Score] | None = None
         self.psi_t, self.p_t = psi_t, p_t
+        self._offsets = np.arange(n) * self.k
 
-    def add(self, values: np.ndarray) -> None:
-        v = values[np.isfinite(values)]
-        while v.size:  # blocks hold exactly block_size samples, so a window is exactly `window`
-            take = min(v.size, self.block_size - self.current_n)
-            part, v = v[:take], v[take:]
-            self.current += np.bincount(np.searchsorted(self.edges, part, side="left"), minlength=self.current.size)
+    def add(self, m: np.ndarray) -> None:
+        """Add rows of the feature matrix (columns in `names` order)."""
+        n, k = len(self.names), self.k
+        while m.shape[0]:  # blocks hold exactly block_size rows, so a window is exactly `window`
+            take = min(m.shape[0], self.block_size - self.current_n)
+            part, m = m[:take], m[take:]
+            idx = (part[:, :, None] > self.edges[None, :, :]).sum(axis=2) + self._offsets
+            idx = np.where(np.isfinite(part), idx, n * k)  # NaN / inf: counted by the stats, not binned
+            self.current += np.bincount(idx.ravel(), minlength=n * k + 1)[:n * k].reshape(n, k)
             self.current_n += take
             if self.current_n >= self.block_size:
                 self.blocks.append(self.current)
-                self.current = np.zeros(self.ref.size, np.int64)
+                self.current = np.zeros((n, k), np.int64)
                 self.current_n = 0
-                counts = np.sum(self.blocks, axis=0)
-                if counts.sum() >= self.block_size * BLOCKS:
-                    self.score = score(self.ref, counts, self.psi_t, self.p_t)
+                if len(self.blocks) == BLOCKS:
+                    self.scores = drift_scores(self.ref, np.sum(self.blocks, axis=0), self.valid, self.psi_t, self.p_t)
 
     @property
     def samples(self) -> int:
-        return int(sum(int(b.sum()) for b in self.blocks)) + self.current_n
+        return len(self.blocks) * self.block_size + self.current_n
 
 
 class ModelMonitor:
@@ -105,9 +119,9 @@ class ModelMonitor:
         self.reference_source = ""
         self.collected = 0
         self.collecting: dict[str, list[np.ndarray]] = {}
-        self.owners: dict[str, str] = {}
-        self.windows: dict[str, FeatureWindow] = {}
-        self.stats: dict[str, FeatureStats] = {}
+        self.names: dict[str, list[str]] = {}  # tensor -> its feature names, as first seen
+        self.stats: dict[str, ColumnStats] = {}
+        self.drift: dict[str, TensorDrift] = {}
         self.profiled = 0
         self.dropped = 0
         self.store = fb.PredictionStore(cfg.feedback_ttl_s, cfg.feedback_max_entries)
@@ -117,78 +131,107 @@ class ModelMonitor:
         if reference is not None:
             self._use_reference(reference, f"file {reference_path}" if reference_path else "given")
 
+    @property
+    def windows(self) -> dict[str, Any]:
+        """Per feature: an object with `score` (the latest Score or None) and `samples`."""
+        out: dict[str, Any] = {}
+        for d in self.drift.values():
+            for j, fname in enumerate(d.names):
+                out[fname] = _FeatureView(d.scores[j] if d.scores else None, d.samples)
+        return out
+
     # -- profiling (worker thread) --------------------------------------------
 
     def _use_reference(self, ref: dict, source: str) -> None:
         self.reference = ref
         self.reference_source = source
         self.collecting = {}
-        self.windows = {
-            name: FeatureWindow(f["edges"], f["counts"], self.cfg.window, self.cfg.psi_threshold, self.cfg.p_value)
-            for name, f in ref["features"].items()
-        }
-        for name, f in ref["features"].items():
-            st = self.stats.setdefault(name, FeatureStats())
-            st.low, st.high = float(f.get("min", -np.inf)), float(f.get("max", np.inf))
-
-    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        self.observe_many([(inputs, outputs)])
+        by_tensor: dict[str, list[str]] = {}
+        for fname, f in ref["features"].items():
+            by_tensor.setdefault(f["tensor"], []).append(fname)
+        for tensor, fnames in by_tensor.items():
+            names = self.names.setdefault(tensor, fnames)
+            if names != fnames:  # the reference's order is the one drift uses
+                self.names[tensor] = names = fnames
+                self.stats.pop(tensor, None)
+            self.drift[tensor] = TensorDrift(names, [ref["features"][n] for n in names], self.cfg.window,
+                                             self.cfg.psi_threshold, self.cfg.p_value)
+            st = self.stats.setdefault(tensor, ColumnStats(len(names)))
+            st.low = np.array([float(ref["features"][n].get("min", -np.inf)) for n in names])
+            st.high = np.array([float(ref["features"][n].get("max", np.inf)) for n in names])
 
     def _features(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feats: dict[str, np.ndarray] = {}
+        """Tensor -> feature matrix in the order of self.names[tensor]; a tensor whose features
+        do not match the ones first seen (its shape changed) is left out."""
+        out: dict[str, np.ndarray] = {}
         for role, tensors, types in (("input", inputs, self.inputs), ("output", outputs, self.outputs)):
             for tname, arr in tensors.items():
                 dt = types.get(tname)
                 if dt is None:
                     continue
-                for fname, v in features(tname, dt, arr, batched=self.batched, output=role == "output").items():
-                    feats[fname] = v
-                    self.owners.setdefault(fname, tname)
-        return feats
+                names, m = tensor_features(tname, dt, arr, batched=self.batched, output=role == "output")
+                known = self.names.setdefault(tname, names)
+                if known == names:
+                    out[tname] = m
+                elif set(known) <= set(names):
+                    out[tname] = m[:, [names.index(n) for n in known]]
+        return out
+
+    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        self.observe_many([(inputs, outputs)])
 
     def observe_many(self, batch: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
         """Profile sampled requests; the worker hands over all it drained at once, so a busy
-        server pays the per-feature numpy calls once per batch, not once per request."""
+        server pays a few numpy calls per tensor per batch, not per feature per request."""
         with self.lock:
             i = 0
-            while self.reference is None and i < len(batch):  # collecting the reference: request by request
-                feats = self._features(*batch[i])
-                self._stats(feats)
-                for fname, v in feats.items():
-                    self.collecting.setdefault(fname, []).append(np.array(v, np.float64))
-                self.collected += 1
-                self.profiled += 1
-                i += 1
+            if self.reference is None:
+                take = min(len(batch), self.cfg.reference_size - self.collected)
+                merged = self._merge(batch[:take])
+                for t, m in merged.items():
+                    self.collecting.setdefault(t, []).append(m)
+                self._stats(merged)
+                self.collected += take
+                self.profiled += take
+                i = take
                 if self.collected >= self.cfg.reference_size:
                     self._freeze()
             if i >= len(batch):
                 return
-            merged: dict[str, list[np.ndarray]] = {}
-            for inputs, outputs in batch[i:]:
-                for fname, v in self._features(inputs, outputs).items():
-                    merged.setdefault(fname, []).append(v)
+            merged = self._merge(batch[i:])
             self.profiled += len(batch) - i
-            feats = {f: (vs[0] if len(vs) == 1 else np.concatenate(vs)) for f, vs in merged.items()}
-            self._stats(feats)
-            for fname, v in feats.items():
-                w = self.windows.get(fname)
-                if w is not None:
-                    w.add(v)
+            self._stats(merged)
+            for t, m in merged.items():
+                d = self.drift.get(t)
+                if d is not None:
+                    d.add(m)
 
-    def _stats(self, feats: dict[str, np.ndarray]) -> None:
-        for fname, v in feats.items():
-            st = self.stats.get(fname)
+    def _merge(self, batch: list) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for inputs, outputs in batch:
+            for t, m in self._features(inputs, outputs).items():
+                parts.setdefault(t, []).append(m)
+        return {t: (ms[0] if len(ms) == 1 else np.concatenate(ms)) for t, ms in parts.items()}
+
+    def _stats(self, merged: dict[str, np.ndarray]) -> None:
+        for t, m in merged.items():
+            st = self.stats.get(t)
             if st is None:
-                st = self.stats[fname] = FeatureStats()
-            st.add(v)
+                st = self.stats[t] = ColumnStats(m.shape[1])
+            st.add(m)
 
     def _freeze(self) -> None:
-        tensors = {t: {"role": "input", "datatype": d} for t, d in self.inputs.items()}
-        tensors |= {t: {"role": "output", "datatype": d} for t, d in self.outputs.items()}
-        used = set(self.owners.values())
+        values: dict[str, list[np.ndarray]] = {}
+        owners: dict[str, str] = {}
+        for t, ms in self.collecting.items():
+            m = np.concatenate(ms)
+            for j, fname in enumerate(self.names[t]):
+                values[fname] = [m[:, j]]
+                owners[fname] = t
+        tensors = {t: {"role": "input", "datatype": d} for t, d in self.inputs.items() if t in self.collecting}
+        tensors |= {t: {"role": "output", "datatype": d} for t, d in self.outputs.items() if t in self.collecting}
         source = f"frozen: the first {self.collected} sampled requests"
-        ref = from_features(self.collecting, self.owners, {t: v for t, v in tensors.items() if t in used},
-                            model=self.name, source=source, samples=self.collected)
+        ref = from_features(values, owners, tensors, model=self.name, source=source, samples=self.collected)
         self._use_reference(ref, source)
         log.info("model %s: no --monitoring-reference given; froze the first %d sampled requests as the "
                  "drift reference (%d features)", self.name, self.collected, len(ref["features"]))
@@ -233,17 +276,17 @@ class ModelMonitor:
     def snapshot(self) -> dict:
         with self.lock:
             ref = self.reference
-            feats = {}
-            for fname, st in sorted(self.stats.items()):
-                w = self.windows.get(fname)
-                entry: dict[str, Any] = {"tensor": (ref["features"][fname]["tensor"] if ref and fname in ref["features"]
-                                                    else self.owners.get(fname, "")), **st.to_dict()}
-                if w is not None:
-                    entry["window_samples"] = w.samples
-                    if w.score is not None:
-                        entry |= {"psi": w.score.psi, "ks": w.score.ks, "p_value": w.score.p_value,
-                                  "drifted": w.score.drifted}
-                feats[fname] = entry
+            feats: dict[str, dict] = {}
+            for tensor, st in self.stats.items():
+                d = self.drift.get(tensor)
+                for j, fname in enumerate(self.names.get(tensor, [])):
+                    entry: dict[str, Any] = {"tensor": tensor, **st.column(j)}
+                    if d is not None:
+                        entry["window_samples"] = d.samples
+                        if d.scores is not None:
+                            sc = d.scores[j]
+                            entry |= {"psi": sc.psi, "ks": sc.ks, "p_value": sc.p_value, "drifted": sc.drifted}
+                    feats[fname] = entry
             state = {"state": "loaded" if ref and not self.reference_source.startswith("frozen") else
                      "frozen" if ref else "collecting",
                      "source": self.reference_source or
@@ -284,6 +327,12 @@ def _labels(label: Any, n: int, kind: str) -> tuple[np.ndarray | None, str]:
     return np.asarray(values, np.float64), ""
 
 
+@dataclasses.dataclass(frozen=True)
+class _FeatureView:
+    score: Score | None
+    samples: int
+
+
 @dataclasses.dataclass
 class _Sample:
     monitor: ModelMonitor
@@ -302,6 +351,7 @@ class Monitoring:
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:12]
         self._keys: dict[str, bytes] = {}
+        self._suffix: dict[str, str] = {}
         self._served: dict[str, Any] = {}
         self._random = random.random
         self.capture: CaptureWriter | None = None
@@ -316,15 +366,19 @@ class Monitoring:
         """`<boot>-<n>`, or with a peer address `<boot>-<n>@<host:port>.<tag>` (see `forward_target`)."""
         if not self.cfg.peer_address:
             return f"{self._boot}-{next(self._ids)}"
-        body = f"{self._boot}-{next(self._ids)}@{self.cfg.peer_address}"
-        return f"{body}.{self._tag(model.name, body)}"
+        suffix = self._suffix.get(model.name)
+        if suffix is None:
+            suffix = self._suffix[model.name] = f"@{self.cfg.peer_address}.{self._tag(model.name, self.cfg.peer_address)}"
+        return f"{self._boot}-{next(self._ids)}{suffix}"
 
-    def _tag(self, name: str, body: str) -> str:
+    def _tag(self, name: str, address: str) -> str:
+        """Binds a replica's address to the model: a client can reuse a tag it was given, which
+        only points back at that same replica, but cannot make one for another address."""
         key = self._keys.get(name)
         if key is None:
             m = self._served.get(name)
             key = self._keys[name] = replica_key(m.model_path if m is not None else None)
-        return hmac.new(key, f"{name}\0{body}".encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.new(key, f"{name}\0{address}".encode(), hashlib.sha256).hexdigest()[:16]
 
     def forward_target(self, name: str, request_id: object) -> str | None:
         """The replica that made an id this one does not hold, or None.
@@ -337,7 +391,7 @@ class Monitoring:
             return None
         body, _, tag = request_id.rpartition(".")
         target = body.rsplit("@", 1)[1]
-        if target == self.cfg.peer_address or not hmac.compare_digest(tag, self._tag(name, body)):
+        if target == self.cfg.peer_address or not hmac.compare_digest(tag, self._tag(name, target)):
             return None
         host = target.rpartition(":")[0].strip("[]")
         try:
@@ -419,12 +473,9 @@ class Monitoring:
         return doc
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.queue:
-                self._stop.wait(0.01)
-                continue
+        while not self._stop.wait(DRAIN_S):
             by_model: dict[str, tuple[ModelMonitor, list]] = {}
-            for _ in range(min(len(self.queue), 512)):
+            for _ in range(len(self.queue)):
                 s = self.queue.popleft()
                 by_model.setdefault(s.monitor.name, (s.monitor, []))[1].append((s.inputs, s.outputs))
             for mon, batch in by_model.values():
