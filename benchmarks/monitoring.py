@@ -5,6 +5,7 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
     .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4]
+    .venv/bin/python benchmarks/monitoring.py path [--calls 100000]
     ... --json docs/benchmarks/monitoring-<what>.json
 
 The stream: 10 features, each N(0, 1), one row per request (batch 1). The reference is 1000
@@ -170,6 +171,52 @@ def cost(seconds: float, rounds: int, concurrency: int) -> dict:
             "p50_added_ms": on["p50_ms"] - off["p50_ms"]}
 
 
+# -- path: what --monitoring adds to one request, measured in process --------------------------
+
+
+def path(calls: int) -> dict:
+    """Time the request-path hook (id, prediction store, sampling, queue) per call, and the
+    profiler's CPU per request when it drains batches; the same model shapes as `cost`."""
+    from types import SimpleNamespace
+
+    from modelship_server.messages import InferRequest, Tensor
+    from modelship_server.monitoring.monitor import Monitoring
+    from modelship_server.settings import MonitoringSettings
+
+    hub = Monitoring(MonitoringSettings(enabled=True, peer_address="10.0.0.5:8000"))
+    hub._stop.set()  # no profiler thread: the queue is drained below, timed on its own
+    spec = SimpleNamespace(name="INPUT0", datatype="FP32")
+    out = SimpleNamespace(name="OUTPUT0", datatype="FP32")
+    model = SimpleNamespace(name="mlp", version="1", inputs=[spec], outputs=[out], policy=SimpleNamespace(max_batch_size=16),
+                            output_specs={"OUTPUT0": out}, model_path=None)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(1, 64)).astype(np.float32), rng.normal(size=(1, 10)).astype(np.float32)
+    hook = np.empty(calls)
+    perf = time.perf_counter
+    for i in range(calls):
+        req = InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], x)])
+        t0 = perf()
+        req.id = hub.new_id(model)
+        hub.after_infer(model, req, {"OUTPUT0": y})
+        hook[i] = perf() - t0
+        if len(hub.queue) >= 1000:  # drain as the profiler would, timed apart
+            hub.queue.clear()
+    mon = hub.monitors["mlp"]
+    batches = [[({"INPUT0": x}, {"OUTPUT0": y})] * 100 for _ in range(40)]
+    t0 = perf()
+    for b in batches[:10]:
+        mon.observe_many(b)  # the first 1000 requests: the frozen reference
+    t1 = perf()
+    for b in batches[10:]:
+        mon.observe_many(b)
+    t2 = perf()
+    us = hook * 1e6
+    return {"calls": calls, "hook_us_p50": float(np.percentile(us, 50)), "hook_us_p99": float(np.percentile(us, 99)),
+            "hook_us_mean": float(us.mean()),
+            "profiler_us_per_request_collecting": (t1 - t0) / 1000 * 1e6,
+            "profiler_us_per_request_drained_by_100": (t2 - t1) / 3000 * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -180,16 +227,20 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--trials", type=int, default=20)
         q.add_argument("--stationary", type=int, default=100_000)
         q.add_argument("--seed", type=int, default=0)
+    pa = sub.add_parser("path", help="per-request cost of the hook and the profiler, in process")
+    pa.add_argument("--calls", type=int, default=100_000)
     c = sub.add_parser("cost", help="throughput and p99 with --monitoring on vs off, same run")
     c.add_argument("--seconds", type=float, default=8.0)
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--concurrency", type=int, default=4)
-    for q in (d, a, c):
+    for q in (d, a, c, pa):
         q.add_argument("--json", type=Path, help="write the result here too")
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
         out = cost(args.seconds, args.rounds, args.concurrency)
+    elif args.what == "path":
+        out = path(args.calls)
     else:
         data = streams(args.trials, args.stationary, args.seed)
         out = evaluate(ours_windows, data) if args.what == "detection" else anchor(args.python, data)

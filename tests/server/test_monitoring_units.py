@@ -175,3 +175,33 @@ def test_a_loaded_reference_is_used_at_once():
     mon = _monitor(reference=ref, window=500)
     _stream(mon, rng, 600, shift=1.0, feature=7)
     assert mon.snapshot()["drift"]["drifted"] == ["x[7]"]
+
+
+def test_the_reference_cli_and_optimize_write_a_reference_the_server_reads(tmp_path):
+    import subprocess
+    import sys
+
+    from modelship_server import samples
+    from modelship_server.monitoring.reference import load_reference
+    from modelship_server.optimize.command import write_reference
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(samples.mlp((10, 16, 4)).SerializeToString())
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "val.npz", INPUT0=rng.normal(size=(64, 10)).astype(np.float32))
+    out = tmp_path / "ref.json"
+    done = subprocess.run([sys.executable, "-m", "modelship_server.monitoring", "reference", "--dataset",
+                           str(tmp_path / "val.npz"), "--model", str(model), "--output", str(out), "--name", "mlp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ref = load_reference(out)
+    assert ref["model"] == "mlp" and ref["samples"] == 64 and ref["features"]["INPUT0[9]"]["count"] == 64
+    check_against_model(ref, {"INPUT0": "FP32"}, {"OUTPUT0": "FP32"}, out)
+    done = subprocess.run([sys.executable, "-m", "modelship_server.monitoring", "reference", "--dataset",
+                           str(tmp_path / "nope.npz"), "--model", str(model), "--output", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    feeds = [{"INPUT0": rng.normal(size=(1, 10)).astype(np.float32)} for _ in range(8)]
+    write_reference(tmp_path, feeds + feeds[:4], "generated (8 inputs, seed 0)")  # halves may be the same feeds
+    ref = load_reference(tmp_path / "reference-profile.json")
+    assert ref["samples"] == 8 and ref["source"] == "optimize: generated (8 inputs, seed 0)"
