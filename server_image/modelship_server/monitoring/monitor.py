@@ -207,6 +207,22 @@ class ModelMonitor:
                     d.add(m)
 
     def _merge(self, batch: list) -> dict[str, np.ndarray]:
+        """Feature matrices of many requests. A batching model's requests are one batch along
+        axis 0, so their arrays are joined first and each tensor's features computed once."""
+        if self.batched and len(batch) > 1:
+            arrays: dict[tuple[int, str], list[np.ndarray]] = {}
+            for inputs, outputs in batch:
+                for role, tensors in ((0, inputs), (1, outputs)):
+                    for tname, arr in tensors.items():
+                        arrays.setdefault((role, tname), []).append(arr)
+            joined: list[tuple[dict, dict]] = [({}, {})]
+            rest: list[tuple[dict, dict]] = []
+            for (role, tname), arrs in arrays.items():
+                if len(arrs) == len(batch) and arrs[0].ndim >= 1 and all(a.shape[1:] == arrs[0].shape[1:] for a in arrs):
+                    joined[0][role][tname] = np.concatenate(arrs)
+                else:  # shapes differ: request by request
+                    rest += [({tname: a}, {}) if role == 0 else ({}, {tname: a}) for a in arrs]
+            batch = joined + rest
         parts: dict[str, list[np.ndarray]] = {}
         for inputs, outputs in batch:
             for t, m in self._features(inputs, outputs).items():
