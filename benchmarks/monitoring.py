@@ -125,7 +125,7 @@ def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
 # -- cost: the same model served with monitoring off and on, interleaved rounds ----------------
 
 
-def cost(seconds: float, rounds: int, concurrency: int) -> dict:
+def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
     from compare import free_port  # type: ignore[import-not-found]
 
@@ -136,7 +136,7 @@ def cost(seconds: float, rounds: int, concurrency: int) -> dict:
     samples.write_model(repo, "mlp", samples.mlp(), "max_batch_size: 16\ndynamic_batching { }\n")
     procs, urls = {}, {}
     try:
-        for name, extra in (("off", []), ("on", ["--monitoring", "--monitoring-sample-rate", "1.0"])):
+        for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
             hp, gp, mp = free_port(), free_port(), free_port()
             procs[name] = subprocess.Popen([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                                             "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
@@ -166,6 +166,7 @@ def cost(seconds: float, rounds: int, concurrency: int) -> dict:
                 "errors": int(sum(x.errors for x in rs))}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
+            "sample_rate": sample_rate, "a_a": aa,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
             "p50_added_ms": on["p50_ms"] - off["p50_ms"]}
@@ -233,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seconds", type=float, default=8.0)
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--concurrency", type=int, default=4)
+    c.add_argument("--sample-rate", type=float, default=1.0, help="--monitoring-sample-rate of the `on` server")
+    c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
     for q in (d, a, c, pa):
         q.add_argument("--json", type=Path, help="write the result here too")
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
-        out = cost(args.seconds, args.rounds, args.concurrency)
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa)
     elif args.what == "path":
         out = path(args.calls)
     else:
