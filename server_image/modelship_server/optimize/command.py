@@ -264,8 +264,11 @@ def write_reference(output: Path, feeds: list, source: str) -> None:
     from modelship_server.monitoring.reference import build_reference
 
     unique = list({id(f): f for f in feeds}.values())  # without a split the halves are the same feeds
-    doc = build_reference(unique, source=f"optimize: {source}")
-    (output / "reference-profile.json").write_text(json.dumps(doc))
+    try:
+        doc = build_reference(unique, source=f"optimize: {source}")
+        (output / "reference-profile.json").write_text(json.dumps(doc))
+    except (OSError, ValueError, TypeError) as exc:  # monitoring's reference must never fail the optimization
+        print(f"modelship optimize: warning: no reference-profile.json: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
