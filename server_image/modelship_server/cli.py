@@ -38,6 +38,7 @@ endpoints (KServe v2 / Open Inference Protocol, Triton-compatible):
   HTTP  :8000  /v2/health/{live,ready}, /v2/models/<m>[/versions/<v>]/{ready,config,stats,infer}
   gRPC  :8001  inference.GRPCInferenceService
   metrics :8002  /metrics (Prometheus)
+  with --monitoring: HTTP /v2/models/<m>/{monitoring,feedback}, gRPC modelship.monitoring.v1.Monitoring
 
 examples:
   modelship-server --model-repository /models
@@ -261,13 +262,13 @@ def _monitoring_flags(p: argparse.ArgumentParser) -> None:
                           "AWS_REGION, AWS_ENDPOINT_URL)")
     mon.add_argument("--capture-sample-rate", type=_fraction, default=1.0, metavar="FRACTION",
                      help="share of requests captured, 0..1 (default 1.0)")
+    mon.add_argument("--capture-batch-size", type=_positive_int, default=100, metavar="N",
+                     help="records per written batch (a partial batch is written after 1 s; default 100)")
     mon.add_argument("--monitoring-peer-address", default=None, metavar="HOST:PORT",
                      help="where other replicas reach this server's HTTP port; the request ids it makes "
                           "carry it, so feedback landing on another replica is forwarded here once "
                           "(default: env MODELSHIP_POD_IP:--http-port, else --http-address:--http-port "
                           "unless that is 0.0.0.0)")
-    mon.add_argument("--capture-batch-size", type=_positive_int, default=100, metavar="N",
-                     help="records per written batch (a partial batch is written after 1 s; default 100)")
 
 
 def _monitoring_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MonitoringSettings:
