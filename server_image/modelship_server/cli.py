@@ -21,7 +21,7 @@ from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from . import __version__
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
-from .settings import HttpLimits, Settings
+from .settings import HttpLimits, MonitoringSettings, Settings
 
 LISTEN_ENV = "MODELSHIP_LISTEN_ADDRESS"
 
@@ -38,6 +38,7 @@ endpoints (KServe v2 / Open Inference Protocol, Triton-compatible):
   HTTP  :8000  /v2/health/{live,ready}, /v2/models/<m>[/versions/<v>]/{ready,config,stats,infer}
   gRPC  :8001  inference.GRPCInferenceService
   metrics :8002  /metrics (Prometheus)
+  with --monitoring: HTTP /v2/models/<m>/{monitoring,feedback}, gRPC modelship.monitoring.v1.Monitoring
 
 examples:
   modelship-server --model-repository /models
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     life.add_argument("--termination-log", default=None, metavar="FILE",
                       help="on an exit on error, write one line '<Reason>: <why>' there for the orchestrator "
                            "(in a pod: /dev/termination-log); default: none")
+    _monitoring_flags(p)
     life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log verbosity (default info)")
     _security_flags(p)
@@ -318,6 +320,91 @@ def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     return {"auth": auth, "tls": tls, "watch_interval_s": args.watch_interval}
 
 
+# --- monitoring flags (docs/monitoring.md) ---------------------------------------------------
+
+
+def _fraction(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return v
+
+
+def _monitoring_flags(p: argparse.ArgumentParser) -> None:
+    mon = p.add_argument_group("monitoring (drift, quality from feedback, capture; docs/monitoring.md)")
+    mon.add_argument("--monitoring", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                     help="profile inputs and outputs, measure drift, join feedback, serve "
+                          "/v2/models/<m>/monitoring and /feedback (default false)")
+    mon.add_argument("--monitoring-sample-rate", type=_fraction, default=1.0, metavar="FRACTION",
+                     help="share of requests profiled, 0..1 (default 1.0)")
+    mon.add_argument("--monitoring-reference", default=None, metavar="FILE",
+                     help="reference profile (JSON, from `modelship optimize` or `python -m "
+                          "modelship_server.monitoring reference`); default: freeze the first "
+                          "--monitoring-reference-size sampled requests of each model")
+    mon.add_argument("--monitoring-reference-size", type=_positive_int, default=1000, metavar="N",
+                     help="sampled requests frozen as the reference when no file is given (default 1000)")
+    mon.add_argument("--monitoring-window", type=_positive_int, default=1000, metavar="N",
+                     help="samples per drift window and labels per quality window (default 1000)")
+    mon.add_argument("--drift-psi-threshold", type=_positive_float, default=0.2, metavar="PSI",
+                     help="PSI at or over which a feature may be called drifted (default 0.2)")
+    mon.add_argument("--drift-p-value", type=_fraction, default=0.01, metavar="P",
+                     help="KS p-value under which a feature may be called drifted (default 0.01); "
+                          "both must agree")
+    mon.add_argument("--feedback-ttl", type=_positive_float, default=3600.0, metavar="SECONDS",
+                     help="how long a prediction waits for its label (default 3600)")
+    mon.add_argument("--feedback-max-entries", type=_positive_int, default=100_000, metavar="N",
+                     help="predictions held for feedback; the oldest go first (default 100000)")
+    mon.add_argument("--capture-dir", default=None, metavar="DIR",
+                     help="write sampled request/response records to this folder (JSON lines + .npz)")
+    mon.add_argument("--capture-uri", default="", metavar="s3://BUCKET/PREFIX",
+                     help="write them to S3-compatible storage (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                          "AWS_REGION, AWS_ENDPOINT_URL)")
+    mon.add_argument("--capture-sample-rate", type=_fraction, default=1.0, metavar="FRACTION",
+                     help="share of requests captured, 0..1 (default 1.0)")
+    mon.add_argument("--capture-batch-size", type=_positive_int, default=100, metavar="N",
+                     help="records per written batch (a partial batch is written after 1 s; default 100)")
+    mon.add_argument("--monitoring-peer-address", default=None, metavar="HOST:PORT",
+                     help="where other replicas reach this server's HTTP port; the request ids it makes "
+                          "carry it, so feedback landing on another replica is forwarded here once "
+                          "(default: env MODELSHIP_POD_IP:--http-port, else --http-address:--http-port "
+                          "unless that is 0.0.0.0)")
+
+
+def _monitoring_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MonitoringSettings:
+    if args.capture_dir and args.capture_uri:
+        parser.error("give --capture-dir or --capture-uri, not both")
+    if args.capture_uri and not args.capture_uri.startswith("s3://"):
+        parser.error(f"--capture-uri: expected s3://bucket/prefix, got {args.capture_uri!r}")
+    uses = [f for f, v in (("--monitoring-reference", args.monitoring_reference), ("--capture-dir", args.capture_dir),
+                           ("--capture-uri", args.capture_uri)) if v]
+    if uses and not args.monitoring:
+        parser.error(f"{', '.join(uses)} need(s) --monitoring")
+    if args.monitoring_reference:
+        from .monitoring.reference import ReferenceInvalid, load_reference
+
+        try:
+            load_reference(Path(args.monitoring_reference))
+        except ReferenceInvalid as exc:
+            parser.error(f"--monitoring-reference: {exc}")
+    peer = args.monitoring_peer_address
+    if peer is None:
+        host = os.environ.get("MODELSHIP_POD_IP") or (args.http_address if args.http_address not in ("0.0.0.0", "::") else "")
+        peer = f"{host}:{args.http_port}" if host else ""
+    return MonitoringSettings(
+        peer_address=peer,
+        enabled=args.monitoring, sample_rate=args.monitoring_sample_rate,
+        reference=Path(args.monitoring_reference) if args.monitoring_reference else None,
+        reference_size=args.monitoring_reference_size, window=args.monitoring_window,
+        psi_threshold=args.drift_psi_threshold, p_value=args.drift_p_value,
+        feedback_ttl_s=args.feedback_ttl, feedback_max_entries=args.feedback_max_entries,
+        capture_dir=Path(args.capture_dir) if args.capture_dir else None, capture_uri=args.capture_uri,
+        capture_sample_rate=args.capture_sample_rate, capture_batch_size=args.capture_batch_size,
+    )
+
+
 def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -367,6 +454,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
             cache_dir=Path(args.cache_dir),
         ),
         **_security_settings(parser, args),
+        monitoring=_monitoring_settings(parser, args),
     ), args.log_level
 
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from . import __version__, validation
-from .errors import ServingError
+from .errors import ServingError, Unsupported
 from .messages import InferRequest, InferResponse, Tensor
 from .metrics import Metrics, ModelMetrics
 from .registry import Registry, ServedModel
+
+if TYPE_CHECKING:
+    from .monitoring.monitor import Monitoring
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ class DataPlane:
         self.draining = False
         self.inflight = 0
         self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}
+        self.monitoring: Monitoring | None = None  # set by the server with --monitoring
 
     # -- health and metadata -----------------------------------------------
 
@@ -132,10 +137,15 @@ class DataPlane:
         self.inflight += 1
         mm.inflight += 1
         outcome = "success"
+        mon = self.monitoring
         try:
             feeds, batch = validation.check_request(request, model)
             timeout = request.timeout_s or model.default_timeout_s or None
             outputs = await model.scheduler.submit(feeds, batch, timeout)
+            if mon is not None:
+                if not request.id:  # the OIP id feedback refers to: made here, returned in the response
+                    request.id = mon.new_id(model)
+                mon.after_infer(model, request, outputs)
             return self._response(request, model, outputs)
         except ServingError as exc:
             outcome = exc.outcome
@@ -151,6 +161,29 @@ class DataPlane:
             mm.requests[(request.protocol, outcome)] += 1
             mm.request_duration[request.protocol].observe(elapsed)
             model.stats.request_done(outcome == "success", int(elapsed * 1e9))
+
+    # -- monitoring -------------------------------------------------------------
+
+    def _monitoring(self) -> Monitoring:
+        if self.monitoring is None:
+            raise Unsupported("monitoring is off on this server: start it with --monitoring")
+        return self.monitoring
+
+    def monitoring_snapshot(self, name: str, version: str = "") -> dict:
+        mon = self._monitoring()
+        return mon.snapshot(self.model(name, version))
+
+    def feedback(self, name: str, version: str, items: list) -> list[dict]:
+        """Join labels to predictions; one result per item (outcome, and error when not joined)."""
+        mon = self._monitoring()
+        return mon.feedback(self.model(name, version), items)
+
+    def forward_target(self, name: str, request_id: object) -> str | None:
+        mon = self.monitoring
+        return mon.forward_target(name, request_id) if mon is not None else None
+
+    def forwarded(self, name: str, version: str, count: int) -> None:
+        self._monitoring().forwarded(self.model(name, version), count)
 
     def _response(self, request: InferRequest, model: ServedModel, outputs: dict) -> InferResponse:
         specs = model.output_specs

@@ -24,6 +24,9 @@ from .budget import ByteBudget, cgroup_memory_limit, default_budget
 from .dataplane import DataPlane
 from .errors import AUTH_CONFIG_INVALID, TLS_CERTIFICATE_INVALID
 from .metrics import Metrics
+from .monitoring.exporter import MonitoringCollector
+from .monitoring.monitor import Monitoring
+from .monitoring.reference import ReferenceInvalid, load_reference
 from .protocol.grpc import make_server
 from .protocol.rest import RestApp
 from .registry import LoadOptions, Registry
@@ -189,7 +192,7 @@ def _auth_summary(settings: Settings) -> str:
     return " + ".join(parts) if parts else "off"
 
 
-async def load(settings: Settings, registry: Registry, stop: asyncio.Event) -> int:
+async def load(settings: Settings, registry: Registry, stop: asyncio.Event, monitoring: Monitoring | None = None) -> int:
     """Load and warm up every model, then wait for `stop`; the exit code so far."""
     loop = asyncio.get_running_loop()
     loading = loop.create_task(
@@ -219,6 +222,14 @@ async def load(settings: Settings, registry: Registry, stop: asyncio.Event) -> i
         if settings.termination_log is not None:
             write_termination_log(settings.termination_log, failure_line(registry))
         return 1
+    if monitoring is not None:
+        try:
+            monitoring.attach([m for m in registry.all() if m.ready])
+        except ReferenceInvalid as exc:
+            log.error("exiting: %s", exc)
+            if settings.termination_log is not None:
+                write_termination_log(settings.termination_log, f"MonitoringReferenceInvalid: {exc}")
+            return 1
     if failed:
         log.warning("serving without %d model(s) that failed to load; the server reports not ready", len(failed))
     else:
@@ -254,16 +265,34 @@ async def serve(settings: Settings) -> int:
     budget = inflight_budget(settings)
     metrics.budget = budget
     dp = DataPlane(registry, metrics)
+    monitoring = start_monitoring(settings, dp, metrics, registry)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     ends = await bind(settings, dp, metrics, budget)
-    code = await load(settings, registry, stop)
+    code = await load(settings, registry, stop, monitoring)
     await drain(settings, dp, registry, ends, quiet=code != 0)
+    if monitoring is not None:
+        monitoring.close()
     log.info("stopped")
     return code
+
+
+def start_monitoring(settings: Settings, dp: DataPlane, metrics: Metrics, registry: Registry) -> Monitoring | None:
+    """With --monitoring: the hub (profiler thread, capture writer) wired to the data plane and /metrics."""
+    cfg = settings.monitoring
+    if not cfg.enabled:
+        return None
+    reference = load_reference(cfg.reference) if cfg.reference is not None else None
+    hub = Monitoring(cfg, reference)
+    dp.monitoring = hub
+    metrics.registry.register(MonitoringCollector(hub, lambda: [m for m in registry.all() if m.ready]))
+    log.info("monitoring on: sample rate %g, window %d, reference %s, capture %s", cfg.sample_rate, cfg.window,
+             cfg.reference or f"frozen from the first {cfg.reference_size} sampled requests of each model",
+             cfg.capture_dir or cfg.capture_uri or "off")
+    return hub
 
 
 def failure_line(registry: Registry) -> str:

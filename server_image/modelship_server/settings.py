@@ -53,3 +53,23 @@ class Settings:
     auth: GateConfig = dataclasses.field(default_factory=GateConfig)
     tls: TlsConfig | None = None
     watch_interval_s: float = 2.0  # how often the API key and TLS files are checked for changes
+    monitoring: MonitoringSettings = dataclasses.field(default_factory=lambda: MonitoringSettings())
+
+
+# --- monitoring (docs/monitoring.md): all off unless --monitoring --------------------------------
+@dataclasses.dataclass(frozen=True)
+class MonitoringSettings:
+    enabled: bool = False
+    sample_rate: float = 1.0
+    reference: Path | None = None  # a reference profile; None: freeze the first `reference_size` sampled requests
+    reference_size: int = 1000
+    window: int = 1000  # samples per drift window and labels per quality window
+    psi_threshold: float = 0.2
+    p_value: float = 0.01
+    feedback_ttl_s: float = 3600.0
+    feedback_max_entries: int = 100_000
+    capture_dir: Path | None = None
+    capture_uri: str = ""
+    capture_sample_rate: float = 1.0
+    capture_batch_size: int = 100
+    peer_address: str = ""  # HOST:PORT other replicas reach this one's HTTP at; put in the ids it makes

@@ -239,6 +239,7 @@ def _run(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
+    write_reference(args.output, calibration + validation, source)
     search_budget = split_budget(args.budget_seconds, args.capacity_seconds) - (time.monotonic() - started)
     try:
         report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
@@ -264,6 +265,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.termination_log:
         _write(args.termination_log, summary(report))
     return 0
+
+
+def write_reference(output: Path, feeds: list, source: str) -> None:
+    """reference-profile.json: the drift reference (docs/monitoring.md) of the inputs judged on."""
+    import json
+
+    from modelship_server.monitoring.reference import build_reference
+
+    unique = list({id(f): f for f in feeds}.values())  # without a split the halves are the same feeds
+    try:
+        doc = build_reference(unique, source=f"optimize: {source}")
+        (output / "reference-profile.json").write_text(json.dumps(doc))
+    except (OSError, ValueError, TypeError) as exc:  # monitoring's reference must never fail the optimization
+        print(f"modelship optimize: warning: no reference-profile.json: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from ..codecs import grpc_wire
 from ..dataplane import DataPlane
 from ..errors import InvalidInput, Overloaded, ServingError, Unavailable
 from ..messages import InferRequest
+from .grpc_monitoring import handler as monitoring_handler
 
 log = logging.getLogger(__name__)
 
@@ -274,5 +275,5 @@ def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudg
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget)),))
+    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget)), monitoring_handler(dataplane)))
     return server

@@ -457,7 +457,9 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = req.keep_alive
         if self.closing:
             return
-        if exc is None:
+        if exc is None and isinstance(result, tuple):  # an async route's (status, JSON body)
+            self._send(result[0], result[1], _JSON, keep_alive)
+        elif exc is None:
             try:
                 header, chunks, header_length = codec.encode_response(result)
             except Exception as e:  # noqa: BLE001

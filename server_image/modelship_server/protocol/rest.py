@@ -120,6 +120,80 @@ async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     return await app.dp.infer(request)
 
 
+def _monitoring(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    return 200, codec.dumps(app.dp.monitoring_snapshot(*_name(p)))
+
+
+async def _feedback(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    """One `{"id", "label"}`, a list of them, or `{"items": [...]}`: 200 when every item joined,
+    else 400 naming each failure (the items that joined stay joined: nothing is lost).
+
+    An id this replica does not hold but another made (`<id>@<host:port>.<tag>`) is forwarded to
+    that replica once, in one request per replica; a forwarded request is never forwarded again.
+    """
+    name, version = _name(p)
+    try:
+        doc = codec._loads(req.body or b"")
+    except (ValueError, RecursionError) as exc:
+        app.dp.feedback(name, version, [None])  # counted as invalid
+        raise InvalidInput(f"feedback body is not valid JSON: {exc}") from None
+    forwarded = isinstance(doc, dict) and doc.get("forwarded") is True
+    items = doc if isinstance(doc, list) else doc["items"] if isinstance(doc, dict) and isinstance(doc.get("items"), list) \
+        else [doc]
+    results = app.dp.feedback(name, version, items)
+    if not forwarded:
+        peers: dict[str, list[int]] = {}
+        for i, r in enumerate(results):
+            target = app.dp.forward_target(name, r["id"]) if r["outcome"] == "unknown_id" else None
+            if target is not None:
+                peers.setdefault(target, []).append(i)
+        for target, idx in peers.items():
+            answer = await _forward(app, target, p, [items[i] for i in idx])
+            if isinstance(answer, str):
+                for i in idx:
+                    results[i]["error"] += f" (forwarding to the replica at {target} failed: {answer})"
+                continue
+            app.dp.forwarded(name, version, len(idx))
+            for i, r in zip(idx, answer):
+                results[i] = {**r, "replica": target}
+    failed = [r for r in results if r["outcome"] != "joined"]
+    body: dict[str, Any] = {"joined": len(results) - len(failed), "results": results}
+    if failed:
+        body["error"] = "; ".join(f"{r['outcome']}: {r['error']}" for r in failed[:5]) + (
+            f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return 400, codec.dumps(body)
+    return 200, codec.dumps(body)
+
+
+async def _forward(app: RestApp, target: str, p: dict, items: list) -> list[dict] | str:
+    """POST items to the replica at `target`: its per-item results, or why it could not answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    path = f"/v2/models/{p['name']}" + (f"/versions/{p['version']}" if p.get("version") else "") + "/feedback"
+    data = json.dumps({"forwarded": True, "items": items}).encode()
+
+    def post() -> list[dict] | str:
+        req = urllib.request.Request(f"http://{target}{path}", data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - http, an IP-literal peer (forward_target)
+                return json.loads(r.read())["results"]
+        except urllib.error.HTTPError as e:
+            try:
+                return json.loads(e.read())["results"]
+            except (ValueError, KeyError):
+                return f"HTTP {e.code}"
+        except (OSError, ValueError, KeyError) as e:
+            return str(e)[:200]
+
+    answer = await asyncio.get_running_loop().run_in_executor(app.decoder, post)
+    if isinstance(answer, list) and len(answer) != len(items):
+        return f"it answered {len(answer)} results for {len(items)} items"
+    return answer
+
+
 def _extension(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
     raise Unsupported(f"the {req.parts[1]} extension is not supported by this server")
 
@@ -147,6 +221,8 @@ ROUTES: list[Route] = [
     *_model_routes("ready", _model_ready),
     *_model_routes("config", _model_config),
     *_model_routes("stats", _model_stats),
+    *_model_routes("monitoring", _monitoring, methods=frozenset((b"GET", b"HEAD"))),
+    *_model_routes("feedback", _feedback, methods=_POST, infer=True),
 ]
 _EXTENSIONS = frozenset(("systemsharedmemory", "cudasharedmemory", "trace", "logging"))
 _BY_LENGTH: dict[int, list[Route]] = {}
