@@ -26,6 +26,7 @@ from .protocol.grpc import make_server
 from .protocol.rest import RestApp
 from .registry import LoadOptions, Registry
 from .settings import Settings
+from .tracing import Tracer, make_tracer
 
 log = logging.getLogger("modelship_server")
 
@@ -58,7 +59,8 @@ def inflight_budget(settings: Settings) -> ByteBudget:
 async def bind(settings: Settings, dp: DataPlane, metrics: Metrics, budget: ByteBudget) -> Endpoints:
     """Open the HTTP, gRPC and metrics ports; BindError (with the flag to change) if one is taken."""
     loop = asyncio.get_running_loop()
-    ends = Endpoints(RestApp(dp, max_body_size=settings.max_body_size, budget=budget, limits=settings.http_limits))
+    ends = Endpoints(RestApp(dp, max_body_size=settings.max_body_size, budget=budget, limits=settings.http_limits,
+                             tracer=dp.tracer))
     try:
         if settings.allow_http:
             try:
@@ -73,7 +75,7 @@ async def bind(settings: Settings, dp: DataPlane, metrics: Metrics, budget: Byte
                 ) from None
             ends.rest.start()
         if settings.allow_grpc:
-            ends.grpc = make_server(dp, max_message_size=settings.max_body_size, budget=budget)
+            ends.grpc = make_server(dp, max_message_size=settings.max_body_size, budget=budget, tracer=dp.tracer)
             target = f"{settings.grpc_address}:{settings.grpc_port}"
             try:
                 bound = ends.grpc.add_insecure_port(target)
@@ -173,7 +175,7 @@ async def serve(settings: Settings) -> int:
         log.warning("model repository %s holds no model folders", settings.model_repository)
     budget = inflight_budget(settings)
     metrics.budget = budget
-    dp = DataPlane(registry, metrics)
+    dp = DataPlane(registry, metrics, make_tracer(settings.tracing))
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,8 +184,19 @@ async def serve(settings: Settings) -> int:
     ends = await bind(settings, dp, metrics, budget)
     code = await load(settings, registry, stop)
     await drain(settings, dp, registry, ends, quiet=code != 0)
+    if dp.tracer is not None:
+        await stop_tracer(dp.tracer)
     log.info("stopped")
     return code
+
+
+async def stop_tracer(tracer: Tracer, timeout_s: float = 5.0) -> None:
+    """Flush the spans still queued, but never let an unreachable collector hold the exit."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, tracer.shutdown), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("tracing: spans not exported within %.0f s of shutdown were dropped", timeout_s)
 
 
 def failure_line(registry: Registry) -> str:

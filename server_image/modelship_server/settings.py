@@ -8,6 +8,7 @@ from pathlib import Path
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 from .runtime import RuntimeOptions
+from .tracing import TraceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +48,4 @@ class Settings:
     exit_on_error: bool = True
     termination_log: Path | None = None  # where the reason of an exit on error is written
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    tracing: TraceSettings = dataclasses.field(default_factory=TraceSettings)  # --trace-config, OTEL_*
