@@ -85,6 +85,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("inputs-zero-dim", _with(model__inputs=[{"name": "x", "shape": [1, 0]}]), "spec.model.inputs[0].shape[1]", ""),
     ("dataset-sha256-missing", _with(optimization={"dataset": {"uri": "https://h/val.npz"}}),
      "spec.optimization.dataset.sha256", "Required"),
+    # spec.tracing (docs/tracing.md)
+    ("tracing-grpc-on-triton", _with(runtime="triton", tracing={"enabled": True, "protocol": "grpc"}),
+     "spec.tracing.protocol", "must be http/protobuf for runtime triton"),
+    ("tracing-ratio-above-one", _with(tracing={"enabled": True, "samplingRatio": 1.5}), "spec.tracing.samplingRatio", ""),
+    ("tracing-protocol", _with(tracing={"protocol": "thrift"}), "spec.tracing.protocol", "grpc"),
+    ("tracing-endpoint-spaces", _with(tracing={"endpoint": "otel collector:4317"}), "spec.tracing.endpoint", ""),
 ]
 
 

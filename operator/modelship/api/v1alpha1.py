@@ -394,6 +394,24 @@ class NetworkPolicySettings(_Model):
     allow_metrics_from: Annotated[list[Peer], Field(max_length=16)] | None = None
 
 
+OTLP_ENDPOINT = r"^(https?://)?[A-Za-z0-9.\[\]:_-]+(/\S*)?$"
+
+
+class Tracing(_Model):
+    """OpenTelemetry traces of inference requests, exported by OTLP (docs/tracing.md); off by default.
+
+    A root request is sampled at `sampling_ratio`; a caller's sampled `traceparent` is always
+    followed (runtime onnxruntime). Without an endpoint the exporter's default is used
+    (localhost:4317 for gRPC, localhost:4318/v1/traces for HTTP): a collector sidecar.
+    """
+
+    enabled: bool = False
+    # host:port or a URL; http/protobuf without a path gets /v1/traces
+    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=OTLP_ENDPOINT)] | None = None
+    sampling_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+
+
 Runtime = Literal["onnxruntime", "triton"]
 
 
@@ -413,6 +431,7 @@ class ModelServiceSpec(_Model):
     rollout: Rollout = Field(default_factory=Rollout)
     disruption_budget: DisruptionBudget = Field(default_factory=DisruptionBudget)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    tracing: Tracing = Field(default_factory=Tracing)
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
@@ -428,6 +447,15 @@ class ModelServiceSpec(_Model):
             raise ValueError(
                 "spec.slo.latencyMilliseconds is required when spec.autoscaling uses the builtin engine, "
                 "which scales on latency"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_runtime(self) -> ModelServiceSpec:
+        if self.tracing.enabled and self.runtime == "triton" and self.tracing.protocol != "http/protobuf":
+            raise ValueError(
+                "spec.tracing.protocol must be http/protobuf for runtime triton (the OpenTelemetry exporter "
+                f"of Triton speaks OTLP over HTTP only), got {self.tracing.protocol}"
             )
         return self
 

@@ -28,6 +28,7 @@ from modelship.render import names, pod
 from modelship.render.artifact import ModelArtifact
 from modelship.render.model_config import batching_mode
 from modelship.render.pod import MODEL_REPOSITORY
+from modelship.render.tracing import tracing_flags
 
 APPLY_VARIANT = "apply-variant"
 FIT_CONFIG = "fit-config"
@@ -211,6 +212,10 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
         "securityContext": pod.container_security(read_only_root=spec.runtime != "triton"),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    trace_flags, trace_env = tracing_flags(msvc)
+    if trace_flags:
+        command += trace_flags
+        container["env"] = [*container.get("env", []), *trace_env]
     if spec.rollout.pre_stop_delay_seconds > 0:
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.rollout.pre_stop_delay_seconds}}}
     return container
