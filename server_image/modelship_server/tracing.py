@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,8 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 _perf_ns = time.perf_counter_ns
+# W3C trace context version 00: version-traceid-parentid-flags (the flags are group 1)
+_TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})$")
 
 MODES = ("off", "opentelemetry")
 LEVELS = ("OFF", "TIMESTAMPS")
@@ -290,7 +293,8 @@ class Tracer:
     def __init__(self, settings: TraceSettings, service_name: str = "modelship-server", exporter=None) -> None:
         from opentelemetry import trace as api
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -303,13 +307,18 @@ class Tracer:
         attrs.update(dict(settings.resource))
         self.provider = TracerProvider(sampler=self.sampler, resource=Resource.create(attrs))
         self.exporter = exporter if exporter is not None else make_exporter(settings)
-        self.provider.add_span_processor(BatchSpanProcessor(
+        self.processor = BatchSpanProcessor(
             self.exporter,
             max_queue_size=settings.bsp_max_queue_size,
             schedule_delay_millis=settings.bsp_schedule_delay_ms,
             max_export_batch_size=min(settings.bsp_max_export_batch_size, settings.bsp_max_queue_size),
-        ))
+        )
+        self.provider.add_span_processor(self.processor)
         self._tracer = self.provider.get_tracer("modelship_server")
+        self._readable = ReadableSpan
+        self._resource = self.provider.resource
+        self._scope = InstrumentationScope("modelship_server")
+        self._ids = self.provider.id_generator
         self._server = api.SpanKind.SERVER
 
     # -- per request ---------------------------------------------------------
@@ -318,6 +327,14 @@ class Tracer:
         """The root span of a request, or None when it is not sampled (or the level is OFF)."""
         received = _perf_ns()
         if self.level == "OFF":
+            return None
+        # The decisions the parent-based sampler would reach anyway, without building a span:
+        # a well-formed parent that is not sampled, or a root request at ratio 0.
+        if traceparent:
+            m = _TRACEPARENT.match(traceparent)
+            if m is not None and not int(m.group(1), 16) & 1:
+                return None
+        elif self.sampler.ratio == 0.0:
             return None
         ctx = None
         if traceparent:
@@ -332,17 +349,30 @@ class Tracer:
             return None
         return RequestTrace(self, root, received, offset)
 
+    def _child(self, name: str, parent, start_ns: int, end_ns: int, attributes: dict | None = None, links=()):
+        """A finished child span handed straight to the span processor; its SpanContext.
+
+        The SDK's start_span/end would run the sampler, the context machinery and the
+        attribute checks again for each child (~5x the cost): the root already decided,
+        and the times and attributes here are ours.
+        """
+        api = self._api
+        ctx = api.SpanContext(parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags,
+                              parent.trace_state)
+        self.processor.on_end(self._readable(
+            name, context=ctx, parent=parent, resource=self._resource, attributes=attributes or {}, links=links,
+            instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns))
+        return ctx
+
     def _emit(self, t: RequestTrace, error: str | None) -> None:
         api = self._api
         off = t.offset_ns
-        parent = api.set_span_in_context(t.root)
-        tracer = self._tracer
+        parent = t.root.get_span_context()
         now = _perf_ns()
 
         def span(name: str, start: int, end: int, attributes: dict | None = None, links=()) -> None:
             if start and end >= start:
-                s = tracer.start_span(name, context=parent, attributes=attributes, links=links, start_time=start + off)
-                s.end(end_time=end + off)
+                self._child(name, parent, start + off, end + off, attributes, links)
 
         if t.decoded_ns:
             span("decode", t.received_ns, t.decoded_ns)
@@ -370,12 +400,9 @@ class Tracer:
             if b.span_context is None:
                 api = self._api
                 links = [api.Link(m.root.get_span_context()) for m in b.members if m is not first]
-                s = self._tracer.start_span(
-                    "batch", context=api.set_span_in_context(first.root), links=links,
-                    attributes={"modelship.batch.size": b.size, "modelship.batch.requests": b.requests},
-                    start_time=b.started_ns + first.offset_ns)
-                s.end(end_time=b.done_ns + first.offset_ns)
-                b.span_context = s.get_span_context()
+                b.span_context = self._child(
+                    "batch", first.root.get_span_context(), b.started_ns + first.offset_ns, b.done_ns + first.offset_ns,
+                    {"modelship.batch.size": b.size, "modelship.batch.requests": b.requests}, links)
             return b.span_context
 
     # -- TraceSetting (Triton's trace extension) ------------------------------

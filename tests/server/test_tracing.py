@@ -284,3 +284,27 @@ def test_a_bad_trace_flag_is_one_line_and_exit_2(repo, tmp_path):
     assert r.returncode == 2
     assert "--trace-config 'rate=often': expected a whole number > 0, got 'often'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sampling_decisions_follow_the_parent_then_the_ratio():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from modelship_server.tracing import Tracer
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TraceSettings(mode="opentelemetry", ratio=1.0), exporter=exporter)
+    try:
+        unsampled, _, _ = _traceparent(sampled=False)
+        sampled, trace_id, span_id = _traceparent()
+        assert tracer.start("r", unsampled, None, {}) is None, "a caller's unsampled flag wins over ratio 1"
+        t = tracer.start("r", sampled, "vendor=1", {})
+        assert t is not None and format(t.root.get_span_context().trace_id, "032x") == trace_id
+        assert format(t.root.parent.span_id, "016x") == span_id
+        assert t.root.get_span_context().trace_state.get("vendor") == "1"
+        assert tracer.start("r", "garbage", None, {}) is not None, "a malformed traceparent is ignored: a root"
+        tracer.update({"trace_rate": ["1000000"]})
+        assert tracer.start("r", sampled, None, {}) is not None, "a sampled caller is followed at any ratio"
+        tracer.update({"trace_level": ["OFF"]})
+        assert tracer.start("r", sampled, None, {}) is None
+    finally:
+        tracer.shutdown()
