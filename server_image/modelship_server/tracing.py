@@ -3,10 +3,13 @@
 Why this shape:
 
 - Off (the default) costs one `is None` test per request: no tracer object exists.
-- On, the sampling decision is made once, when the request's root span starts (parent-based:
-  a caller's sampled `traceparent` is followed, a root request is sampled at `ratio`). An
-  unsampled request gets no `RequestTrace` at all, so nothing below the protocol layer records
-  anything for it.
+- On, the sampling decision is made once per request, before any span exists (parent-based:
+  a caller's well-formed `traceparent` is followed, sampled or not; any other request is a root,
+  sampled by a random draw at `ratio`). An unsampled request costs a regex match or that draw
+  and gets no `RequestTrace`, so nothing below the protocol layer records anything for it.
+- A sampled request's child spans are built as finished spans and handed to the span processor
+  directly: the SDK's start_span would sample, look up contexts and check attributes again for
+  each, about four times the cost.
 - A sampled request records plain `perf_counter_ns` stamps as it goes (the scheduler knows
   nothing of OpenTelemetry) and its child spans are made in one go when it is answered, with
   those stamps as their start and end times: decode, queue, compute, encode.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 import re
 import threading
 import time
@@ -37,6 +41,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 _perf_ns = time.perf_counter_ns
+_random = random.random
 # W3C trace context version 00: version-traceid-parentid-flags (the flags are group 1)
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})$")
 
@@ -266,27 +271,6 @@ class RequestTrace:
 # -- the tracer ---------------------------------------------------------------------
 
 
-def _adjustable_sampler(ratio: float):
-    """Parent-based, with a root ratio that TraceSetting can change while serving (SDK imported only when on)."""
-    from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-
-    class AdjustableSampler(Sampler):
-        def __init__(self, ratio: float) -> None:
-            self.set_ratio(ratio)
-
-        def set_ratio(self, ratio: float) -> None:
-            self.ratio = ratio
-            self.inner = ParentBased(root=TraceIdRatioBased(ratio))
-
-        def should_sample(self, *args, **kwargs):
-            return self.inner.should_sample(*args, **kwargs)
-
-        def get_description(self) -> str:
-            return f"modelship({self.inner.get_description()})"
-
-    return AdjustableSampler(ratio)
-
-
 class Tracer:
     """Owns the TracerProvider and its exporter; starts roots, emits children, answers TraceSetting."""
 
@@ -296,16 +280,19 @@ class Tracer:
         from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.settings = settings
         self.level = settings.level
         self._api = api
         self._propagator = TraceContextTextMapPropagator()
-        self.sampler = _adjustable_sampler(settings.ratio)
+        self.ratio = settings.ratio  # roots only; TraceSetting may change it while serving
         attrs = {"service.name": service_name}
         attrs.update(dict(settings.resource))
-        self.provider = TracerProvider(sampler=self.sampler, resource=Resource.create(attrs))
+        # The SDK samples parent-based with roots always on: `start` has already drawn the
+        # root's ratio (and dropped unsampled parents) before it asks for a span.
+        self.provider = TracerProvider(sampler=ParentBased(ALWAYS_ON), resource=Resource.create(attrs))
         self.exporter = exporter if exporter is not None else make_exporter(settings)
         self.processor = BatchSpanProcessor(
             self.exporter,
@@ -328,13 +315,16 @@ class Tracer:
         received = _perf_ns()
         if self.level == "OFF":
             return None
-        # The decisions the parent-based sampler would reach anyway, without building a span:
-        # a well-formed parent that is not sampled, or a root request at ratio 0.
+        # Decided here, before any span exists (an unsampled request costs a regex or a
+        # random draw): a well-formed parent is followed, sampled or not; anything else is
+        # a root, sampled at `ratio` (a malformed traceparent is ignored, as the W3C says).
         if traceparent:
             m = _TRACEPARENT.match(traceparent)
-            if m is not None and not int(m.group(1), 16) & 1:
+            if m is None:
+                traceparent = None
+            elif not int(m.group(1), 16) & 1:
                 return None
-        elif self.sampler.ratio == 0.0:
+        if not traceparent and (self.ratio <= 0.0 or (self.ratio < 1.0 and _random() >= self.ratio)):
             return None
         ctx = None
         if traceparent:
@@ -409,7 +399,7 @@ class Tracer:
 
     def setting(self) -> dict[str, list[str]]:
         """The current settings in Triton's TraceSetting keys."""
-        rate = round(1 / self.sampler.ratio) if self.sampler.ratio > 0 else 0
+        rate = round(1 / self.ratio) if self.ratio > 0 else 0
         return {
             "trace_mode": ["opentelemetry"],
             "trace_level": [self.level],
@@ -425,7 +415,7 @@ class Tracer:
         if "level" in plan:
             self.level = plan["level"]
         if "ratio" in plan:
-            self.sampler.set_ratio(plan["ratio"])
+            self.ratio = plan["ratio"]
         return self.setting()
 
     def shutdown(self) -> None:

@@ -308,3 +308,16 @@ def test_sampling_decisions_follow_the_parent_then_the_ratio():
         assert tracer.start("r", sampled, None, {}) is None
     finally:
         tracer.shutdown()
+
+
+def test_a_server_without_tracing_reports_it_off_and_refuses_changes():
+    from modelship_server.dataplane import DataPlane
+    from modelship_server.errors import InvalidInput
+    from modelship_server.metrics import Metrics
+    from modelship_server.registry import Registry
+
+    metrics = Metrics()
+    dp = DataPlane(Registry(metrics), metrics)
+    assert dp.trace_setting()["trace_level"] == ["OFF"]
+    with pytest.raises(InvalidInput, match="tracing is off on this server; start it with --trace-config mode=opentelemetry"):
+        dp.trace_setting("", {"trace_level": ["TIMESTAMPS"]})
