@@ -5,16 +5,23 @@ code that writes status in a cluster) fed with Deployments and pods in the state
 shows. The Argo CD check is the Lua file the chart ships, run by a real Lua 5.4 (lupa), the
 way Argo CD runs it: a global `obj`, a returned table with `status` and `message`.
 
-kstatus (sigs.k8s.io/cli-utils/pkg/kstatus, what Flux's health checks use) is not run here:
-its rules for a custom resource are implemented below from its source (status.Compute and
-checkGenericProperties): deletionTimestamp -> Terminating; status.observedGeneration present
-and not metadata.generation -> InProgress; a Reconciling=True condition -> InProgress; a
-Stalled=True condition -> Failed; anything else -> Current (kstatus does not read Ready).
+kstatus (sigs.k8s.io/cli-utils/pkg/kstatus, what Flux's health checks use) is run for real:
+hack/tools/kstatus is a small Go command around `status.Compute`, built once into the cache
+(skipped, with the reason, where there is no Go toolchain). Its rules for a custom resource are
+also written out below (`kstatus`), so each row states what it expects and why:
+deletionTimestamp -> Terminating; status.observedGeneration present and not metadata.generation
+-> InProgress; a Reconciling=True condition -> InProgress; a Stalled=True condition -> Failed;
+anything else -> Current (kstatus does not read Ready).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,27 @@ def kstatus(obj: dict[str, Any]) -> str:
         if condition.get("type") == "Stalled" and condition.get("status") == "True":
             return "Failed"
     return "Current"
+
+
+def real_kstatus(objects: list[dict[str, Any]]) -> list[str]:
+    """kstatus's verdicts from the library itself (hack/tools/kstatus), built once and cached."""
+    module = REPO / "hack" / "tools" / "kstatus"
+    go = shutil.which(os.environ.get("MODELSHIP_GO", "go"))
+    digest = hashlib.sha256(b"".join((module / f).read_bytes() for f in ("go.mod", "go.sum", "main.go"))).hexdigest()[:10]
+    cache = Path(os.environ.get("MODELSHIP_CACHE_DIR", Path.home() / ".cache" / "modelship"))
+    binary = cache / "bin" / f"kstatus-{digest}" / "kstatus"
+    if not binary.is_file():
+        if go is None:
+            pytest.skip("no Go toolchain to build hack/tools/kstatus (the real kstatus library); set MODELSHIP_GO")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_name("kstatus.partial")
+        build = subprocess.run([go, "build", "-trimpath", "-o", str(partial), "."], cwd=module, capture_output=True,
+                               text=True, timeout=900, env={**os.environ, "CGO_ENABLED": "0"})
+        assert build.returncode == 0, f"building hack/tools/kstatus failed:\n{build.stderr[-3000:]}"
+        partial.rename(binary)
+    run = subprocess.run([str(binary)], input=json.dumps(objects), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [r["status"] for r in json.loads(run.stdout)]
 
 
 def _object(generation: int = 1, **kw: Any) -> dict[str, Any]:
@@ -139,6 +167,18 @@ def test_a_deleted_object_is_terminating_for_kstatus() -> None:
     obj = copy.deepcopy(_object(observed=Observed(deployment(), [pod()])))
     obj["metadata"]["deletionTimestamp"] = T0
     assert kstatus(obj) == "Terminating"
+
+
+def test_the_real_kstatus_library_agrees() -> None:
+    objects = [make() for _, make, _, _, _ in CASES]
+    fresh, stale = body(generation=1), _object(observed=Observed(deployment(), [pod()]))
+    stale["metadata"]["generation"] = 2
+    deleted = _object(observed=Observed(deployment(), [pod()]))
+    deleted["metadata"]["deletionTimestamp"] = T0
+    objects += [fresh, stale, deleted]
+    want = [flux for _, _, _, _, flux in CASES] + ["Current", "InProgress", "Terminating"]
+    assert real_kstatus(objects) == want
+    assert [kstatus(o) for o in objects] == want, "the rules written out here must be the library's"
 
 
 def test_the_docs_show_the_lua_the_chart_ships() -> None:
