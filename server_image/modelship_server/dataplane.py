@@ -22,7 +22,7 @@ from .tracing import OFF_SETTING, Tracer
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "modelship"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy", "trace"]
 
 _perf = time.perf_counter
 

@@ -321,3 +321,22 @@ def test_a_server_without_tracing_reports_it_off_and_refuses_changes():
     assert dp.trace_setting()["trace_level"] == ["OFF"]
     with pytest.raises(InvalidInput, match="tracing is off on this server; start it with --trace-config mode=opentelemetry"):
         dp.trace_setting("", {"trace_level": ["TIMESTAMPS"]})
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_failed_request_is_traced_with_its_error(server, receiver, protocol):
+    header, trace_id, caller_span = _traceparent()
+    with pytest.raises(InferenceServerException, match="nope"):
+        _infer(server, protocol, model="nope", headers={"traceparent": header})
+
+    def root():
+        spans = [s for s in receiver.spans(trace_id) if s.parent_span_id == caller_span]
+        return spans[0] if spans else None
+
+    span = wait_for(f"the failed request's span in trace {trace_id}", root, timeout=30, interval=0.1)
+    assert span.status_code == 2 and "nope" in span.status_message  # STATUS_CODE_ERROR, the client's message
+    metadata = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        assert "trace" in metadata.get_server_metadata().extensions
+    finally:
+        metadata.close()
