@@ -41,6 +41,7 @@ from .errors import InvalidInput, QueueFull, RequestTimeout, ServingError
 from .metrics import ModelMetrics
 from .repository import BatchingPolicy
 from .stats import ModelStats
+from .tracing import BatchRun, RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ _EWMA = 0.2  # weight of the newest run in the run-time average
 
 
 class _Pending:
-    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started", "solo")
+    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started", "solo", "trace")
 
-    def __init__(self, feeds, batch, key, future, enqueued_ns) -> None:
+    def __init__(self, feeds, batch, key, future, enqueued_ns, trace=None) -> None:
         self.feeds = feeds
         self.batch = batch
         self.key = key
@@ -60,6 +61,7 @@ class _Pending:
         self.timer = None
         self.started = False
         self.solo = False  # its batch failed: run it alone, so only a bad request fails
+        self.trace = trace  # a sampled request's tracing.RequestTrace, else None
 
 
 def _describe_feeds(feeds: dict) -> str:
@@ -83,12 +85,12 @@ def _classify_ort_error(exc: Exception, feeds: dict) -> ServingError:
 
 
 def _timed(run: Callable[[dict], list], feeds: dict):
-    """Run in the worker thread; time only the run itself, not the handoff."""
+    """Run in the worker thread; time only the run itself, not the handoff (its start is kept for traces)."""
     t = _perf_ns()
     try:
-        return run(feeds), _perf_ns() - t, None
+        return run(feeds), _perf_ns() - t, None, t
     except Exception as exc:  # noqa: BLE001 - handed back to the requests
-        return None, _perf_ns() - t, exc
+        return None, _perf_ns() - t, exc, t
 
 
 class Scheduler:
@@ -156,14 +158,17 @@ class Scheduler:
                 f"(max_queue_size {self.max_queue_size}); retry later"
             )
 
-    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
-        """Queue one request and wait for its outputs (name -> array)."""
+    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None,
+                     trace: RequestTrace | None = None) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its outputs (name -> array); `trace` gets its queue and batch stamps."""
         self.check_room()
         loop = self._loop
         key = None
         if self.policy.dynamic:
             key = tuple((n, a.shape[1:]) for n, a in feeds.items())
-        item = _Pending(feeds, batch, key, loop.create_future(), _perf_ns())
+        item = _Pending(feeds, batch, key, loop.create_future(), _perf_ns(), trace)
+        if trace is not None:
+            trace.enqueued_ns = item.enqueued_ns
         self._queue.append(item)
         if timeout_s:
             item.timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
@@ -277,8 +282,8 @@ class Scheduler:
         t1 = _perf_ns()
         run = self._runners[index]
         if self._run_ns_avg < self._inline_ns:
-            outputs, run_ns, exc = _timed(run, feeds)
-            self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, redispatch=False)
+            outputs, run_ns, exc, run_start = _timed(run, feeds)
+            self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, run_start, redispatch=False)
             return
         loop = self._loop
         fut = self._executor.submit(_timed, run, feeds)
@@ -286,7 +291,7 @@ class Scheduler:
             lambda f: loop.call_soon_threadsafe(self._complete, index, batch, size, t0, t1, *f.result())
         )
 
-    def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, redispatch: bool = True) -> None:
+    def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, run_start=0, redispatch: bool = True) -> None:
         self._free.append(index)
         if exc is not None and len(batch) > 1 and not self._closed:
             # One bad request must not fail the others: run each member alone, first in line.
@@ -322,5 +327,10 @@ class Scheduler:
             m.compute_duration.observe(run_ns / 1e9)
             m.batch_size.observe(size)
             self.stats.executed(size, len(batch), t1 - t0, run_ns, _perf_ns() - t2)
+            traced = [item.trace for item in batch if item.trace is not None]
+            if traced:
+                run = BatchRun(t0, run_start or t1, (run_start or t1) + run_ns, size, len(batch), traced)
+                for tr in traced:
+                    tr.batch = run
         if redispatch:
             self._dispatch()

@@ -22,6 +22,7 @@ from . import __version__
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
 from .settings import HttpLimits, MonitoringSettings, Settings
+from .tracing import parse_trace_config
 
 LISTEN_ENV = "MODELSHIP_LISTEN_ADDRESS"
 
@@ -217,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     life.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log verbosity (default info)")
     _security_flags(p)
+    tr = p.add_argument_group(
+        "tracing (OpenTelemetry, docs/tracing.md)",
+        "Off by default. Triton's --trace-config syntax: [opentelemetry,]KEY=VALUE, repeatable. The standard "
+        "OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / _PROTOCOL, OTEL_TRACES_SAMPLER(_ARG), OTEL_SERVICE_NAME, "
+        "OTEL_RESOURCE_ATTRIBUTES and OTEL_SDK_DISABLED fill in what the flags leave unset.")
+    tr.add_argument("--trace-config", action="append", default=[], metavar="[opentelemetry,]KEY=VALUE",
+                    help="mode=opentelemetry turns tracing on; level=OFF|TIMESTAMPS; rate=N samples one root "
+                         "request in N (Triton's) or ratio=0.05 (a share); a caller's sampled traceparent is "
+                         "always followed; opentelemetry,url=HOST:PORT[/PATH] the OTLP receiver; "
+                         "opentelemetry,protocol=grpc|http/protobuf (default grpc); opentelemetry,resource=K=V; "
+                         "opentelemetry,bsp_max_queue_size=N / bsp_schedule_delay=MS / bsp_max_export_batch_size=N. "
+                         "Example: --trace-config mode=opentelemetry --trace-config ratio=0.1 "
+                         "--trace-config opentelemetry,url=otel-collector:4317")
     return p
 
 
@@ -422,6 +436,10 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         if on and port in seen:
             parser.error(f"{flag} and {seen[port]} are both {port}; give each endpoint its own port")
         seen[port] = flag
+    try:
+        tracing = parse_trace_config(args.trace_config, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
     return Settings(
         model_repository=repo,
         http_address=args.http_address, http_port=args.http_port,
@@ -455,6 +473,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         ),
         **_security_settings(parser, args),
         monitoring=_monitoring_settings(parser, args),
+        tracing=tracing,
     ), args.log_level
 
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from tritonclient.grpc import model_config_pb2 as mc
 
 from . import __version__, validation
-from .errors import ServingError, Unsupported
+from .errors import InvalidInput, ServingError, Unsupported
 from .messages import InferRequest, InferResponse, Tensor
 from .metrics import Metrics, ModelMetrics
 from .registry import Registry, ServedModel
+from .tracing import OFF_SETTING, Tracer
 
 if TYPE_CHECKING:
     from .monitoring.monitor import Monitoring
@@ -25,15 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "modelship"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy", "trace"]
 
 _perf = time.perf_counter
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics, tracer: Tracer | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.tracer = tracer
         self.draining = False
         self.inflight = 0
         self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}
@@ -121,6 +123,30 @@ class DataPlane:
             return [m.stats for m in sorted(self.registry.models[name].values(), key=lambda m: int(m.version))]
         return [m.stats for m in self.registry.all()]
 
+    def trace_setting(self, name: str = "", changes: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """Triton's trace extension: read (no changes) or change the server-wide trace settings.
+
+        Settings are server-wide: a model's settings are the server's (a model name is checked,
+        then answered with them); changing them for one model alone is refused, as is turning
+        tracing on in a server started without it (there is no exporter to send spans to).
+        """
+        if name:
+            self.model(name)  # 404 for an unknown model
+            if changes:
+                raise InvalidInput("trace settings are server-wide on this server: send the change without a model name")
+        tracer = self.tracer
+        if tracer is None:
+            if changes:
+                raise InvalidInput("tracing is off on this server; start it with --trace-config mode=opentelemetry "
+                                   "(spec.tracing.enabled in a ModelService) to change trace settings")
+            return dict(OFF_SETTING)
+        if not changes:
+            return tracer.setting()
+        try:
+            return tracer.update(changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
     # -- inference ------------------------------------------------------------
 
     def _metrics_for(self, m: ServedModel) -> ModelMetrics:
@@ -141,7 +167,7 @@ class DataPlane:
         try:
             feeds, batch = validation.check_request(request, model)
             timeout = request.timeout_s or model.default_timeout_s or None
-            outputs = await model.scheduler.submit(feeds, batch, timeout)
+            outputs = await model.scheduler.submit(feeds, batch, timeout, request.trace)
             if mon is not None:
                 if not request.id:  # the OIP id feedback refers to: made here, returned in the response
                     request.id = mon.new_id(model)

@@ -32,6 +32,7 @@ from .protocol.rest import RestApp
 from .registry import LoadOptions, Registry
 from .settings import Settings
 from .tls import TlsFiles
+from .tracing import Tracer, make_tracer
 
 log = logging.getLogger("modelship_server")
 
@@ -129,7 +130,7 @@ async def bind(settings: Settings, dp: DataPlane, metrics: Metrics, budget: Byte
     loop = asyncio.get_running_loop()
     sec = Security.start(settings, metrics)
     ends = Endpoints(RestApp(dp, max_body_size=settings.max_body_size, budget=budget, limits=settings.http_limits,
-                             gate=sec.gate, require_client_cert=sec.tls is not None and sec.tls.mtls),
+                             gate=sec.gate, require_client_cert=sec.tls is not None and sec.tls.mtls, tracer=dp.tracer),
                      security=sec)
     try:
         if settings.allow_http:
@@ -145,7 +146,7 @@ async def bind(settings: Settings, dp: DataPlane, metrics: Metrics, budget: Byte
                 ) from None
             ends.rest.start()
         if settings.allow_grpc:
-            ends.grpc = make_server(dp, max_message_size=settings.max_body_size, budget=budget, gate=sec.gate)
+            ends.grpc = make_server(dp, max_message_size=settings.max_body_size, budget=budget, gate=sec.gate, tracer=dp.tracer)
             target = f"{settings.grpc_address}:{settings.grpc_port}"
             try:
                 if sec.tls is not None:
@@ -264,7 +265,7 @@ async def serve(settings: Settings) -> int:
         log.warning("model repository %s holds no model folders", settings.model_repository)
     budget = inflight_budget(settings)
     metrics.budget = budget
-    dp = DataPlane(registry, metrics)
+    dp = DataPlane(registry, metrics, make_tracer(settings.tracing))
     monitoring = start_monitoring(settings, dp, metrics, registry)
 
     stop = asyncio.Event()
@@ -276,6 +277,8 @@ async def serve(settings: Settings) -> int:
     await drain(settings, dp, registry, ends, quiet=code != 0)
     if monitoring is not None:
         monitoring.close()
+    if dp.tracer is not None:
+        await stop_tracer(dp.tracer)
     log.info("stopped")
     return code
 
@@ -293,6 +296,15 @@ def start_monitoring(settings: Settings, dp: DataPlane, metrics: Metrics, regist
              cfg.reference or f"frozen from the first {cfg.reference_size} sampled requests of each model",
              cfg.capture_dir or cfg.capture_uri or "off")
     return hub
+
+
+async def stop_tracer(tracer: Tracer, timeout_s: float = 5.0) -> None:
+    """Flush the spans still queued, but never let an unreachable collector hold the exit."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, tracer.shutdown), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("tracing: spans not exported within %.0f s of shutdown were dropped", timeout_s)
 
 
 def failure_line(registry: Registry) -> str:

@@ -10,6 +10,7 @@ from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from .auth.gate import GateConfig
 from .runtime import RuntimeOptions
 from .tls import TlsConfig
+from .tracing import TraceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Settings:
     tls: TlsConfig | None = None
     watch_interval_s: float = 2.0  # how often the API key and TLS files are checked for changes
     monitoring: MonitoringSettings = dataclasses.field(default_factory=lambda: MonitoringSettings())
+    tracing: TraceSettings = dataclasses.field(default_factory=TraceSettings)  # --trace-config, OTEL_*
 
 
 # --- monitoring (docs/monitoring.md): all off unless --monitoring --------------------------------

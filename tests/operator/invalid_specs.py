@@ -112,6 +112,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("monitoring-capture-leaves-claim", _with(monitoring={"capture": {"sink": "pvc://records/../other"}}),
      "spec.monitoring.capture.sink", "must stay inside its claim"),
     ("monitoring-window-too-small", _with(monitoring={"window": 5}), "spec.monitoring.window", "100"),
+    # spec.tracing (docs/tracing.md)
+    ("tracing-grpc-on-triton", _with(runtime="triton", tracing={"enabled": True, "protocol": "grpc"}),
+     "spec.tracing.protocol", "must be http/protobuf for runtime triton"),
+    ("tracing-ratio-above-one", _with(tracing={"enabled": True, "samplingRatio": 1.5}), "spec.tracing.samplingRatio", ""),
+    ("tracing-protocol", _with(tracing={"protocol": "thrift"}), "spec.tracing.protocol", "grpc"),
+    ("tracing-endpoint-spaces", _with(tracing={"endpoint": "otel collector:4317"}), "spec.tracing.endpoint", ""),
 ]
 
 

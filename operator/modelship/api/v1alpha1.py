@@ -521,6 +521,24 @@ class Monitoring(_Model):
     reference: MonitoringReference = Field(default_factory=MonitoringReference)
 
 
+OTLP_ENDPOINT = r"^(https?://)?[A-Za-z0-9.\[\]:_-]+(/\S*)?$"
+
+
+class Tracing(_Model):
+    """OpenTelemetry traces of inference requests, exported by OTLP (docs/tracing.md); off by default.
+
+    A root request is sampled at `sampling_ratio`; a caller's sampled `traceparent` is always
+    followed (runtime onnxruntime). Without an endpoint the exporter's default is used
+    (localhost:4317 for gRPC, localhost:4318/v1/traces for HTTP): a collector sidecar.
+    """
+
+    enabled: bool = False
+    # host:port or a URL; http/protobuf without a path gets /v1/traces
+    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=OTLP_ENDPOINT)] | None = None
+    sampling_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+
+
 Runtime = Literal["onnxruntime", "triton"]
 
 
@@ -544,6 +562,7 @@ class ModelServiceSpec(_Model):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings | None = None
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    tracing: Tracing = Field(default_factory=Tracing)
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
@@ -576,6 +595,15 @@ class ModelServiceSpec(_Model):
         if self.monitoring.reference.from_dataset and self.optimization.dataset is None:
             raise ValueError("spec.monitoring.reference.fromDataset needs spec.optimization.dataset "
                              "(the dataset the reference is profiled from)")
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_runtime(self) -> ModelServiceSpec:
+        if self.tracing.enabled and self.runtime == "triton" and self.tracing.protocol != "http/protobuf":
+            raise ValueError(
+                "spec.tracing.protocol must be http/protobuf for runtime triton (the OpenTelemetry exporter "
+                f"of Triton speaks OTLP over HTTP only), got {self.tracing.protocol}"
+            )
         return self
 
     @property

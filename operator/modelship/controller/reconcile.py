@@ -275,17 +275,19 @@ class Reconciler:
         meta = body.get("metadata") or {}
         generation = meta.get("generation")
         previous = self._previous(key, body)
-        computed = [
+        computed = c.with_kstatus([
             c.ConditionSpec(c.READY, c.FALSE, reason, message, warning=True),
             c.ConditionSpec(c.PROGRESSING, c.FALSE, reason, message),
             c.ConditionSpec(c.DEGRADED, c.TRUE, reason, message, warning=True),
-        ]
+        ])
         merged, transitions = c.merge(previous.get("conditions"), computed, generation=generation, now=self.clock())
         status = {"observedGeneration": generation, "conditions": merged}
         await self._write_status(key, body, previous, status, transitions)
 
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
-        """One Event per condition transition, shown by `kubectl describe msvc`."""
+        """One Event per condition transition, shown by `kubectl describe msvc` (none for kstatus's restatements)."""
+        if transition.type in (c.STALLED, c.RECONCILING):
+            return
         meta = msvc["metadata"]
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
             transition.type in (c.DEGRADED, *MONITORING_CONDITIONS) and transition.new_status == c.TRUE

@@ -30,6 +30,7 @@ from modelship.render.artifact import ModelArtifact
 from modelship.render.model_config import batching_mode, tensorrt_choice
 from modelship.render.pod import MODEL_REPOSITORY
 from modelship.render.security import server_security
+from modelship.render.tracing import tracing_flags
 
 # With TensorRT on, the server builds its engines before it reports live: up to 20 minutes
 # (2 s x 600) instead of 5, enough for a BERT-base-sized model's fp16 engines on one GPU.
@@ -242,6 +243,10 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
         "securityContext": pod.container_security(read_only_root=spec.runtime != "triton"),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    trace_flags, trace_env = tracing_flags(msvc)
+    if trace_flags:
+        command += trace_flags
+        container["env"] = [*container.get("env", []), *trace_env]
     if spec.rollout.pre_stop_delay_seconds > 0:
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.rollout.pre_stop_delay_seconds}}}
     return container

@@ -104,7 +104,9 @@ def compute_conditions(
     endpoint = names.endpoints(msvc.metadata.name, msvc.metadata.namespace)["http"]
     if rollout.desired == 0 and rollout.complete:
         return [
-            c.ConditionSpec(c.READY, c.FALSE, SCALED_TO_ZERO, "0 replicas requested: no pod serves"),
+            # Ready, as Knative and KServe say of a service scaled to zero: it is as asked, and
+            # kstatus (Flux) would otherwise wait on it forever.
+            c.ConditionSpec(c.READY, c.TRUE, SCALED_TO_ZERO, "0 replicas requested: no pod serves"),
             c.ConditionSpec(c.PROGRESSING, c.FALSE, ROLLOUT_COMPLETE, "0 replicas requested"),
             c.ConditionSpec(c.DEGRADED, c.FALSE, AS_EXPECTED, "no problem found"),
         ]
@@ -180,7 +182,8 @@ def compute_status(
     previous = previous or {}
     rollout = rollout_of(msvc, observed.deployment, desired_hash)
     problem = diagnose(observed.pods) or replica_failure(observed.deployment)
-    computed = compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait) + list(extra_conditions)
+    computed = c.with_kstatus(compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait))
+    computed += list(extra_conditions)
     merged, transitions = c.merge(
         previous.get("conditions"), computed, generation=msvc.metadata.generation, now=now
     )

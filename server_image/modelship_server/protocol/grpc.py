@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -36,6 +37,7 @@ from ..dataplane import DataPlane
 from ..errors import InvalidInput, Overloaded, ServingError, Unavailable
 from ..messages import InferRequest
 from .grpc_monitoring import handler as monitoring_handler
+from ..tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,9 @@ def _parse_and_decode(raw: bytes) -> tuple[pb.ModelInferRequest, InferRequest | 
 
 
 class InferenceService:
-    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None) -> None:
+    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None, tracer: Tracer | None = None) -> None:
         self.dp = dataplane
+        self.tracer = tracer
         self.budget = budget or ByteBudget(1 << 62)
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-decode")
 
@@ -126,7 +129,31 @@ class InferenceService:
             models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.dp.repository_index(request.ready)]
         )
 
-    async def _infer(self, raw: bytes, deadline_s: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, raw: bytes, deadline_s: float | None, context=None, method: str = "ModelInfer"):
+        """One inference, traced when tracing is on and the request is sampled (its context from the metadata)."""
+        tracer = self.tracer
+        if tracer is None or context is None:
+            return await self._infer_untraced(raw, deadline_s, None)
+        parent = state = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                parent = value
+            elif key == "tracestate":
+                state = value
+        trace = tracer.start(f"{SERVICE}/{method}", parent, state, {
+            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "modelship.protocol": "grpc"})
+        if trace is None:
+            return await self._infer_untraced(raw, deadline_s, None)
+        error = None
+        try:
+            return await self._infer_untraced(raw, deadline_s, trace)
+        except BaseException as exc:
+            error = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            trace.finish(error)
+
+    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace) -> pb.ModelInferResponse:
         """One inference from the message's bytes: budget, parse, look up, decode, run, encode."""
         size = len(raw)
         reserved = self.budget.try_reserve(size)
@@ -156,19 +183,26 @@ class InferenceService:
             del raw, msg, contents
             if deadline_s is not None and (req.timeout_s is None or deadline_s < req.timeout_s):
                 req.timeout_s = max(deadline_s, 1e-6)
-            return codec.encode_response(await self.dp.infer(req))
+            if trace is None:
+                return codec.encode_response(await self.dp.infer(req))
+            trace.decoded_ns = time.perf_counter_ns()
+            trace.attributes = {"modelship.model": req.model, "modelship.version": req.version}
+            req.trace = trace
+            result = await self.dp.infer(req)
+            trace.encode_ns = time.perf_counter_ns()
+            return codec.encode_response(result)
         finally:
             self.budget.release(reserved)
 
     @_mapped
     async def ModelInfer(self, request: bytes, context):
-        return await self._infer(request, context.time_remaining())
+        return await self._infer(request, context.time_remaining(), context)
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Each message gets its own answer; a bad one is answered with its error and the stream goes on.
         async for raw in request_iterator:
             try:
-                resp = await self._infer(raw, None)
+                resp = await self._infer(raw, None, context, "ModelStreamInfer")
             except ServingError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message,
                                                   infer_response=_echo_ids(raw))
@@ -185,7 +219,14 @@ class InferenceService:
     RepositoryModelLoad = RepositoryModelUnload = _unsupported
     SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = _unsupported
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
-    TraceSetting = LogSettings = _unsupported
+    LogSettings = _unsupported
+
+    @_mapped
+    async def TraceSetting(self, request, context):
+        changes = {k: list(v.value) for k, v in request.settings.items()}
+        current = self.dp.trace_setting(request.model_name, changes)
+        return pb.TraceSettingResponse(
+            settings={k: pb.TraceSettingResponse.SettingValue(value=v) for k, v in current.items()})
 
 
 def _echo_ids(raw: bytes) -> pb.ModelInferResponse:
@@ -266,7 +307,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None,
-                gate: Gate | None = None) -> grpc.aio.Server:
+                gate: Gate | None = None, tracer: Tracer | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(gate)] if gate is not None else None,
         options=[
@@ -275,5 +316,5 @@ def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudg
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget)), monitoring_handler(dataplane)))
+    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget, tracer)), monitoring_handler(dataplane)))
     return server

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 import zlib
 
 import httptools
@@ -53,6 +54,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHALLENGE = b'WWW-Authenticate: Bearer realm="modelship"\r\n'
 
 
+_perf_ns = time.perf_counter_ns
+
 # Where a connection is in its current request.
 _IDLE, _HEAD, _BODY = 0, 1, 2
 
@@ -67,7 +70,7 @@ class HttpConnection(asyncio.Protocol):
         "body", "body_size", "content_length", "header_length", "content_encoding", "accept_encoding",
         "expect_continue", "verdict", "reserved", "answered", "queue", "busy", "closing", "state", "since",
         "last_rx", "write_paused", "read_paused", "served", "paused_at", "path", "parts",
-        "authorization", "client_cert", "authorized",
+        "authorization", "client_cert", "authorized", "traceparent", "tracestate",
     )
 
     def __init__(self, app: RestApp) -> None:
@@ -106,6 +109,8 @@ class HttpConnection(asyncio.Protocol):
         self.verdict = None
         self.reserved = 0
         self.answered = False
+        self.traceparent = None
+        self.tracestate = None
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -240,6 +245,10 @@ class HttpConnection(asyncio.Protocol):
             self.expect_continue = value.lower() == b"100-continue"
         elif n == b"authorization":
             self.authorization = value
+        elif n == b"traceparent":
+            self.traceparent = value.decode("latin-1")
+        elif n == b"tracestate":
+            self.tracestate = value.decode("latin-1")
 
     def _reject_head(self) -> None:
         limits = self.app.limits
@@ -325,7 +334,7 @@ class HttpConnection(asyncio.Protocol):
         req = HttpRequest(
             self.parser.get_method(), self.path, self.parts, body, self.header_length,
             self.content_encoding, self.accept_encoding, self.parser.should_keep_alive(),
-            self.reserved, self.verdict, self.authorization, self.authorized,
+            self.reserved, self.verdict, self.authorization, self.authorized, self.traceparent, self.tracestate,
         )
         self.reserved = 0
         self.body = []
@@ -455,6 +464,19 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self._done(req)
         keep_alive = req.keep_alive
+        trace = req.trace
+        if trace is not None:
+            req.trace = None
+            if exc is None and not self.closing:
+                trace.encode_ns = _perf_ns()
+            try:
+                self._answer_infer(req, result, exc, keep_alive)
+            finally:
+                trace.finish(None if exc is None else _error_text(exc))
+            return
+        self._answer_infer(req, result, exc, keep_alive)
+
+    def _answer_infer(self, req: HttpRequest, result, exc, keep_alive: bool) -> None:
         if self.closing:
             return
         if exc is None and isinstance(result, tuple):  # an async route's (status, JSON body)
@@ -531,6 +553,10 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             t.close()
             self.closing = True
+
+
+def _error_text(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
 
 
 def _run_eagerly(coro, on_done) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ from ..dataplane import DataPlane
 from ..errors import InvalidInput, ModelNotFound, ServingError, Unavailable, Unsupported
 from ..messages import InferResponse
 from ..settings import HttpLimits
+from ..tracing import Tracer
 from .requests import HttpRequest
 
 # Bodies larger than this are decoded on a worker thread, so the event loop (and the
@@ -105,6 +107,12 @@ def _model_stats(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
 
 async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     name, version = _name(p)
+    tracer = app.tracer
+    if tracer is not None:
+        # Sampled or not is decided here, once; the connection ends the trace when it has answered.
+        req.trace = tracer.start("POST /v2/models/{name}/infer", req.traceparent, req.tracestate, {
+            "http.request.method": "POST", "url.path": req.path, "modelship.model": name,
+            "modelship.version": version, "modelship.protocol": "http"})
     app.dp.check_model(name, version)  # 404 / 503 before looking at the body
     body = req.body
     try:
@@ -117,6 +125,9 @@ async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     except InvalidInput as exc:
         app.dp.count_rejected(name, version, "http", exc)
         raise
+    if req.trace is not None:
+        req.trace.decoded_ns = time.perf_counter_ns()
+        request.trace = req.trace
     return await app.dp.infer(request)
 
 
@@ -194,6 +205,30 @@ async def _forward(app: RestApp, target: str, p: dict, items: list) -> list[dict
     return answer
 
 
+def _trace_setting(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    """GET reads, POST changes (Triton's body: {"trace_rate": "100", "trace_level": ["TIMESTAMPS"]}, null resets)."""
+    changes: dict[str, list[str]] = {}
+    if req.method == b"POST" and req.body:
+        try:
+            doc = codec._loads(req.body)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidInput(f"the trace setting body must be a JSON object, got {type(doc).__name__}")
+        for key, value in doc.items():
+            if value is None:
+                changes[key] = []
+            elif isinstance(value, str):
+                changes[key] = [value]
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                changes[key] = value
+            else:
+                raise InvalidInput(f"trace setting {key!r}: expected a string, a list of strings or null, got {value!r}")
+    name = unquote(p["name"]) if "name" in p else ""
+    current = app.dp.trace_setting(name, changes)
+    return 200, codec.dumps({k: v[0] if k != "trace_level" else v for k, v in current.items()})
+
+
 def _extension(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
     raise Unsupported(f"the {req.parts[1]} extension is not supported by this server")
 
@@ -216,6 +251,8 @@ ROUTES: list[Route] = [
     Route(("v2", "repository", "index"), _repository_index),
     Route(("v2", "repository", "models", "{name}", "{action}"), _load_unload),
     Route(("v2", "models", "stats"), _all_stats),
+    Route(("v2", "trace", "setting"), _trace_setting),
+    Route(("v2", "models", "{name}", "trace", "setting"), _trace_setting),
     *_model_routes("infer", _infer, methods=_POST, infer=True),
     *_model_routes("", _model_metadata),
     *_model_routes("ready", _model_ready),
@@ -248,10 +285,11 @@ class RestApp:
 
     def __init__(self, dataplane: DataPlane, *, max_body_size: int, budget: ByteBudget | None = None,
                  limits: HttpLimits | None = None, gate: Gate | None = None,
-                 require_client_cert: bool = False) -> None:
+                 require_client_cert: bool = False, tracer: Tracer | None = None) -> None:
         self.dp = dataplane
         self.gate = gate  # None: no authentication (the default)
         self.require_client_cert = require_client_cert  # mTLS: the TLS layer asked, this layer refuses
+        self.tracer = tracer
         self.max_body_size = max_body_size
         self.budget = budget or ByteBudget(1 << 62)
         self.limits = limits or HttpLimits()
