@@ -168,7 +168,8 @@ def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]
     hp, gp, mp = free_port(), free_port(), free_port()
     folder = Path(tempfile.mkdtemp(prefix="mlserver-", dir=root))
     (folder / "settings.json").write_text(json.dumps(
-        {"http_port": hp, "grpc_port": gp, "metrics_port": mp, "parallel_workers": 0, "debug": False}))
+        {"http_port": hp, "grpc_port": gp, "metrics_port": mp, "parallel_workers": 0, "debug": False,
+         "grpc_max_message_length": 64 * 1024 * 1024}))  # batch-8 orient requests are 4.8 MB
     for m in MODELS:
         (folder / m).mkdir()
         (folder / m / "model-settings.json").write_text(json.dumps(
@@ -181,6 +182,10 @@ def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]
     wait_until_ok(f"http://127.0.0.1:{hp}/v2/models/orient/ready", p.proc, timeout=180, what="mlserver",
                   interval=0.2)
     return p, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                         row.setdefault(name, {})[f"{m}_b{b}"] = res
                         live = res["liveness"]
                         log(f"round {r} {name:10} {m:7} batch {b:<2} c{args.concurrency}: {res['ok_per_s']:8.1f} req/s "
-                            f"p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms errors {res['errors'] or 0}; "
+                            f"p50 {_ms(res['p50_ms'])} p99 {_ms(res['p99_ms'])} errors {res['errors'] or 0}; "
                             f"liveness p50 {live['p50_ms']:.1f} p99 {live['p99_ms']:.1f} max {live['max_ms']:.1f} ms, "
                             f"{live['failed']} failed")
                 finally:
