@@ -8,9 +8,12 @@ No assertion here depends on how long anything took beyond that lower bound."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import onnxruntime as ort
@@ -138,3 +141,58 @@ def test_switch_interval_is_short_only_while_runs_are_out():
     off.run_started()
     assert sys.getswitchinterval() == default
     off.run_ended()
+
+
+def _queue_depth(server, model: str) -> float:
+    for line in server.metrics().splitlines():
+        if line.startswith("modelship_queue_depth{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_health_is_answered_between_inline_runs(tmp_path, start_server):
+    """A real server whose slow model runs inline (threshold 10 s) with a 1 ms turn budget:
+    requests that arrive together queue and run one per loop turn, so a liveness probe sent
+    while several still wait is answered before the last of them, not after all of them.
+    Only the order of answers is checked, never a duration."""
+    repo = tmp_path / "repo"
+    one_thread = 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+    samples.write_model(repo, "slow", samples.slow(size=512, repeats=8, rows=512), "max_batch_size: 8\n" + one_thread)
+    server = start_server(repo, "--inline-compute-threshold", "10000000", "--inline-turn-budget", "1000")
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": [0.5] * 512}]}).encode()
+    order: list[str] = []
+    lock = threading.Lock()
+
+    host, port = server.http_url.split(":")
+    together = threading.Barrier(6)
+
+    def infer(i: int) -> None:
+        # Connections opened (and used) first: a new connection is accepted in one loop turn and
+        # read in the next, which would spread the requests over turns; these arrive together.
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        conn.request("GET", "/v2/health/live")
+        conn.getresponse().read()
+        together.wait(60)
+        conn.request("POST", "/v2/models/slow/infer", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert r.status == 200
+        with lock:
+            order.append(f"infer{i}")
+
+    threads = [threading.Thread(target=infer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while _queue_depth(server, "slow") < 3:  # several runs put off to later turns
+        assert time.monotonic() < deadline, f"the queue never held 3 requests; answered so far: {order}"
+        time.sleep(0.005)
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/health/live", timeout=60) as r:
+        assert r.status == 200
+    with lock:
+        order.append("live")
+    for t in threads:
+        t.join(120)
+    assert len(order) == 7, order
+    assert order.index("live") < 6, order  # at least one queued inference was answered after the probe
