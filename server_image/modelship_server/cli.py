@@ -180,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default 0 = none; a request's own timeout or gRPC deadline wins)")
     sched.add_argument("--inline-compute-threshold", type=_non_negative(float), default=50000.0, metavar="MICROSECONDS",
                        help="run a batch on the event-loop thread instead of a worker thread when its expected "
-                            "run time is at most this and the turn budget below allows: a worker thread costs a "
-                            "handoff and a wait for the GIL on the way back (default 50000; 0 = always use "
+                            "run time is at most this (a worker thread costs a handoff and a wait for the GIL on "
+                            "the way back); longer runs go to a worker thread (default 50000; 0 = always use "
                             "worker threads)")
     sched.add_argument("--inline-turn-budget", type=_non_negative(float), default=50000.0, metavar="MICROSECONDS",
                        help="inline run time the event loop may spend between two polls for I/O, all models "
-                            "together; past it, runs go to worker threads, so health probes wait at most about "
-                            "this long (default 50000)")
+                            "together; past it, inline runs wait for the next turn, so health probes wait at most "
+                            "about this long (default 50000)")
     sched.add_argument("--thread-switch-interval", type=_non_negative(float), default=500.0, metavar="MICROSECONDS",
                        help="Python's GIL switch interval while a model runs on a worker thread, so the "
                             "thread gets the GIL back soon after its run (default 500; 0 = leave Python's 5000)")
