@@ -180,10 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--request-timeout", type=_non_negative(float), default=0.0, metavar="SECONDS",
                        help="default per-request timeout: HTTP 504 / gRPC DEADLINE_EXCEEDED after it "
                             "(default 0 = none; a request's own timeout or gRPC deadline wins)")
-    sched.add_argument("--inline-compute-threshold", type=_non_negative(float), default=100.0, metavar="MICROSECONDS",
-                       help="run a model on the event-loop thread instead of a worker thread while its average "
-                            "run takes less than this: the thread handoff (~40 us) would cost more than the run "
-                            "(default 100; 0 = always use worker threads)")
+    sched.add_argument("--inline-compute-threshold", type=_non_negative(float), default=50000.0, metavar="MICROSECONDS",
+                       help="run a batch on the event-loop thread instead of a worker thread when its expected "
+                            "run time is at most this (a worker thread costs a handoff and a wait for the GIL on "
+                            "the way back); longer runs go to a worker thread (default 50000; 0 = always use "
+                            "worker threads)")
+    sched.add_argument("--inline-turn-budget", type=_non_negative(float), default=50000.0, metavar="MICROSECONDS",
+                       help="inline run time the event loop may spend between two polls for I/O, all models "
+                            "together; past it, inline runs wait for the next turn, so health probes wait at most "
+                            "about this long (default 50000)")
+    sched.add_argument("--thread-switch-interval", type=_non_negative(float), default=500.0, metavar="MICROSECONDS",
+                       help="Python's GIL switch interval while a model runs on a worker thread, so the "
+                            "thread gets the GIL back soon after its run (default 500; 0 = leave Python's 5000)")
     rt = p.add_argument_group("ONNX Runtime")
     rt.add_argument("--execution-providers", type=_providers, default=("cuda", "cpu"),
                     metavar="LIST",
@@ -460,6 +468,8 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         max_queue_size=args.max_queue_size or 256,
         request_timeout_s=args.request_timeout,
         inline_threshold_s=args.inline_compute_threshold / 1e6,
+        inline_turn_budget_s=args.inline_turn_budget / 1e6,
+        thread_switch_interval_s=args.thread_switch_interval / 1e6,
         exit_timeout_s=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
         termination_log=Path(args.termination_log) if args.termination_log else None,

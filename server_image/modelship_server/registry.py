@@ -27,6 +27,7 @@ from .errors import WARMUP_FAILED, ModelLoadError, ModelNotFound, Unavailable
 from .feeds import InputHint, InputSpec, InputsError, check_hints, parse_hints
 from .feeds import generate as generate_feeds
 from .metrics import Metrics
+from .placement import InlineBudget, SwitchInterval
 from .repository import BatchingPolicy, TensorSpec
 from .stats import ModelStats
 
@@ -41,7 +42,9 @@ class LoadOptions:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     default_timeout_s: float = 0.0
-    inline_threshold_s: float = 100e-6
+    inline_threshold_s: float = 50e-3
+    inline_turn_budget_s: float = 50e-3
+    thread_switch_interval_s: float = 500e-6
 
 
 class ServedModel:
@@ -136,6 +139,9 @@ class Registry:
         """Load every discovered version, in threads, then start its scheduler."""
         loop = asyncio.get_running_loop()
         availability = runtime.provider_availability()
+        # One budget for every model: it bounds how long the one event loop runs models inline.
+        inline = InlineBudget(int(options.inline_threshold_s * 1e9), int(options.inline_turn_budget_s * 1e9))
+        switch = SwitchInterval(options.thread_switch_interval_s)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool:
             jobs = [
                 (m, loop.run_in_executor(pool, _load_version, m, options, availability))
@@ -165,7 +171,8 @@ class Registry:
                     max_queue_size=options.max_queue_size,
                     metrics=mm,
                     stats=model.stats,
-                    inline_threshold_s=options.inline_threshold_s,
+                    inline_budget=inline,
+                    switch_interval=switch,
                 )
                 model.scheduler.start(run_ns_hint=model.warm_run_ns)
                 model.state = READY

@@ -204,6 +204,8 @@ async def load(settings: Settings, registry: Registry, stop: asyncio.Event, moni
                 max_queue_size=settings.max_queue_size,
                 default_timeout_s=settings.request_timeout_s,
                 inline_threshold_s=settings.inline_threshold_s,
+                inline_turn_budget_s=settings.inline_turn_budget_s,
+                thread_switch_interval_s=settings.thread_switch_interval_s,
             )
         )
     )

@@ -45,7 +45,9 @@ class Settings:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     request_timeout_s: float = 0.0
-    inline_threshold_s: float = 100e-6
+    inline_threshold_s: float = 50e-3  # a run expected longer always goes to a worker thread
+    inline_turn_budget_s: float = 50e-3  # inline run time the loop may spend between two polls for I/O
+    thread_switch_interval_s: float = 500e-6  # GIL switch interval while a run is on a worker thread; 0: Python's
     exit_timeout_s: float = 30.0
     exit_on_error: bool = True
     termination_log: Path | None = None  # where the reason of an exit on error is written
