@@ -166,7 +166,8 @@ def _passes_text(chain: list[dict] | None) -> str:
     for step in chain:
         config = step.get("config") or {}
         keys = ("quant_mode", "per_channel", "reduce_range", "weight_type", "activation_type", "quant_format")
-        settings = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
+        # a setting Olive left to its search space (a dict) did not apply to this point
+        settings = ", ".join(f"{k}={config[k]}" for k in keys if k in config and not isinstance(config[k], dict))
         parts.append(f"{step['pass']}({settings})" if settings else step["pass"])
     return " + ".join(parts)
 

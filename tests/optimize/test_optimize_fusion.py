@@ -172,3 +172,10 @@ def test_the_gelu_step_leaves_a_graph_without_erf_as_it_is(tmp_path):
     model = onnx.load(str(tmp_path / "fused.onnx"))
     snapshot = model.SerializeToString()
     assert fusion.erf_gelus(model) == 0 and model.SerializeToString() == snapshot
+
+
+def test_fusing_the_dynamo_export_twice_writes_the_same_bytes(tmp_path):
+    """apply-variant rebuilds the fused file in the serving pod and checks its digest."""
+    fusion.fuse(DYNAMO_FIXTURE, tmp_path / "a.onnx")
+    fusion.fuse(DYNAMO_FIXTURE, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
