@@ -40,8 +40,9 @@ FUSED = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLaye
 OURS_INT8 = "fusion+dynamic-int8-per-channel-float-10pct"
 
 
-def ort_optimize(source: str, target: str, level: str) -> None:
-    """(Under --ort-python) optimum's O2/O3 call of ONNX Runtime's transformer optimizer."""
+def ort_optimize(source: str, target: str, level: str, heads: str, hidden: str) -> None:
+    """(Under --ort-python) optimum's O2/O3 call of ONNX Runtime's transformer optimizer, with
+    the head count and hidden size optimum reads from the model's config."""
     import logging
 
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -50,7 +51,7 @@ def ort_optimize(source: str, target: str, level: str) -> None:
     logging.disable(logging.WARNING)
     options = FusionOptions("bert")
     options.enable_gelu_approximation = level == "O3"
-    model = optimize_model(source, model_type="bert", num_heads=0, hidden_size=0, opt_level=2,
+    model = optimize_model(source, model_type="bert", num_heads=int(heads), hidden_size=int(hidden), opt_level=2,
                            optimization_options=options)
     model.save_model_to_file(target)
     print(json.dumps(model.get_fused_operator_statistics()))
@@ -87,7 +88,8 @@ def one(name: str, args: argparse.Namespace) -> dict:
     for level in ("O2", "O3"):
         target = work / f"ort-{level}.onnx"
         started = time.monotonic()
-        subprocess.run([args.ort_python, __file__, "ort-optimize", str(source), str(target), level], check=True,
+        subprocess.run([args.ort_python, __file__, "ort-optimize", str(source), str(target), level,
+                        str(args.num_heads), str(args.hidden_size)], check=True,
                        capture_output=True, text=True)
         files[f"optimum {level}: onnxruntime.transformers"] = target
         seconds[f"optimum {level}: onnxruntime.transformers"] = round(time.monotonic() - started, 1)
@@ -127,7 +129,7 @@ def markdown(runs: list[dict]) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "ort-optimize":  # under --ort-python
+    if len(sys.argv) == 7 and sys.argv[1] == "ort-optimize":  # under --ort-python
         ort_optimize(*sys.argv[2:])
         return 0
     sys.path.insert(0, str(REPO / "server_image"))
@@ -136,6 +138,8 @@ def main() -> int:
                         help="a Python with onnxruntime and torch (Olive's venv: benchmarks/requirements-olive.txt)")
     parser.add_argument("--exports", type=Path, default=Path.home() / ".cache" / "modelship" / "export")
     parser.add_argument("--only", action="append", choices=EXPORTS)
+    parser.add_argument("--num-heads", type=int, default=12, help="as optimum passes it from config.json (MiniLM: 12)")
+    parser.add_argument("--hidden-size", type=int, default=384, help="as optimum passes it (MiniLM: 384)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every session (default 1)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=10)
