@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-ghz bench-apply bench-operator bench-autoscale bench-optimize images clean
+.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-ghz bench-apply bench-operator bench-autoscale bench-optimize bench-olive-corpus bench-fusion gpu-check gpu-check-prepare gpu-check-device images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,7 @@ lock: $(UV)  ## re-resolve requirements/*.txt from pyproject.toml and pins.txt (
 	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra operator -o requirements/operator.txt
 	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra server -o requirements/server.txt
 	$(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.txt pyproject.toml --extra gpu -o requirements/server-gpu.txt
+	$(UV) pip compile $(LOCK_FLAGS) benchmarks/requirements-olive.in -o benchmarks/requirements-olive.txt
 	$(PYTHON) tests/packaging/locks.py requirements
 
 NEWEST_VENV ?= /tmp/modelship-newest
@@ -98,10 +99,22 @@ bench-operator: tools  ## 500 ModelServices on the local plane (docs/benchmarks/
 
 OLIVE_VENV ?= /tmp/modelship-olive
 
-bench-optimize: venv  ## modelship optimize vs Microsoft Olive on MiniLM and a CNN, 100 MB Job wall time (docs/optimize-benchmarks.md)
-	@test -x $(OLIVE_VENV)/bin/python || ($(PYTHON) -m venv $(OLIVE_VENV) && \
-		$(OLIVE_VENV)/bin/pip install --quiet -r benchmarks/requirements-olive.txt)
+# Olive's venv (torch included, several GB): built once from the hashed lock; a stale one is re-synced.
+$(OLIVE_VENV)/.installed: benchmarks/requirements-olive.txt
+	@test -x $(OLIVE_VENV)/bin/python || $(PYTHON) -m venv $(OLIVE_VENV)
+	$(OLIVE_VENV)/bin/pip install --quiet --require-hashes -r benchmarks/requirements-olive.txt
+	@touch $@
+
+bench-optimize: venv $(OLIVE_VENV)/.installed  ## modelship optimize vs Microsoft Olive on MiniLM and a CNN, 100 MB Job wall time (docs/optimize-benchmarks.md)
 	$(BIN)/python benchmarks/optimize_models.py --olive-python $(OLIVE_VENV)/bin/python --repeat 2 --job-budget-seconds 600 120
+
+bench-olive-corpus: venv $(OLIVE_VENV)/.installed  ## Olive's pick on every corpus model through our gate and timing, beside ours (docs/real-models.md)
+	$(BIN)/python benchmarks/olive_corpus.py --olive-python $(OLIVE_VENV)/bin/python \
+		--json docs/benchmarks/olive-corpus.json --markdown
+
+bench-fusion: venv $(OLIVE_VENV)/.installed  ## our transformer fusion vs ONNX Runtime's optimizer as optimum calls it, MiniLM exports (docs/optimize-benchmarks.md)
+	taskset -c 1 $(BIN)/python benchmarks/fusion_vs_ort.py --ort-python $(OLIVE_VENV)/bin/python \
+		--json docs/benchmarks/fusion-vs-ort.json
 
 bench-autoscale: venv  ## builtin autoscaler vs CPU HPA vs KEDA polling on one replayed trace (docs/autoscaling.md)
 	$(BIN)/python benchmarks/autoscale_trace.py --json docs/benchmarks/autoscale-trace.json

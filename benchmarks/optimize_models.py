@@ -397,13 +397,16 @@ def run_ours(model: Path, data: Path, out: Path, budget: float, capacity_seconds
             "summary": json.loads((out.parent / f"{out.name}-termination-log").read_text())}
 
 
-def run_olive(olive_python: str, name: str, model: Path, data: Path, out: Path, max_iter: int) -> dict:
-    """One Olive workflow in Olive's venv. Its pick is output/model.onnx; every candidate its
-    search produced is listed (file, passes, Olive's latency) for gating afterwards."""
+def run_olive(olive_python: str, name: str, model: Path, data: Path, out: Path, max_iter: int,
+              workflow: dict | None = None) -> dict:
+    """One Olive workflow in Olive's venv (`workflow`, else olive_config with OLIVE_PASSES[name]).
+    Its pick is output/model.onnx; every candidate its search produced is listed (file, passes,
+    Olive's latency) for gating afterwards."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = out / "config.json"
-    config.write_text(json.dumps(olive_config(model, data, out, OLIVE_PASSES[name], max_iter), indent=1))
+    workflow = workflow or olive_config(model, data, out, OLIVE_PASSES[name], max_iter)
+    config.write_text(json.dumps(workflow, indent=1))
     started = time.monotonic()
     result = subprocess.run([olive_python, str(Path(__file__).resolve()), "olive-run", str(config)],
                             capture_output=True, text=True, cwd=out)
@@ -416,7 +419,7 @@ def run_olive(olive_python: str, name: str, model: Path, data: Path, out: Path, 
              "failed_search_points": len(re.findall(r"search point .* FAILED", log)),
              "failures": sorted({line.strip()[:200] for line in log.splitlines()
                                  if re.match(r"\w*(Error|Exception): ", line.strip())}),
-             "passes": OLIVE_PASSES[name], "config": str(config)}
+             "passes": workflow["passes"], "config": str(config)}
     if result.returncode != 0 or not picked.is_file():
         entry["error"] = (log.strip().splitlines() or ["no output model"])[-1]
         return entry
@@ -464,12 +467,17 @@ def head_to_head(model: Path, data: Path, contenders: dict[str, tuple[Path, dict
                  calls: int) -> dict:
     """Interleaved timing of the original and each contender in one process, and our gate on
     each contender's outputs (the validation half of the data, as modelship optimize uses it)."""
+    return head_to_head_feeds(model, _validation(str(data)), contenders, rounds, calls)
+
+
+def head_to_head_feeds(model: Path, feeds: list[dict[str, np.ndarray]], contenders: dict[str, tuple[Path, dict]],
+                       rounds: int, calls: int) -> dict:
+    """head_to_head on explicit feeds: the gate on all of them, the timing on the first."""
     sys.path.insert(0, str(REPO / "server_image"))
     from modelship_server.optimize import candidates as cand
     from modelship_server.optimize.gate import GateSpec, evaluate
     from modelship_server.optimize.timing import speedup, time_interleaved
 
-    feeds = _validation(str(data))
     # Sessions as the search opens them: as modelship-server serves (see candidates.session_options).
     sessions = {"original (ORT_ENABLE_ALL)": cand.open_session(cand.baseline_recipe(), model)}
     for name, (path, recipe) in contenders.items():

@@ -18,6 +18,9 @@ from modelship_server.optimize import fusion
 from modelship_server.optimize.gate import GateSpec, evaluate
 
 FIXTURE = Path(__file__).parent / "data" / "bert-2l-sdpa.onnx"
+# The same model through torch's dynamo exporter (`export_transformer.py --fixture ... --dynamo`):
+# its GELU is an Erf chain onnxscript's rules leave alone.
+DYNAMO_FIXTURE = Path(__file__).parent / "data" / "bert-2l-sdpa-dynamo.onnx"
 
 
 def _feeds(count: int, batch: int = 1, seq: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -146,4 +149,33 @@ def test_fusing_twice_writes_the_same_bytes(tmp_path):
     """A serving pod rebuilds the chosen recipe and checks its digest (apply.py)."""
     fusion.fuse(FIXTURE, tmp_path / "a.onnx")
     fusion.fuse(FIXTURE, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_the_dynamo_exports_erf_gelus_fuse_too_and_the_result_passes_the_gate(tmp_path):
+    """ONNX Runtime's optimizer (as optimum calls it) fused the dynamo export's GELUs where ours
+    left them as Erf chains; the Erf step closes that gap (benchmarks/fusion_vs_ort.py)."""
+    ops = [n.op_type for n in onnx.load(str(DYNAMO_FIXTURE)).graph.node]
+    assert ops.count("Erf") == 2 and "Gelu" not in ops and "BiasGelu" not in ops
+    target = tmp_path / "fused.onnx"
+    done = fusion.fuse(DYNAMO_FIXTURE, target)
+    fused_ops = [n.op_type for n in onnx.load(str(target)).graph.node]
+    assert "Erf" not in fused_ops and fused_ops.count("BiasGelu") == 2, done
+    assert fused_ops.count("Attention") == 2 and done["erf_gelus"] == 2, done
+    feeds = _feeds(8) + _feeds(4, batch=3, seq=9, seed=1)
+    verdict = evaluate(GateSpec(), _outputs(DYNAMO_FIXTURE, feeds), _outputs(target, feeds))
+    assert verdict.passed and verdict.worst > 0.9999, verdict.reason
+
+
+def test_the_gelu_step_leaves_a_graph_without_erf_as_it_is(tmp_path):
+    fusion.fuse(FIXTURE, tmp_path / "fused.onnx")  # onnxscript fused the TorchScript export's GELUs
+    model = onnx.load(str(tmp_path / "fused.onnx"))
+    snapshot = model.SerializeToString()
+    assert fusion.erf_gelus(model) == 0 and model.SerializeToString() == snapshot
+
+
+def test_fusing_the_dynamo_export_twice_writes_the_same_bytes(tmp_path):
+    """apply-variant rebuilds the fused file in the serving pod and checks its digest."""
+    fusion.fuse(DYNAMO_FIXTURE, tmp_path / "a.onnx")
+    fusion.fuse(DYNAMO_FIXTURE, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
