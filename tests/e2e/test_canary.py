@@ -105,28 +105,49 @@ class Recorder:
         return out
 
 
+class Operator:
+    """`modelship run` on this machine, watching only this module's namespace; restartable."""
+
+    def __init__(self, kubeconfig: Any, log_path: Any) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.log = open(log_path, "ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelship.cli", "run", "--liveness", "off", "--metrics-port", "0",
+             "--namespace", NS], env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def read_text(self, errors: str = "replace") -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors=errors)
+
+
 @pytest.fixture(scope="module")
-def operator(cluster, tmp_path_factory) -> Iterator[Any]:  # noqa: ANN001
-    """`modelship run` on this machine, watching only this module's namespace."""
+def operator(cluster, tmp_path_factory) -> Iterator[Operator]:  # noqa: ANN001
     cluster.kubectl("apply", "--server-side", "-f", str(os.path.join(os.path.dirname(__file__), "..", "..", "crds")))
     cluster.wait_established("modelservices.modelship.dev")
     cluster.kubectl("create", "namespace", NS, check=False)
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelship.cli", "run", "--liveness", "off", "--metrics-port", "0", "--namespace", NS],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}, stdout=log, stderr=subprocess.STDOUT)
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
     try:
-        yield log_path
+        yield op
     finally:
         cluster.kubectl("delete", "msvc", "--all", "-n", NS, "--wait=true", "--timeout=90s", check=False)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        op.stop()
+        op.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +193,10 @@ def test_a_good_canary_promotes_through_every_step_without_failed_requests(clust
     with Traffic(cluster.api, NS, NAME, "mlp", FEED, clients=2) as traffic, Recorder(cluster) as recorder:
         time.sleep(2)
         patch(cluster, {"rollout": {"preStopDelaySeconds": 3}})  # a new pod template: a new revision
+        # the state is in status: a restarted operator carries on at the step it left
+        wait_for("step 1 to run", lambda: recorder.seen("step")[:1] == [1], 300, interval=0.5)
+        operator.stop()
+        operator.start()
         promoted = wait_for("the canary to be promoted and generation 2 Ready", lambda: (m := ready(cluster, 2))
                             and (m["status"].get("canary") or {}).get("phase") == "Promoted" and m, 600, interval=1)
         wait_for("the canary Deployment to go", lambda: deployment(cluster, f"{NAME}-canary") is None, 120)
@@ -233,3 +258,18 @@ def test_a_slow_canary_is_rolled_back_and_stays_failed(cluster, service, models,
     assert deployment(cluster, f"{NAME}-canary")["spec"]["replicas"] == 0
     print(f"canary share while it ran: {share:.3f} of {sum(traffic.counts.values())} requests; "
           f"rolled back: {degraded['message']}")
+
+
+def test_an_sre_aborts_a_canary_with_an_annotation(cluster, service, models, operator):  # noqa: ANN001
+    patch(cluster, {"model": models["good"], "rollout": {"preStopDelaySeconds": 4}})
+    wait_for("a canary to run", lambda: ((msvc(cluster).get("status") or {}).get("canary") or {}).get("phase")
+             == "Progressing" and (msvc(cluster)["status"]["canary"].get("revision")), 300, interval=0.5)
+    cluster.kubectl("annotate", "msvc", NAME, "-n", NS, "modelship.dev/canary=abort")
+    try:
+        aborted = wait_for("the abort", lambda: (m := msvc(cluster)) and condition(m, "Degraded").get("reason")
+                           == "CanaryAborted" and m, 120, interval=0.5)
+        assert condition(aborted, "Progressing")["reason"] == "Aborted"
+        assert "modelship.dev/canary annotation" in condition(aborted, "Degraded")["message"]
+        wait_for("the canary at zero", lambda: deployment(cluster, f"{NAME}-canary")["spec"]["replicas"] == 0, 60)
+    finally:
+        cluster.kubectl("annotate", "msvc", NAME, "-n", NS, "modelship.dev/canary-")

@@ -37,6 +37,7 @@ class Traffic:
         self.errors: list[str] = []
         self.seen: set[str] = set()
         self.counts: collections.Counter[str] = collections.Counter()  # answered requests per pod address
+        self.answered: list[tuple[float, str]] = []  # (time.time(), address) of each answered request
         self._addresses: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -88,6 +89,7 @@ class Traffic:
                     self.ok += 1
                     self.seen.add(address)
                     self.counts[address] += 1
+                    self.answered.append((time.time(), address))
             except Exception as exc:  # noqa: BLE001 - counted; the test asserts there are none
                 with self._lock:
                     self.failed += 1
