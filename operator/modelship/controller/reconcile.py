@@ -31,7 +31,7 @@ from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
 from modelship.canary import machine as canary_machine
 from modelship.canary import report as canary_report
-from modelship.canary.analysis import Verdict, thresholds_of
+from modelship.canary.analysis import FAILED, Verdict, thresholds_of
 from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
@@ -187,6 +187,10 @@ class Reconciler:
         stable_revision = (template_revision(stable) or "unknown") if stable is not None else None
         command = (msvc.metadata.annotations or {}).get(canary_machine.COMMAND_ANNOTATION)
         verdict = self.canary_verdict(key) if self.canary_verdict is not None else None
+        stuck = _deadline_exceeded(live_canary) if owned_canary and template_revision(live_canary) == revision else None
+        if stuck is not None and state is not None and state.revision == revision:
+            # pods that never become ready get no traffic, so no analysis could ever judge them
+            verdict = (revision, state.step, Verdict(FAILED, f"the canary's pods are not ready: {stuck}", "not_ready"))
         complete = rollout_of(msvc, stable, _hash(desired)).complete
         plan = canary_machine.advance(
             state, revision=revision, generation=msvc.metadata.generation, stable_revision=stable_revision,
@@ -423,6 +427,17 @@ def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
     if desired["kind"] != "Deployment" or "replicas" not in desired["spec"]:
         return False
     return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
+
+
+def _deadline_exceeded(deployment: Mapping[str, Any] | None) -> str | None:
+    """The Deployment controller's own verdict on pods that never became ready, if it gave one."""
+    status = (deployment or {}).get("status") or {}
+    if int(status.get("observedGeneration", 0)) < int(((deployment or {}).get("metadata") or {}).get("generation", 1)):
+        return None  # the controller has not seen the current template yet: its conditions are older
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return str(condition.get("message") or "ProgressDeadlineExceeded")
+    return None
 
 
 def _served_variant(deployment: Mapping[str, Any] | None, uid: str | None) -> str | None:
