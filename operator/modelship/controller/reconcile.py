@@ -132,7 +132,8 @@ class Reconciler:
             # Pod events wake a ModelService far more often than its spec changes.
             self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
         previous = self._previous(key, body)
-        canary = self._canary(key, msvc, rendered, previous, frozen=decision.artifact is None)
+        canary = self._canary(key, msvc, rendered, previous, frozen=decision.artifact is None,
+                              annotations=meta.get("annotations") or {})
         try:
             await self._apply_children(key, msvc, rendered, hold=decision.artifact is None, held=canary.held)
             await self._apply_canary(key, msvc, canary)
@@ -165,9 +166,11 @@ class Reconciler:
                                    for reason, message in canary.plan.events))
 
     def _canary(self, key: Key, msvc: ModelService, rendered: Rendered, previous: Mapping[str, Any], *,
-                frozen: bool) -> CanaryRun:
+                frozen: bool, annotations: Mapping[str, str]) -> CanaryRun:
         """Run the canary machine (spec.rollout.strategy Canary). `frozen`: this spec's optimize
-        Job has not finished, so nothing of it can run yet; everything stays as it is."""
+        Job has not finished, so nothing of it can run yet; everything stays as it is.
+        `annotations`: the live ModelService's (an SRE's command changes no generation, so the
+        ModelService parsed for this generation may predate it)."""
         name = msvc.metadata.name
         live_canary = self.store.child(key, "Deployment", names.canary_deployment(name))
         owned_canary = live_canary is not None and objects.controlled_by(live_canary, msvc.metadata.uid)
@@ -185,7 +188,7 @@ class Reconciler:
             stable = None
         revision = template_revision(desired) or ""
         stable_revision = (template_revision(stable) or "unknown") if stable is not None else None
-        command = (msvc.metadata.annotations or {}).get(canary_machine.COMMAND_ANNOTATION)
+        command = annotations.get(canary_machine.COMMAND_ANNOTATION)
         verdict = self.canary_verdict(key) if self.canary_verdict is not None else None
         stuck = _deadline_exceeded(live_canary) if owned_canary and template_revision(live_canary) == revision else None
         if stuck is not None and state is not None and state.revision == revision:
