@@ -78,11 +78,13 @@ def good_runs(cluster: Cluster, runs: int) -> dict[str, Any]:
         started = time.time()
         with Traffic(cluster.api, NS, NAME, "mlp", FEED, clients=2) as traffic:
             patch(cluster, {"rollout": {"preStopDelaySeconds": 3 if i % 2 == 0 else 2}})
+            target = generation(cluster)
             end = wait_for("the canary to end", lambda: (c := (msvc(cluster).get("status") or {}).get("canary"))
-                           and c.get("revision") and c.get("phase") in ("Promoted", "RolledBack") and c, 600, 1)
+                           and c.get("generation") == target and c.get("phase") in ("Promoted", "RolledBack") and c,
+                           600, 1)
             if end["phase"] == "Promoted":
-                wait_for("generation Ready", lambda: ready(cluster, generation(cluster)), 300, 1)
-        results.append({"run": i + 1, "phase": end["phase"], "seconds": round(time.time() - started, 1),
+                wait_for("generation Ready", lambda: ready(cluster, target), 300, 1)
+        results.append({"run": i + 1, "generation": target, "phase": end["phase"], "seconds": round(time.time() - started, 1),
                         "requests": traffic.ok, "failed": traffic.failed, "message": end.get("message")})
         print(json.dumps(results[-1]), flush=True)
     return {"runs": len(results), "promoted": sum(r["phase"] == "Promoted" for r in results),

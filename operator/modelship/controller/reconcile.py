@@ -195,14 +195,16 @@ class Reconciler:
             # pods that never become ready get no traffic, so no analysis could ever judge them
             verdict = (revision, state.step, Verdict(FAILED, f"the canary's pods are not ready: {stuck}", "not_ready"))
         complete = rollout_of(msvc, stable, _hash(desired)).complete
-        plan = canary_machine.advance(
-            state, revision=revision, generation=msvc.metadata.generation, stable_revision=stable_revision,
-            steps=settings.steps, verdict=verdict, now=self.clock(),
-            command=command if command in canary_machine.COMMANDS else None, stable_complete=complete)
         if msvc.spec.autoscaler_owns_replicas and stable is not None:
             stable_count = int((stable.get("spec") or {}).get("replicas", 1))
         else:
             stable_count = msvc.spec.replicas
+        if stable_count == 0:
+            stable_revision = None  # nothing serves, so nothing to compare with: the change goes direct
+        plan = canary_machine.advance(
+            state, revision=revision, generation=msvc.metadata.generation, stable_revision=stable_revision,
+            steps=settings.steps, verdict=verdict, now=self.clock(),
+            command=command if command in canary_machine.COMMANDS else None, stable_complete=complete)
         step = plan.state.step if plan.state is not None else 0
         wanted = canary_replicas(stable_count, settings.steps[min(step, len(settings.steps) - 1)].weight)
         held: frozenset[str] = frozenset()
