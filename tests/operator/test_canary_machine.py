@@ -131,3 +131,21 @@ def test_status_shows_step_weight_and_the_online_speedup() -> None:
                               percentile="p95")
     assert rolled["stepSummary"] == "rolled back at 1/2" and rolled["weight"] == 0 and "canary" not in rolled
     assert report.status_of(None, STEPS, canary_replicas=0, stable_replicas=2, verdict=None, percentile="p95") is None
+
+
+def test_compute_status_lets_a_canary_replace_conditions_of_its_types_only() -> None:
+    from modelship.api.v1alpha1 import ModelService
+    from modelship.status.compute import Observed, compute_status
+    from msvc_samples import body
+    from pods import deployment
+
+    failed = report.conditions_of(dataclasses.replace(state(m.ROLLED_BACK), message="p95 latency 400 ms > SLO 100 ms"))
+    status, transitions = compute_status(ModelService.from_body(body()), observed=Observed(deployment(), []),
+                                         previous=None, now=T0, desired_hash="h1", overrides=failed,
+                                         extra_fields={"canary": {"phase": m.ROLLED_BACK}})
+    shown = {cond["type"]: (cond["status"], cond["reason"]) for cond in status["conditions"]}
+    assert shown == {"Ready": ("False", "CanaryFailed"), "Progressing": ("False", "RolledBack"),
+                     "Degraded": ("True", "CanaryFailed")}
+    assert [cond["type"] for cond in status["conditions"]] == ["Ready", "Progressing", "Degraded"]  # in place
+    assert status["canary"] == {"phase": "RolledBack"}
+    assert {t.reason for t in transitions} == {"CanaryFailed", "RolledBack"}
