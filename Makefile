@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-apply bench-operator bench-autoscale bench-optimize images clean
+.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-ghz bench-apply bench-operator bench-autoscale bench-optimize images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,17 @@ bench-plane: tools  ## warm start-to-ready time and memory of the local plane (d
 bench-server: venv  ## raw ONNX Runtime vs modelship-server (docs/server-benchmarks.md has the full command)
 	$(BIN)/python server_image/bench/compare.py --seconds 5
 
+KSERVE_VENV ?= /tmp/modelship-kserve
+MLSERVER_VENV ?= /tmp/modelship-mlserver
+
+bench-ghz: venv  ## gRPC throughput at 8 clients with ghz (Go): modelship-server vs KServe vs MLServer (docs/server-benchmarks.md)
+	@test -x $(KSERVE_VENV)/bin/python || ($(PYTHON) -m venv $(KSERVE_VENV) && \
+		$(KSERVE_VENV)/bin/pip install --quiet "kserve==0.21.*" onnxruntime numpy)
+	@test -x $(MLSERVER_VENV)/bin/mlserver || ($(PYTHON) -m venv $(MLSERVER_VENV) && \
+		$(MLSERVER_VENV)/bin/pip install --quiet "mlserver==1.7.1" "uvloop<0.22" onnxruntime numpy)
+	$(BIN)/python server_image/bench/ghz_compare.py --seconds 5 --rounds 2 --batch 1 8 \
+		--kserve-python $(KSERVE_VENV)/bin/python --mlserver-python $(MLSERVER_VENV)/bin/python
+
 bench-apply: tools  ## apply -> Ready -> first inference on the local cluster, optimization off and on (docs/end-to-end.md)
 	$(BIN)/python benchmarks/apply_to_inference.py --runs 3 --json docs/benchmarks/apply-to-inference.json
 
@@ -94,6 +105,15 @@ bench-optimize: venv  ## modelship optimize vs Microsoft Olive on MiniLM and a C
 
 bench-autoscale: venv  ## builtin autoscaler vs CPU HPA vs KEDA polling on one replayed trace (docs/autoscaling.md)
 	$(BIN)/python benchmarks/autoscale_trace.py --json docs/benchmarks/autoscale-trace.json
+
+gpu-check:  ## the one-shot GPU check on this machine (needs an NVIDIA GPU; says so and exits 0 without one; docs/gpu.md)
+	$(PYTHON) benchmarks/gpu_check.py run --out gpu-check-results $(GPU_CHECK_ARGS)
+
+gpu-check-prepare: venv  ## bundle the wheels and models a GPU machine without registries needs, print the device calls (docs/gpu.md)
+	$(BIN)/python benchmarks/gpu_check.py prepare
+
+gpu-check-device:  ## on the lent GPU machine, after the parts calls: join, install, run the check into $$OUT (docs/gpu.md)
+	bash benchmarks/gpu_check_device.sh .gpu-bundle/small $(GPU_CHECK_ARGS)
 
 images:  ## build the serving and operator images (needs a Docker engine; none runs on the dev VM)
 	docker build -f server_image/Dockerfile -t ghcr.io/modelship/modelship-server:0.1.0 .

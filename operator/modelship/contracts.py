@@ -66,6 +66,23 @@ class SummarySession(TypedDict, total=False):
     graph_optimization_level: str | None
 
 
+class SummaryTensorRT(TypedDict, total=False):
+    """The TensorRT settings the chosen variant was gated and timed with: the serving pods run
+    the original file on TensorRT with the same (config.pbtxt's tensorrt accelerator)."""
+
+    precision: str  # one of TENSORRT_PRECISIONS
+    profile: dict[str, str]  # ORT's trt_profile_{min,opt,max}_shapes -> "input:1x3x224x224,..."; {}: none
+
+
+# --- GPU: TensorRT is served only where gated (docs/gpu.md) -------------------------------------
+
+TENSORRT_PRECISIONS = ("fp32", "fp16")
+# Where the serving pods keep TensorRT engines (an emptyDir volume of that name), so a container
+# restart reuses them instead of building again; the config's accelerator names the same path.
+TENSORRT_CACHE_VOLUME = "tensorrt-cache"
+TENSORRT_CACHE_PATH = "/var/cache/modelship/tensorrt"
+
+
 class OptimizeSummary(TypedDict, total=False):
     """The summary's keys and their types. The optimizer writes it, the operator reads it;
     unknown keys are ignored on reading, so new keys are added here first."""
@@ -85,6 +102,7 @@ class OptimizeSummary(TypedDict, total=False):
     inputs: str  # what the gate judged on: "dataset <path>" or "generated (...)"
     candidates: list[list[Any]]  # [name, status, speedup, gate mean, reason]
     truncated: bool  # candidates were dropped to fit SUMMARY_LIMIT
+    tensorrt: SummaryTensorRT | None  # set only when the chosen variant is a TensorRT one (it passed the gate)
 
 # --- declared inputs (spec.model.inputs) ------------------------------------------------------
 

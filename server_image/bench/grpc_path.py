@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other-pythonpath", default="", help="another checkout's server_image, measured alternately")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also measure this branch's server started with these extra arguments, e.g. "
-                        "'threads=--inline-threshold-us 0' (repeatable)")
+                        "'threads=--inline-compute-threshold 0' (repeatable)")
     p.add_argument("--echo-modes", nargs="*", default=[], choices=("asyncio", "sync"),
                    help="also measure the echo server on plain asyncio / as a sync grpc.server with 4 threads")
     p.add_argument("--kserve-python", default="", help="python of a venv with kserve: measure KServe 0.21 too")

@@ -9,12 +9,12 @@ batch is concatenated along dimension 0, run, and the outputs are split back as
 views. Without dynamic batching each request runs on its own, as Triton's default
 scheduler does.
 
-Where a batch runs: ONNX Runtime releases the GIL, so a run normally goes to a
-thread and the event loop keeps serving. Handing work to a thread and back costs
-~40 µs, though, which is more than a small model's whole run; when the model's
-recent run time (an exponential average) is under `inline_threshold_s` the batch
-runs on the loop thread instead, blocking it for less than that handoff would.
-Set the threshold to 0 to always use threads.
+Where a batch runs is `placement`'s decision, from its expected run time (running
+averages): on the loop thread when it fits the loop's inline budget for this turn,
+in the next turn when it is short but this turn's budget is spent (the dispatch is
+put off by one `call_soon`, so the loop polls for I/O in between), and on the
+session's worker thread when it is too long to run inline at all (ONNX Runtime
+releases the GIL there, and the loop keeps serving). A threshold of 0 always uses threads.
 
 A batch that fails is not failed as a whole: its members go back to the front
 of the queue marked `solo` and run one by one, so a request ONNX Runtime cannot
@@ -39,19 +39,20 @@ import numpy as np
 
 from .errors import InvalidInput, QueueFull, RequestTimeout, ServingError
 from .metrics import ModelMetrics
+from .placement import INLINE, LATER, THREAD, InlineBudget, RunTimes, SwitchInterval
 from .repository import BatchingPolicy
 from .stats import ModelStats
+from .tracing import BatchRun, RequestTrace
 
 log = logging.getLogger(__name__)
 
 _perf_ns = time.perf_counter_ns
-_EWMA = 0.2  # weight of the newest run in the run-time average
 
 
 class _Pending:
-    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started", "solo")
+    __slots__ = ("feeds", "batch", "key", "future", "enqueued_ns", "timer", "started", "solo", "trace")
 
-    def __init__(self, feeds, batch, key, future, enqueued_ns) -> None:
+    def __init__(self, feeds, batch, key, future, enqueued_ns, trace=None) -> None:
         self.feeds = feeds
         self.batch = batch
         self.key = key
@@ -60,6 +61,7 @@ class _Pending:
         self.timer = None
         self.started = False
         self.solo = False  # its batch failed: run it alone, so only a bad request fails
+        self.trace = trace  # a sampled request's tracing.RequestTrace, else None
 
 
 def _describe_feeds(feeds: dict) -> str:
@@ -83,12 +85,12 @@ def _classify_ort_error(exc: Exception, feeds: dict) -> ServingError:
 
 
 def _timed(run: Callable[[dict], list], feeds: dict):
-    """Run in the worker thread; time only the run itself, not the handoff."""
+    """Run in the worker thread; time only the run itself, not the handoff (its start is kept for traces)."""
     t = _perf_ns()
     try:
-        return run(feeds), _perf_ns() - t, None
+        return run(feeds), _perf_ns() - t, None, t
     except Exception as exc:  # noqa: BLE001 - handed back to the requests
-        return None, _perf_ns() - t, exc
+        return None, _perf_ns() - t, exc, t
 
 
 class Scheduler:
@@ -106,6 +108,8 @@ class Scheduler:
         metrics: ModelMetrics,
         stats: ModelStats,
         inline_threshold_s: float = 100e-6,
+        inline_budget: InlineBudget | None = None,
+        switch_interval: SwitchInterval | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -120,8 +124,11 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix=f"ort-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._inline_ns = int(inline_threshold_s * 1e9)
-        self._run_ns_avg = float("inf")  # unknown until measured: use threads
+        self._later = False  # a dispatch is put off to the next loop turn
+        # Shared by the server's models (one loop); alone, a scheduler may block it for one threshold.
+        self._inline = inline_budget or InlineBudget(int(inline_threshold_s * 1e9), int(inline_threshold_s * 1e9))
+        self._switch = switch_interval or SwitchInterval(0.0)
+        self.run_times = RunTimes()  # unknown until measured: threads
         target = policy.max_batch_size
         if policy.preferred_batch_sizes:
             target = max(policy.preferred_batch_sizes)
@@ -134,7 +141,7 @@ class Scheduler:
         """Bind to the running loop; `run_ns_hint` is a measured run time (from warm-up)."""
         self._loop = asyncio.get_running_loop()
         if run_ns_hint is not None:
-            self._run_ns_avg = run_ns_hint
+            self.run_times.observe(1, run_ns_hint)  # warm-up timed a batch of one
 
     async def stop(self) -> None:
         self._closed = True
@@ -156,14 +163,17 @@ class Scheduler:
                 f"(max_queue_size {self.max_queue_size}); retry later"
             )
 
-    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None) -> dict[str, np.ndarray]:
-        """Queue one request and wait for its outputs (name -> array)."""
+    async def submit(self, feeds: dict[str, np.ndarray], batch: int, timeout_s: float | None,
+                     trace: RequestTrace | None = None) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its outputs (name -> array); `trace` gets its queue and batch stamps."""
         self.check_room()
         loop = self._loop
         key = None
         if self.policy.dynamic:
             key = tuple((n, a.shape[1:]) for n, a in feeds.items())
-        item = _Pending(feeds, batch, key, loop.create_future(), _perf_ns())
+        item = _Pending(feeds, batch, key, loop.create_future(), _perf_ns(), trace)
+        if trace is not None:
+            trace.enqueued_ns = item.enqueued_ns
         self._queue.append(item)
         if timeout_s:
             item.timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
@@ -210,7 +220,37 @@ class Scheduler:
                         return
                 if self.policy.preferred_batch_sizes and size not in self.policy.preferred_batch_sizes:
                     size = self._trim_to_preferred(batch, size)
-            self._run(self._free.pop(), batch, size)
+            where = self._inline.place(self.run_times.expected(size))
+            if where == THREAD and len(batch) > 1 and not self.policy.preferred_batch_sizes:
+                # Too long to run inline as gathered: a smaller batch that is not runs inline
+                # (no thread, no GIL wait); the rest stays first in line.
+                size, where = self._trim_to_inline(batch, size, where)
+            if where == LATER:
+                # Short, but this turn's inline budget is spent: let the loop poll first.
+                q.extendleft(reversed(batch))
+                if not self._later:
+                    self._later = True
+                    self._loop.call_soon(self._on_later)
+                return
+            self._run(self._free.pop(), batch, size, where == INLINE)
+
+    def _trim_to_inline(self, batch: list[_Pending], size: int, where: str) -> tuple[int, str]:
+        kept, total = 0, 0
+        for item in batch:
+            if self.run_times.expected(total + item.batch) > self._inline.max_run_ns:
+                break
+            kept += 1
+            total += item.batch
+        if kept == 0:
+            return size, where
+        rest = batch[kept:]
+        del batch[kept:]
+        self._queue.extendleft(reversed(rest))
+        return total, self._inline.place(self.run_times.expected(total))
+
+    def _on_later(self) -> None:
+        self._later = False
+        self._dispatch()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -257,7 +297,7 @@ class Scheduler:
 
     # -- execution --------------------------------------------------------------
 
-    def _run(self, index: int, batch: list[_Pending], size: int) -> None:
+    def _run(self, index: int, batch: list[_Pending], size: int, inline: bool) -> None:
         t0 = _perf_ns()
         m = self.metrics
         for item in batch:
@@ -276,17 +316,23 @@ class Scheduler:
             return
         t1 = _perf_ns()
         run = self._runners[index]
-        if self._run_ns_avg < self._inline_ns:
-            outputs, run_ns, exc = _timed(run, feeds)
-            self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, redispatch=False)
+        if inline:
+            outputs, run_ns, exc, run_start = _timed(run, feeds)
+            self._inline.charge(self._loop, run_ns)
+            self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, run_start, redispatch=False)
             return
         loop = self._loop
+        self._switch.run_started()
         fut = self._executor.submit(_timed, run, feeds)
         fut.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._complete, index, batch, size, t0, t1, *f.result())
+            lambda f: loop.call_soon_threadsafe(self._threaded_done, index, batch, size, t0, t1, *f.result())
         )
 
-    def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, redispatch: bool = True) -> None:
+    def _threaded_done(self, index, batch, size, t0, t1, outputs, run_ns, exc, run_start) -> None:
+        self._switch.run_ended()
+        self._complete(index, batch, size, t0, t1, outputs, run_ns, exc, run_start)
+
+    def _complete(self, index, batch, size, t0, t1, outputs, run_ns, exc, run_start=0, redispatch: bool = True) -> None:
         self._free.append(index)
         if exc is not None and len(batch) > 1 and not self._closed:
             # One bad request must not fail the others: run each member alone, first in line.
@@ -316,11 +362,15 @@ class Scheduler:
                     if not item.future.done():
                         item.future.set_result({n: o[offset:end] for n, o in zip(names, outputs)})
                     offset = end
-            self._run_ns_avg = run_ns if self._run_ns_avg == float("inf") else (
-                (1 - _EWMA) * self._run_ns_avg + _EWMA * run_ns)
+            self.run_times.observe(size, run_ns)
             m = self.metrics
             m.compute_duration.observe(run_ns / 1e9)
             m.batch_size.observe(size)
             self.stats.executed(size, len(batch), t1 - t0, run_ns, _perf_ns() - t2)
+            traced = [item.trace for item in batch if item.trace is not None]
+            if traced:
+                run = BatchRun(t0, run_start or t1, (run_start or t1) + run_ns, size, len(batch), traced)
+                for tr in traced:
+                    tr.batch = run
         if redispatch:
             self._dispatch()

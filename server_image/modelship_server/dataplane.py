@@ -9,30 +9,37 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from . import __version__, validation
-from .errors import ServingError
+from .errors import InvalidInput, ServingError, Unsupported
 from .messages import InferRequest, InferResponse, Tensor
 from .metrics import Metrics, ModelMetrics
 from .registry import Registry, ServedModel
+from .tracing import OFF_SETTING, Tracer
+
+if TYPE_CHECKING:
+    from .monitoring.monitor import Monitoring
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "modelship"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "schedule_policy", "trace"]
 
 _perf = time.perf_counter
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics, tracer: Tracer | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.tracer = tracer
         self.draining = False
         self.inflight = 0
         self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}
+        self.monitoring: Monitoring | None = None  # set by the server with --monitoring
 
     # -- health and metadata -----------------------------------------------
 
@@ -116,6 +123,30 @@ class DataPlane:
             return [m.stats for m in sorted(self.registry.models[name].values(), key=lambda m: int(m.version))]
         return [m.stats for m in self.registry.all()]
 
+    def trace_setting(self, name: str = "", changes: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """Triton's trace extension: read (no changes) or change the server-wide trace settings.
+
+        Settings are server-wide: a model's settings are the server's (a model name is checked,
+        then answered with them); changing them for one model alone is refused, as is turning
+        tracing on in a server started without it (there is no exporter to send spans to).
+        """
+        if name:
+            self.model(name)  # 404 for an unknown model
+            if changes:
+                raise InvalidInput("trace settings are server-wide on this server: send the change without a model name")
+        tracer = self.tracer
+        if tracer is None:
+            if changes:
+                raise InvalidInput("tracing is off on this server; start it with --trace-config mode=opentelemetry "
+                                   "(spec.tracing.enabled in a ModelService) to change trace settings")
+            return dict(OFF_SETTING)
+        if not changes:
+            return tracer.setting()
+        try:
+            return tracer.update(changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
     # -- inference ------------------------------------------------------------
 
     def _metrics_for(self, m: ServedModel) -> ModelMetrics:
@@ -132,10 +163,15 @@ class DataPlane:
         self.inflight += 1
         mm.inflight += 1
         outcome = "success"
+        mon = self.monitoring
         try:
             feeds, batch = validation.check_request(request, model)
             timeout = request.timeout_s or model.default_timeout_s or None
-            outputs = await model.scheduler.submit(feeds, batch, timeout)
+            outputs = await model.scheduler.submit(feeds, batch, timeout, request.trace)
+            if mon is not None:
+                if not request.id:  # the OIP id feedback refers to: made here, returned in the response
+                    request.id = mon.new_id(model)
+                mon.after_infer(model, request, outputs)
             return self._response(request, model, outputs)
         except ServingError as exc:
             outcome = exc.outcome
@@ -151,6 +187,29 @@ class DataPlane:
             mm.requests[(request.protocol, outcome)] += 1
             mm.request_duration[request.protocol].observe(elapsed)
             model.stats.request_done(outcome == "success", int(elapsed * 1e9))
+
+    # -- monitoring -------------------------------------------------------------
+
+    def _monitoring(self) -> Monitoring:
+        if self.monitoring is None:
+            raise Unsupported("monitoring is off on this server: start it with --monitoring")
+        return self.monitoring
+
+    def monitoring_snapshot(self, name: str, version: str = "") -> dict:
+        mon = self._monitoring()
+        return mon.snapshot(self.model(name, version))
+
+    def feedback(self, name: str, version: str, items: list) -> list[dict]:
+        """Join labels to predictions; one result per item (outcome, and error when not joined)."""
+        mon = self._monitoring()
+        return mon.feedback(self.model(name, version), items)
+
+    def forward_target(self, name: str, request_id: object) -> str | None:
+        mon = self.monitoring
+        return mon.forward_target(name, request_id) if mon is not None else None
+
+    def forwarded(self, name: str, version: str, count: int) -> None:
+        self._monitoring().forwarded(self.model(name, version), count)
 
     def _response(self, request: InferRequest, model: ServedModel, outputs: dict) -> InferResponse:
         specs = model.output_specs

@@ -98,3 +98,7 @@ class ModelLoadError(Exception):
 # ModelLoadError reasons beyond the default one.
 WARMUP_FAILED = "WarmupFailed"  # the model could not answer its own warm-up inference
 BATCHING_NOT_SUPPORTED = "BatchingNotSupported"  # the config batches a model that cannot batch
+# Why the server refused to start with the security flags (docs/security.md); a Secret mounted
+# optional and missing shows up here as a file that does not exist.
+TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"  # missing files, a certificate not matching its key
+AUTH_CONFIG_INVALID = "AuthConfigInvalid"  # no API keys in the Secret, no token to call TokenReview with

@@ -38,6 +38,7 @@ class InferRequest:
     binary_output: bool = False  # REST: Triton's `binary_data_output` parameter
     protocol: str = "http"
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trace: Any = None  # a sampled request's tracing.RequestTrace (None: tracing off or not sampled)
 
 
 @dataclasses.dataclass(slots=True)

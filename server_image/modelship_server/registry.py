@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from modelship.contracts import INPUTS_CONFIG_PARAMETER
 
-from . import datatypes, repository, runtime
+from . import datatypes, gpu, repository, runtime
 from .batching import Scheduler
 from .errors import WARMUP_FAILED, ModelLoadError, ModelNotFound, Unavailable
 from .feeds import InputHint, InputSpec, InputsError, check_hints, parse_hints
 from .feeds import generate as generate_feeds
 from .metrics import Metrics
+from .placement import InlineBudget, SwitchInterval
 from .repository import BatchingPolicy, TensorSpec
 from .stats import ModelStats
 
@@ -40,7 +42,9 @@ class LoadOptions:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     default_timeout_s: float = 0.0
-    inline_threshold_s: float = 100e-6
+    inline_threshold_s: float = 50e-3
+    inline_turn_budget_s: float = 50e-3
+    thread_switch_interval_s: float = 500e-6
 
 
 class ServedModel:
@@ -61,6 +65,7 @@ class ServedModel:
         self.policy = BatchingPolicy(max_batch_size=0, dynamic=False)
         self.scheduler: Scheduler | None = None
         self.sessions: list = []
+        self.devices: list[int | None] = []  # each session's CUDA device id (None: CPU)
         self.providers: list[str] = []
         self.stats = ModelStats(name, version)
         self.load_seconds = 0.0
@@ -134,6 +139,9 @@ class Registry:
         """Load every discovered version, in threads, then start its scheduler."""
         loop = asyncio.get_running_loop()
         availability = runtime.provider_availability()
+        # One budget for every model: it bounds how long the one event loop runs models inline.
+        inline = InlineBudget(int(options.inline_threshold_s * 1e9), int(options.inline_turn_budget_s * 1e9))
+        switch = SwitchInterval(options.thread_switch_interval_s)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool:
             jobs = [
                 (m, loop.run_in_executor(pool, _load_version, m, options, availability))
@@ -158,12 +166,13 @@ class Registry:
                     name=model.name,
                     version=model.version,
                     policy=model.policy,
-                    runners=[_runner(s, model) for s in model.sessions],
+                    runners=[_runner(s, model, d) for s, d in zip(model.sessions, model.devices)],
                     output_names=[o.name for o in model.outputs],
                     max_queue_size=options.max_queue_size,
                     metrics=mm,
                     stats=model.stats,
-                    inline_threshold_s=options.inline_threshold_s,
+                    inline_budget=inline,
+                    switch_interval=switch,
                 )
                 model.scheduler.start(run_ns_hint=model.warm_run_ns)
                 model.state = READY
@@ -181,10 +190,13 @@ class Registry:
                 await m.scheduler.stop()
 
 
-def _runner(session, model: ServedModel):
+def _runner(session, model: ServedModel, device_id: int | None = None):
     names = [o.name for o in model.outputs]
     bytes_inputs = [i.name for i in model.inputs if i.datatype == "BYTES"]
+    bytes_outputs = any(o.datatype == "BYTES" for o in model.outputs)
     run = session.run
+    if gpu.first_provider(session) != "CPUExecutionProvider" and not bytes_inputs and not bytes_outputs:
+        return gpu.bound_runner(session, names, device_id)  # outputs stay on the GPU until one copy back
     if not bytes_inputs:
         return lambda feeds: run(names, feeds)
 
@@ -206,7 +218,11 @@ def _load_version(model: ServedModel, options: LoadOptions, availability: dict) 
     config = mc.ModelConfig()
     config.CopyFrom(model.config)
     providers, why = runtime.choose_providers(config, options.runtime, availability)
-    first = runtime.create_session(model.model_path, config, options.runtime, providers)
+    try:
+        devices = gpu.session_devices(config, gpu.visible_devices(os.environ))
+    except ValueError as exc:
+        raise ModelLoadError(f"{model.model_path}: {exc}") from None
+    first = runtime.create_session(model.model_path, config, options.runtime, gpu.on_device(providers, devices[0]))
     config = repository.complete_config(
         config, first.get_inputs(), first.get_outputs(),
         default_max_batch_size=options.default_max_batch_size,
@@ -218,11 +234,16 @@ def _load_version(model: ServedModel, options: LoadOptions, availability: dict) 
     model.output_specs = {t.name: t for t in model.outputs}
     model.policy = repository.batching_policy(config)
     model.default_timeout_s = model.policy.default_timeout_s or options.default_timeout_s
+    # One session per instance, each on its instance group's GPU (gpu.session_devices: Triton's
+    # placement); the completed config may have more instances than the first guess only if
+    # complete_config added a group, so the placement is recomputed on it.
+    devices = gpu.session_devices(config, gpu.visible_devices(os.environ))
     sessions = [first] + [
-        runtime.create_session(model.model_path, config, options.runtime, providers)
-        for _ in range(runtime.instance_count(config) - 1)
+        runtime.create_session(model.model_path, config, options.runtime, gpu.on_device(providers, device))
+        for device in devices[1:]
     ]
     model.sessions = sessions
+    model.devices = devices
     model.providers = first.get_providers()
     on_gpu = any(p in model.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
     for group in config.instance_group:  # report what KIND_AUTO became, as Triton does

@@ -1,9 +1,11 @@
 """ONNX Runtime sessions: which execution providers, how many threads, how many instances.
 
-Providers are tried in the order TensorRT, CUDA, CPU. A provider is used only
-when ONNX Runtime was built with it *and* its native library loads here
-(onnxruntime-gpu lists TensorRT even where libnvinfer is missing), so the log
-says what was chosen and why instead of ORT printing a fallback error later.
+Providers are tried in the order CUDA, CPU; TensorRT only when the model's config names it
+as an accelerator (the operator renders that only where the optimize Job's TensorRT
+candidate passed the accuracy gate, or the user forced it: docs/gpu.md), or the server's
+--execution-providers lists it. A provider is used only when ONNX Runtime was built with it
+*and* its native library loads here (onnxruntime-gpu lists TensorRT even where libnvinfer is
+missing), so the log says what was chosen and why instead of ORT printing a fallback error later.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .errors import ModelLoadError
+from .gpu import cuda_options
 from .repository import config_parameter
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ _NATIVE_LIBS = {
 class RuntimeOptions:
     """Server-wide session defaults; a model's config.pbtxt overrides them."""
 
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    # TensorRT is not here: its fp16 numerics are served only where gated (the config's accelerator).
+    providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 0
     graph_optimization_level: str = "all"
@@ -110,23 +114,42 @@ def choose_providers(
 def _with_options(short: str, config: mc.ModelConfig, options: RuntimeOptions):
     full = PROVIDERS[short]
     gpus = [g for group in config.instance_group for g in group.gpus]
-    device = {"device_id": str(gpus[0])} if gpus else {}
+    device = gpus[0] if gpus else None  # each session is then moved to its own (gpu.on_device)
     if short == "cuda":
-        return (full, device) if device else full
+        return (full, cuda_options(device))
     if short == "tensorrt":
-        opts = dict(device)
+        opts = {"device_id": str(device)} if device is not None else {}
         opts["trt_engine_cache_enable"] = "True"
         opts["trt_engine_cache_path"] = str(options.cache_dir / "tensorrt" / config.name)
         for accel in config.optimization.execution_accelerators.gpu_execution_accelerator:
             if accel.name.lower() != "tensorrt":
                 continue
-            params = dict(accel.parameters)
-            if params.get("precision_mode", "").upper() == "FP16":
-                opts["trt_fp16_enable"] = "True"
-            if "max_workspace_size_bytes" in params:
-                opts["trt_max_workspace_size"] = params["max_workspace_size_bytes"]
+            opts.update(tensorrt_options(dict(accel.parameters)))
         return (full, opts)
     return full
+
+
+# Accelerator parameters (Triton's names where Triton has one) -> ORT TensorRT provider options.
+_TRT_PARAMETERS = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "trt_engine_cache_path": "trt_engine_cache_path",
+    "trt_profile_min_shapes": "trt_profile_min_shapes",
+    "trt_profile_opt_shapes": "trt_profile_opt_shapes",
+    "trt_profile_max_shapes": "trt_profile_max_shapes",
+}
+
+
+def tensorrt_options(parameters: dict[str, str]) -> dict[str, str]:
+    """ORT TensorRT options from a config's tensorrt accelerator parameters: precision, the
+    engine cache folder (a volume, so engines survive a container restart) and the
+    optimization profile the optimize Job timed."""
+    opts: dict[str, str] = {}
+    if parameters.get("precision_mode", "").upper() == "FP16":
+        opts["trt_fp16_enable"] = "True"
+    for key, option in _TRT_PARAMETERS.items():
+        if parameters.get(key):
+            opts[option] = parameters[key]
+    return opts
 
 
 def set_spinning(so: ort.SessionOptions, spinning: bool) -> None:

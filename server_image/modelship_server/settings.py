@@ -7,7 +7,10 @@ from pathlib import Path
 
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
+from .auth.gate import GateConfig
 from .runtime import RuntimeOptions
+from .tls import TlsConfig
+from .tracing import TraceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +45,35 @@ class Settings:
     default_max_batch_size: int = 4
     max_queue_size: int = 256
     request_timeout_s: float = 0.0
-    inline_threshold_s: float = 100e-6
+    inline_threshold_s: float = 50e-3  # a run expected longer always goes to a worker thread
+    inline_turn_budget_s: float = 50e-3  # inline run time the loop may spend between two polls for I/O
+    thread_switch_interval_s: float = 500e-6  # GIL switch interval while a run is on a worker thread; 0: Python's
     exit_timeout_s: float = 30.0
     exit_on_error: bool = True
     termination_log: Path | None = None  # where the reason of an exit on error is written
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    # -- authentication and TLS (docs/security.md) --
+    auth: GateConfig = dataclasses.field(default_factory=GateConfig)
+    tls: TlsConfig | None = None
+    watch_interval_s: float = 2.0  # how often the API key and TLS files are checked for changes
+    monitoring: MonitoringSettings = dataclasses.field(default_factory=lambda: MonitoringSettings())
+    tracing: TraceSettings = dataclasses.field(default_factory=TraceSettings)  # --trace-config, OTEL_*
+
+
+# --- monitoring (docs/monitoring.md): all off unless --monitoring --------------------------------
+@dataclasses.dataclass(frozen=True)
+class MonitoringSettings:
+    enabled: bool = False
+    sample_rate: float = 1.0
+    reference: Path | None = None  # a reference profile; None: freeze the first `reference_size` sampled requests
+    reference_size: int = 1000
+    window: int = 1000  # samples per drift window and labels per quality window
+    psi_threshold: float = 0.2
+    p_value: float = 0.01
+    feedback_ttl_s: float = 3600.0
+    feedback_max_entries: int = 100_000
+    capture_dir: Path | None = None
+    capture_uri: str = ""
+    capture_sample_rate: float = 1.0
+    capture_batch_size: int = 100
+    peer_address: str = ""  # HOST:PORT other replicas reach this one's HTTP at; put in the ids it makes

@@ -295,3 +295,41 @@ def test_grpc_probe_speaks_the_standard_health_service():
         server.stop(0)
     ok, message = check({"grpc": {"port": port}}, **common)
     assert not ok and "gRPC health check failed" in message
+
+
+def test_https_probe_does_tls_without_checking_the_certificate(tmp_path):
+    """As the kubelet: scheme HTTPS speaks TLS to a self-signed server; plain HTTP to it fails."""
+    import http.server
+    import ssl
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+    from certs import Authority
+
+    from modelship.devcluster.agent.probes import check
+
+    folder = Authority().write_secret(tmp_path / "tls")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(folder / "tls.crt", folder / "tls.key")
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        common = {"pod_ip": "127.0.0.1", "ports": [], "pid": 0, "env": {}, "timeout": 5.0}
+        port = server.server_address[1]
+        assert check({"httpGet": {"path": "/", "port": port, "scheme": "HTTPS"}}, **common) == (True, "")
+        ok, _ = check({"httpGet": {"path": "/", "port": port}}, **common)
+        assert not ok
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -64,6 +64,14 @@ def test_every_component_pins_a_version_in_the_repo():
         assert (root / component.module_dir / "go.sum").is_file(), f"{component.module_dir}: go.sum must be committed"
 
 
+def test_on_demand_tools_are_not_built_by_make_tools_or_the_plane():
+    """ghz is for `make bench-ghz` only: a plain build (make tools, make demo, dev-cluster up)
+    must not spend minutes compiling it, yet its cached path is known."""
+    assert "ghz" not in toolchain.ALL_BINARIES
+    assert {"kube-apiserver", "etcd", "kwok", "gofakes3"} <= set(toolchain.ALL_BINARIES)
+    assert toolchain.binary_paths()["ghz"].name == "ghz"
+
+
 def test_missing_go_toolchain_says_what_to_install(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MODELSHIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("MODELSHIP_GO", "/nonexistent/go")

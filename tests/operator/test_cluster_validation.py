@@ -50,3 +50,15 @@ def test_declared_inputs_are_accepted_as_pydantic_reads_them(cluster: Any, crd: 
                              input=json.dumps(manifest("inputs", spec)))
     stored = json.loads(result.stdout)
     assert stored["spec"] == ModelService.from_body(manifest("inputs", spec)).spec.wire()
+
+
+@pytest.mark.parametrize("uri", ["https://user:hunter2@models.example.com", "ftp://models.example.com/m.onnx?sig=hunter2"])
+def test_a_refused_uri_is_not_echoed_when_it_may_carry_a_secret(cluster: Any, crd: None, uri: str) -> None:
+    """A userinfo password or a presigned query must not reach `kubectl` output or audit logs
+    through the CRD's own error message."""
+    spec = {**VALID, "model": {**VALID["model"], "uri": uri}}
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-",
+                             input=json.dumps(manifest("secret-uri", spec)), check=False)
+    assert result.returncode != 0, "the API server accepted an invalid spec"
+    assert "spec.model.uri" in result.stderr and "not shown here" in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr, result.stderr

@@ -39,7 +39,12 @@ def test_gpu_triton_config_has_dynamic_batching_gpu_instances_and_tensorrt() -> 
     ("spec", "kind", "accelerators"),
     [
         ({"runtime": "triton"}, pb.ModelInstanceGroup.KIND_CPU, []),
-        ({"runtime": "triton", "resources": {"gpu": {"count": 1}}}, pb.ModelInstanceGroup.KIND_GPU, ["tensorrt"]),
+        # TensorRT only where gated (no optimize Job here) or forced: never on by default
+        ({"runtime": "triton", "resources": {"gpu": {"count": 1}}}, pb.ModelInstanceGroup.KIND_GPU, []),
+        ({"runtime": "triton", "resources": {"gpu": {"count": 1}}, "triton": {"tensorrt": True}},
+         pb.ModelInstanceGroup.KIND_GPU, ["tensorrt"]),
+        ({"runtime": "onnxruntime", "resources": {"gpu": {"count": 1}}, "onnxruntime": {"tensorrt": True}},
+         pb.ModelInstanceGroup.KIND_GPU, ["tensorrt"]),
         ({"runtime": "triton", "resources": {"gpu": {"count": 1}}, "triton": {"tensorrt": False}},
          pb.ModelInstanceGroup.KIND_GPU, []),
         ({"runtime": "onnxruntime", "resources": {"gpu": {"count": 1}}}, pb.ModelInstanceGroup.KIND_GPU, []),

@@ -26,7 +26,8 @@ def test_while_the_job_runs_the_previous_deployment_serves_and_ready_says_why() 
         wait=Wait("Optimizing", "generation 3 rolls out once optimize Job j has finished (running)"),
     )
     assert _conds(status) == {"Ready": ("False", "Optimizing"), "Progressing": ("True", "Optimizing"),
-                              "Degraded": ("False", "AsExpected")}
+                              "Degraded": ("False", "AsExpected"), "Stalled": ("False", "AsExpected"),
+                              "Reconciling": ("True", "Optimizing")}
     assert c.find(status["conditions"], "Ready")["message"].endswith("; 2 replicas of the previous spec still serve")
     assert status["variant"] == "ort-all"
 
@@ -38,7 +39,8 @@ def test_a_refused_rollout_is_not_ready_not_progressing_and_degraded() -> None:
         wait=Wait("OptimizationFailed", "optimize Job j failed: error: x; nothing rolls out", blocked=True),
     )
     assert _conds(status) == {"Ready": ("False", "OptimizationFailed"), "Progressing": ("False", "OptimizationFailed"),
-                              "Degraded": ("True", "OptimizationFailed")}
+                              "Degraded": ("True", "OptimizationFailed"), "Stalled": ("True", "OptimizationFailed"),
+                              "Reconciling": ("False", "OptimizationFailed")}
     assert status["variant"] is None
     assert any(t.warning for t in transitions if t.type == "Ready")
 

@@ -103,11 +103,12 @@ def test_a_complete_rollout_is_ready_with_endpoints_and_counts() -> None:
         previous=None, now=T0, desired_hash="h1",
     )
     assert _conds(status) == {"Ready": ("True", "Available"), "Progressing": ("False", "RolloutComplete"),
-                              "Degraded": ("False", "AsExpected")}
+                              "Degraded": ("False", "AsExpected"), "Stalled": ("False", "AsExpected"),
+                              "Reconciling": ("False", "Available")}
     assert status["observedGeneration"] == 1 and status["replicaSummary"] == "2/2"
     assert status["endpoints"] == {"http": "http://svc.ns.svc:8000", "grpc": "svc.ns.svc:8001"}
     assert all(x["observedGeneration"] == 1 and x["lastTransitionTime"] == T0 for x in status["conditions"])
-    assert {t.type for t in transitions} == {"Ready", "Progressing", "Degraded"}
+    assert {t.type for t in transitions} == {"Ready", "Progressing", "Degraded", "Stalled", "Reconciling"}
 
 
 def test_a_rollout_in_progress_is_progressing_and_not_ready_and_says_the_old_version_serves() -> None:
@@ -142,14 +143,17 @@ def test_gpu_shortage_then_capacity_arrives() -> None:
     msvc = _msvc(resources={"gpu": {"count": 1}})
     s1, _ = compute_status(msvc, observed=Observed(deployment(updated=1, ready=0, available=0), [waiting_pod]),
                            previous=None, now=T0, desired_hash="h1")
+    # not Stalled: the rollout still moves (capacity may arrive), so kstatus keeps waiting
     assert _conds(s1) == {"Ready": ("False", "InsufficientGPU"), "Progressing": ("True", "InsufficientGPU"),
-                          "Degraded": ("True", "InsufficientGPU")}
+                          "Degraded": ("True", "InsufficientGPU"), "Stalled": ("False", "AsExpected"),
+                          "Reconciling": ("True", "InsufficientGPU")}
     assert "nvidia.com/gpu" in c.find(s1["conditions"], "Ready")["message"]
     s2, transitions = compute_status(msvc, observed=Observed(deployment(), [pod()]), previous=s1, now=T1, desired_hash="h1")
     assert _conds(s2)["Ready"] == ("True", "Available")
     assert c.find(s2["conditions"], "Ready")["lastTransitionTime"] == T1
     assert [(t.type, t.old_status, t.new_status) for t in transitions] == [
-        ("Ready", "False", "True"), ("Progressing", "True", "False"), ("Degraded", "True", "False")]
+        ("Ready", "False", "True"), ("Progressing", "True", "False"), ("Degraded", "True", "False"),
+        ("Reconciling", "True", "False")]
 
 
 def test_progress_deadline_exceeded_stops_progressing() -> None:
@@ -157,7 +161,9 @@ def test_progress_deadline_exceeded_stops_progressing() -> None:
                                previous=None, now=T0, desired_hash="h1")
     assert _conds(status) == {"Ready": ("False", "ProgressDeadlineExceeded"),
                               "Progressing": ("False", "ProgressDeadlineExceeded"),
-                              "Degraded": ("True", "ProgressDeadlineExceeded")}
+                              "Degraded": ("True", "ProgressDeadlineExceeded"),
+                              "Stalled": ("True", "ProgressDeadlineExceeded"),
+                              "Reconciling": ("False", "ProgressDeadlineExceeded")}
 
 
 def test_steady_state_changes_nothing_and_transition_times_hold() -> None:

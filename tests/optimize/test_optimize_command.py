@@ -63,6 +63,10 @@ def test_dataset_is_used_for_calibration_and_gate(tmp_path, model_file):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["input_source"] == f"dataset {data}" and report["validation_inputs"] == 3
     assert report["gate"] == {"metric": "max_abs", "threshold_mean": 0.5, "threshold_worst": 1.0}
+    # the drift reference of the same dataset, for modelship-server --monitoring-reference (docs/monitoring.md)
+    reference = json.loads((tmp_path / "out" / "reference-profile.json").read_text())
+    assert reference["samples"] == 6 and reference["source"] == f"optimize: dataset {data}"
+    assert reference["features"]["INPUT0[0]"]["count"] == 6
 
 
 def _bad_input(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -181,10 +181,16 @@ def test_summary_fits_a_termination_message(tmp_path):
 def test_default_recipes_gpu_candidates_only_with_a_gpu():
     cpu_only, skipped = cand.default_recipes(cpu_count=4, gpu_unavailable="no driver")
     assert not any(r.kind == "fp16" for r in cpu_only)
-    gpu_skips = [s for s in skipped if s.name in ("fp16-cuda", "tensorrt")]
-    assert len(gpu_skips) == 2 and all("no driver" in s.reason for s in gpu_skips)
+    gpu_skips = [s for s in skipped if s.name in ("fp16-cuda", "tensorrt-fp32", "tensorrt-fp16")]
+    assert len(gpu_skips) == 3 and all("no driver" in s.reason for s in gpu_skips)
     with_gpu, _ = cand.default_recipes(cpu_count=1, gpu_unavailable=None)
     assert any(r.kind == "fp16" and r.providers[0] == "CUDAExecutionProvider" for r in with_gpu)
+    assert {r.name for r in with_gpu if r.kind == "tensorrt"} == {"tensorrt-fp32", "tensorrt-fp16"}
+    # with a GPU the service runs there: only GPU candidates, the CPU-only ones skipped with why
+    assert all(r.on_gpu for r in with_gpu)
+    _, skipped_on_gpu = cand.default_recipes(cpu_count=1, gpu_unavailable=None)
+    ort_all = next(s for s in skipped_on_gpu if s.name == "ort-all")
+    assert "the service runs on the GPU" in ort_all.reason
     assert not any(r.intra_op_threads == 1 for r in with_gpu)  # one core: no thread variant
 
 

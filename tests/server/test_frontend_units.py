@@ -64,7 +64,9 @@ def test_budget_admits_one_request_alone_whatever_its_size():
     ("v2/models/m/versions/3/ready", "_model_ready", {"name": "m", "version": "3"}),
     ("v2/models/m/infer", "_infer", {"name": "m"}),
     ("v2/repository/models/m/load", "_load_unload", {"name": "m", "action": "load"}),
-    ("v2/trace/setting", "_extension", {}),
+    ("v2/trace/setting", "_trace_setting", {}),
+    ("v2/models/m/trace/setting", "_trace_setting", {"name": "m"}),
+    ("v2/logging", "_extension", {}),
 ])
 def test_routes(path, handler, params):
     r, got = route(path.split("/"))

@@ -22,11 +22,36 @@ CPU_ONLY = {"tensorrt": "this onnxruntime build has no TensorrtExecutionProvider
             "cuda": "libcuda.so.1 cannot be loaded (no GPU driver / library)", "cpu": None}
 
 
-def test_order_tensorrt_cuda_cpu_when_all_usable():
+def names(providers):
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+def test_tensorrt_is_not_on_by_default_even_where_usable():
+    """TensorRT's numerics are served only where gated: the config's accelerator turns it on."""
     providers, why = runtime.choose_providers(config(""), runtime.RuntimeOptions(), ALL)
-    assert [p if isinstance(p, str) else p[0] for p in providers] == [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert names(providers) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "tensorrt" not in why
+
+
+def test_order_tensorrt_cuda_cpu_when_asked_and_usable():
+    providers, why = runtime.choose_providers(config(""), runtime.RuntimeOptions(providers=("tensorrt", "cuda", "cpu")),
+                                              ALL)
+    assert names(providers) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert "tensorrt: available" in why
+
+
+def test_tensorrt_accelerator_passes_cache_and_profile():
+    c = config('optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt" '
+               'parameters { key: "precision_mode" value: "FP32" } '
+               'parameters { key: "trt_engine_cache_path" value: "/var/cache/modelship/tensorrt" } '
+               'parameters { key: "trt_profile_min_shapes" value: "x:1x3" } '
+               'parameters { key: "trt_profile_max_shapes" value: "x:8x3" } } ] } }')
+    providers, _ = runtime.choose_providers(c, runtime.RuntimeOptions(), ALL)
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider"
+    assert "trt_fp16_enable" not in options
+    assert options["trt_engine_cache_path"] == "/var/cache/modelship/tensorrt"
+    assert options["trt_profile_min_shapes"] == "x:1x3" and options["trt_profile_max_shapes"] == "x:8x3"
 
 
 def test_falls_back_to_cpu_and_says_why():
@@ -51,7 +76,7 @@ def test_config_accelerator_options_and_server_order():
     providers, _ = runtime.choose_providers(c, runtime.RuntimeOptions(providers=("cuda", "cpu")), ALL)
     assert providers[0][0] == "TensorrtExecutionProvider"
     assert providers[0][1]["trt_fp16_enable"] == "True" and providers[0][1]["device_id"] == "1"
-    assert providers[1] == ("CUDAExecutionProvider", {"device_id": "1"})
+    assert providers[1][0] == "CUDAExecutionProvider" and providers[1][1]["device_id"] == "1"
 
 
 def test_session_options_from_config_and_flags():

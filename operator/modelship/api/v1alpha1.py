@@ -309,6 +309,10 @@ class Optimization(_Model):
 class OnnxRuntimeSettings(_Model):
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
     inter_op_threads: Annotated[int, Field(ge=0, le=256)] | None = None
+    # GPU (docs/gpu.md): unset, TensorRT runs only where the optimize Job's TensorRT variant
+    # passed the gate; true forces it (status says ungated); false keeps it off.
+    tensorrt: bool | None = None
+    tensorrt_precision: Literal["fp32", "fp16"] | None = None  # forced without a gated variant: fp16
 
 
 class TritonSettings(_Model):
@@ -429,6 +433,147 @@ class NetworkPolicySettings(_Model):
     allow_metrics_from: Annotated[list[Peer], Field(max_length=16)] | None = None
 
 
+# -- authentication and TLS of the serving endpoints (docs/security.md) --
+
+_ACCOUNT = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+
+
+class SecretName(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class ServiceAccountAuth(_Model):
+    """Callers' ServiceAccount tokens, checked by the server with a TokenReview."""
+
+    audiences: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=253)]],
+                         Field(max_length=8)] | None = None
+    allowed: Annotated[list[Annotated[str, StringConstraints(pattern=_ACCOUNT, max_length=317)]],
+                       Field(max_length=64)] | None = None
+    subject_access_review: bool = False
+    reviewer_service_account: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "modelship-serving"
+
+
+class ApiKeyAuth(_Model):
+    secret_ref: SecretName
+
+
+class AuthSettings(_Model):
+    enabled: bool = False
+    service_accounts: ServiceAccountAuth | None = None
+    api_keys: ApiKeyAuth | None = None
+    cache_ttl_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+
+    @model_validator(mode="after")
+    def _source(self) -> AuthSettings:
+        if self.enabled and self.service_accounts is None and self.api_keys is None:
+            raise ValueError("spec.auth.enabled needs spec.auth.serviceAccounts or spec.auth.apiKeys "
+                             "(who may call: ServiceAccount tokens, API keys, or both)")
+        return self
+
+
+class TlsSettings(_Model):
+    secret_ref: SecretName  # a kubernetes.io/tls Secret (cert-manager's Certificate writes one)
+    client_auth: bool = False  # mTLS: clients need a certificate signed by the Secret's ca.crt
+
+
+# --- monitoring (spec.monitoring; docs/monitoring.md) ---------------------------------------------
+
+QualityMetric = Literal["accuracy", "precision_micro", "recall_micro", "f1_micro", "precision_macro", "recall_macro",
+                        "f1_macro", "mae", "rmse"]  # contracts.QUALITY_METRICS (a test keeps them equal)
+_CAPTURE_SINK = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?|emptyDir)$"
+
+
+class MonitoringDrift(_Model):
+    """When an input or output counts as drifted: its population stability index above
+    `psiThreshold` and, where the server also runs the two-sample (Kolmogorov-Smirnov) test,
+    that test's p-value below `pValue`; both must agree, which keeps false alarms rare."""
+
+    psi_threshold: Annotated[float, Field(ge=0.01, le=10)] = 0.2
+    p_value: Annotated[float, Field(ge=1e-12, le=0.5)] = 0.01
+    top: Annotated[int, Field(ge=1, le=20)] = 3  # how many tensors status.monitoring.drift lists
+
+
+class MonitoringQuality(_Model):
+    """Online quality from the labels clients send back (POST /v2/models/{m}/feedback).
+    `minimum` bounds the metrics where higher is better, `maximum` the error metrics (mae, rmse);
+    a window with fewer than `minLabels` labels is not judged."""
+
+    metric: QualityMetric = "accuracy"
+    minimum: Annotated[float, Field(ge=0, le=1)] | None = None
+    maximum: Annotated[float, Field(ge=0)] | None = None
+    min_labels: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+
+    @model_validator(mode="after")
+    def _bound(self) -> MonitoringQuality:
+        error_metric = self.metric in ("mae", "rmse")
+        want, other = ("maximum", "minimum") if error_metric else ("minimum", "maximum")
+        if getattr(self, other) is not None:
+            raise ValueError(f"spec.monitoring.quality.{other} does not apply to metric {self.metric} "
+                             f"({'lower' if error_metric else 'higher'} is better); set {want} instead")
+        if getattr(self, want) is None:
+            raise ValueError(f"spec.monitoring.quality.{want} is required for metric {self.metric}")
+        return self
+
+
+class MonitoringCapture(_Model):
+    """Sampled request/response records, written in batches to `sink`: `s3://bucket/prefix`
+    (with `credentials`, else spec.model.credentials), `pvc://claim/path`, or `emptyDir` (the
+    pod's own scratch volume, lost with the pod: for trying it out)."""
+
+    sink: Annotated[str, StringConstraints(max_length=2048, pattern=_CAPTURE_SINK)]
+    sample_rate: Annotated[float, Field(ge=0.0001, le=1)] = 0.1
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 100
+    credentials: SecretRef | None = None
+
+    @pydantic.field_validator("sink")
+    @classmethod
+    def _no_parent(cls, value: str) -> str:
+        if value.startswith("pvc://") and ".." in value.split("/"):
+            raise ValueError(f"spec.monitoring.capture.sink must stay inside its claim (no '..'); got {value}")
+        return value
+
+
+class MonitoringReference(_Model):
+    """What drift is measured against. `fromDataset` (default: true when
+    spec.optimization.dataset is set) profiles that dataset in an init step of each pod; else
+    each pod freezes its first `firstRequests` sampled requests after it starts."""
+
+    from_dataset: bool | None = None
+    first_requests: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+
+
+class Monitoring(_Model):
+    """Profiles of the inputs and outputs, drift against a reference, online quality from
+    labels, and request capture, all inside modelship-server (runtime onnxruntime).
+    `enabled: true` alone gives drift against the first requests (or the dataset)."""
+
+    enabled: bool = False
+    sample_rate: Annotated[float, Field(ge=0.0001, le=1)] = 1.0
+    window: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+    drift: MonitoringDrift = Field(default_factory=MonitoringDrift)
+    quality: MonitoringQuality | None = None
+    capture: MonitoringCapture | None = None
+    reference: MonitoringReference = Field(default_factory=MonitoringReference)
+
+
+OTLP_ENDPOINT = r"^(https?://)?[A-Za-z0-9.\[\]:_-]+(/\S*)?$"
+
+
+class Tracing(_Model):
+    """OpenTelemetry traces of inference requests, exported by OTLP (docs/tracing.md); off by default.
+
+    A root request is sampled at `sampling_ratio`; a caller's sampled `traceparent` is always
+    followed (runtime onnxruntime). Without an endpoint the exporter's default is used
+    (localhost:4317 for gRPC, localhost:4318/v1/traces for HTTP): a collector sidecar.
+    """
+
+    enabled: bool = False
+    # host:port or a URL; http/protobuf without a path gets /v1/traces
+    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=OTLP_ENDPOINT)] | None = None
+    sampling_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+
+
 Runtime = Literal["onnxruntime", "triton"]
 
 
@@ -448,9 +593,18 @@ class ModelServiceSpec(_Model):
     rollout: Rollout = Field(default_factory=Rollout)
     disruption_budget: DisruptionBudget = Field(default_factory=DisruptionBudget)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    # -- authentication and TLS (docs/security.md) --
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings | None = None
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    tracing: Tracing = Field(default_factory=Tracing)
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
+        if self.tls is not None and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.tls applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
+        if self.auth.enabled and self.runtime != "onnxruntime":
+            raise ValueError(f"spec.auth applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.onnxruntime is not None and self.runtime != "onnxruntime":
             raise ValueError(f"spec.onnxruntime applies only to runtime onnxruntime, but spec.runtime is {self.runtime}")
         if self.triton is not None and self.runtime != "triton":
@@ -459,12 +613,40 @@ class ModelServiceSpec(_Model):
             raise ValueError(
                 "spec.triton.tensorrt needs a GPU: set spec.resources.gpu.count to at least 1, or drop tensorrt"
             )
+        if self.onnxruntime is not None and self.onnxruntime.tensorrt and self.resources.gpu.count < 1:
+            raise ValueError(
+                "spec.onnxruntime.tensorrt needs a GPU: set spec.resources.gpu.count to at least 1, or drop tensorrt"
+            )
         if self.autoscaling.enabled and self.autoscaling.engine == "builtin" and self.slo is None:
             raise ValueError(
                 "spec.slo.latencyMilliseconds is required when spec.autoscaling uses the builtin engine, "
                 "which scales on latency"
             )
+        if self.monitoring.enabled and self.runtime != "onnxruntime":
+            raise ValueError(
+                f"spec.monitoring needs runtime onnxruntime (modelship-server computes the profiles, drift and "
+                f"quality; Triton does not), but spec.runtime is {self.runtime}"
+            )
+        if self.monitoring.reference.from_dataset and self.optimization.dataset is None:
+            raise ValueError("spec.monitoring.reference.fromDataset needs spec.optimization.dataset "
+                             "(the dataset the reference is profiled from)")
         return self
+
+    @model_validator(mode="after")
+    def _tracing_runtime(self) -> ModelServiceSpec:
+        if self.tracing.enabled and self.runtime == "triton" and self.tracing.protocol != "http/protobuf":
+            raise ValueError(
+                "spec.tracing.protocol must be http/protobuf for runtime triton (the OpenTelemetry exporter "
+                f"of Triton speaks OTLP over HTTP only), got {self.tracing.protocol}"
+            )
+        return self
+
+    @property
+    def monitoring_reference_from_dataset(self) -> bool:
+        """Whether the reference is profiled from spec.optimization.dataset (the default when
+        one is set) rather than frozen from each pod's first requests."""
+        ref = self.monitoring.reference.from_dataset
+        return self.optimization.dataset is not None if ref is None else ref
 
     @property
     def autoscaler_owns_replicas(self) -> bool:
@@ -555,6 +737,7 @@ class OptimizationStatus(_Model):
     capacity: CapacityStatus | None = None
     gate: str | None = None
     inputs: str | None = None
+    tensorrt: str | None = None  # "gated: ...", "ungated: ..." or "off: ..." (render/model_config.tensorrt_choice)
 
 
 class AutoscalingStatus(_Model):
@@ -572,6 +755,33 @@ class BatchingStatus(_Model):
     max_batch_size: int | None = None
     reason: str | None = None
     message: str | None = None
+
+
+class DriftStatus(_Model):
+    tensor: str | None = None
+    psi: float | None = None
+    p_value: float | None = None
+    drifted: bool | None = None
+
+
+class QualityStatus(_Model):
+    metric: str | None = None
+    value: float | None = None
+    labels: int | None = None
+
+
+class CaptureStatus(_Model):
+    sink: str | None = None
+    written: int | None = None
+    dropped: int | None = None
+
+
+class MonitoringStatus(_Model):
+    reference: str | None = None
+    reference_ready_pods: str | None = None
+    drift: list[DriftStatus] | None = None
+    quality: QualityStatus | None = None
+    capture: CaptureStatus | None = None
 
 
 class CanaryTrackStatus(_Model):
@@ -610,5 +820,6 @@ class ModelServiceStatus(_Model):
     optimization: OptimizationStatus | None = None
     autoscaling: AutoscalingStatus | None = None
     batching: BatchingStatus | None = None
+    monitoring: MonitoringStatus | None = None
     conditions: list[Condition] | None = None
     canary: CanaryStatus | None = None

@@ -66,6 +66,11 @@ class OperatorMetrics:
         self.capacity = Gauge("modelship_operator_capacity_per_replica",
                               "Requests/s per replica the autoscaler plans with (after online correction).",
                               labels, registry=r)
+        # Monitoring (spec.monitoring): the conditions as 1 (True) / 0 (False), absent while Unknown, so the
+        # chart's alerts fire on exactly what `kubectl get msvc` says, thresholds from each spec included.
+        self.monitoring = Gauge("modelship_operator_monitoring_condition",
+                                "DataDrift, QualityDegraded and CaptureDropping: 1 True, 0 False (absent: Unknown).",
+                                labels + ["condition"], registry=r)
 
     def observe_decision(self, key: tuple[str, str], decision: Decision, policy: Policy) -> None:
         ns, name = key
@@ -79,10 +84,19 @@ class OperatorMetrics:
         if decision.observed_requests_per_second is not None:
             self.rate.labels(ns, name).set(decision.observed_requests_per_second)
 
+    def observe_monitoring(self, key: tuple[str, str], conditions: dict[str, str | None]) -> None:
+        """condition type -> "True" / "False" / None (Unknown: the series goes away)."""
+        ns, name = key
+        for condition, status in conditions.items():
+            if status in ("True", "False"):
+                self.monitoring.labels(ns, name, condition).set(1.0 if status == "True" else 0.0)
+            elif (ns, name, condition) in self.monitoring._metrics:
+                self.monitoring.remove(ns, name, condition)
+
     def forget(self, key: tuple[str, str]) -> None:
         """Drop a deleted service's series (a gauge would otherwise report it forever)."""
         for metric in (self.latency, self.slo, self.rate, self.desired, self.max_replicas, self.capacity,
-                       self.decisions):
+                       self.decisions, self.monitoring):
             for labels in list(metric._metrics):  # prometheus-client keeps children by label tuple
                 if tuple(labels[:2]) == key:
                     metric.remove(*labels)

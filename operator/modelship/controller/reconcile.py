@@ -44,6 +44,7 @@ from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
 from modelship.status import optimization
 from modelship.status.compute import Observed, compute_status, rollout_of, status_changed, status_patch
+from modelship.status.monitoring import MONITORING_CONDITIONS
 
 log = logging.getLogger("modelship.reconcile")
 
@@ -390,11 +391,11 @@ class Reconciler:
         meta = body.get("metadata") or {}
         generation = meta.get("generation")
         previous = self._previous(key, body)
-        computed = [
+        computed = c.with_kstatus([
             c.ConditionSpec(c.READY, c.FALSE, reason, message, warning=True),
             c.ConditionSpec(c.PROGRESSING, c.FALSE, reason, message),
             c.ConditionSpec(c.DEGRADED, c.TRUE, reason, message, warning=True),
-        ]
+        ])
         merged, transitions = c.merge(previous.get("conditions"), computed, generation=generation, now=self.clock())
         status = {"observedGeneration": generation, "conditions": merged}
         await self._write_status(key, body, previous, status, transitions)
@@ -411,10 +412,12 @@ class Reconciler:
             log.warning("cannot post Event for %s/%s: %s", meta["namespace"], meta["name"], error)
 
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
-        """One Event per condition transition, shown by `kubectl describe msvc`."""
+        """One Event per condition transition, shown by `kubectl describe msvc` (none for kstatus's restatements)."""
+        if transition.type in (c.STALLED, c.RECONCILING):
+            return
         meta = msvc["metadata"]
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
-            transition.type == c.DEGRADED and transition.new_status == c.TRUE
+            transition.type in (c.DEGRADED, *MONITORING_CONDITIONS) and transition.new_status == c.TRUE
         )
         event = objects.event(
             msvc, reason=transition.reason, message=f"{transition.type}={transition.new_status}: {transition.message}",

@@ -45,6 +45,8 @@ class Component:
     assets: tuple[str, ...] = ()
     # Version stamps a release build sets with -X; `{version}`, `{major}`, `{minor}` are filled in.
     stamps: tuple[str, ...] = ()
+    # Built only when asked for by name (`only=`), never by `make tools`, `make demo` or the plane.
+    on_demand: bool = False
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -95,9 +97,12 @@ COMPONENTS: tuple[Component, ...] = (
         "github.com/johannesboyne/gofakes3",
         (Binary("gofakes3", "github.com/johannesboyne/gofakes3/cmd/gofakes3"),),
     ),
+    # Not part of the plane: a gRPC load generator in Go, for server benchmarks without a Python client.
+    Component("ghz", "github.com/bojand/ghz", (Binary("ghz", "github.com/bojand/ghz/cmd/ghz"),), on_demand=True),
 )
 
-ALL_BINARIES: tuple[str, ...] = tuple(b.name for c in COMPONENTS for b in c.binaries)
+# What a build without `only=` makes: every component but the on-demand ones.
+ALL_BINARIES: tuple[str, ...] = tuple(b.name for c in COMPONENTS if not c.on_demand for b in c.binaries)
 
 
 def tools_dir() -> Path:
@@ -268,8 +273,8 @@ def main() -> int:
     except DevClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, path in paths.items():
-        print(f"{name:24} {path}")
+    for name in ALL_BINARIES:
+        print(f"{name:24} {paths[name]}")
     print(f"control-plane binaries ready in {time.monotonic() - started:.0f}s")
     return 0
 

@@ -67,7 +67,7 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
     ModelService has a uid) and a desired-hash annotation. `measured_capacity`: the optimize
     Job's requests/s per replica, the HPA/KEDA target's base when the spec sets none."""
     artifact = artifact or original(msvc.spec)
-    pbtxt = render_pbtxt(msvc.spec, artifact.batching, artifact.intra_op_threads)
+    pbtxt = render_pbtxt(msvc.spec, artifact.batching, artifact.intra_op_threads, artifact.tensorrt)
     objects: list[dict[str, Any] | None] = [
         render_config_map(msvc, pbtxt=pbtxt),
         render_deployment(msvc, artifact=artifact, config_hash=content_hash(pbtxt)),

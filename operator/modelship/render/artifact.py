@@ -67,6 +67,16 @@ class ModelArtifact:
     # with the same unless spec.onnxruntime.intraOpThreads says otherwise.
     intra_op_threads: int | None = None
     dataset: DatasetFile | None = None  # set: the rebuild reads it, so the pods fetch it first
+    # The variant is a TensorRT one that passed the gate: serve with TensorRT on, as it was timed.
+    tensorrt: GatedTensorRT | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedTensorRT:
+    """The TensorRT settings of a chosen variant (contract SummaryTensorRT)."""
+
+    precision: str  # "fp32" or "fp16"
+    profile: tuple[tuple[str, str], ...] = ()  # (ORT option, shapes text), e.g. trt_profile_min_shapes
 
 
 def original(spec: ModelServiceSpec, *, batching: MeasuredBatching | None = None) -> ModelArtifact:
@@ -74,7 +84,8 @@ def original(spec: ModelServiceSpec, *, batching: MeasuredBatching | None = None
 
 
 def variant(spec: ModelServiceSpec, name: str, apply_args: list[str] | tuple[str, ...],
-            *, batching: MeasuredBatching | None = None, intra_op_threads: int | None = None) -> ModelArtifact:
+            *, batching: MeasuredBatching | None = None, intra_op_threads: int | None = None,
+            tensorrt: GatedTensorRT | None = None) -> ModelArtifact:
     """The optimize Job's chosen variant, rebuilt from the spec's original in every pod (with
     spec.optimization.dataset when its apply_args read one). ValueError, naming what is
     wrong, when the pods could not rebuild it."""
@@ -82,7 +93,7 @@ def variant(spec: ModelServiceSpec, name: str, apply_args: list[str] | tuple[str
         raise ValueError(f"variant {name} has no apply arguments: the pods could not rebuild it")
     return ModelArtifact(uri=spec.model.uri, sha256=spec.model.sha256.lower(), variant=name,
                          apply_args=tuple(apply_args), batching=batching, intra_op_threads=intra_op_threads,
-                         dataset=_dataset_for(spec, name, apply_args))
+                         dataset=_dataset_for(spec, name, apply_args), tensorrt=tensorrt)
 
 
 def _dataset_for(spec: ModelServiceSpec, name: str, apply_args: Sequence[str]) -> DatasetFile | None:

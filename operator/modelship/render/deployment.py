@@ -26,11 +26,18 @@ import json
 from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.render import names, pod
+from modelship.contracts import TENSORRT_CACHE_PATH, TENSORRT_CACHE_VOLUME
+from modelship.render import monitoring, names, pod
 from modelship.render.artifact import ModelArtifact
-from modelship.render.model_config import batching_mode
+from modelship.render.model_config import batching_mode, tensorrt_choice
 from modelship.render.pod import MODEL_REPOSITORY
+from modelship.render.security import server_security
+from modelship.render.tracing import tracing_flags
 
+# With TensorRT on, the server builds its engines before it reports live: up to 20 minutes
+# (2 s x 600) instead of 5, enough for a BERT-base-sized model's fp16 engines on one GPU.
+TENSORRT_STARTUP_FAILURES = 600
+TENSORRT_CACHE_SIZE_LIMIT = "4Gi"
 APPLY_VARIANT = "apply-variant"
 FIT_CONFIG = "fit-config"
 TRITON_WARMUP = "triton-warmup"
@@ -50,11 +57,15 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         init.append(pod.fetch_dataset_container(msvc, uri=artifact.dataset.uri, sha256=artifact.dataset.sha256,
                                                 dest=artifact.dataset.path))
         volumes += pod.dataset_volumes(msvc, artifact.dataset.uri)
+    init += monitoring.fetch_dataset(msvc, artifact)  # the reference's dataset, unless fetched above
+    volumes += monitoring.volumes(msvc, artifact)
     if artifact.apply_args:
         init.append(apply_variant_container(msvc, artifact))
     mode = batching_mode(spec)
     if mode is not None:
         init.append(fit_config_container(msvc, mode))
+    if monitoring.reference_dataset(msvc):  # after apply-variant: checked against the file that serves
+        init.append(monitoring.build_reference_container(msvc, artifact))
     if spec.runtime == "triton" and spec.model.inputs:  # last: its dims follow the fitted batching
         init.append(triton_warmup_container(msvc))
 
@@ -62,12 +73,32 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     server["volumeMounts"] = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        *monitoring.server_mounts(msvc),
     ]
+    sec = server_security(msvc)  # spec.auth and spec.tls (docs/security.md)
+    server["command"] += sec.args
+    server["volumeMounts"] += sec.mounts
+    volumes += sec.volumes
+    if sec.probe_scheme != "HTTP":  # left out otherwise: services without TLS render as before
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            server[kind]["httpGet"]["scheme"] = sec.probe_scheme
+    if env_from := monitoring.server_env_from(msvc):
+        server["envFrom"] = env_from
+    if env := monitoring.server_env(msvc):
+        server["env"] = env
     if spec.runtime == "triton":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
         server["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    if tensorrt_choice(spec, artifact.tensorrt).precision is not None:
+        # Engines are built when the model loads (minutes for a large model): an emptyDir keeps
+        # them across container restarts of this pod (not across pods: each node's GPU builds its own).
+        volumes.append({"name": TENSORRT_CACHE_VOLUME, "emptyDir": {"sizeLimit": TENSORRT_CACHE_SIZE_LIMIT}})
+        server["volumeMounts"].append({"name": TENSORRT_CACHE_VOLUME, "mountPath": TENSORRT_CACHE_PATH})
+        server["startupProbe"] = _probe("/v2/health/live", period=2, failures=TENSORRT_STARTUP_FAILURES)
 
     pod_spec = pod.base_pod_spec(msvc)
+    if sec.service_account is not None:
+        pod_spec["serviceAccountName"] = sec.service_account
     pod_spec.update({
         "terminationGracePeriodSeconds": spec.rollout.termination_grace_period_seconds,
         "initContainers": init,
@@ -202,6 +233,7 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
             "--grpc-port", str(names.GRPC_PORT),
             "--metrics-port", str(names.METRICS_PORT),
             "--termination-log", pod.TERMINATION_LOG,  # why a model failed to load, for the status
+            *monitoring.server_args(msvc),
         ]
     container: dict[str, Any] = {
         "name": "server",
@@ -221,6 +253,10 @@ def _server_container(msvc: ModelService) -> dict[str, Any]:
         "securityContext": pod.container_security(read_only_root=spec.runtime != "triton"),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    trace_flags, trace_env = tracing_flags(msvc)
+    if trace_flags:
+        command += trace_flags
+        container["env"] = [*container.get("env", []), *trace_env]
     if spec.rollout.pre_stop_delay_seconds > 0:
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.rollout.pre_stop_delay_seconds}}}
     return container

@@ -14,8 +14,8 @@ from typing import Any
 from modelship.api.v1alpha1 import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS, ModelServiceSpec,
 )
-from modelship.contracts import INPUTS_CONFIG_PARAMETER
-from modelship.render.artifact import MeasuredBatching
+from modelship.contracts import INPUTS_CONFIG_PARAMETER, TENSORRT_CACHE_PATH
+from modelship.render.artifact import GatedTensorRT, MeasuredBatching
 
 
 # spec.model.inputs travels to the serving pods in config.pbtxt under this key (the same JSON
@@ -80,7 +80,8 @@ def batching_mode(spec: ModelServiceSpec) -> str | None:
 
 
 def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,
-                 intra_op_threads: int | None = None) -> Any:  # tritonclient's ModelConfig (untyped protobuf)
+                 intra_op_threads: int | None = None,
+                 gated_tensorrt: GatedTensorRT | None = None) -> Any:  # tritonclient's ModelConfig (untyped protobuf)
     """The ModelConfig for `spec`: dynamic batching, instance groups, accelerators, and the
     session threads (the spec's, else those the chosen variant was timed with)."""
     from tritonclient.grpc import model_config_pb2 as pb  # heavy; imported on use
@@ -100,14 +101,16 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
     group.kind = pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU
     group.count = spec.triton.instance_count if spec.triton else 1
 
-    if spec.runtime == "triton" and on_gpu and _tensorrt(spec):
+    trt = tensorrt_choice(spec, gated_tensorrt)
+    if trt.precision is not None:  # both runtimes read this accelerator (modelship_server/runtime.py)
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
-        precision = (spec.triton.tensorrt_precision if spec.triton else None) or "fp16"
-        accelerator.parameters["precision_mode"] = precision.upper()
+        accelerator.parameters["precision_mode"] = trt.precision.upper()
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
         accelerator.parameters["trt_engine_cache_enable"] = "true"
-        accelerator.parameters["trt_engine_cache_path"] = "/tmp/trt-cache"
+        accelerator.parameters["trt_engine_cache_path"] = TENSORRT_CACHE_PATH
+        for option, shapes in trt.profile:
+            accelerator.parameters[option] = shapes
 
     ort_settings = spec.onnxruntime
     spec_intra = ort_settings.intra_op_threads if ort_settings is not None else None
@@ -123,19 +126,55 @@ def model_config(spec: ModelServiceSpec, measured: MeasuredBatching | None = Non
     return config
 
 
-def _tensorrt(spec: ModelServiceSpec) -> bool:
-    """TensorRT is on by default on GPU; `spec.triton.tensorrt: false` turns it off."""
-    if spec.triton is not None and spec.triton.tensorrt is not None:
-        return spec.triton.tensorrt
-    return True
+@dataclasses.dataclass(frozen=True)
+class TensorRTChoice:
+    """Whether the pods run TensorRT, and `state` for status.optimization.tensorrt:
+    `gated` (the optimize Job's TensorRT variant passed the accuracy gate and was chosen),
+    `ungated` (forced by the spec, never judged), or `off`."""
+
+    precision: str | None  # None: TensorRT off
+    state: str
+    message: str
+    profile: tuple[tuple[str, str], ...] = ()
+
+
+def forced_tensorrt(spec: ModelServiceSpec) -> tuple[bool | None, str | None]:
+    """(spec's tensorrt switch, its precision) from spec.triton or spec.onnxruntime; None: unset."""
+    for settings in (spec.triton, spec.onnxruntime):
+        if settings is not None and settings.tensorrt is not None:
+            return settings.tensorrt, settings.tensorrt_precision
+    return None, None
+
+
+def tensorrt_choice(spec: ModelServiceSpec, gated: GatedTensorRT | None) -> TensorRTChoice:
+    """TensorRT is on only where the optimize Job's TensorRT variant passed the gate (and was
+    chosen), or where the spec forces it (`tensorrt: true`: then status says it is ungated).
+    Its fp16 numerics are the riskiest we serve, so unset means gated, never on by default."""
+    if spec.resources.gpu.count < 1:
+        return TensorRTChoice(None, "off", "no GPU requested")
+    forced, precision = forced_tensorrt(spec)
+    if forced is False:
+        return TensorRTChoice(None, "off", "turned off by the spec (tensorrt: false)")
+    if forced:
+        wanted = precision or (gated.precision if gated else "fp16")
+        if gated is not None and gated.precision == wanted:
+            return TensorRTChoice(wanted, "gated", f"TensorRT {wanted}: forced by the spec, and it passed the "
+                                                   "optimize Job's accuracy gate", gated.profile)
+        return TensorRTChoice(wanted, "ungated", f"TensorRT {wanted}: forced by the spec (tensorrt: true); "
+                                                 "its accuracy was never checked by the optimize Job's gate")
+    if gated is not None:
+        return TensorRTChoice(gated.precision, "gated", f"TensorRT {gated.precision}: the optimize Job's TensorRT "
+                                                        "variant passed the accuracy gate and was chosen", gated.profile)
+    return TensorRTChoice(None, "off", "off: no TensorRT variant passed the optimize Job's gate and was chosen "
+                                       "(set tensorrt: true to force it, ungated)")
 
 
 def render_pbtxt(spec: ModelServiceSpec, measured: MeasuredBatching | None = None,
-                 intra_op_threads: int | None = None) -> str:
+                 intra_op_threads: int | None = None, gated_tensorrt: GatedTensorRT | None = None) -> str:
     """The text of config.pbtxt, deterministic for a given spec and measured batching."""
     from google.protobuf import text_format
 
-    return text_format.MessageToString(model_config(spec, measured, intra_op_threads))
+    return text_format.MessageToString(model_config(spec, measured, intra_op_threads, gated_tensorrt))
 
 
 def content_hash(text: str) -> str:

@@ -17,7 +17,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.render import names
 from modelship.status import batching
 from modelship.status import conditions as c
-from modelship.status.diagnosis import Problem, diagnose
+from modelship.status.diagnosis import Problem, diagnose, replica_failure
 from modelship.status.optimization import Wait
 
 AVAILABLE = "Available"
@@ -104,7 +104,9 @@ def compute_conditions(
     endpoint = names.endpoints(msvc.metadata.name, msvc.metadata.namespace)["http"]
     if rollout.desired == 0 and rollout.complete:
         return [
-            c.ConditionSpec(c.READY, c.FALSE, SCALED_TO_ZERO, "0 replicas requested: no pod serves"),
+            # Ready, as Knative and KServe say of a service scaled to zero: it is as asked, and
+            # kstatus (Flux) would otherwise wait on it forever.
+            c.ConditionSpec(c.READY, c.TRUE, SCALED_TO_ZERO, "0 replicas requested: no pod serves"),
             c.ConditionSpec(c.PROGRESSING, c.FALSE, ROLLOUT_COMPLETE, "0 replicas requested"),
             c.ConditionSpec(c.DEGRADED, c.FALSE, AS_EXPECTED, "no problem found"),
         ]
@@ -181,10 +183,10 @@ def compute_status(
     """
     previous = previous or {}
     rollout = rollout_of(msvc, observed.deployment, desired_hash)
-    problem = diagnose(observed.pods)
+    problem = diagnose(observed.pods) or replica_failure(observed.deployment)
     replaced = {o.type: o for o in overrides}
-    computed = [replaced.pop(cond.type, cond)
-                for cond in compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait)]
+    computed = c.with_kstatus([replaced.pop(cond.type, cond)
+                               for cond in compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait)])
     computed += list(replaced.values()) + list(extra_conditions)
     merged, transitions = c.merge(
         previous.get("conditions"), computed, generation=msvc.metadata.generation, now=now

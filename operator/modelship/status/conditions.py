@@ -13,6 +13,8 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 OPTIMIZED = "Optimized"  # set by the optimize issue; kept by merge when given
+STALLED = "Stalled"  # kstatus (Flux, kpt, cli-utils): True = stuck until the spec or the cluster changes
+RECONCILING = "Reconciling"  # kstatus: True = not yet Ready, still working on it
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -79,6 +81,37 @@ def merge(
             )
     out.extend(dict(c) for t, c in old.items() if t not in seen)
     return out, transitions
+
+
+def with_kstatus(computed: Iterable[ConditionSpec]) -> list[ConditionSpec]:
+    """Add kstatus's `Reconciling` and `Stalled` conditions, derived from Ready, Progressing and Degraded.
+
+    kstatus (sigs.k8s.io/cli-utils, what Flux waits on) calls a custom resource whose
+    observedGeneration is current InProgress only while `Reconciling` is True, Failed while
+    `Stalled` is True, and Current otherwise: it does not read Ready. Without these two, a
+    ModelService would be Current the moment the operator saw its spec, pods or not. So:
+    Stalled is True when something needs attention (Degraded) and nothing moves towards a fix
+    (not Progressing), with Degraded's reason; Reconciling is True whenever Ready is not True
+    and it is not stalled. Current therefore means Ready. Both restate other conditions, so
+    they have no Events of their own (controller/reconcile.py).
+    """
+    out = list(computed)
+    by_type = {s.type: s for s in out}
+    ready, degraded, progressing = by_type.get(READY), by_type.get(DEGRADED), by_type.get(PROGRESSING)
+    if ready is None or RECONCILING in by_type or STALLED in by_type:
+        return out
+    stalled = degraded is not None and degraded.status == TRUE and (progressing is None or progressing.status != TRUE)
+    if stalled and degraded is not None:
+        out.append(ConditionSpec(RECONCILING, FALSE, degraded.reason, "stalled: " + degraded.message))
+        out.append(ConditionSpec(STALLED, TRUE, degraded.reason, degraded.message))
+        return out
+    if ready.status == TRUE:
+        out.append(ConditionSpec(RECONCILING, FALSE, ready.reason, "the current generation is served"))
+    else:
+        reason = progressing.reason if progressing is not None and progressing.status == TRUE else ready.reason
+        out.append(ConditionSpec(RECONCILING, TRUE, reason, ready.message))
+    out.append(ConditionSpec(STALLED, FALSE, "AsExpected", "not stalled"))
+    return out
 
 
 def find(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:

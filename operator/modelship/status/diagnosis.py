@@ -22,6 +22,7 @@ FETCH_CONTAINER = "fetch-model"
 FETCH_DATASET_CONTAINER = "fetch-dataset"
 APPLY_VARIANT_CONTAINER = "apply-variant"
 FIT_CONFIG_CONTAINER = "fit-config"
+BUILD_REFERENCE_CONTAINER = "build-reference"  # spec.monitoring's reference, from the dataset
 SERVER_CONTAINER = "server"
 
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -54,6 +55,10 @@ DATASET_FIXES = {
 # Rebuilding the optimize Job's chosen variant failed, e.g. its sha256 differs on this node.
 VARIANT_REBUILD_FAILED = "VariantRebuildFailed"
 
+# Profiling spec.optimization.dataset as monitoring's drift reference failed (a dataset that
+# does not fit the model's inputs); the step's last line says why.
+REFERENCE_BUILD_FAILED = "ReferenceBuildFailed"
+
 # spec.batching asks to batch a model that cannot (the fit-config step refused it).
 BATCHING_NOT_SUPPORTED = "BatchingNotSupported"
 CONFIG_FIT_FAILED = "ConfigFitFailed"  # the fit-config step failed otherwise (its log says why)
@@ -61,7 +66,20 @@ CONFIG_FIT_FAILED = "ConfigFitFailed"  # the fit-config step failed otherwise (i
 # termination message (modelship_server.errors, the ModelLoadError reasons).
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 WARMUP_FAILED = "WarmupFailed"
-SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED)
+# spec.tls / spec.auth: the server refused to start with its Secret's files (docs/security.md).
+TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
+AUTH_CONFIG_INVALID = "AuthConfigInvalid"
+SERVER_REASONS = (BATCHING_NOT_SUPPORTED, WARMUP_FAILED, MODEL_LOAD_FAILED, TLS_CERTIFICATE_INVALID,
+                  AUTH_CONFIG_INVALID)
+_SERVER_WHAT = {
+    TLS_CERTIFICATE_INVALID: "the server cannot use the TLS Secret of spec.tls.secretRef",
+    AUTH_CONFIG_INVALID: "the server cannot start authentication as spec.auth asks",
+}
+
+# The Deployment cannot create pods at all (a missing ServiceAccount, a quota, an admission
+# webhook): no pod exists to diagnose, the Deployment's ReplicaFailure condition says why.
+POD_CREATION_FAILED = "PodCreationFailed"
+
 
 # Most actionable first: a wrong URI or checksum will never heal on its own.
 _FETCH_ORDER = (FetchOutcome.INVALID_URI, FetchOutcome.CHECKSUM_MISMATCH, FetchOutcome.ACCESS_DENIED,
@@ -73,10 +91,14 @@ PRIORITY = [
     *(dataset_reason(outcome) for outcome in _FETCH_ORDER),
     DATASET_FETCH_FAILED,
     VARIANT_REBUILD_FAILED,
+    REFERENCE_BUILD_FAILED,
     BATCHING_NOT_SUPPORTED,
     CONFIG_FIT_FAILED,
     WARMUP_FAILED,
     MODEL_LOAD_FAILED,
+    TLS_CERTIFICATE_INVALID,
+    AUTH_CONFIG_INVALID,
+    POD_CREATION_FAILED,
     IMAGE_PULL_FAILED,
     CONTAINER_CONFIG_ERROR,
     CRASH_LOOP,
@@ -109,6 +131,19 @@ def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     if not found:
         return None
     return min(found, key=lambda p: PRIORITY.index(p.reason))
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> Problem | None:
+    """The Deployment's ReplicaFailure condition as a problem, or None."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            message = " ".join(str(condition.get("message") or condition.get("reason") or "").split())
+            hint = ""
+            if "serviceaccount" in message.lower():
+                hint = ("; create the ServiceAccount (spec.auth.serviceAccounts.reviewerServiceAccount, "
+                        "docs/security.md) or fix the name")
+            return Problem(POD_CREATION_FAILED, f"the Deployment cannot create pods: {redact_text(message)}{hint}", "")
+    return None
 
 
 def diagnose_pod(pod: Mapping[str, Any]) -> Problem | None:
@@ -169,14 +204,21 @@ def _container_problem(container: Mapping[str, Any], *, init: bool) -> tuple[str
         return (VARIANT_REBUILD_FAILED,
                 f"rebuilding the optimized variant failed (exit code {failed.get('exitCode')}): "
                 f"{detail[-1] if detail else failed.get('reason', '')}")
+    if init and cname == BUILD_REFERENCE_CONTAINER and failed:
+        detail = (failed.get("message") or "").strip().splitlines()
+        return (REFERENCE_BUILD_FAILED,
+                f"profiling spec.optimization.dataset as the monitoring reference failed (exit code "
+                f"{failed.get('exitCode')}): {detail[-1] if detail else failed.get('reason', '')}; fix the dataset, or "
+                "set spec.monitoring.reference.fromDataset: false to use the first requests")
     if init and cname == FIT_CONFIG_CONTAINER and failed:
         return _reasoned(failed, known=(BATCHING_NOT_SUPPORTED,), fallback=CONFIG_FIT_FAILED,
                          what="fitting config.pbtxt to the model failed")
     if not init and cname == SERVER_CONTAINER and failed:
         line = (failed.get("message") or "").strip()
-        if line.split(":", 1)[0] in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
+        first = line.split(":", 1)[0]
+        if first in SERVER_REASONS:  # modelship-server's own line (Triton's logs are not)
             return _reasoned(failed, known=SERVER_REASONS, fallback=MODEL_LOAD_FAILED,
-                             what="the server could not load the model")
+                             what=_SERVER_WHAT.get(first, "the server could not load the model"))
     if waiting_reason == "CrashLoopBackOff" or (waiting_reason == "RunContainerError"):
         restarts = container.get("restartCount", 0)
         why = ""

@@ -17,9 +17,12 @@ import re
 from typing import Any, Literal, Mapping, Sequence, cast
 
 from modelship.api.v1alpha1 import ModelService
-from modelship.contracts import INPUTS_UNDECLARED_PREFIX, OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, OptimizeSummary
+from modelship.contracts import (
+    INPUTS_UNDECLARED_PREFIX, OPTIMIZE_OUTCOMES, SUMMARY_SCHEMA, TENSORRT_PRECISIONS, OptimizeSummary,
+)
 from modelship.modeluri import redact
-from modelship.render.artifact import MeasuredBatching, ModelArtifact, original, variant
+from modelship.render.artifact import GatedTensorRT, MeasuredBatching, ModelArtifact, original, variant
+from modelship.render.model_config import tensorrt_choice
 from modelship.status import conditions as c
 from modelship.status.diagnosis import diagnose_pod
 
@@ -100,6 +103,7 @@ class Summary:
     truncated: bool = False
     intra_op_threads: int | None = None  # the chosen variant's session threads; None: runtime default
     inputs: str = ""  # what the gate judged on: "dataset <path>" or "generated (N inputs, seed S)"
+    tensorrt: GatedTensorRT | None = None  # the chosen variant is a TensorRT one (it passed the gate)
 
 
 def parse_summary(text: str | None) -> Summary:
@@ -156,7 +160,24 @@ def parse_summary(text: str | None) -> Summary:
         truncated=bool(doc.get("truncated")),
         intra_op_threads=_session_threads(doc.get("session")),
         inputs=_text(doc, "inputs"),
+        tensorrt=_tensorrt(doc.get("tensorrt")),
     )
+
+
+def _tensorrt(raw: Any) -> GatedTensorRT | None:
+    """The chosen variant's TensorRT settings; None when it is not a TensorRT variant."""
+    if raw is None:
+        return None
+    precision = raw.get("precision") if isinstance(raw, dict) else None
+    if precision not in TENSORRT_PRECISIONS:
+        raise SummaryError(f"the optimize summary's tensorrt must be null or an object with precision one of "
+                           f"{', '.join(TENSORRT_PRECISIONS)}; got {_snippet(json.dumps(raw))}")
+    profile = raw.get("profile") or {}
+    if not isinstance(profile, dict) or not all(
+            isinstance(k, str) and k.startswith("trt_profile_") and isinstance(v, str) for k, v in profile.items()):
+        raise SummaryError(f"the optimize summary's tensorrt.profile must map trt_profile_* options to shape "
+                           f"strings; got {_snippet(json.dumps(profile))}")
+    return GatedTensorRT(precision=precision, profile=tuple(sorted(profile.items())))
 
 
 def _text(doc: Mapping[str, Any], key: str) -> str:
@@ -363,11 +384,13 @@ class Decision:
 
 
 def disabled(msvc: ModelService) -> Decision:
+    # On a GPU, status still says whether TensorRT runs: forced (ungated) or off, never gated.
+    gpu = msvc.spec.resources.gpu.count > 0
     return Decision(
         artifact=original(msvc.spec),
         condition=c.ConditionSpec(c.OPTIMIZED, c.FALSE, DISABLED,
                                   "spec.optimization.enabled is false: serving the original model"),
-        status=None,
+        status={"tensorrt": _tensorrt_status(msvc, None)} if gpu else None,
         finished=True,
     )
 
@@ -419,7 +442,7 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
                                     f"serving variant {summary.chosen}, {speed}{spread}{judged}{capacity}")
         try:
             artifact = variant(msvc.spec, summary.chosen, summary.apply_args, batching=batching,
-                               intra_op_threads=summary.intra_op_threads)
+                               intra_op_threads=summary.intra_op_threads, tensorrt=summary.tensorrt)
         except ValueError as error:  # the pods could not rebuild it: as good as a failed Job
             return decide(msvc, job_name, JobResult("failed", detail=str(error)))
     elif summary.outcome == "baseline":
@@ -435,7 +458,15 @@ def decide(msvc: ModelService, job_name: str, result: JobResult) -> Decision:
                                     f"every variant failed the accuracy gate{gate}{_closest_by_gate(summary)}; "
                                     f"serving the original{capacity}")
         artifact = original(msvc.spec, batching=batching)
+    if msvc.spec.resources.gpu.count > 0:
+        status["tensorrt"] = _tensorrt_status(msvc, artifact.tensorrt)
     return Decision(artifact=artifact, condition=condition, status=status, finished=True)
+
+
+def _tensorrt_status(msvc: ModelService, gated: GatedTensorRT | None) -> str:
+    """status.optimization.tensorrt: `<state>: <why>` (gated, ungated or off)."""
+    choice = tensorrt_choice(msvc.spec, gated)
+    return f"{choice.state}: {choice.message}"
 
 
 def _inputs_failure(detail: str) -> tuple[str, str]:

@@ -10,17 +10,20 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import onnx
 import onnxruntime as ort
 from pydantic import BaseModel
 
+from . import gpu_candidates as gpu
 from .inputs import Feed
 from .sensitivity import ranked_once
 from .workfolder import shared_file
 
-Kind = Literal["baseline", "ort_all", "transformer_fusion", "dynamic_int8", "static_int8", "fp16"]
+# tensorrt: the original file, run by ONNX Runtime's TensorRT provider (engines built when the
+# session opens); the variant is the provider and its options, not a new file.
+Kind = Literal["baseline", "ort_all", "transformer_fusion", "dynamic_int8", "static_int8", "fp16", "tensorrt"]
 # Ops whose int8 versions lose too much (normalisation, softmax): left in float in static QDQ.
 STATIC_EXCLUDED_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "SkipLayerNormalization",
                                         "SimplifiedLayerNormalization", "GroupNormalization")
@@ -48,6 +51,12 @@ class Recipe(BaseModel):
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     graph_optimization_level: Literal["basic", "all"] = "all"
     providers: list[str] = ["CPUExecutionProvider"]
+    # Options of the first provider (TensorRT's precision and optimization profile).
+    provider_options: dict[str, str] = {}
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class Skipped(BaseModel):
@@ -77,11 +86,22 @@ def has_convolutions(model: onnx.ModelProto) -> bool:
 
 
 def default_recipes(cpu_count: int | None = None, gpu_unavailable: str | None = "unchecked",
-                    transformer: bool = False, convolutional: bool = False) -> tuple[list[Recipe], list[Skipped]]:
-    """The candidate list, and the candidates that cannot run here with the reason."""
+                    transformer: bool = False, convolutional: bool = False,
+                    availability: Mapping[str, str | None] | None = None,
+                    profile: tuple[gpu.Profile | None, str] | None = None) -> tuple[list[Recipe], list[Skipped]]:
+    """The candidate list, and the candidates that cannot run here with the reason.
+
+    GPU candidates follow `availability` (runtime.provider_availability(); by default measured
+    here, or both GPU providers unusable for `gpu_unavailable`); `profile` is the TensorRT
+    optimization profile (gpu_candidates.tensorrt_profile), None: none declared."""
     cpus = cpu_count or os.cpu_count() or 1
-    if gpu_unavailable == "unchecked":
-        gpu_unavailable = gpu_reason()
+    if availability is None:
+        if gpu_unavailable == "unchecked":
+            from modelship_server.runtime import provider_availability
+
+            availability = provider_availability()
+        else:
+            availability = {"cuda": gpu_unavailable, "tensorrt": gpu_unavailable}
     recipes = [Recipe(name="ort-all", kind="ort_all")]
     skipped: list[Skipped] = []
     if transformer:
@@ -109,21 +129,39 @@ def default_recipes(cpu_count: int | None = None, gpu_unavailable: str | None = 
                               op_types=["Conv"]))
     if cpus > 1:  # one thread per request can beat a contended pool for small models
         recipes.append(Recipe(name="ort-all-1-thread", kind="ort_all", intra_op_threads=1))
-    if gpu_unavailable is None:
-        recipes.append(Recipe(name="fp16-cuda", kind="fp16",
-                              providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
-        skipped.append(Skipped(name="tensorrt", reason="TensorRT engines are built per GPU model at serve time; "
-                                                       "not a candidate of the offline search yet"))
-    else:
-        skipped += [Skipped(name="fp16-cuda", reason=f"no GPU provider: {gpu_unavailable}"),
-                    Skipped(name="tensorrt", reason=f"no GPU provider: {gpu_unavailable}")]
+    skipped += [Skipped(name=name, reason=why) for name, why in gpu.gpu_plan(availability)[1]]
+    on_gpu = gpu_recipes(availability, profile)
+    if on_gpu:
+        # The Job runs on the service's hardware: with a usable GPU the service runs there, so a
+        # CPU-only variant would be timed on a device it is not served on. The baseline is the
+        # original on CUDA (search.py), and the candidates are the GPU ones.
+        skipped += [Skipped(name=r.name, reason="the service runs on the GPU (CUDA is usable here): CPU-only variants "
+                                                "are not candidates there") for r in recipes]
+        return on_gpu, skipped
     return recipes, skipped
 
 
-def baseline_recipe() -> Recipe:
+def gpu_recipes(availability: Mapping[str, str | None],
+                profile: tuple[gpu.Profile | None, str] | None = None) -> list[Recipe]:
+    """The GPU candidates that can run here (gpu_candidates.gpu_plan): fp16 on CUDA, and the
+    original on TensorRT in fp32 and fp16 with the declared optimization profile."""
+    shapes = profile[0] if profile else None
+    made = {
+        "fp16-cuda": lambda: Recipe(name="fp16-cuda", kind="fp16", providers=[gpu.CUDA, gpu.CPU]),
+        "tensorrt-fp32": lambda: Recipe(name="tensorrt-fp32", kind="tensorrt", providers=[gpu.TRT, gpu.CUDA, gpu.CPU],
+                                        provider_options=gpu.tensorrt_options(False, shapes)),
+        "tensorrt-fp16": lambda: Recipe(name="tensorrt-fp16", kind="tensorrt", providers=[gpu.TRT, gpu.CUDA, gpu.CPU],
+                                        provider_options=gpu.tensorrt_options(True, shapes)),
+    }
+    return [made[name]() for name in gpu.gpu_plan(availability)[0]]
+
+
+def baseline_recipe(on_gpu: bool = False) -> Recipe:
     """The original file as the server would run it (all of ONNX Runtime's online
-    optimizations, default threads): what every candidate must beat, and the fallback."""
-    return Recipe(name="baseline", kind="baseline", graph_optimization_level="all")
+    optimizations, default threads; on CUDA where the Job has a GPU, as it is served there):
+    what every candidate must beat, and the fallback."""
+    providers = [gpu.CUDA, gpu.CPU] if on_gpu else ["CPUExecutionProvider"]
+    return Recipe(name="baseline", kind="baseline", graph_optimization_level="all", providers=providers)
 
 
 def session_options(recipe: Recipe) -> ort.SessionOptions:
@@ -142,8 +180,21 @@ def session_options(recipe: Recipe) -> ort.SessionOptions:
     return options
 
 
+def session_providers(recipe: Recipe, path: Path) -> list[str | tuple[str, dict[str, str]]]:
+    """The recipe's providers, the first with its options; TensorRT's engine cache goes in a
+    folder beside the candidate's file (the work folder), so a candidate opened twice (gate,
+    then timing) builds its engines once."""
+    providers: list[str | tuple[str, dict[str, str]]] = list(recipe.providers)
+    if recipe.provider_options or recipe.providers[0] == gpu.TRT:
+        options = dict(recipe.provider_options)
+        if recipe.providers[0] == gpu.TRT:
+            options.setdefault("trt_engine_cache_path", str(path.parent / "tensorrt-cache" / recipe.name))
+        providers[0] = (recipe.providers[0], options)
+    return providers
+
+
 def open_session(recipe: Recipe, path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(recipe), providers=recipe.providers)
+    return ort.InferenceSession(str(path), session_options(recipe), providers=session_providers(recipe, path))
 
 
 class _Reader:
@@ -281,6 +332,8 @@ def build(recipe: Recipe, source: Path, workdir: Path, calibration: list[Feed]) 
         shutil.copyfile(shared_file(workdir, "fused", source, _fuse_transformer), target)
     elif recipe.kind in ("dynamic_int8", "static_int8"):
         _quantize(recipe, source, workdir, target, calibration)
+    elif recipe.kind == "tensorrt":  # the provider is the variant: the file is the original's
+        shutil.copyfile(source, target)
     elif recipe.kind == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

@@ -183,6 +183,16 @@ def _feeds(args: argparse.Namespace, model, *, strict: bool = True) -> tuple[lis
     return calibration, validation, source
 
 
+def _tensorrt_profile(args: argparse.Namespace, model):  # noqa: ANN001, ANN202
+    """The TensorRT optimization profile from --inputs and the batch range 1..--max-batch-size."""
+    from modelship_server.feeds import parse_hints
+
+    from .gpu_candidates import tensorrt_profile
+    from .inputs import input_specs
+
+    return tensorrt_profile(input_specs(model), parse_hints(args.inputs, where="--inputs"), args.max_batch_size)
+
+
 def _apply(args: argparse.Namespace) -> int:
     from .apply import apply, parse_recipe
     from .builds import quiet_quantizer
@@ -229,11 +239,12 @@ def _run(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output folder {args.output}: {exc}") from None
+    write_reference(args.output, calibration + validation, source)
     search_budget = split_budget(args.budget_seconds, args.capacity_seconds) - (time.monotonic() - started)
     try:
         report = optimize(args.model, args.output, calibration, validation, gate, input_source=source,
                           budget_seconds=search_budget, rounds=args.timing_rounds, calls=args.timing_calls,
-                          workers=args.build_workers)
+                          workers=args.build_workers, tensorrt_profile=_tensorrt_profile(args, model))
     except BaselineFailed as exc:
         fix = "fix the dataset" if args.dataset is not None else "declare the inputs' shapes and values (--inputs)"
         raise UsageError(f"{exc}; {fix}") from None
@@ -254,6 +265,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.termination_log:
         _write(args.termination_log, summary(report))
     return 0
+
+
+def write_reference(output: Path, feeds: list, source: str) -> None:
+    """reference-profile.json: the drift reference (docs/monitoring.md) of the inputs judged on."""
+    import json
+
+    from modelship_server.monitoring.reference import build_reference
+
+    unique = list({id(f): f for f in feeds}.values())  # without a split the halves are the same feeds
+    try:
+        doc = build_reference(unique, source=f"optimize: {source}")
+        (output / "reference-profile.json").write_text(json.dumps(doc))
+    except (OSError, ValueError, TypeError) as exc:  # monitoring's reference must never fail the optimization
+        print(f"modelship optimize: warning: no reference-profile.json: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from modelship.contracts import SUMMARY_LIMIT, SUMMARY_SCHEMA, OptimizeSummary
+from modelship.contracts import SUMMARY_LIMIT, SUMMARY_SCHEMA, OptimizeSummary, SummaryTensorRT
 
 from .candidates import Recipe
 from .capacity import Capacity
@@ -71,6 +71,16 @@ def outcome_of(chosen: str, candidates: list[Candidate]) -> Outcome:
     return "baseline"
 
 
+def tensorrt_summary(recipe: Recipe) -> SummaryTensorRT | None:
+    """The chosen recipe's TensorRT settings, or None when the choice is not a TensorRT one:
+    the serving pods turn TensorRT on from this alone (it passed the gate)."""
+    if recipe.kind != "tensorrt":
+        return None
+    options = recipe.provider_options
+    return {"precision": "fp16" if options.get("trt_fp16_enable") == "True" else "fp32",
+            "profile": {k: v for k, v in options.items() if k.startswith("trt_profile_")}}
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -121,6 +131,7 @@ def summary(report: Report, limit: int = SUMMARY_LIMIT) -> str:
         f"{report.gate.metric} mean<={report.gate.threshold_mean:g} worst<={report.gate.threshold_worst:g}",
         "inputs": report.input_source[:160],
         "candidates": rows,
+        "tensorrt": tensorrt_summary(report.chosen_recipe),
     }
     text = json.dumps(doc, separators=(",", ":"))
     while len(text.encode()) > limit and doc["candidates"]:

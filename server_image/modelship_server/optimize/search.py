@@ -21,7 +21,9 @@ import onnxruntime as ort
 
 from . import candidates as cand
 from .builds import Builds, Built, available_memory_bytes, usable_cpus, worker_count
+from . import gpu_candidates as gpu
 from .gate import GateSpec, evaluate
+from .gpu_candidates import explain_failure
 from .inputs import Feed
 from .report import Candidate, Report, outcome_of
 from .timing import (MIN_PAIRED_ROUNDS, TimingStats, Verdict, beats, cost_seconds, open_verdicts, paired_verdict, plan, speedup,
@@ -91,6 +93,11 @@ def _timed_run(session: ort.InferenceSession, feeds: list[Feed],
 MIN_TIMING_ROUNDS, MIN_TIMING_CALLS = 3, 2
 
 
+def gpu_fallback(recipe: cand.Recipe, got: list[str]) -> str | None:
+    """Why a GPU candidate's session is not on its provider (None when it is, or for CPU ones)."""
+    return gpu.fallback_reason(recipe.providers[0], got) if recipe.on_gpu else None
+
+
 class BuildFailed(Exception):
     """A candidate's build raised; the message is the build's own error."""
 
@@ -117,9 +124,10 @@ class _Search:
     def say(self, line: str) -> None:
         print(f"[optimize {self.clock() - self.start:6.1f}s] {line}", file=self.progress, flush=True)
 
-    def baseline(self) -> None:
-        """The original file itself: no copy, it is only read (and copied out if it stays the choice)."""
-        recipe, path = cand.baseline_recipe(), self.model
+    def baseline(self, on_gpu: bool = False) -> None:
+        """The original file itself: no copy, it is only read (and copied out if it stays the choice).
+        On CUDA where the Job has a GPU: GPU candidates must beat the original as served there."""
+        recipe, path = cand.baseline_recipe(on_gpu), self.model
         self.sessions["baseline"] = cand.open_session(recipe, path)
         try:
             self.reference, self.per_call_ms["baseline"] = _timed_run(self.sessions["baseline"], self.validation,
@@ -162,8 +170,20 @@ class _Search:
             if built.path is None:
                 raise BuildFailed(built.error or "no file")
             session = cand.open_session(recipe, built.path)
+            fallback = gpu_fallback(recipe, session.get_providers())
+            if fallback is not None:  # ORT quietly ran it on what was left: not the candidate it claims to be
+                self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="skipped", reason=fallback)
+                self.say(f"{recipe.name}: skipped, {fallback}")
+                return
             outputs, call_ms = _timed_run(session, self.validation, self.clock)
         except Exception as exc:  # noqa: BLE001 - a recipe that does not apply to this model is a finding, not a crash
+            if recipe.on_gpu and not isinstance(exc, BuildFailed):
+                # a provider that cannot take this model (an op TensorRT lacks, a library missing):
+                # skipped with why, and the search goes on
+                why = explain_failure(recipe.providers[0], str(exc))
+                self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="skipped", reason=why)
+                self.say(f"{recipe.name}: skipped, {why}")
+                return
             detail = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {str(exc)[:200]}"
             self.results[recipe.name] = Candidate(name=recipe.name, recipe=recipe, status="rejected",
                                                   reason=f"build failed: {detail}")
@@ -246,7 +266,8 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
              *, input_source: str, budget_seconds: float = 600.0, rounds: int = 7, calls: int = 10,
              recipes: list[cand.Recipe] | None = None, skipped: list[cand.Skipped] | None = None,
              workers: int | None = None, progress: TextIO = sys.stderr,
-             clock: Callable[[], float] = time.monotonic) -> Report:
+             clock: Callable[[], float] = time.monotonic,
+             tensorrt_profile: tuple[gpu.Profile | None, str] | None = None) -> Report:
     """Run the whole search and write output_dir/model.onnx; the report says what happened.
 
     `budget_seconds` bounds the whole search: a candidate is built only if, after the longest
@@ -261,7 +282,8 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
 
         graph = onnx.load(str(model), load_external_data=False)
         recipes, default_skipped = cand.default_recipes(transformer=cand.looks_like_transformer(graph),
-                                                        convolutional=cand.has_convolutions(graph))
+                                                        convolutional=cand.has_convolutions(graph),
+                                                        profile=tensorrt_profile)
         skipped = default_skipped if skipped is None else skipped
     skipped = skipped or []
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +292,7 @@ def optimize(model: Path, output_dir: Path, calibration: list[Feed], validation:
     with tempfile.TemporaryDirectory(prefix="modelship-optimize-") as tmp, \
             Builds(model, Path(tmp), calibration, workers) as builds:
         builds.start()  # workers start up while the baseline runs
-        search.baseline()
+        search.baseline(on_gpu=any(r.on_gpu for r in recipes))
         search.say(f"baseline ready; {len(recipes)} candidates, budget {budget_seconds:g}s, {workers} build "
                    f"worker{'s' if workers > 1 else ''}")
         search.build_all(recipes, builds)

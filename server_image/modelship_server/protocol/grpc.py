@@ -10,6 +10,9 @@ its size is charged to the byte budget before parsing (RESOURCE_EXHAUSTED with a
 retry-after trailer when over), a message that does not parse is an
 INVALID_ARGUMENT (in a stream: an error for that message, and the stream goes
 on), and a large one is parsed and decoded off the event loop.
+
+With auth on, one interceptor (`AuthInterceptor`) asks the gate before any method but
+ServerLive/ServerReady runs: UNAUTHENTICATED or PERMISSION_DENIED with the gate's message.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -24,12 +28,16 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 from .. import __version__
+from ..auth import Gate
+from ..auth.decide import FORBIDDEN, OPEN_GRPC_METHODS, UNAVAILABLE, Verdict
 from ..budget import ByteBudget
 from ..codecs import grpc as codec
 from ..codecs import grpc_wire
 from ..dataplane import DataPlane
 from ..errors import InvalidInput, Overloaded, ServingError, Unavailable
 from ..messages import InferRequest
+from .grpc_monitoring import handler as monitoring_handler
+from ..tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,9 @@ def _parse_and_decode(raw: bytes) -> tuple[pb.ModelInferRequest, InferRequest | 
 
 
 class InferenceService:
-    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None) -> None:
+    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None, tracer: Tracer | None = None) -> None:
         self.dp = dataplane
+        self.tracer = tracer
         self.budget = budget or ByteBudget(1 << 62)
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-decode")
 
@@ -120,7 +129,31 @@ class InferenceService:
             models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.dp.repository_index(request.ready)]
         )
 
-    async def _infer(self, raw: bytes, deadline_s: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, raw: bytes, deadline_s: float | None, context=None, method: str = "ModelInfer"):
+        """One inference, traced when tracing is on and the request is sampled (its context from the metadata)."""
+        tracer = self.tracer
+        if tracer is None or context is None:
+            return await self._infer_untraced(raw, deadline_s, None)
+        parent = state = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                parent = value
+            elif key == "tracestate":
+                state = value
+        trace = tracer.start(f"{SERVICE}/{method}", parent, state, {
+            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "modelship.protocol": "grpc"})
+        if trace is None:
+            return await self._infer_untraced(raw, deadline_s, None)
+        error = None
+        try:
+            return await self._infer_untraced(raw, deadline_s, trace)
+        except BaseException as exc:
+            error = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            trace.finish(error)
+
+    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace) -> pb.ModelInferResponse:
         """One inference from the message's bytes: budget, parse, look up, decode, run, encode."""
         size = len(raw)
         reserved = self.budget.try_reserve(size)
@@ -150,19 +183,26 @@ class InferenceService:
             del raw, msg, contents
             if deadline_s is not None and (req.timeout_s is None or deadline_s < req.timeout_s):
                 req.timeout_s = max(deadline_s, 1e-6)
-            return codec.encode_response(await self.dp.infer(req))
+            if trace is None:
+                return codec.encode_response(await self.dp.infer(req))
+            trace.decoded_ns = time.perf_counter_ns()
+            trace.attributes = {"modelship.model": req.model, "modelship.version": req.version}
+            req.trace = trace
+            result = await self.dp.infer(req)
+            trace.encode_ns = time.perf_counter_ns()
+            return codec.encode_response(result)
         finally:
             self.budget.release(reserved)
 
     @_mapped
     async def ModelInfer(self, request: bytes, context):
-        return await self._infer(request, context.time_remaining())
+        return await self._infer(request, context.time_remaining(), context)
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Each message gets its own answer; a bad one is answered with its error and the stream goes on.
         async for raw in request_iterator:
             try:
-                resp = await self._infer(raw, None)
+                resp = await self._infer(raw, None, context, "ModelStreamInfer")
             except ServingError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message,
                                                   infer_response=_echo_ids(raw))
@@ -179,7 +219,14 @@ class InferenceService:
     RepositoryModelLoad = RepositoryModelUnload = _unsupported
     SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = _unsupported
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
-    TraceSetting = LogSettings = _unsupported
+    LogSettings = _unsupported
+
+    @_mapped
+    async def TraceSetting(self, request, context):
+        changes = {k: list(v.value) for k, v in request.settings.items()}
+        current = self.dp.trace_setting(request.model_name, changes)
+        return pb.TraceSettingResponse(
+            settings={k: pb.TraceSettingResponse.SettingValue(value=v) for k, v in current.items()})
 
 
 def _echo_ids(raw: bytes) -> pb.ModelInferResponse:
@@ -217,13 +264,57 @@ def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None) -> grpc.aio.Server:
+_CODES = {FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE}
+
+
+def _refusal(handler: grpc.RpcMethodHandler, verdict: Verdict) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers the verdict's status and nothing else."""
+    code = _CODES.get(verdict.outcome, grpc.StatusCode.UNAUTHENTICATED)
+
+    async def refuse(request, context):  # noqa: ARG001
+        await context.abort(code, verdict.message)
+
+    async def refuse_stream(request_iterator, context):  # noqa: ARG001
+        await context.abort(code, verdict.message)
+        yield  # pragma: no cover - makes this an async generator, as a streaming handler must be
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The gRPC side of the auth gate: one check per call, before its handler runs."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def intercept_service(self, continuation, details):
+        if details.method.rsplit("/", 1)[-1] in OPEN_GRPC_METHODS:
+            return await continuation(details)
+        header = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                header = value
+                break
+        verdict = self.gate.quick(header)
+        if verdict is None:
+            verdict = await self.gate.review(header)
+        handler = await continuation(details)
+        if verdict.allowed or handler is None:
+            return handler
+        return _refusal(handler, verdict)
+
+
+def make_server(dataplane: DataPlane, *, max_message_size: int, budget: ByteBudget | None = None,
+                gate: Gate | None = None, tracer: Tracer | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(gate)] if gate is not None else None,
         options=[
             ("grpc.max_receive_message_length", max_message_size),
             ("grpc.max_send_message_length", max_message_size),
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget)),))
+    server.add_generic_rpc_handlers((_handlers(InferenceService(dataplane, budget, tracer)), monitoring_handler(dataplane)))
     return server

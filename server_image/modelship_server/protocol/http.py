@@ -13,7 +13,12 @@ request), so this module is the HTTP server. What it guards, and why here:
   body is read (503 + Retry-After when over); reads pause while `max_pipelined`
   requests wait on the connection or while the client is not reading its
   responses (`pause_writing`), so one connection holds a bounded amount;
-- `Expect: 100-continue` is answered at once, or refused with the final status.
+- `Expect: 100-continue` is answered at once, or refused with the final status;
+- who: with auth on, every path but health asks the gate once its headers are in
+  (`_pre_admit`: no credential, a bad one, an API key, a cached verdict), so a refused
+  request's body is never read nor charged to the budget; a token the cache does not know
+  waits for its review in `_admit`, in turn. 401 / 403 with a message that never holds the
+  credential (docs/security.md).
 
 Requests on one connection are answered in order (pipelining-safe); only
 inference awaits, everything else is answered inline.
@@ -24,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 import zlib
 
 import httptools
 
 from ..codecs import rest as codec
+from ..auth.decide import NO_CLIENT_CERT, OPEN_HTTP_PATHS
 from ..errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
 from .requests import HttpRequest
 from .rest import RestApp, route
@@ -36,13 +43,18 @@ from .rest import RestApp, route
 log = logging.getLogger(__name__)
 
 _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Payload Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 _JSON = b"application/json"
 _OCTET = b"application/octet-stream"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHALLENGE = b'WWW-Authenticate: Bearer realm="modelship"\r\n'
+
+
+_perf_ns = time.perf_counter_ns
 
 # Where a connection is in its current request.
 _IDLE, _HEAD, _BODY = 0, 1, 2
@@ -58,6 +70,7 @@ class HttpConnection(asyncio.Protocol):
         "body", "body_size", "content_length", "header_length", "content_encoding", "accept_encoding",
         "expect_continue", "verdict", "reserved", "answered", "queue", "busy", "closing", "state", "since",
         "last_rx", "write_paused", "read_paused", "served", "paused_at", "path", "parts",
+        "authorization", "client_cert", "authorized", "traceparent", "tracestate",
     )
 
     def __init__(self, app: RestApp) -> None:
@@ -74,6 +87,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_raw = 0
         self.served = 0
         self.paused_at = 0.0
+        self.client_cert = False
         self._reset()
 
     def _reset(self) -> None:
@@ -90,9 +104,13 @@ class HttpConnection(asyncio.Protocol):
         self.content_encoding = None
         self.accept_encoding = None
         self.expect_continue = False
+        self.authorization = None
+        self.authorized = False
         self.verdict = None
         self.reserved = 0
         self.answered = False
+        self.traceparent = None
+        self.tracestate = None
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -108,6 +126,8 @@ class HttpConnection(asyncio.Protocol):
                              "(--http-max-connections); retry later", close=True, retry_after=1)
             return
         app.connections.add(self)
+        if app.require_client_cert:
+            self.client_cert = bool(transport.get_extra_info("peercert"))
         transport.set_write_buffer_limits(high=limits.write_buffer_high)
 
     def connection_lost(self, exc) -> None:
@@ -223,6 +243,12 @@ class HttpConnection(asyncio.Protocol):
             self.accept_encoding = value.lower()
         elif n == b"expect":
             self.expect_continue = value.lower() == b"100-continue"
+        elif n == b"authorization":
+            self.authorization = value
+        elif n == b"traceparent":
+            self.traceparent = value.decode("latin-1")
+        elif n == b"tracestate":
+            self.tracestate = value.decode("latin-1")
 
     def _reject_head(self) -> None:
         limits = self.app.limits
@@ -240,8 +266,14 @@ class HttpConnection(asyncio.Protocol):
         self.path = path = self.url.split(b"?", 1)[0].decode("latin-1")
         self.parts = path.strip("/").split("/")
         size = self.content_length or 0
+        denied = self._pre_admit() if app.gate is not None or app.require_client_cert else None
         refusal = app.refuse_early(self.parser.get_method(), self.parts) if size else None
-        if size > app.max_body_size:
+        if denied is not None:
+            # Refused before its body is read or reserved: an unauthenticated client cannot
+            # spend the byte budget that authenticated ones need.
+            self.verdict = (denied.http_status, denied.message, self.expect_continue,
+                            1 if denied.http_status == 503 else None)
+        elif size > app.max_body_size:
             self.verdict = (413, f"request body of {size} bytes exceeds the limit of {app.max_body_size} bytes "
                                  "(--http-max-body-size)", True, None)
         elif refusal is not None:
@@ -302,7 +334,7 @@ class HttpConnection(asyncio.Protocol):
         req = HttpRequest(
             self.parser.get_method(), self.path, self.parts, body, self.header_length,
             self.content_encoding, self.accept_encoding, self.parser.should_keep_alive(),
-            self.reserved, self.verdict,
+            self.reserved, self.verdict, self.authorization, self.authorized, self.traceparent, self.tracestate,
         )
         self.reserved = 0
         self.body = []
@@ -333,6 +365,9 @@ class HttpConnection(asyncio.Protocol):
             self._done(req)
             self._send_error(status, message, close=close or not keep_alive, retry_after=retry)
             return
+        if (self.app.gate is not None or self.app.require_client_cert) and not req.authorized \
+                and not self._admit(req):
+            return
         try:
             r, params = route(req.parts)
             if req.method not in r.methods:
@@ -358,6 +393,66 @@ class HttpConnection(asyncio.Protocol):
             log.exception("unexpected error on %s", req.path)
             self._send_error(500, f"internal error: {type(exc).__name__}: {exc}", close=not keep_alive)
 
+    def _pre_admit(self):
+        """What the gate decides without the network, once the headers are in: a refusal (then
+        answered before the body is read), or None (`authorized` says whether it may go on, or
+        whether `_admit` must wait for a token review)."""
+        if tuple(self.parts) in OPEN_HTTP_PATHS:
+            self.authorized = True
+            return None
+        if self.app.require_client_cert and not self.client_cert:
+            return NO_CLIENT_CERT
+        gate = self.app.gate
+        verdict = gate.quick(self.authorization) if gate is not None else None
+        if gate is None or (verdict is not None and verdict.allowed):
+            self.authorized = True
+            return None
+        return verdict
+
+    def _admit(self, req: HttpRequest) -> bool:
+        """Whether `req`, which `_pre_admit` could not decide, may go on now; otherwise it is
+        answered (401/403) or waits for a token review."""
+        if tuple(req.parts) in OPEN_HTTP_PATHS:
+            return True
+        if self.app.require_client_cert and not self.client_cert:
+            self._refuse(req, NO_CLIENT_CERT)
+            return False
+        gate = self.app.gate
+        if gate is None:
+            return True
+        verdict = gate.quick(req.authorization)
+        if verdict is None:
+            self.busy = True
+            _run_eagerly(gate.review(req.authorization), lambda v, exc: self._reviewed(req, v, exc))
+            return False
+        if verdict.allowed:
+            return True
+        self._refuse(req, verdict)
+        return False
+
+    def _reviewed(self, req: HttpRequest, verdict, exc) -> None:
+        self.busy = False
+        if self.closing:
+            self._done(req)
+            return
+        if exc is not None:
+            log.error("token review failed: %r", exc)
+            self._done(req)
+            self._send_error(500, "internal error while checking the credential", close=not req.keep_alive)
+        elif verdict.allowed:
+            req.authorized = True
+            self._dispatch(req)
+        else:
+            self._refuse(req, verdict)
+        self._drain_queue()
+
+    def _refuse(self, req: HttpRequest, verdict) -> None:
+        self._done(req)
+        extra = _CHALLENGE if verdict.http_status == 401 else b""
+        if verdict.http_status == 503:
+            extra = b"Retry-After: 1\r\n"
+        self._send(verdict.http_status, codec.error_body(verdict.message), _JSON, req.keep_alive, extra)
+
     def _done(self, req: HttpRequest) -> None:
         """The request no longer holds its bytes: give them back to the budget."""
         if req.reserved:
@@ -369,9 +464,24 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self._done(req)
         keep_alive = req.keep_alive
+        trace = req.trace
+        if trace is not None:
+            req.trace = None
+            if exc is None and not self.closing:
+                trace.encode_ns = _perf_ns()
+            try:
+                self._answer_infer(req, result, exc, keep_alive)
+            finally:
+                trace.finish(None if exc is None else _error_text(exc))
+            return
+        self._answer_infer(req, result, exc, keep_alive)
+
+    def _answer_infer(self, req: HttpRequest, result, exc, keep_alive: bool) -> None:
         if self.closing:
             return
-        if exc is None:
+        if exc is None and isinstance(result, tuple):  # an async route's (status, JSON body)
+            self._send(result[0], result[1], _JSON, keep_alive)
+        elif exc is None:
             try:
                 header, chunks, header_length = codec.encode_response(result)
             except Exception as e:  # noqa: BLE001
@@ -411,6 +521,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _send_error(self, status: int, message: str, close: bool, retry_after: int | None = None) -> None:
         extra = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
+        if status == 401:
+            extra += _CHALLENGE
         self._send(status, codec.error_body(message), _JSON, not close, extra)
 
     def _send(self, status: int, body, content_type: bytes, keep_alive: bool,
@@ -441,6 +553,10 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             t.close()
             self.closing = True
+
+
+def _error_text(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
 
 
 def _run_eagerly(coro, on_done) -> None:

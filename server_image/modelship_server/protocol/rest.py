@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 from urllib.parse import unquote
 
+from ..auth import Gate
 from ..budget import ByteBudget
 from ..codecs import rest as codec
 from ..dataplane import DataPlane
 from ..errors import InvalidInput, ModelNotFound, ServingError, Unavailable, Unsupported
 from ..messages import InferResponse
 from ..settings import HttpLimits
+from ..tracing import Tracer
 from .requests import HttpRequest
 
 # Bodies larger than this are decoded on a worker thread, so the event loop (and the
@@ -104,6 +107,12 @@ def _model_stats(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
 
 async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     name, version = _name(p)
+    tracer = app.tracer
+    if tracer is not None:
+        # Sampled or not is decided here, once; the connection ends the trace when it has answered.
+        req.trace = tracer.start("POST /v2/models/{name}/infer", req.traceparent, req.tracestate, {
+            "http.request.method": "POST", "url.path": req.path, "modelship.model": name,
+            "modelship.version": version, "modelship.protocol": "http"})
     app.dp.check_model(name, version)  # 404 / 503 before looking at the body
     body = req.body
     try:
@@ -116,7 +125,108 @@ async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     except InvalidInput as exc:
         app.dp.count_rejected(name, version, "http", exc)
         raise
+    if req.trace is not None:
+        req.trace.decoded_ns = time.perf_counter_ns()
+        request.trace = req.trace
     return await app.dp.infer(request)
+
+
+def _monitoring(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    return 200, codec.dumps(app.dp.monitoring_snapshot(*_name(p)))
+
+
+async def _feedback(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    """One `{"id", "label"}`, a list of them, or `{"items": [...]}`: 200 when every item joined,
+    else 400 naming each failure (the items that joined stay joined: nothing is lost).
+
+    An id this replica does not hold but another made (`<id>@<host:port>.<tag>`) is forwarded to
+    that replica once, in one request per replica; a forwarded request is never forwarded again.
+    """
+    name, version = _name(p)
+    try:
+        doc = codec._loads(req.body or b"")
+    except (ValueError, RecursionError) as exc:
+        app.dp.feedback(name, version, [None])  # counted as invalid
+        raise InvalidInput(f"feedback body is not valid JSON: {exc}") from None
+    forwarded = isinstance(doc, dict) and doc.get("forwarded") is True
+    items = doc if isinstance(doc, list) else doc["items"] if isinstance(doc, dict) and isinstance(doc.get("items"), list) \
+        else [doc]
+    results = app.dp.feedback(name, version, items)
+    if not forwarded:
+        peers: dict[str, list[int]] = {}
+        for i, r in enumerate(results):
+            target = app.dp.forward_target(name, r["id"]) if r["outcome"] == "unknown_id" else None
+            if target is not None:
+                peers.setdefault(target, []).append(i)
+        for target, idx in peers.items():
+            answer = await _forward(app, target, p, [items[i] for i in idx])
+            if isinstance(answer, str):
+                for i in idx:
+                    results[i]["error"] += f" (forwarding to the replica at {target} failed: {answer})"
+                continue
+            app.dp.forwarded(name, version, len(idx))
+            for i, r in zip(idx, answer):
+                results[i] = {**r, "replica": target}
+    failed = [r for r in results if r["outcome"] != "joined"]
+    body: dict[str, Any] = {"joined": len(results) - len(failed), "results": results}
+    if failed:
+        body["error"] = "; ".join(f"{r['outcome']}: {r['error']}" for r in failed[:5]) + (
+            f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return 400, codec.dumps(body)
+    return 200, codec.dumps(body)
+
+
+async def _forward(app: RestApp, target: str, p: dict, items: list) -> list[dict] | str:
+    """POST items to the replica at `target`: its per-item results, or why it could not answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    path = f"/v2/models/{p['name']}" + (f"/versions/{p['version']}" if p.get("version") else "") + "/feedback"
+    data = json.dumps({"forwarded": True, "items": items}).encode()
+
+    def post() -> list[dict] | str:
+        req = urllib.request.Request(f"http://{target}{path}", data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - http, an IP-literal peer (forward_target)
+                return json.loads(r.read())["results"]
+        except urllib.error.HTTPError as e:
+            try:
+                return json.loads(e.read())["results"]
+            except (ValueError, KeyError):
+                return f"HTTP {e.code}"
+        except (OSError, ValueError, KeyError) as e:
+            return str(e)[:200]
+
+    answer = await asyncio.get_running_loop().run_in_executor(app.decoder, post)
+    if isinstance(answer, list) and len(answer) != len(items):
+        return f"it answered {len(answer)} results for {len(items)} items"
+    return answer
+
+
+def _trace_setting(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
+    """GET reads, POST changes (Triton's body: {"trace_rate": "100", "trace_level": ["TIMESTAMPS"]}, null resets)."""
+    changes: dict[str, list[str]] = {}
+    if req.method == b"POST" and req.body:
+        try:
+            doc = codec._loads(req.body)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidInput(f"the trace setting body must be a JSON object, got {type(doc).__name__}")
+        for key, value in doc.items():
+            if value is None:
+                changes[key] = []
+            elif isinstance(value, str):
+                changes[key] = [value]
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                changes[key] = value
+            else:
+                raise InvalidInput(f"trace setting {key!r}: expected a string, a list of strings or null, got {value!r}")
+    name = unquote(p["name"]) if "name" in p else ""
+    current = app.dp.trace_setting(name, changes)
+    return 200, codec.dumps({k: v[0] if k != "trace_level" else v for k, v in current.items()})
 
 
 def _extension(app: RestApp, req: HttpRequest, p: dict) -> tuple[int, bytes]:
@@ -141,11 +251,15 @@ ROUTES: list[Route] = [
     Route(("v2", "repository", "index"), _repository_index),
     Route(("v2", "repository", "models", "{name}", "{action}"), _load_unload),
     Route(("v2", "models", "stats"), _all_stats),
+    Route(("v2", "trace", "setting"), _trace_setting),
+    Route(("v2", "models", "{name}", "trace", "setting"), _trace_setting),
     *_model_routes("infer", _infer, methods=_POST, infer=True),
     *_model_routes("", _model_metadata),
     *_model_routes("ready", _model_ready),
     *_model_routes("config", _model_config),
     *_model_routes("stats", _model_stats),
+    *_model_routes("monitoring", _monitoring, methods=frozenset((b"GET", b"HEAD"))),
+    *_model_routes("feedback", _feedback, methods=_POST, infer=True),
 ]
 _EXTENSIONS = frozenset(("systemsharedmemory", "cudasharedmemory", "trace", "logging"))
 _BY_LENGTH: dict[int, list[Route]] = {}
@@ -170,8 +284,12 @@ class RestApp:
     """What every HTTP connection shares: the data plane, the byte budget, the limits."""
 
     def __init__(self, dataplane: DataPlane, *, max_body_size: int, budget: ByteBudget | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, gate: Gate | None = None,
+                 require_client_cert: bool = False, tracer: Tracer | None = None) -> None:
         self.dp = dataplane
+        self.gate = gate  # None: no authentication (the default)
+        self.require_client_cert = require_client_cert  # mTLS: the TLS layer asked, this layer refuses
+        self.tracer = tracer
         self.max_body_size = max_body_size
         self.budget = budget or ByteBudget(1 << 62)
         self.limits = limits or HttpLimits()

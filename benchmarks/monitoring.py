@@ -1,0 +1,260 @@
+"""Monitoring benchmarks (docs/monitoring.md): drift detection delay and false alarms, the same
+stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv, and the cost of
+--monitoring on a served model.
+
+    .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
+    .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
+    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4]
+    .venv/bin/python benchmarks/monitoring.py path [--calls 100000]
+    ... --json docs/benchmarks/monitoring-<what>.json
+
+The stream: 10 features, each N(0, 1), one row per request (batch 1). The reference is 1000
+rows; windows hold 1000 rows and slide by 100 (the server's defaults). A shift adds 0.5 (half a
+standard deviation) to feature 3 from request `s` on; the delay is the number of requests from
+`s` to the first window that flags feature 3. A false alarm is a window evaluation (every 100
+requests) that flags any feature on a stationary stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FEATURES, SHIFTED, SHIFT = 10, 3, 0.5
+REF, WINDOW, STEP = 1000, 1000, 100
+PRE = 1000  # stationary requests after the reference and before the shift
+POST = 4000  # requests after the shift: the delay is capped here
+
+
+def streams(trials: int, stationary: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shifted = rng.normal(size=(trials, REF + PRE + POST, FEATURES))
+    shifted[:, REF + PRE:, SHIFTED] += SHIFT
+    return {"shifted": shifted, "stationary": rng.normal(size=(REF + stationary, FEATURES))}
+
+
+# -- ours: the server's ModelMonitor, in process -----------------------------------------------
+
+
+def _monitor(ref_rows: np.ndarray):
+    from modelship_server.monitoring.monitor import ModelMonitor
+    from modelship_server.monitoring.reference import build_reference
+    from modelship_server.settings import MonitoringSettings
+
+    ref = build_reference([{"x": ref_rows.astype(np.float32)}], model="m")
+    return ModelMonitor("m", {"x": "FP32"}, {}, True, MonitoringSettings(enabled=True, window=WINDOW), ref)
+
+
+def ours_windows(rows: np.ndarray):
+    """Yield (request index, set of flagged features) at each window evaluation."""
+    mon = _monitor(rows[:REF])
+    drift = mon.drift["x"]
+    last = None
+    for i in range(REF, len(rows), STEP):
+        # A window slides by exactly STEP rows (one block), so STEP rows at once give the same
+        # evaluations as STEP one-row requests (the server batches what its profiler drains, too).
+        mon.observe({"x": rows[i:i + STEP].astype(np.float32)}, {})
+        if drift.scores is not None and drift.scores is not last:
+            last = drift.scores
+            yield i + STEP - 1 - REF, {f for f, s in zip(drift.names, drift.scores) if s.drifted}
+
+
+def evaluate(window_fn, data: dict[str, np.ndarray]) -> dict:
+    delays, wrong = [], 0
+    for t in range(data["shifted"].shape[0]):
+        delay = None
+        for i, flagged in window_fn(data["shifted"][t]):
+            if i >= PRE and f"x[{SHIFTED}]" in flagged:
+                delay = i - PRE + 1
+                break
+            if i < PRE and flagged:
+                wrong += 1
+        delays.append(delay if delay is not None else float("inf"))
+    windows = alarms = 0
+    for _, flagged in window_fn(data["stationary"]):
+        windows += 1
+        alarms += bool(flagged)
+    d = np.array(delays, dtype=float)
+    return {
+        "trials": len(delays), "detected": int(np.isfinite(d).sum()),
+        "delay_requests_median": float(np.median(d)), "delay_requests_max": float(d.max()),
+        "delay_requests_all": [x if np.isfinite(x) else None for x in d.tolist()],
+        "stationary_requests": int(data["stationary"].shape[0] - REF), "windows": windows, "false_alarm_windows": alarms,
+        "false_alarm_rate": alarms / windows if windows else None, "pre_shift_false_alarms": wrong,
+    }
+
+
+# -- the anchor: alibi-detect KSDrift, run by the anchor's python on the same stream ----------
+
+ANCHOR = r'''
+import json, sys, numpy as np, alibi_detect
+from alibi_detect.cd import KSDrift
+REF, WINDOW, STEP, PRE, SHIFTED = %d, %d, %d, %d, %d
+data = np.load(sys.argv[1])
+def windows(rows):
+    cd = KSDrift(rows[:REF], p_val=0.01, correction="bonferroni")
+    for end in range(REF + WINDOW, len(rows) + 1, STEP):
+        pred = cd.predict(rows[end - WINDOW:end], drift_type="feature", return_p_val=True)["data"]
+        yield end - REF - 1, {f"x[{j}]" for j, d in enumerate(pred["is_drift"]) if d}
+'''
+
+
+def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "stream.npz"
+        np.savez(npz, **data)
+        script = ANCHOR % (REF, WINDOW, STEP, PRE, SHIFTED) + "\n" + inspect.getsource(evaluate) + (
+            "\nout = evaluate(windows, {k: data[k] for k in data.files})\n"
+            "out['versions'] = {'alibi-detect': alibi_detect.__version__, 'numpy': np.__version__}\n"
+            "print(json.dumps(out))\n")
+        done = subprocess.run([python, "-c", script, str(npz)], capture_output=True, text=True, timeout=900)
+        if done.returncode:
+            raise SystemExit(f"anchor failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- cost: the same model served with monitoring off and on, interleaved rounds ----------------
+
+
+def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
+    from compare import free_port  # type: ignore[import-not-found]
+
+    from modelship_server import bench, samples
+    from modelship_server.readiness import wait_until_ok
+
+    repo = Path(tempfile.mkdtemp(prefix="mon-cost-"))
+    samples.write_model(repo, "mlp", samples.mlp(), "max_batch_size: 16\ndynamic_batching { }\n")
+    procs, urls = {}, {}
+    try:
+        for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
+            hp, gp, mp = free_port(), free_port(), free_port()
+            procs[name] = subprocess.Popen([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
+                                            "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
+                                            "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
+                                            str(gp), "--metrics-port", str(mp), *extra],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            urls[name] = f"127.0.0.1:{hp}"
+            wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
+        results: dict[str, list] = {"off": [], "on": []}
+        for r in range(rounds):
+            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                target = bench._Target(urls[name], "http", "mlp", "", 1, {}, "random", True)
+                res = bench.run_level_async(target, concurrency, warmup_s=1.0, measure_s=seconds)
+                results[name].append(res)
+                print(f"round {r + 1} {name:>3}: {res.throughput_req_s:8.0f} req/s  p50 {res.latency_p50_ms:.3f} ms"
+                      f"  p99 {res.latency_p99_ms:.3f} ms  errors {res.errors}", flush=True)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=30)
+
+    def agg(name: str) -> dict:
+        rs = results[name]
+        return {"req_s": float(np.mean([x.throughput_req_s for x in rs])),
+                "p50_ms": float(np.median([x.latency_p50_ms for x in rs])),
+                "p99_ms": float(np.median([x.latency_p99_ms for x in rs])),
+                "errors": int(sum(x.errors for x in rs))}
+    off, on = agg("off"), agg("on")
+    return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
+            "sample_rate": sample_rate, "a_a": aa,
+            "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
+            "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
+            "p50_added_ms": on["p50_ms"] - off["p50_ms"]}
+
+
+# -- path: what --monitoring adds to one request, measured in process --------------------------
+
+
+def path(calls: int) -> dict:
+    """Time the request-path hook (id, prediction store, sampling, queue) per call, and the
+    profiler's CPU per request when it drains batches; the same model shapes as `cost`."""
+    from types import SimpleNamespace
+
+    from modelship_server.messages import InferRequest, Tensor
+    from modelship_server.monitoring.monitor import Monitoring
+    from modelship_server.settings import MonitoringSettings
+
+    hub = Monitoring(MonitoringSettings(enabled=True, peer_address="10.0.0.5:8000"))
+    hub._stop.set()  # no profiler thread: the queue is drained below, timed on its own
+    spec = SimpleNamespace(name="INPUT0", datatype="FP32")
+    out = SimpleNamespace(name="OUTPUT0", datatype="FP32")
+    model = SimpleNamespace(name="mlp", version="1", inputs=[spec], outputs=[out], policy=SimpleNamespace(max_batch_size=16),
+                            output_specs={"OUTPUT0": out}, model_path=None)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(1, 64)).astype(np.float32), rng.normal(size=(1, 10)).astype(np.float32)
+    hook = np.empty(calls)
+    perf = time.perf_counter
+    for i in range(calls):
+        req = InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], x)])
+        t0 = perf()
+        req.id = hub.new_id(model)
+        hub.after_infer(model, req, {"OUTPUT0": y})
+        hook[i] = perf() - t0
+        if len(hub.queue) >= 1000:  # drain as the profiler would, timed apart
+            hub.queue.clear()
+    mon = hub.monitors["mlp"]
+    batches = [[({"INPUT0": x}, {"OUTPUT0": y})] * 100 for _ in range(40)]
+    t0 = perf()
+    for b in batches[:10]:
+        mon.observe_many(b)  # the first 1000 requests: the frozen reference
+    t1 = perf()
+    for b in batches[10:]:
+        mon.observe_many(b)
+    t2 = perf()
+    us = hook * 1e6
+    return {"calls": calls, "hook_us_p50": float(np.percentile(us, 50)), "hook_us_p99": float(np.percentile(us, 99)),
+            "hook_us_mean": float(us.mean()),
+            "profiler_us_per_request_collecting": (t1 - t0) / 1000 * 1e6,
+            "profiler_us_per_request_drained_by_100": (t2 - t1) / 3000 * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("detection", help="ours: detection delay and false alarms, in process")
+    a = sub.add_parser("anchor", help="alibi-detect KSDrift on the same stream, with its own python")
+    a.add_argument("--python", required=True, help="python of a venv with alibi-detect installed")
+    for q in (d, a):
+        q.add_argument("--trials", type=int, default=20)
+        q.add_argument("--stationary", type=int, default=100_000)
+        q.add_argument("--seed", type=int, default=0)
+    pa = sub.add_parser("path", help="per-request cost of the hook and the profiler, in process")
+    pa.add_argument("--calls", type=int, default=100_000)
+    c = sub.add_parser("cost", help="throughput and p99 with --monitoring on vs off, same run")
+    c.add_argument("--seconds", type=float, default=8.0)
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--concurrency", type=int, default=4)
+    c.add_argument("--sample-rate", type=float, default=1.0, help="--monitoring-sample-rate of the `on` server")
+    c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
+    for q in (d, a, c, pa):
+        q.add_argument("--json", type=Path, help="write the result here too")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    if args.what == "cost":
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa)
+    elif args.what == "path":
+        out = path(args.calls)
+    else:
+        data = streams(args.trials, args.stationary, args.seed)
+        out = evaluate(ours_windows, data) if args.what == "detection" else anchor(args.python, data)
+    out["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    out["wall_s"] = round(time.monotonic() - started, 1)
+    out["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()
+    print(json.dumps({k: v for k, v in out.items() if k != "delay_requests_all"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

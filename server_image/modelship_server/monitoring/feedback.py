@@ -1,0 +1,63 @@
+"""The bounded store of recent predictions by request id, joined to labels that arrive later.
+
+An OrderedDict in insertion (= time) order: inserting evicts from the old end everything past
+its TTL and anything over `max_entries`, so memory is bounded by max_entries x (one prediction
++ ~250 bytes) whatever the traffic. Evicted ids are remembered (ids only, as many again) so
+late feedback is answered `expired` rather than `unknown_id`. Used on the event-loop thread only.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable
+
+import numpy as np
+
+JOINED, UNKNOWN, EXPIRED, INVALID = "joined", "unknown_id", "expired", "invalid"
+
+
+class PredictionStore:
+    def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self.entries: collections.OrderedDict[str, tuple[float, np.ndarray]] = collections.OrderedDict()
+        self.gone: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, request_id: str, predicted: np.ndarray) -> None:
+        now = self.clock()
+        entries = self.entries
+        entries[request_id] = (now, predicted)
+        entries.move_to_end(request_id)
+        while entries:
+            oldest_id, (t, _) = next(iter(entries.items()))
+            if len(entries) <= self.max_entries and now - t <= self.ttl_s:
+                break
+            entries.popitem(last=False)
+            self._forget(oldest_id)
+
+    def _forget(self, request_id: str) -> None:
+        self.gone[request_id] = None
+        while len(self.gone) > self.max_entries:
+            self.gone.popitem(last=False)
+
+    def lookup(self, request_id: str) -> tuple[str, np.ndarray | None]:
+        """(JOINED, prediction) for a live id, else (EXPIRED | UNKNOWN, None); the id stays until `consume`."""
+        hit = self.entries.get(request_id)
+        if hit is None:
+            return (EXPIRED if request_id in self.gone else UNKNOWN), None
+        t, predicted = hit
+        if self.clock() - t > self.ttl_s:
+            del self.entries[request_id]
+            self._forget(request_id)
+            return EXPIRED, None
+        return JOINED, predicted
+
+    def consume(self, request_id: str) -> None:
+        """A label joined: the id takes no second one (a repeat is answered `expired`)."""
+        if self.entries.pop(request_id, None) is not None:
+            self._forget(request_id)

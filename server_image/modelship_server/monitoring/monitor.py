@@ -1,0 +1,507 @@
+"""Per-model monitoring state, and the hub the data plane hands every answered request to.
+
+On the request path (event-loop thread) the hub only: gives the request an id when it has none,
+remembers the prediction for feedback, and, for sampled requests, appends references to the
+input and output arrays to a bounded queue (full: dropped and counted). One worker thread
+drains the queue and does the profiling: features, statistics, the reference (frozen from the
+first sampled requests when no file is given) and the drift windows.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import os
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from ..settings import MonitoringSettings
+from . import feedback as fb
+from .capture import CaptureWriter, DirSink, S3Sink
+from .drift import Score
+from .drift import scores as drift_scores
+from .profile import ColumnStats, is_classifier_output, predicted_class, tensor_features
+from .quality import QualityWindow
+from .reference import ReferenceInvalid, check_against_model, from_features
+
+log = logging.getLogger("modelship_server.monitoring")
+
+BLOCKS = 10  # a window slides by a tenth of its size
+QUEUE_MAX = 8192  # sampled requests waiting for the profiler
+DRAIN_S = 0.1  # the profiler wakes this often and takes everything queued: fewer, larger numpy calls
+
+
+def replica_key(model_path: Any) -> bytes:
+    """The key a model's replicas share to tag the ids they make: MODELSHIP_MONITORING_KEY when
+    set (a Secret), else a digest of the model file's size and first MiB, which every replica of
+    the same model has and a client without the file does not."""
+    env = os.environ.get("MODELSHIP_MONITORING_KEY")
+    if env:
+        return env.encode()
+    digest = hashlib.sha256(b"modelship-feedback-ids")
+    try:
+        with open(model_path, "rb") as f:
+            digest.update(str(os.fstat(f.fileno()).st_size).encode())
+            digest.update(f.read(1 << 20))
+    except (OSError, TypeError):
+        pass
+    return digest.digest()
+
+
+class TensorDrift:
+    """The drift windows of every feature of one tensor, as matrices: the last `window` samples
+    binned like the reference, in BLOCKS blocks (a window slides by a tenth of its size)."""
+
+    def __init__(self, names: list[str], ref_features: list[dict], window: int, psi_t: float, p_t: float) -> None:
+        self.names = names
+        n = len(names)
+        width = max([len(f["edges"]) for f in ref_features] + [1])
+        self.k = width + 1
+        self.edges = np.full((n, width), np.inf)
+        self.ref = np.zeros((n, self.k))
+        self.valid = np.zeros((n, self.k), bool)
+        for j, f in enumerate(ref_features):
+            e = len(f["edges"])
+            self.edges[j, :e] = f["edges"]
+            self.ref[j, :e + 1] = f["counts"]
+            self.valid[j, :e + 1] = True
+        self.window = window
+        self.block_size = max(1, window // BLOCKS)
+        self.blocks: collections.deque[np.ndarray] = collections.deque(maxlen=BLOCKS)
+        self.current = np.zeros((n, self.k), np.int64)
+        self.current_n = 0
+        self.scores: list[Score] | None = None
+        self.psi_t, self.p_t = psi_t, p_t
+        self._offsets = np.arange(n) * self.k
+
+    def add(self, m: np.ndarray) -> None:
+        """Add rows of the feature matrix (columns in `names` order)."""
+        n, k = len(self.names), self.k
+        while m.shape[0]:  # blocks hold exactly block_size rows, so a window is exactly `window`
+            take = min(m.shape[0], self.block_size - self.current_n)
+            part, m = m[:take], m[take:]
+            idx = (part[:, :, None] > self.edges[None, :, :]).sum(axis=2) + self._offsets
+            idx = np.where(np.isfinite(part), idx, n * k)  # NaN / inf: counted by the stats, not binned
+            self.current += np.bincount(idx.ravel(), minlength=n * k + 1)[:n * k].reshape(n, k)
+            self.current_n += take
+            if self.current_n >= self.block_size:
+                self.blocks.append(self.current)
+                self.current = np.zeros((n, k), np.int64)
+                self.current_n = 0
+                if len(self.blocks) == BLOCKS:
+                    self.scores = drift_scores(self.ref, np.sum(self.blocks, axis=0), self.valid, self.psi_t, self.p_t)
+
+    @property
+    def samples(self) -> int:
+        return len(self.blocks) * self.block_size + self.current_n
+
+
+class ModelMonitor:
+    """Everything monitored about one model (all its versions together)."""
+
+    def __init__(self, name: str, inputs: dict[str, str], outputs: dict[str, str], batched: bool,
+                 cfg: MonitoringSettings, reference: dict | None, reference_path: str = "") -> None:
+        self.name = name
+        self.inputs, self.outputs, self.batched = inputs, outputs, batched
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        self.reference: dict | None = None
+        self.reference_source = ""
+        self.collected = 0
+        self.collecting: dict[str, list[np.ndarray]] = {}
+        self.names: dict[str, list[str]] = {}  # tensor -> its feature names, as first seen
+        self.stats: dict[str, ColumnStats] = {}
+        self.drift: dict[str, TensorDrift] = {}
+        self.profiled = 0
+        self.dropped = 0
+        self.store = fb.PredictionStore(cfg.feedback_ttl_s, cfg.feedback_max_entries)
+        self.quality_output = next(iter(outputs), "")
+        self.quality: QualityWindow | None = None
+        self.feedback_counts = {o: 0 for o in (fb.JOINED, fb.UNKNOWN, fb.EXPIRED, fb.INVALID)}
+        if reference is not None:
+            self._use_reference(reference, f"file {reference_path}" if reference_path else "given")
+
+    @property
+    def windows(self) -> dict[str, Any]:
+        """Per feature: an object with `score` (the latest Score or None) and `samples`."""
+        out: dict[str, Any] = {}
+        for d in self.drift.values():
+            for j, fname in enumerate(d.names):
+                out[fname] = _FeatureView(d.scores[j] if d.scores else None, d.samples)
+        return out
+
+    # -- profiling (worker thread) --------------------------------------------
+
+    def _use_reference(self, ref: dict, source: str) -> None:
+        self.reference = ref
+        self.reference_source = source
+        self.collecting = {}
+        by_tensor: dict[str, list[str]] = {}
+        for fname, f in ref["features"].items():
+            by_tensor.setdefault(f["tensor"], []).append(fname)
+        for tensor, fnames in by_tensor.items():
+            names = self.names.setdefault(tensor, fnames)
+            if names != fnames:  # the reference's order is the one drift uses
+                self.names[tensor] = names = fnames
+                self.stats.pop(tensor, None)
+            self.drift[tensor] = TensorDrift(names, [ref["features"][n] for n in names], self.cfg.window,
+                                             self.cfg.psi_threshold, self.cfg.p_value)
+            st = self.stats.setdefault(tensor, ColumnStats(len(names)))
+            st.low = np.array([float(ref["features"][n].get("min", -np.inf)) for n in names])
+            st.high = np.array([float(ref["features"][n].get("max", np.inf)) for n in names])
+
+    def _features(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Tensor -> feature matrix in the order of self.names[tensor]; a tensor whose features
+        do not match the ones first seen (its shape changed) is left out."""
+        out: dict[str, np.ndarray] = {}
+        for role, tensors, types in (("input", inputs, self.inputs), ("output", outputs, self.outputs)):
+            for tname, arr in tensors.items():
+                dt = types.get(tname)
+                if dt is None:
+                    continue
+                names, m = tensor_features(tname, dt, arr, batched=self.batched, output=role == "output")
+                known = self.names.setdefault(tname, names)
+                if known == names:
+                    out[tname] = m
+                elif set(known) <= set(names):
+                    out[tname] = m[:, [names.index(n) for n in known]]
+        return out
+
+    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        self.observe_many([(inputs, outputs)])
+
+    def observe_many(self, batch: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
+        """Profile sampled requests; the worker hands over all it drained at once, so a busy
+        server pays a few numpy calls per tensor per batch, not per feature per request."""
+        with self.lock:
+            i = 0
+            if self.reference is None:
+                take = min(len(batch), self.cfg.reference_size - self.collected)
+                merged = self._merge(batch[:take])
+                for t, m in merged.items():
+                    self.collecting.setdefault(t, []).append(m)
+                self._stats(merged)
+                self.collected += take
+                self.profiled += take
+                i = take
+                if self.collected >= self.cfg.reference_size:
+                    self._freeze()
+            if i >= len(batch):
+                return
+            merged = self._merge(batch[i:])
+            self.profiled += len(batch) - i
+            self._stats(merged)
+            for t, m in merged.items():
+                d = self.drift.get(t)
+                if d is not None:
+                    d.add(m)
+
+    def _merge(self, batch: list) -> dict[str, np.ndarray]:
+        """Feature matrices of many requests. A batching model's requests are one batch along
+        axis 0, so their arrays are joined first and each tensor's features computed once."""
+        if self.batched and len(batch) > 1:
+            arrays: dict[tuple[int, str], list[np.ndarray]] = {}
+            for inputs, outputs in batch:
+                for role, tensors in ((0, inputs), (1, outputs)):
+                    for tname, arr in tensors.items():
+                        arrays.setdefault((role, tname), []).append(arr)
+            joined: list[tuple[dict, dict]] = [({}, {})]
+            rest: list[tuple[dict, dict]] = []
+            for (role, tname), arrs in arrays.items():
+                if len(arrs) == len(batch) and arrs[0].ndim >= 1 and all(a.shape[1:] == arrs[0].shape[1:] for a in arrs):
+                    joined[0][role][tname] = np.concatenate(arrs)
+                else:  # shapes differ: request by request
+                    rest += [({tname: a}, {}) if role == 0 else ({}, {tname: a}) for a in arrs]
+            batch = joined + rest
+        parts: dict[str, list[np.ndarray]] = {}
+        for inputs, outputs in batch:
+            for t, m in self._features(inputs, outputs).items():
+                parts.setdefault(t, []).append(m)
+        return {t: (ms[0] if len(ms) == 1 else np.concatenate(ms)) for t, ms in parts.items()}
+
+    def _stats(self, merged: dict[str, np.ndarray]) -> None:
+        for t, m in merged.items():
+            st = self.stats.get(t)
+            if st is None:
+                st = self.stats[t] = ColumnStats(m.shape[1])
+            st.add(m)
+
+    def _freeze(self) -> None:
+        values: dict[str, list[np.ndarray]] = {}
+        owners: dict[str, str] = {}
+        for t, ms in self.collecting.items():
+            m = np.concatenate(ms)
+            for j, fname in enumerate(self.names[t]):
+                values[fname] = [m[:, j]]
+                owners[fname] = t
+        tensors = {t: {"role": "input", "datatype": d} for t, d in self.inputs.items() if t in self.collecting}
+        tensors |= {t: {"role": "output", "datatype": d} for t, d in self.outputs.items() if t in self.collecting}
+        source = f"frozen: the first {self.collected} sampled requests"
+        ref = from_features(values, owners, tensors, model=self.name, source=source, samples=self.collected)
+        self._use_reference(ref, source)
+        log.info("model %s: no --monitoring-reference given; froze the first %d sampled requests as the "
+                 "drift reference (%d features)", self.name, self.collected, len(ref["features"]))
+
+    # -- feedback (event-loop thread) -----------------------------------------
+
+    def remember(self, request_id: str, outputs: dict[str, np.ndarray]) -> None:
+        arr = outputs.get(self.quality_output)
+        if arr is None or not request_id:
+            return
+        if self.quality is None:
+            kind = "classification" if is_classifier_output(self.outputs[self.quality_output], arr.shape) else "regression"
+            self.quality = QualityWindow(self.cfg.window, kind)
+        pred = predicted_class(arr).ravel() if self.quality.kind == "classification" else arr.astype(np.float64).ravel()
+        self.store.put(request_id, pred)
+
+    def feedback(self, item: Any) -> tuple[str, str]:
+        """Join one `{"id": ..., "label": ...}`: (outcome, message)."""
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
+            self.feedback_counts[fb.INVALID] += 1
+            return fb.INVALID, f'expected {{"id": "<request id>", "label": ...}}, got {_short(item)}'
+        rid = item["id"]
+        outcome, pred = self.store.lookup(rid)
+        if pred is None:
+            self.feedback_counts[outcome] += 1
+            why = (f"the prediction of request {rid!r} is older than --feedback-ttl or was evicted"
+                   if outcome == fb.EXPIRED else
+                   f"no prediction of model {self.name!r} with request id {rid!r} is held here")
+            return outcome, why
+        assert self.quality is not None
+        labels, why = _labels(item["label"], pred.size, self.quality.kind)
+        if labels is None:
+            self.feedback_counts[fb.INVALID] += 1
+            return fb.INVALID, f"request {rid!r}: label {why}"
+        self.store.consume(rid)
+        self.quality.add(pred, labels)
+        self.feedback_counts[fb.JOINED] += 1
+        return fb.JOINED, ""
+
+    # -- reading (any thread) -------------------------------------------------
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            ref = self.reference
+            feats: dict[str, dict] = {}
+            for tensor, st in self.stats.items():
+                d = self.drift.get(tensor)
+                for j, fname in enumerate(self.names.get(tensor, [])):
+                    entry: dict[str, Any] = {"tensor": tensor, **st.column(j)}
+                    if d is not None:
+                        entry["window_samples"] = d.samples
+                        if d.scores is not None:
+                            sc = d.scores[j]
+                            entry |= {"psi": sc.psi, "ks": sc.ks, "p_value": sc.p_value, "drifted": sc.drifted}
+                    feats[fname] = entry
+            state = {"state": "loaded" if ref and not self.reference_source.startswith("frozen") else
+                     "frozen" if ref else "collecting",
+                     "source": self.reference_source or
+                     f"collecting: {self.collected} of the first {self.cfg.reference_size} sampled requests",
+                     "samples": ref["samples"] if ref else 0}
+            profiled, dropped = self.profiled, self.dropped
+        drifted = sorted((f for f, e in feats.items() if e.get("drifted")), key=lambda f: -feats[f]["psi"])
+        q = self.quality
+        return {
+            "model": self.name,
+            "reference": state,
+            "window": {"samples": self.cfg.window, "psi_threshold": self.cfg.psi_threshold, "p_value": self.cfg.p_value},
+            "sampling": {"rate": self.cfg.sample_rate, "profiled": profiled, "dropped": dropped},
+            "drift": {"drifted": drifted, "features": feats},
+            "quality": {"output": self.quality_output, "kind": q.kind if q else None, "window": self.cfg.window,
+                        "labels": len(q.pairs) if q else 0, "metrics": q.metrics() if q else {}},
+            "feedback": {"stored": len(self.store), "ttl_s": self.cfg.feedback_ttl_s,
+                         "max_entries": self.cfg.feedback_max_entries, "outcomes": dict(self.feedback_counts)},
+        }
+
+
+def _short(x: object) -> str:
+    s = repr(x)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _labels(label: Any, n: int, kind: str) -> tuple[np.ndarray | None, str]:
+    """The label as an array of `n` values of the right kind, or (None, why)."""
+    values = label if isinstance(label, list) else [label]
+    if len(values) != n:
+        return None, f"must hold {n} value(s), one per predicted sample, got {len(values)}: {_short(label)}"
+    if kind == "classification":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None, f"must be a class index (an integer) per sample for a classifier, got {_short(label)}"
+        return np.asarray(values, np.int64), ""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None, f"must be a number per sample for a regression output, got {_short(label)}"
+    return np.asarray(values, np.float64), ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeatureView:
+    score: Score | None
+    samples: int
+
+
+@dataclasses.dataclass
+class _Sample:
+    monitor: ModelMonitor
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+class Monitoring:
+    """The server's monitoring: monitors by model name, the profiler thread, the capture writer."""
+
+    def __init__(self, cfg: MonitoringSettings, reference: dict | None = None) -> None:
+        self.cfg = cfg
+        self.reference = reference
+        self.monitors: dict[str, ModelMonitor] = {}
+        self.queue: collections.deque[_Sample] = collections.deque()
+        self._ids = itertools.count(1)
+        self._boot = uuid.uuid4().hex[:12]
+        self._keys: dict[str, bytes] = {}
+        self._suffix: dict[str, str] = {}
+        self._served: dict[str, Any] = {}
+        self._random = random.random
+        self.capture: CaptureWriter | None = None
+        if cfg.capture_dir or cfg.capture_uri:
+            sink: DirSink | S3Sink = DirSink(cfg.capture_dir) if cfg.capture_dir else S3Sink(cfg.capture_uri)
+            self.capture = CaptureWriter(sink, batch_size=cfg.capture_batch_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
+        self._thread.start()
+
+    def new_id(self, model: Any) -> str:
+        """`<boot>-<n>`, or with a peer address `<boot>-<n>@<host:port>.<tag>` (see `forward_target`)."""
+        if not self.cfg.peer_address:
+            return f"{self._boot}-{next(self._ids)}"
+        suffix = self._suffix.get(model.name)
+        if suffix is None:
+            suffix = self._suffix[model.name] = f"@{self.cfg.peer_address}.{self._tag(model.name, self.cfg.peer_address)}"
+        return f"{self._boot}-{next(self._ids)}{suffix}"
+
+    def _tag(self, name: str, address: str) -> str:
+        """Binds a replica's address to the model: a client can reuse a tag it was given, which
+        only points back at that same replica, but cannot make one for another address."""
+        key = self._keys.get(name)
+        if key is None:
+            m = self._served.get(name)
+            key = self._keys[name] = replica_key(m.model_path if m is not None else None)
+        return hmac.new(key, f"{name}\0{address}".encode(), hashlib.sha256).hexdigest()[:16]
+
+    def forward_target(self, name: str, request_id: object) -> str | None:
+        """The replica that made an id this one does not hold, or None.
+
+        Forwarded only when the id's tag checks out under the key the model's replicas share
+        (so a client cannot make a server POST to an address of its choosing), and only to an
+        IP-literal address.
+        """
+        if not self.cfg.peer_address or not isinstance(request_id, str) or "@" not in request_id:
+            return None
+        body, _, tag = request_id.rpartition(".")
+        target = body.rsplit("@", 1)[1]
+        if target == self.cfg.peer_address or not hmac.compare_digest(tag, self._tag(name, target)):
+            return None
+        host = target.rpartition(":")[0].strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        return target
+
+    def forwarded(self, model: Any, count: int) -> None:
+        """`count` unknown ids another replica answered: that replica counts (and captures) them."""
+        self.monitors[model.name].feedback_counts[fb.UNKNOWN] -= count
+
+    def monitor_for(self, model: Any) -> ModelMonitor:
+        """The model's monitor, made on first use; ReferenceInvalid if the reference does not fit it."""
+        mon = self.monitors.get(model.name)
+        if mon is None:
+            self._served[model.name] = model
+            inputs = {t.name: t.datatype for t in model.inputs}
+            outputs = {t.name: t.datatype for t in model.outputs}
+            ref = self.reference
+            if ref is not None and ref.get("model") not in ("", None, model.name):
+                ref = None
+            if ref is not None:
+                check_against_model(ref, inputs, outputs, self.cfg.reference)
+            mon = self.monitors[model.name] = ModelMonitor(
+                model.name, inputs, outputs, model.policy.max_batch_size > 0, self.cfg, ref, str(self.cfg.reference or ""))
+        return mon
+
+    def attach(self, models: list) -> None:
+        """Make every served model's monitor now, so a reference that does not fit fails the start."""
+        for m in models:
+            self.monitor_for(m)
+        ref = self.reference
+        if ref is not None and ref.get("model") and ref["model"] not in self.monitors:
+            raise ReferenceInvalid(f"reference {self.cfg.reference}: field 'model': expected one of the served models "
+                                 f"{sorted(self.monitors)}, got {ref['model']!r}")
+
+    def after_infer(self, model: Any, request: Any, outputs: dict[str, np.ndarray]) -> None:
+        """On the event-loop thread, after a successful inference; never raises."""
+        try:
+            mon = self.monitors.get(model.name) or self.monitor_for(model)
+            mon.remember(request.id, outputs)
+            rnd = self._random
+            if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
+                inputs = {t.name: t.data for t in request.inputs}
+                if len(self.queue) < QUEUE_MAX:
+                    self.queue.append(_Sample(mon, inputs, outputs))
+                else:
+                    mon.dropped += 1
+            cap = self.capture
+            if cap is not None and (self.cfg.capture_sample_rate >= 1.0 or rnd() < self.cfg.capture_sample_rate):
+                cap.offer({"type": "inference", "id": request.id, "time": time.time(), "model": model.name,
+                           "version": model.version,
+                           "inputs": {t.name: (t.datatype, t.data) for t in request.inputs},
+                           "outputs": {n: (model.output_specs[n].datatype, a) for n, a in outputs.items()}})
+        except Exception:  # noqa: BLE001 - monitoring must never fail a request
+            log.exception("model %s: monitoring failed on a request", model.name)
+
+    def feedback(self, model: Any, items: list) -> list[dict]:
+        mon = self.monitors.get(model.name) or self.monitor_for(model)
+        results = []
+        for item in items:
+            outcome, why = mon.feedback(item)
+            rid = item.get("id") if isinstance(item, dict) else None
+            results.append({"id": rid, "outcome": outcome, **({"error": why} if why else {})})
+            if outcome == fb.JOINED and self.capture is not None:
+                self.capture.offer({"type": "feedback", "id": rid, "time": time.time(), "model": model.name,
+                                    "version": model.version, "label": item["label"]})
+        return results
+
+    def snapshot(self, model: Any) -> dict:
+        mon = self.monitors.get(model.name) or self.monitor_for(model)
+        doc = mon.snapshot()
+        cap = self.capture
+        doc["capture"] = None if cap is None else {
+            "sink": cap.sink.describe(), "sample_rate": self.cfg.capture_sample_rate,
+            "batch_size": cap.batch_size, "written": cap.written[model.name], "dropped": cap.dropped[model.name],
+            "queued": len(cap.queue), "last_error": cap.last_error}
+        return doc
+
+    def _run(self) -> None:
+        while not self._stop.wait(DRAIN_S):
+            by_model: dict[str, tuple[ModelMonitor, list]] = {}
+            for _ in range(len(self.queue)):
+                s = self.queue.popleft()
+                by_model.setdefault(s.monitor.name, (s.monitor, []))[1].append((s.inputs, s.outputs))
+            for mon, batch in by_model.values():
+                try:
+                    mon.observe_many(batch)
+                except Exception:  # noqa: BLE001 - one odd request must not stop profiling
+                    log.exception("model %s: profiling failed on a batch of %d request(s)", mon.name, len(batch))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.capture is not None:
+            self.capture.close()

@@ -1,0 +1,207 @@
+"""Monitoring's pure parts: quality metrics against scikit-learn, drift on a stationary and a
+shifted stream, the feedback store's bounds, the reference format's errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, mean_absolute_error, mean_squared_error, precision_recall_fscore_support
+
+from modelship_server.monitoring import drift, feedback, quality
+from modelship_server.monitoring.monitor import ModelMonitor
+from modelship_server.monitoring.profile import FeatureStats, features
+from modelship_server.monitoring.reference import ReferenceInvalid, build_reference, check_against_model, parse_reference
+from modelship_server.monitoring.sketch import Histogram, edges_for
+from modelship_server.settings import MonitoringSettings
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_classification_metrics_equal_sklearn(seed, classes):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    y_true = rng.integers(0, classes, n)
+    # predictions right most of the time, some classes never predicted or never true
+    y_pred = np.where(rng.random(n) < 0.7, y_true, rng.integers(0, classes + 1, n))
+    got = quality.classification_metrics(y_pred, y_true)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-9)
+    for avg in ("micro", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
+        assert got[f"precision_{avg}"] == pytest.approx(p, abs=1e-9)
+        assert got[f"recall_{avg}"] == pytest.approx(r, abs=1e-9)
+        assert got[f"f1_{avg}"] == pytest.approx(f, abs=1e-9)
+
+
+def test_the_window_keeps_the_last_n_pairs_and_equals_sklearn_on_them():
+    rng = np.random.default_rng(1)
+    w = quality.QualityWindow(100, "classification")
+    preds, labels = rng.integers(0, 4, 350), rng.integers(0, 4, 350)
+    for i in range(0, 350, 7):  # requests of 7 samples
+        w.add(preds[i:i + 7], labels[i:i + 7])
+    got = w.metrics()
+    p, r, f, _ = precision_recall_fscore_support(labels[-100:], preds[-100:], average="macro", zero_division=0)
+    assert len(w.pairs) == 100
+    assert got["accuracy"] == pytest.approx(accuracy_score(labels[-100:], preds[-100:]), abs=1e-9)
+    assert (got["precision_macro"], got["recall_macro"], got["f1_macro"]) == pytest.approx((p, r, f), abs=1e-9)
+
+
+def test_regression_metrics_equal_sklearn():
+    rng = np.random.default_rng(2)
+    y, yhat = rng.normal(size=500), rng.normal(size=500)
+    got = quality.regression_metrics(yhat, y)
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, yhat), abs=1e-9)
+    assert got["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, yhat)), abs=1e-9)
+
+
+def _monitor(window=1000, reference=None, **kw):
+    cfg = MonitoringSettings(enabled=True, window=window, reference_size=1000, **kw)
+    return ModelMonitor("m", {"x": "FP32"}, {"y": "FP32"}, True, cfg, reference)
+
+
+def _stream(monitor, rng, n, shift=0.0, feature=3):
+    for _ in range(n):
+        x = rng.normal(size=(1, 10)).astype(np.float32)
+        x[0, feature] += shift
+        monitor.observe({"x": x}, {})
+
+
+def test_a_stationary_stream_stays_low_and_a_half_sigma_shift_is_flagged_by_name():
+    rng = np.random.default_rng(3)
+    mon = _monitor()
+    _stream(mon, rng, 1000)  # frozen as the reference
+    assert mon.reference is not None and mon.reference["samples"] == 1000
+    _stream(mon, rng, 3000)
+    snap = mon.snapshot()
+    assert snap["drift"]["drifted"] == []
+    assert max(f["psi"] for f in snap["drift"]["features"].values()) < 0.2
+    _stream(mon, rng, 2000, shift=0.5, feature=3)
+    snap = mon.snapshot()
+    assert snap["drift"]["drifted"] == ["x[3]"], snap["drift"]["drifted"]
+    assert snap["drift"]["features"]["x[3]"]["psi"] >= 0.2
+    assert snap["reference"]["state"] == "frozen"
+
+
+def test_profile_counts_nan_inf_and_out_of_range_and_tracks_mean_and_variance():
+    st = FeatureStats(low=-1.0, high=1.0)
+    v = np.array([0.5, np.nan, np.inf, 2.0, -3.0, 0.0])
+    st.add(v[:3])
+    st.add(v[3:])
+    fin = np.array([0.5, 2.0, -3.0, 0.0])
+    assert (st.count, st.nan, st.inf, st.out_of_range) == (6, 1, 1, 2)
+    assert st.mean == pytest.approx(fin.mean()) and st.variance == pytest.approx(fin.var())
+
+
+def test_features_per_position_summary_bytes_and_predicted_class():
+    f = features("x", "FP32", np.zeros((2, 3), np.float32), batched=True)
+    assert sorted(f) == ["x[0]", "x[1]", "x[2]"] and f["x[0]"].shape == (2,)
+    f = features("img", "FP32", np.ones((2, 3, 8, 8), np.float32), batched=True)
+    assert sorted(f) == ["img.mean", "img.std"] and f["img.mean"].tolist() == [1.0, 1.0]
+    f = features("s", "BYTES", np.array([b"ab", b"abcd"], dtype=object), batched=True)
+    assert f["s.length"].tolist() == [2.0, 4.0]
+    f = features("p", "FP32", np.array([[0.1, 0.9], [0.8, 0.2]], np.float32), batched=True, output=True)
+    assert f["p.class"].tolist() == [1.0, 0.0]
+
+
+def test_histograms_merge_and_categorical_bins_are_one_per_value():
+    edges = edges_for(np.array([0, 1, 2, 2, 3], dtype=float))
+    assert edges.tolist() == [0.5, 1.5, 2.5]
+    a, b = Histogram(edges), Histogram(edges)
+    a.add(np.array([0, 2, 2]))
+    b.add(np.array([3, np.nan]))
+    assert a.merge(b).counts.tolist() == [1, 0, 2, 1]
+
+
+def test_ks_p_value_is_small_for_a_clear_shift_and_large_for_noise():
+    ref = np.array([100, 200, 400, 200, 100])
+    assert drift.ks_p_value(drift.ks_statistic(ref, ref), 1000, 1000) == 1.0
+    moved = np.array([50, 100, 300, 300, 250])
+    assert drift.ks_p_value(drift.ks_statistic(ref, moved), 1000, 1000) < 1e-6
+    assert drift.psi(ref, ref) == pytest.approx(0.0)
+
+
+def test_feedback_store_is_bounded_by_entries_and_ttl_and_tells_expired_from_unknown():
+    now = [0.0]
+    store = feedback.PredictionStore(ttl_s=10, max_entries=3, clock=lambda: now[0])
+    for i in range(5):
+        store.put(f"r{i}", np.array([i]))
+    assert len(store) == 3
+    assert store.lookup("r0")[0] == feedback.EXPIRED  # evicted by size
+    assert store.lookup("nope")[0] == feedback.UNKNOWN
+    outcome, pred = store.lookup("r4")
+    assert outcome == feedback.JOINED and pred.tolist() == [4]
+    store.consume("r4")
+    assert store.lookup("r4")[0] == feedback.EXPIRED  # a second label for the same id
+    now[0] = 11.0
+    assert store.lookup("r3")[0] == feedback.EXPIRED  # past its TTL
+    store.put("late", np.array([0]))
+    assert len(store) == 1  # the rest aged out on insert
+
+
+def test_feedback_bad_labels_are_invalid_and_the_prediction_stays_joinable():
+    mon = _monitor()
+    mon.remember("a", {"y": np.array([[0.1, 0.9]], np.float32)})
+    assert mon.feedback({"id": "a", "label": "cat"})[0] == feedback.INVALID
+    assert mon.feedback({"id": "a", "label": [1, 0]})[0] == feedback.INVALID  # one prediction, two labels
+    assert mon.feedback({"id": "a", "label": 1.5})[0] == feedback.INVALID
+    assert mon.feedback({"label": 1})[0] == feedback.INVALID
+    assert mon.feedback({"id": "a", "label": 1}) == (feedback.JOINED, "")
+    assert mon.quality is not None and mon.quality.metrics()["accuracy"] == 1.0
+    assert mon.feedback_counts == {"joined": 1, "unknown_id": 0, "expired": 0, "invalid": 4}
+
+
+def test_reference_round_trips_and_mismatches_name_the_field(tmp_path):
+    rng = np.random.default_rng(4)
+    ref = build_reference([{"x": rng.normal(size=(4, 10)).astype(np.float32)} for _ in range(50)], model="m")
+    doc = parse_reference(json.loads(json.dumps(ref)))
+    assert doc["samples"] == 50 and len(doc["features"]) == 10 and doc["features"]["x[0]"]["count"] == 200
+    check_against_model(doc, {"x": "FP32"}, {}, "ref.json")
+    with pytest.raises(ReferenceInvalid, match=r"ref.json: field 'tensors.x.datatype': expected FP64, got 'FP32'"):
+        check_against_model(doc, {"x": "FP64"}, {}, "ref.json")
+    with pytest.raises(ReferenceInvalid, match=r"field 'tensors.x': expected one of the model's inputs \['input'\]"):
+        check_against_model(doc, {"input": "FP32"}, {}, "ref.json")
+    with pytest.raises(ReferenceInvalid, match=r"field 'schema'"):
+        parse_reference({**doc, "schema": "v0"}, "ref.json")
+    bad = json.loads(json.dumps(doc))
+    bad["features"]["x[0]"]["counts"] = [1]
+    with pytest.raises(ReferenceInvalid, match=r"field 'features.x\[0\].counts'"):
+        parse_reference(bad, "ref.json")
+
+
+def test_a_loaded_reference_is_used_at_once():
+    rng = np.random.default_rng(5)
+    ref = build_reference([{"x": rng.normal(size=(1, 10)).astype(np.float32)} for _ in range(1000)], model="m")
+    mon = _monitor(reference=ref, window=500)
+    _stream(mon, rng, 600, shift=1.0, feature=7)
+    assert mon.snapshot()["drift"]["drifted"] == ["x[7]"]
+
+
+def test_the_reference_cli_and_optimize_write_a_reference_the_server_reads(tmp_path):
+    import subprocess
+    import sys
+
+    from modelship_server import samples
+    from modelship_server.monitoring.reference import load_reference
+    from modelship_server.optimize.command import write_reference
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(samples.mlp((10, 16, 4)).SerializeToString())
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "val.npz", INPUT0=rng.normal(size=(64, 10)).astype(np.float32))
+    out = tmp_path / "ref.json"
+    done = subprocess.run([sys.executable, "-m", "modelship_server.monitoring", "reference", "--dataset",
+                           str(tmp_path / "val.npz"), "--model", str(model), "--output", str(out), "--name", "mlp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ref = load_reference(out)
+    assert ref["model"] == "mlp" and ref["samples"] == 64 and ref["features"]["INPUT0[9]"]["count"] == 64
+    check_against_model(ref, {"INPUT0": "FP32"}, {"OUTPUT0": "FP32"}, out)
+    done = subprocess.run([sys.executable, "-m", "modelship_server.monitoring", "reference", "--dataset",
+                           str(tmp_path / "nope.npz"), "--model", str(model), "--output", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    feeds = [{"INPUT0": rng.normal(size=(1, 10)).astype(np.float32)} for _ in range(8)]
+    write_reference(tmp_path, feeds + feeds[:4], "generated (8 inputs, seed 0)")  # halves may be the same feeds
+    ref = load_reference(tmp_path / "reference-profile.json")
+    assert ref["samples"] == 8 and ref["source"] == "optimize: generated (8 inputs, seed 0)"
