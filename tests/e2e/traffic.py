@@ -7,6 +7,7 @@ request's outcome is counted, with the first errors kept for the assertion messa
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -35,6 +36,8 @@ class Traffic:
         self.failed = 0
         self.errors: list[str] = []
         self.seen: set[str] = set()
+        self.counts: collections.Counter[str] = collections.Counter()  # answered requests per pod address
+        self.answered: list[tuple[float, str]] = []  # (time.time(), address) of each answered request
         self._addresses: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -85,6 +88,8 @@ class Traffic:
                 with self._lock:
                     self.ok += 1
                     self.seen.add(address)
+                    self.counts[address] += 1
+                    self.answered.append((time.time(), address))
             except Exception as exc:  # noqa: BLE001 - counted; the test asserts there are none
                 with self._lock:
                     self.failed += 1

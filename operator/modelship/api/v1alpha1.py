@@ -362,11 +362,46 @@ class Autoscaling(_Model):
         return self
 
 
+class CanaryStep(_Model):
+    """One step of a canary: the share of traffic the canary takes (by replica ratio) and the
+    least time it spends there before the next step, if its analysis passes."""
+
+    weight: Annotated[int, Field(ge=1, le=99)]
+    pause_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+
+
+class CanaryAnalysis(_Model):
+    """When a canary passes or fails, canary against stable over the same window (docs/rollout.md).
+    Latency is read at spec.slo's percentile (p95 without an SLO)."""
+
+    interval_seconds: Annotated[int, Field(ge=1, le=300)] = 10
+    min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 50
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_shed_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_latency_ratio: Annotated[float, Field(ge=1, le=100)] = 1.5
+    latency_slack_milliseconds: Annotated[int, Field(ge=0, le=60_000)] = 10
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [CanaryStep(weight=25, pause_seconds=60), CanaryStep(weight=50, pause_seconds=60)]
+
+
+class Canary(_Model):
+    steps: Annotated[list[CanaryStep], Field(min_length=1, max_length=20)] = Field(default_factory=_default_steps)
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+
+
 class Rollout(_Model):
     max_surge: IntOrPercent = "25%"
     pre_stop_delay_seconds: Annotated[int, Field(ge=0, le=300)] = 10
     termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = 45
     progress_deadline_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
+    strategy: Literal["RollingUpdate", "Canary"] = "RollingUpdate"
+    canary: Canary | None = None  # read when strategy is Canary; unset: the defaults above
+
+    @property
+    def canary_settings(self) -> Canary:
+        return self.canary or Canary()
 
     @model_validator(mode="after")
     def _grace(self) -> Rollout:
@@ -749,6 +784,30 @@ class MonitoringStatus(_Model):
     capture: CaptureStatus | None = None
 
 
+class CanaryTrackStatus(_Model):
+    requests: int | None = None
+    error_rate: float | None = None
+    shed_rate: float | None = None
+    latency_milliseconds: float | None = None
+
+
+class CanaryStatus(_Model):
+    revision: str | None = None
+    generation: int | None = None
+    phase: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    step_summary: str | None = None
+    weight: int | None = None
+    canary_replicas: int | None = None
+    stable_replicas: int | None = None
+    step_started_at: str | None = None
+    message: str | None = None
+    canary: CanaryTrackStatus | None = None
+    stable: CanaryTrackStatus | None = None
+    online_speedup: float | None = None
+
+
 class ModelServiceStatus(_Model):
     observed_generation: int | None = None
     replicas: int | None = None
@@ -763,3 +822,4 @@ class ModelServiceStatus(_Model):
     batching: BatchingStatus | None = None
     monitoring: MonitoringStatus | None = None
     conditions: list[Condition] | None = None
+    canary: CanaryStatus | None = None

@@ -40,6 +40,8 @@ class Scrape:
     queue_sum: float
     queue_count: float
     inflight: float
+    # Every outcome's cumulative count, sorted by outcome (the canary analysis reads errors and sheds).
+    outcomes: tuple[tuple[str, float], ...] = ()
 
 
 class MetricsError(ValueError):
@@ -52,6 +54,7 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
 
     requests = queue_sum = queue_count = inflight = 0.0
     buckets: dict[float, float] = {}
+    outcomes: dict[str, float] = {}
     seen = False
     try:
         families = list(text_string_to_metric_families(text))
@@ -64,7 +67,9 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
             name = sample.name
             if name == f"{REQUESTS_METRIC}_total" or (name == REQUESTS_METRIC and family.type == "counter"):
                 seen = True
-                if sample.labels.get("outcome") in DEMAND_OUTCOMES:
+                outcome = sample.labels.get("outcome", "")
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + sample.value
+                if outcome in DEMAND_OUTCOMES:
                     requests += sample.value
             elif name == f"{REQUEST_DURATION_METRIC}_bucket":
                 bound = math.inf if sample.labels["le"] in ("+Inf", "Inf") else float(sample.labels["le"])
@@ -79,7 +84,8 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
         raise MetricsError(f"no {REQUESTS_METRIC}_total for model {model!r} "
                            "(is this a modelship-server, serving that model?)")
     return Scrape(at=at, requests=requests, buckets=tuple(sorted(buckets.items())),
-                  queue_sum=queue_sum, queue_count=queue_count, inflight=inflight)
+                  queue_sum=queue_sum, queue_count=queue_count, inflight=inflight,
+                  outcomes=tuple(sorted(outcomes.items())))
 
 
 @dataclasses.dataclass(frozen=True)

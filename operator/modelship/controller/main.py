@@ -22,6 +22,7 @@ import kopf
 from modelship import api
 from modelship.autoscale.loop import Autoscaler
 from modelship.autoscale.monitoring import Monitor
+from modelship.canary.observe import CanaryObserver
 from modelship.controller import handlers
 from modelship.controller.metrics import OperatorMetrics
 from modelship.controller.queue import WorkQueue
@@ -240,12 +241,15 @@ def build_registry(*, client: Any, namespaces: Sequence[str], workers: int, resy
                 more_fields, more_conds = monitor.status_for(key, msvc)
                 return {**fields, **more_fields}, [*conds, *more_conds]
 
-            reconciler = Reconciler(kube=kube, store=store, extra_status=extra_status)
+            observer = CanaryObserver(store=store, wake=queue.add)
+            reconciler = Reconciler(kube=kube, store=store, extra_status=extra_status,
+                                    canary_verdict=observer.verdict)
             failures: dict[Any, int] = {}
             holds: dict[Any, float] = {}
             term = [asyncio.create_task(worker(reconciler, queue, failures, metrics, holds)) for _ in range(workers)]
             term.append(asyncio.create_task(autoscaler.supervise()))
             term.append(asyncio.create_task(monitor.supervise()))
+            term.append(asyncio.create_task(observer.supervise()))
             term.append(asyncio.create_task(resync(store, queue, resync_seconds, pruner.request)))
             for key in store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
                 queue.add(key)

@@ -29,17 +29,21 @@ import pydantic
 from modelship import api
 from modelship.api.errors import format_validation_error
 from modelship.api.v1alpha1 import ModelService
+from modelship.canary import machine as canary_machine
+from modelship.canary import report as canary_report
+from modelship.canary.analysis import FAILED, Verdict, thresholds_of
 from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.kube.kinds import object_path
-from modelship.render import Rendered, names, render_children
+from modelship.render import Rendered, names, render_canary, render_children, template_revision
 from modelship.render.artifact import ORIGINAL, original
+from modelship.render.canary import canary_replicas
 from modelship.render.capacity import measured_capacity
 from modelship.render.optimize_job import job_name, render_optimize_job
 from modelship.status import conditions as c
 from modelship.status import optimization
-from modelship.status.compute import Observed, compute_status, status_changed, status_patch
+from modelship.status.compute import Observed, compute_status, rollout_of, status_changed, status_patch
 from modelship.status.monitoring import MONITORING_CONDITIONS
 
 log = logging.getLogger("modelship.reconcile")
@@ -47,6 +51,19 @@ log = logging.getLogger("modelship.reconcile")
 INVALID_SPEC = "InvalidSpec"
 HELD_KINDS = ("ConfigMap", "Deployment")  # what waits for the optimize Job
 OPTIONAL_KINDS = ("ScaledObject",)  # children whose CRD may be missing (KEDA)
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryRun:
+    """What the canary machine decided for one reconcile: the kinds of stable's children to hold
+    on the previous spec, the canary's children to apply (or delete), and what status shows."""
+
+    plan: canary_machine.Plan | None = None
+    held: frozenset[str] = frozenset()
+    objects: tuple[dict[str, Any], ...] = ()
+    delete: bool = False
+    status: dict[str, Any] | None = None
+    overrides: tuple[c.ConditionSpec, ...] = ()
 
 
 def utc_now() -> str:
@@ -65,6 +82,8 @@ class Reconciler:
     extra_status: Callable[[Key, ModelService, frozenset[str]],
                            tuple[Mapping[str, Any], list[c.ConditionSpec]]] | None = None
     unavailable: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
+    # Seam for the canary analysis (canary/observe.py): the latest verdict as (revision, step, verdict).
+    canary_verdict: Callable[[Key], tuple[str, int, Verdict] | None] | None = None
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -113,8 +132,12 @@ class Reconciler:
             rendered = render_children(msvc, artifact=artifact, measured_capacity=capacity)
             # Pod events wake a ModelService far more often than its spec changes.
             self._renders[key] = ((meta.get("uid"), meta.get("generation")), msvc, rendered)
+        previous = self._previous(key, body)
+        canary = self._canary(key, msvc, rendered, previous, frozen=decision.artifact is None,
+                              annotations=meta.get("annotations") or {})
         try:
-            await self._apply_children(key, msvc, rendered, hold=decision.artifact is None)
+            await self._apply_children(key, msvc, rendered, hold=decision.artifact is None, held=canary.held)
+            await self._apply_canary(key, msvc, canary)
         except KubeError as error:
             if error.status in (400, 403, 422):
                 apply_error = str(error)  # a fix needs a person, not a retry: say so in status
@@ -127,16 +150,107 @@ class Reconciler:
             variant: str | None = decision.artifact.variant
         else:  # what the Deployment of an earlier spec serves, if there is one
             variant = _served_variant(deployment, msvc.metadata.uid)
-        previous = self._previous(key, body)
         scaling_fields, scaling_conditions = self.extra_status(
             key, msvc, frozenset(self.unavailable.get(key, ()))) if self.extra_status else ({}, [])
         status, transitions = compute_status(
             msvc, observed=observed, previous=previous, now=self.clock(),
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
             extra_conditions=[decision.condition, *scaling_conditions], wait=decision.wait,
-            extra_fields={"optimization": decision.status, **scaling_fields},
+            extra_fields={"optimization": decision.status, **scaling_fields, "canary": canary.status},
+            overrides=canary.overrides,
         )
         await self._write_status(key, body, previous, status, transitions)
+        if canary.plan is not None and canary.plan.events:
+            written = self.store.msvc(key) or body
+            await asyncio.gather(*(self._post(written, reason, message, warning=reason in ("CanaryRolledBack",
+                                                                                           "CanaryAborted"))
+                                   for reason, message in canary.plan.events))
+
+    def _canary(self, key: Key, msvc: ModelService, rendered: Rendered, previous: Mapping[str, Any], *,
+                frozen: bool, annotations: Mapping[str, str]) -> CanaryRun:
+        """Run the canary machine (spec.rollout.strategy Canary). `frozen`: this spec's optimize
+        Job has not finished, so nothing of it can run yet; everything stays as it is.
+        `annotations`: the live ModelService's (an SRE's command changes no generation, so the
+        ModelService parsed for this generation may predate it)."""
+        name = msvc.metadata.name
+        live_canary = self.store.child(key, "Deployment", names.canary_deployment(name))
+        owned_canary = live_canary is not None and objects.controlled_by(live_canary, msvc.metadata.uid)
+        if msvc.spec.rollout.strategy != "Canary":
+            return CanaryRun(delete=owned_canary or self.store.child(
+                key, "ConfigMap", names.canary_model_config(name)) is not None)
+        settings = msvc.spec.rollout.canary_settings
+        state = canary_machine.CanaryState.from_status(previous.get("canary"))
+        if frozen:
+            return CanaryRun(status=previous.get("canary"), held=frozenset(HELD_KINDS) if state is not None and
+                             state.phase != canary_machine.PROMOTED else frozenset())
+        desired = next(o for o in rendered.objects if o["kind"] == "Deployment")
+        stable = self.store.child(key, "Deployment", names.deployment(name))
+        if stable is not None and not objects.controlled_by(stable, msvc.metadata.uid):
+            stable = None
+        revision = template_revision(desired) or ""
+        stable_revision = (template_revision(stable) or "unknown") if stable is not None else None
+        command = annotations.get(canary_machine.COMMAND_ANNOTATION)
+        verdict = self.canary_verdict(key) if self.canary_verdict is not None else None
+        stuck = _deadline_exceeded(live_canary) if owned_canary and template_revision(live_canary) == revision else None
+        if stuck is not None and state is not None and state.revision == revision:
+            # pods that never become ready get no traffic, so no analysis could ever judge them
+            verdict = (revision, state.step, Verdict(FAILED, f"the canary's pods are not ready: {stuck}", "not_ready"))
+        complete = rollout_of(msvc, stable, _hash(desired)).complete
+        if msvc.spec.autoscaler_owns_replicas and stable is not None:
+            stable_count = int((stable.get("spec") or {}).get("replicas", 1))
+        else:
+            stable_count = msvc.spec.replicas
+        if stable_count == 0:
+            stable_revision = None  # nothing serves, so nothing to compare with: the change goes direct
+        plan = canary_machine.advance(
+            state, revision=revision, generation=msvc.metadata.generation, stable_revision=stable_revision,
+            steps=settings.steps, verdict=verdict, now=self.clock(),
+            command=command if command in canary_machine.COMMANDS else None, stable_complete=complete)
+        step = plan.state.step if plan.state is not None else 0
+        wanted = canary_replicas(stable_count, settings.steps[min(step, len(settings.steps) - 1)].weight)
+        held: frozenset[str] = frozenset()
+        canary_objects: tuple[dict[str, Any], ...] = ()
+        if plan.action in ("canary", "rollback"):
+            held = frozenset(HELD_KINDS)
+            canary_objects = tuple(render_canary(msvc, rendered, replicas=wanted if plan.action == "canary" else 0))
+        elif plan.action == "promote":
+            canary_objects = tuple(render_canary(msvc, rendered, replicas=wanted))
+        running = wanted if plan.action in ("canary", "promote") else 0
+        current = verdict[2] if verdict is not None and plan.state is not None and verdict[0] == plan.state.revision \
+            else None
+        status = canary_report.status_of(plan.state, settings.steps, canary_replicas=running,
+                                         stable_replicas=stable_count, verdict=current,
+                                         percentile=thresholds_of(msvc).percentile)
+        old = previous.get("canary") or {}
+        if status is not None and current is None and old.get("revision") == status["revision"]:
+            status.update({k: old[k] for k in ("canary", "stable", "onlineSpeedup") if k in old})  # the last seen
+        return CanaryRun(plan=plan, held=held, objects=canary_objects,
+                         delete=plan.action == "direct" and (owned_canary or self.store.child(
+                             key, "ConfigMap", names.canary_model_config(name)) is not None),
+                         status=status, overrides=tuple(canary_report.conditions_of(plan.state)))
+
+    async def _apply_canary(self, key: Key, msvc: ModelService, canary: CanaryRun) -> None:
+        """Apply the canary's children that differ, or delete them once no canary runs."""
+        uid = msvc.metadata.uid
+        for obj in canary.objects:  # the ConfigMap first: the canary's pods mount it
+            live = self.store.child(key, obj["kind"], obj["metadata"]["name"])
+            want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
+            if live is None or _hash(live) != want or not objects.controlled_by(live, uid) or _drifted(obj, live):
+                await self._apply(msvc, obj)
+        if not canary.delete:
+            return
+        name = msvc.metadata.name
+        for api_version, kind, child in (("apps/v1", "Deployment", names.canary_deployment(name)),
+                                         ("v1", "ConfigMap", names.canary_model_config(name))):
+            live = self.store.child(key, kind, child)
+            if live is not None and objects.controlled_by(live, uid):
+                log.info("deleting %s %s/%s (the canary ended)", kind, msvc.metadata.namespace, child)
+                try:
+                    await self.kube.delete(api_version, kind, msvc.metadata.namespace, child)
+                except KubeError as error:
+                    if error.status != 404:
+                        raise
+                self.store.remove(kind, live)
 
     async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
         """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""
@@ -222,14 +336,16 @@ class Reconciler:
         self.store.upsert("ModelService", fresh)
         return True
 
-    async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False) -> None:
+    async def _apply_children(self, key: Key, msvc: ModelService, rendered: Rendered, *, hold: bool = False,
+                              held: frozenset[str] = frozenset()) -> None:
         """Apply what differs; `hold`: not the ConfigMap and the Deployment (they carry the
-        optimize Job's result, which this spec does not have yet)."""
+        optimize Job's result, which this spec does not have yet); `held`: kinds a canary keeps
+        on the previous spec."""
         uid = msvc.metadata.uid
         stale = []
         for obj in rendered.objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
-            if hold and kind in HELD_KINDS:
+            if (hold and kind in HELD_KINDS) or kind in held:
                 continue
             live = self.store.child(key, kind, name)
             want = obj["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
@@ -284,6 +400,17 @@ class Reconciler:
         status = {"observedGeneration": generation, "conditions": merged}
         await self._write_status(key, body, previous, status, transitions)
 
+    async def _post(self, msvc: Mapping[str, Any], reason: str, message: str, *, warning: bool) -> None:
+        """One Event at each canary step, promotion or rollback."""
+        meta = msvc["metadata"]
+        event = objects.event(msvc, reason=reason, message=message, now=self.clock(), component="modelship",
+                              reporting_component="modelship.dev/operator",
+                              reporting_instance=self.reporting_instance, warning=warning)
+        try:
+            await self.kube.create_event(event)
+        except KubeError as error:
+            log.warning("cannot post Event for %s/%s: %s", meta["namespace"], meta["name"], error)
+
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
         """One Event per condition transition, shown by `kubectl describe msvc` (none for kstatus's restatements)."""
         if transition.type in (c.STALLED, c.RECONCILING):
@@ -308,6 +435,17 @@ def _drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
     if desired["kind"] != "Deployment" or "replicas" not in desired["spec"]:
         return False
     return (live.get("spec") or {}).get("replicas") != desired["spec"]["replicas"]
+
+
+def _deadline_exceeded(deployment: Mapping[str, Any] | None) -> str | None:
+    """The Deployment controller's own verdict on pods that never became ready, if it gave one."""
+    status = (deployment or {}).get("status") or {}
+    if int(status.get("observedGeneration", 0)) < int(((deployment or {}).get("metadata") or {}).get("generation", 1)):
+        return None  # the controller has not seen the current template yet: its conditions are older
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return str(condition.get("message") or "ProgressDeadlineExceeded")
+    return None
 
 
 def _served_variant(deployment: Mapping[str, Any] | None, uid: str | None) -> str | None:

@@ -17,6 +17,7 @@ from modelship.kube.objects import owner_reference
 from modelship.render import names
 from modelship.render.artifact import ModelArtifact, original
 from modelship.render.autoscaler import render_hpa, render_scaled_object
+from modelship.render.canary import canary_objects
 from modelship.render.config_map import render_config_map
 from modelship.render.deployment import render_deployment
 from modelship.render.disruption import render_pod_disruption_budget
@@ -86,6 +87,20 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
     finished = [_finish(obj, msvc) for obj in [*objects, *autoscalers] if obj is not None]
     return Rendered(objects=finished, absent=absent, artifact=artifact, absent_autoscalers=absent_autoscalers,
                     measured_capacity=measured_capacity)
+
+
+def render_canary(msvc: ModelService, rendered: Rendered, *, replicas: int) -> list[dict[str, Any]]:
+    """The canary's ConfigMap and Deployment (`replicas` pods) for the spec `rendered` holds."""
+    by_kind = {o["kind"]: o for o in rendered.objects}
+    config_map, deployment = canary_objects(by_kind["ConfigMap"], by_kind["Deployment"], replicas=replicas)
+    return [_finish(config_map, msvc), _finish(deployment, msvc)]
+
+
+def template_revision(obj: dict[str, Any] | None) -> str | None:
+    """The pod template's revision a rendered or live Deployment carries (None: unknown)."""
+    if obj is None:
+        return None
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(names.TEMPLATE_HASH_ANNOTATION)
 
 
 def desired_hash(obj: dict[str, Any]) -> str:

@@ -21,6 +21,8 @@ Choices, and why:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from modelship.api.v1alpha1 import ModelService
@@ -127,10 +129,18 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         "kind": "Deployment",
         "metadata": {
             "name": names.deployment(name), "namespace": msvc.metadata.namespace, "labels": labels,
-            "annotations": {names.VARIANT_ANNOTATION: artifact.variant},
+            "annotations": {names.VARIANT_ANNOTATION: artifact.variant,
+                            names.TEMPLATE_HASH_ANNOTATION: template_hash(deployment_spec["template"])},
         },
         "spec": deployment_spec,
     }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """The pod template's revision: a change here is a new version of what serves (a canary's
+    unit); a change of replicas or of the rollout's knobs is not."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def apply_variant_container(msvc: ModelService, artifact: ModelArtifact) -> dict[str, Any]:

@@ -19,6 +19,12 @@ VARIANT_ANNOTATION = "modelship.dev/variant"  # on the Deployment: the variant i
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelship"}
 DESIRED_HASH_ANNOTATION = "modelship.dev/desired-hash"
 CONFIG_HASH_ANNOTATION = "modelship.dev/model-config-hash"
+# On the Deployments: a hash of the rendered pod template, the canary's notion of a revision.
+TEMPLATE_HASH_ANNOTATION = "modelship.dev/template-hash"
+# On the canary's pods and in its selector (stable's pods carry none, so stable's template, and
+# so its pods, do not change when a ModelService switches to the Canary strategy).
+TRACK_LABEL = "modelship.dev/track"
+CANARY_TRACK = "canary"
 
 
 def deployment(msvc_name: str) -> str:
@@ -39,6 +45,14 @@ def network_policy(msvc_name: str) -> str:
 
 def model_config(msvc_name: str) -> str:
     return f"{msvc_name}-model-config"
+
+
+def canary_deployment(msvc_name: str) -> str:
+    return f"{msvc_name}-canary"
+
+
+def canary_model_config(msvc_name: str) -> str:
+    return f"{msvc_name}-canary-model-config"
 
 
 def optimize_job(msvc_name: str, digest: str) -> str:

@@ -170,6 +170,7 @@ def compute_status(
     extra_conditions: Sequence[c.ConditionSpec] = (),
     wait: Wait | None = None,
     extra_fields: Mapping[str, Any] | None = None,
+    overrides: Sequence[c.ConditionSpec] = (),
 ) -> tuple[dict[str, Any], list[c.Transition]]:
     """The status to write and the condition transitions since `previous`.
 
@@ -178,12 +179,15 @@ def compute_status(
     other components' conditions (Optimized, ScalingLimited) and fields (optimization,
     autoscaling); a field set to None is removed. `wait` holds Ready back while this spec's
     rollout waits (for its optimize Job) or is refused. `variant` None: nothing serves yet.
+    `overrides` replace the computed conditions of their types (a canary's Progressing, say).
     """
     previous = previous or {}
     rollout = rollout_of(msvc, observed.deployment, desired_hash)
     problem = diagnose(observed.pods) or replica_failure(observed.deployment)
-    computed = c.with_kstatus(compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait))
-    computed += list(extra_conditions)
+    replaced = {o.type: o for o in overrides}
+    computed = c.with_kstatus([replaced.pop(cond.type, cond)
+                               for cond in compute_conditions(msvc, rollout, problem, apply_error=apply_error, wait=wait)])
+    computed += list(replaced.values()) + list(extra_conditions)
     merged, transitions = c.merge(
         previous.get("conditions"), computed, generation=msvc.metadata.generation, now=now
     )
