@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from kube_helpers import OperatorProcess, apply, condition, get, wait_for
+from modelship.devcluster.errors import DevClusterError
 from msvc_samples import SHA
 
 pytestmark = pytest.mark.cluster
@@ -77,34 +78,40 @@ def finish_pod(cluster: Any, namespace: str, job: str, *, exit_code: int, messag
     """Stand in for the kubelet (kwok's pods don't run): end the Job's pod with this exit code
     and termination message, written through the pods/status subresource. `failed_init`: the
     init step that ends with them instead, so the optimizer never starts."""
-    pod = wait_for(lambda: next(iter(get(cluster, "pods", "-n", namespace, "-l",
-                                         f"batch.kubernetes.io/job-name={job}")["items"]), None),
-                   timeout=30, what=f"a pod of Job {job}")
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    image = pod["spec"]["containers"][0]["image"]
-    done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
-    pod["status"] = {
-        "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "startTime": now,
-        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-                       {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                       {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
-        "initContainerStatuses": [{"name": c["name"], "image": image, "imageID": "", "ready": True,
-                                   "restartCount": 0, "state": {"terminated": done}}
-                                  for c in pod["spec"]["initContainers"]],
-        "containerStatuses": [{"name": "optimize", "image": image, "imageID": "", "ready": False, "restartCount": 0,
-                               "state": {"terminated": {**done, "exitCode": exit_code,
-                                                        "reason": "Completed" if exit_code == 0 else "Error",
-                                                        "message": message}}}],
-    }
-    if failed_init is not None:
-        for status in pod["status"]["initContainerStatuses"]:
-            if status["name"] == failed_init:
-                status["ready"] = False
-                status["state"] = {"terminated": {**done, "exitCode": exit_code, "reason": "Error", "message": message}}
-        pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
-    meta = pod["metadata"]
-    cluster.api("PUT", f"/api/v1/namespaces/{namespace}/pods/{meta['name']}/status", pod)
+    for attempt in range(5):
+        pod = wait_for(lambda: next(iter(get(cluster, "pods", "-n", namespace, "-l",
+                                             f"batch.kubernetes.io/job-name={job}")["items"]), None),
+                       timeout=30, what=f"a pod of Job {job}")
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        image = pod["spec"]["containers"][0]["image"]
+        done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+        pod["status"] = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "startTime": now,
+            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                           {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                           {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
+            "initContainerStatuses": [{"name": c["name"], "image": image, "imageID": "", "ready": True,
+                                       "restartCount": 0, "state": {"terminated": done}}
+                                      for c in pod["spec"]["initContainers"]],
+            "containerStatuses": [{"name": "optimize", "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {**done, "exitCode": exit_code,
+                                                            "reason": "Completed" if exit_code == 0 else "Error",
+                                                            "message": message}}}],
+        }
+        if failed_init is not None:
+            for status in pod["status"]["initContainerStatuses"]:
+                if status["name"] == failed_init:
+                    status["ready"] = False
+                    status["state"] = {"terminated": {**done, "exitCode": exit_code, "reason": "Error", "message": message}}
+            pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+        meta = pod["metadata"]
+        try:
+            cluster.api("PUT", f"/api/v1/namespaces/{namespace}/pods/{meta['name']}/status", pod)
+            return
+        except DevClusterError as exc:  # another writer (kwok, the scheduler) moved the pod: read it again
+            if "HTTP 409" not in str(exc) or attempt == 4:
+                raise
 
 
 def optimized_condition(cluster: Any, namespace: str, name: str) -> dict[str, Any] | None:
