@@ -1,14 +1,20 @@
 """spec.auth and spec.tls on the local cluster, for real: the operator renders them, the agent's
 pods run the real `modelship-server` with the Secrets mounted and a projected token of the
 reviewer ServiceAccount, HTTPS probes pass, and real tritonclient calls answer 401 / 200 through
-TokenReview by the real kube-apiserver (docs/security.md).
+TokenReview by the real kube-apiserver (docs/security.md). Then the Secrets are rotated while the
+pod runs: the agent refreshes the mounted folders and the server picks up the new key and
+certificate without a restart and without refusing a valid key.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
+import ssl
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +147,96 @@ def test_auth_and_tls_on_real_pods(cluster: Any, operator: OperatorProcess, name
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
         print(json.dumps(get(cluster, "msvc", "-n", namespace)["items"], indent=1)[-3000:])
+
+
+def _infer_status(ip: str, context: ssl.SSLContext, key: str) -> tuple[int, bytes]:
+    """One KServe v2 HTTP inference on a new HTTPS connection: (status, the server certificate's DER)."""
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+    connection = http.client.HTTPSConnection(ip, 8000, context=context, timeout=30)
+    try:
+        connection.request("POST", "/v2/models/mlp/infer", body=body,
+                           headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        assert connection.sock is not None
+        return response.status, connection.sock.getpeercert(binary_form=True) or b""
+    finally:
+        connection.close()
+
+
+def _client_context(ca_pem: bytes) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.check_hostname = False  # the certificate names localhost; the pod is reached by its address
+    return context
+
+
+def _der(pem: bytes) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+def test_api_key_and_certificate_rotation_on_a_running_pod(cluster: Any, operator: OperatorProcess, namespace: str,
+                                                           tmp_path: Path) -> None:
+    """Issue 18: a Secret update reaches the running pod (the agent's `..data` swap) and the
+    server's watcher; the old key is refused only once the new one is accepted."""
+    key_a, key_b = "rotate-key-a-51d2", "rotate-key-b-9e07"
+    first, second = Authority("rotation CA one"), Authority("rotation CA two")
+    tls_one = first.write_secret(tmp_path / "one", common_name="localhost")
+    tls_two = second.write_secret(tmp_path / "two", common_name="localhost")
+    cluster.kubectl("-n", namespace, "create", "secret", "generic", "rotate-tls", "--type=kubernetes.io/tls",
+                    f"--from-file=tls.crt={tls_one / 'tls.crt'}", f"--from-file=tls.key={tls_one / 'tls.key'}")
+    cluster.kubectl("-n", namespace, "create", "secret", "generic", "rotate-keys", f"--from-literal=ci={key_a}")
+    uri, sha = _publish(cluster, namespace)
+    apply(cluster, _manifest("rotate", uri, sha, auth={"enabled": True, "apiKeys": {"secretRef": {"name": "rotate-keys"}}},
+                             tls={"secretRef": {"name": "rotate-tls"}}), namespace)
+    wait_for(lambda: _ready(cluster, namespace, "rotate", "True"), timeout=240, what="Ready=True with TLS and keys")
+    ip = _pod_ip(cluster, namespace, "rotate")
+    pod = get(cluster, "pods", "-n", namespace, "-l", "modelship.dev/modelservice=rotate")["items"][0]["metadata"]
+    old_ctx = _client_context(first.pem)
+    status, cert = _infer_status(ip, old_ctx, key_a)
+    assert (status, cert) == (200, _der((tls_one / "tls.crt").read_bytes()))
+    assert _infer_status(ip, old_ctx, key_b)[0] == 401
+
+    # API key rotation: A keeps working until B works, then A is refused; nothing else is ever answered
+    b64 = base64.b64encode(key_b.encode()).decode()
+    cluster.kubectl("-n", namespace, "patch", "secret", "rotate-keys", "--type=merge", "-p",
+                    json.dumps({"data": {"ci": b64}}))
+    seen: list[tuple[float, str, int]] = []
+    started = time.monotonic()
+    b_accepted = a_refused = False
+    while not (b_accepted and a_refused):
+        assert time.monotonic() - started < 120, f"rotation not seen within 120 s: {seen[-6:]}"
+        for name, key in (("A", key_a), ("B", key_b)):
+            status = _infer_status(ip, old_ctx, key)[0]
+            seen.append((round(time.monotonic() - started, 2), name, status))
+            assert status in (200, 401), seen[-6:]
+            if name == "A" and status == 401:
+                assert b_accepted or _infer_status(ip, old_ctx, key_b)[0] == 200, \
+                    f"key A refused before key B was accepted: {seen[-6:]}"
+                a_refused = b_accepted = True
+            if name == "A" and status == 200:
+                assert not a_refused, f"key A accepted again after its refusal: {seen[-6:]}"
+            if name == "B" and status == 200:
+                b_accepted = True
+            if name == "B" and status == 401:
+                assert not b_accepted, f"key B refused after it was accepted: {seen[-6:]}"
+        time.sleep(0.2)
+    print(f"key rotation seen after {seen[-1][0]} s in {len(seen)} requests")
+
+    # certificate rotation: a new connection gets the new certificate, the pod was not restarted
+    cluster.kubectl("-n", namespace, "patch", "secret", "rotate-tls", "--type=merge", "-p", json.dumps({"data": {
+        "tls.crt": base64.b64encode((tls_two / "tls.crt").read_bytes()).decode(),
+        "tls.key": base64.b64encode((tls_two / "tls.key").read_bytes()).decode()}}))
+    new_ctx = _client_context(second.pem)
+
+    def rotated() -> bool:
+        try:
+            status, cert = _infer_status(ip, new_ctx, key_b)
+        except ssl.SSLCertVerificationError:  # still the first certificate
+            return False
+        assert status == 200
+        return cert == _der((tls_two / "tls.crt").read_bytes())
+
+    wait_for(rotated, timeout=120, what="the new certificate on a new connection")
+    after = get(cluster, "pods", "-n", namespace, "-l", "modelship.dev/modelservice=rotate")["items"]
+    assert [p["metadata"]["uid"] for p in after] == [pod["uid"]]
+    assert after[0]["status"]["containerStatuses"][0]["restartCount"] == 0

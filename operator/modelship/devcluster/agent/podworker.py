@@ -35,6 +35,7 @@ LOG_FALLBACK_LINES, LOG_FALLBACK_BYTES = 80, 2048
 TICK = 0.1
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TOKEN_REFRESH_SECONDS = 1800.0  # tokens are asked for ~1 h, like the kubelet's; renewed at half-life
+VOLUME_SYNC_SECONDS = 3.0  # how often mounted configMaps and Secrets are compared with the API (kubelet: ~1 min)
 
 
 def now_iso() -> str:
@@ -142,10 +143,10 @@ class PodWorker:
 
     def _run(self) -> None:
         self.publish()
+        writer = VolumeWriter(self.kube, self.pod, self.dir, pod_ip=self.pod_ip, host_ip=HOST_IP)
         while not self.stopping.is_set():
             try:
-                self.volumes = VolumeWriter(self.kube, self.pod, self.dir, pod_ip=self.pod_ip,
-                                            host_ip=HOST_IP).materialize()
+                self.volumes = writer.materialize()
                 break
             except (ConfigError, ApiError, OSError) as exc:
                 for container in self.init[:1] or self.containers:
@@ -155,7 +156,7 @@ class PodWorker:
         if self.stopping.is_set():
             return
         self.sandbox_ready = True
-        threading.Thread(target=self._refresh_tokens, name=f"tokens-{self.key}", daemon=True).start()
+        threading.Thread(target=self._sync_volumes, args=(writer,), name=f"volumes-{self.key}", daemon=True).start()
         for container in self.init + self.containers:
             container.view.state = waiting("PodInitializing" if self.init else "ContainerCreating")
         self.publish()
@@ -170,13 +171,20 @@ class PodWorker:
             thread.join()
         self.stopping.wait()  # a finished pod keeps its status and folder until it is deleted
 
-    def _refresh_tokens(self) -> None:
-        writer = VolumeWriter(self.kube, self.pod, self.dir, pod_ip=self.pod_ip, host_ip=HOST_IP)
-        while not self.stopping.wait(TOKEN_REFRESH_SECONDS):
+    def _sync_volumes(self, writer: VolumeWriter) -> None:
+        """Poll the mounted configMaps and Secrets (a GET each per period: a watch per object would
+        cost more connections than the dev cluster's few pods save) and renew tokens at half-life."""
+        renew_at = time.monotonic() + TOKEN_REFRESH_SECONDS
+        while not self.stopping.wait(VOLUME_SYNC_SECONDS):
+            renew = time.monotonic() >= renew_at
             try:
-                writer.refresh_tokens()
+                for name, change in writer.sync(renew_tokens=renew):
+                    log.info("pod %s: volume %s updated (%s)", self.key, name, change.describe())
             except (ApiError, OSError) as exc:
-                log.warning("pod %s: token refresh failed: %s", self.key, exc)
+                log.warning("pod %s: volume sync failed (retrying): %s", self.key, exc)
+                continue
+            if renew:
+                renew_at = time.monotonic() + TOKEN_REFRESH_SECONDS
 
     def event(self, reason: str, message: str, container: str, kind: str = "Warning") -> None:
         if not self.gone:

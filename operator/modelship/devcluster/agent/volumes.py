@@ -2,23 +2,33 @@
 
 emptyDir is a folder (medium Memory included: no tmpfs, no size limit); configMap, secret,
 downwardAPI and projected volumes (service-account tokens from the TokenRequest API included)
-are written as files with their modes; hostPath points at the host's path. The launcher then
-binds each folder at its mountPath inside the container's private mount namespace.
+are written as files with their modes, in the kubelet's `..data` layout (`atomicdir`); hostPath
+points at the host's path. The launcher then binds each folder at its mountPath inside the
+container's private mount namespace. While the pod runs, `sync` rewrites the configMap, secret
+and projected volumes whose objects changed (and renews tokens), atomically; a volume some
+container mounts with subPath is left as it is, as the kubelet leaves subPath mounts.
 Persistent volume claims are not supported: no volume plugin runs here.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import shutil
+import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from modelship.devcluster.agent import atomicdir
 from modelship.devcluster.agent.envvars import ConfigError, field_value
 from modelship.devcluster.agent.kube import Kube
 
+log = logging.getLogger("modelship.agent")
+
 TOKEN_SECONDS = 3607
+REFRESHED = ("configMap", "secret", "projected")
+
+
+class MissingObject(Exception):
+    """A source object is gone during a refresh: the volume keeps its last content, like a kubelet's."""
 
 
 def _data(kind: str, obj: Mapping[str, Any]) -> dict[str, bytes]:
@@ -44,20 +54,6 @@ def project_keys(data: Mapping[str, bytes], items: list[dict[str, Any]] | None, 
     return out
 
 
-def _write(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
-    """Each file replaced atomically in its folder: a container that has the folder bound sees
-    either the old or the new content (a refreshed token), never half of one."""
-    for relative, (content, mode) in files.items():
-        target = root / relative
-        if ".." in Path(relative).parts:
-            raise ConfigError(f"volume path {relative!r} may not contain '..'")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        partial.write_bytes(content)
-        os.chmod(partial, mode)
-        partial.replace(target)
-
-
 class VolumeWriter:
     """Writes one pod's volumes; `fields` resolves downward-API paths for this pod."""
 
@@ -68,6 +64,8 @@ class VolumeWriter:
         self.root = pod_dir / "volumes"
         self.pod_ip = pod_ip
         self.host_ip = host_ip
+        self.tokens: dict[tuple[str, str], str] = {}
+        self.refreshing = False
 
     def materialize(self) -> dict[str, Path]:
         """Every volume of the pod: name -> folder (or host path) to bind."""
@@ -87,8 +85,14 @@ class VolumeWriter:
         if "emptyDir" in volume:
             target.mkdir(parents=True, exist_ok=True)  # kept across container restarts, like a kubelet
             return target
+        atomicdir.write(target, self._files(volume, f"volumes[{name}]", refreshing=False))
+        return target
+
+    def _files(self, volume: Mapping[str, Any], where: str, *, refreshing: bool) -> dict[str, tuple[bytes, int]]:
+        """The files a configMap, secret, downwardAPI or projected volume shows now."""
+        self.refreshing = refreshing
         files: dict[str, tuple[bytes, int]] = {}
-        where = f"volumes[{name}]"
+        name = volume["name"]
         if "configMap" in volume or "secret" in volume:
             files = self._object_files(volume, where)
         elif "downwardAPI" in volume:
@@ -98,27 +102,36 @@ class VolumeWriter:
             spec = volume["projected"]
             mode = spec.get("defaultMode", 0o644)
             for index, source in enumerate(spec.get("sources") or []):
-                files.update(self._projected(source, mode, f"{where}.projected.sources[{index}]"))
+                files.update(self._projected(name, source, mode, f"{where}.projected.sources[{index}]"))
         else:
             kinds = sorted(k for k in volume if k != "name")
             raise ConfigError(f"{where}: volume type {', '.join(kinds)} is not supported by the local node agent "
                               "(supported: emptyDir, configMap, secret, downwardAPI, projected, hostPath)")
-        staging = target.with_name(target.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        _write(staging, files)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        return target
+        return files
 
-    def refresh_tokens(self) -> None:
-        """Rewrite the service-account tokens of projected volumes in place, before they expire."""
-        for volume in self.pod.get("spec", {}).get("volumes") or []:
-            for source in (volume.get("projected") or {}).get("sources") or []:
-                spec = source.get("serviceAccountToken")
-                if spec is not None:
-                    mode = volume["projected"].get("defaultMode", 0o644)
-                    _write(self.root / volume["name"], {spec.get("path", "token"): (self.token(spec).encode(), mode)})
+    def sync(self, *, renew_tokens: bool = False) -> list[tuple[str, atomicdir.Change]]:
+        """Rewrite the refreshable volumes whose content changed (with `renew_tokens`, with new
+        service-account tokens); (volume, change) for each one rewritten. A volume whose object
+        is gone, or whose items no longer match, keeps its last content and is logged."""
+        if renew_tokens:
+            self.tokens.clear()
+        changed = []
+        for volume in refreshable(self.pod):
+            name = volume["name"]
+            try:
+                files = self._files(volume, f"volumes[{name}]", refreshing=True)
+            except MissingObject as exc:
+                log.debug("pod %s: volume %s keeps its content: %s", self.pod["metadata"]["name"], name, exc)
+                continue
+            except ConfigError as exc:
+                log.warning("pod %s: volume %s not refreshed: %s", self.pod["metadata"]["name"], name, exc)
+                continue
+            target = self.root / name
+            change = atomicdir.diff(atomicdir.read(target), files)
+            if change:
+                atomicdir.write(target, files)
+                changed.append((name, change))
+        return changed
 
     def _object_files(self, volume: Mapping[str, Any], where: str) -> dict[str, tuple[bytes, int]]:
         kind = "configmap" if "configMap" in volume else "secret"
@@ -132,6 +145,8 @@ class VolumeWriter:
         plural = "configmaps" if kind == "configmap" else "secrets"
         obj = self.kube.get(f"/api/v1/namespaces/{self.namespace}/{plural}/{name}")
         if obj is None:
+            if self.refreshing:
+                raise MissingObject(f"{kind} {name!r} not found in namespace {self.namespace}")
             if optional:
                 return {}
             raise ConfigError(f"{where}: {kind} {name!r} not found in namespace {self.namespace}")
@@ -147,10 +162,14 @@ class VolumeWriter:
             out[item["path"]] = (value.encode(), item.get("mode", mode))
         return out
 
-    def _projected(self, source: Mapping[str, Any], mode: int, where: str) -> dict[str, tuple[bytes, int]]:
+    def _projected(self, volume: str, source: Mapping[str, Any], mode: int,
+                   where: str) -> dict[str, tuple[bytes, int]]:
         if "serviceAccountToken" in source:
             spec = source["serviceAccountToken"]
-            return {spec.get("path", "token"): (self.token(spec).encode(), mode)}
+            path = spec.get("path", "token")
+            if (volume, path) not in self.tokens:  # asked for once, then again only when renewed
+                self.tokens[(volume, path)] = self.token(spec)
+            return {path: (self.tokens[(volume, path)].encode(), mode)}
         if "configMap" in source:
             spec = source["configMap"]
             return self._keys("configmap", spec.get("name", ""), spec.get("items"), mode,
@@ -176,6 +195,16 @@ class VolumeWriter:
             body["spec"]["audiences"] = [spec["audience"]]
         result = self.kube.call("POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token", body)
         return result["status"]["token"]
+
+
+def refreshable(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The volumes a running pod's sync rewrites (pure): configMap, secret and projected ones
+    that no container (init containers included) mounts with subPath; the kubelet does not
+    update subPath mounts either, and a bound file must not be removed under its mount."""
+    spec = pod.get("spec", {})
+    sub_path = {m.get("name") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+                for m in c.get("volumeMounts") or [] if m.get("subPath") or m.get("subPathExpr")}
+    return [v for v in spec.get("volumes") or [] if any(k in v for k in REFRESHED) and v["name"] not in sub_path]
 
 
 MountPlan = list[dict[str, Any]]
