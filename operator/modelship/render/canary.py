@@ -48,3 +48,19 @@ def canary_objects(stable_config_map: dict[str, Any], stable_deployment: dict[st
         if (volume.get("configMap") or {}).get("name") == names.model_config(msvc_name):
             volume["configMap"]["name"] = names.canary_model_config(msvc_name)
     return config_map, deployment
+
+
+def mirror_args(msvc_name: str, namespace: str | None, *, sample_rate: float) -> list[str]:
+    """The canary server's flags that mirror a share of its requests to the Service and count how
+    its answers agree with the other pods' (output agreement, docs/rollout.md). The Service also
+    reaches the canary's own pods, so a share of the comparisons, at most the step's weight, is the
+    canary against itself: the measured agreement is an upper bound of stable's."""
+    host = names.service(msvc_name) + (f".{namespace}.svc" if namespace else "")
+    return ["--mirror-to", f"http://{host}:{names.HTTP_PORT}", "--mirror-sample-rate", f"{sample_rate:g}"]
+
+
+def add_server_args(deployment: dict[str, Any], args: list[str]) -> None:
+    """Append `args` to the modelship-server container's command."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        if container.get("name") == "server":
+            container["command"] = [*container["command"], *args]
