@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 import corpus
-from modelship.contracts import MIRROR_METRIC, REQUESTS_METRIC
+from modelship.contracts import MIRROR_METRIC, MIRROR_OUTCOMES, REQUESTS_METRIC
 from modelship_server import samples
 from modelship_server.cli import parse_settings
 from modelship_server.mirror import MIRROR_ID_PREFIX, Mirror, MirrorSettings, compare, is_mirrored, sampled
@@ -180,3 +180,82 @@ def test_a_reference_down_or_silent_never_touches_the_real_requests(tmp_path, st
         assert counts["dropped"] >= 27 and counts["agreed"] == counts["disagreed"] == counts["failed"] == 0
     finally:
         silent.close()
+
+
+# -- the operator's canary analysis on two real servers ---------------------------------------------
+
+
+@pytest.mark.parametrize(("canary_seed", "outcome", "words"), [
+    (1, "pass", "output agreement 1.000 of 30"),
+    (2, "fail", "output agreement 0.000 < 0.95 (0 of 30 answers compared with stable's agreed)"),
+])
+def test_the_canary_analysis_reads_agreement_from_the_canary_pods(tmp_path, start_server, canary_seed, outcome, words):
+    """CanaryObserver scrapes a stable and a canary server as it scrapes pods (one metrics port, one
+    address per pod: 127.0.0.2 and 127.0.0.3), the canary mirroring every request to stable."""
+    from modelship.canary.analysis import FAILED, PASSED
+    from modelship.canary.observe import CanaryObserver
+    from modelship.kube.cache import Store
+    from modelship.render import names
+
+    stable_repo, canary_repo = tmp_path / "stable", tmp_path / "canary"
+    samples.write_model(stable_repo, "tiny", samples.mlp((10, 16, 4), seed=1))
+    samples.write_model(canary_repo, "tiny", samples.mlp((10, 16, 4), seed=canary_seed))
+    (port,) = free_port()
+    stable = start_server(stable_repo, "--metrics-address", "127.0.0.2", "--metrics-port", str(port))
+    canary = start_server(canary_repo, "--metrics-address", "127.0.0.3", "--metrics-port", str(port),
+                          "--mirror-to", f"http://{stable.http_url}", "--mirror-sample-rate", "1")
+
+    store = Store()
+    spec = {"model": {"uri": "https://h.example/m.onnx", "sha256": "0" * 64, "name": "tiny"},
+            "rollout": {"strategy": "Canary", "canary": {"analysis": {
+                "minRequests": 20, "minOutputAgreement": 0.95, "mirrorSampleRate": 1.0,
+                "latencySlackMilliseconds": 1000}}}}
+    store.upsert("ModelService", {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
+                                  "metadata": {"name": "svc", "namespace": "ns", "generation": 2, "uid": "u"},
+                                  "spec": spec, "status": {"canary": {"revision": "r2", "phase": "Progressing",
+                                                                       "step": 1}}})
+    for name, ip, track in (("svc-stable", "127.0.0.2", None), ("svc-canary", "127.0.0.3", names.CANARY_TRACK)):
+        labels = {names.SERVICE_LABEL: "svc", **({names.TRACK_LABEL: track} if track else {})}
+        store.upsert("Pod", {"metadata": {"name": name, "namespace": "ns", "labels": labels},
+                             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+
+    async def analysis():
+        observer = CanaryObserver(store=store, wake=lambda key: None, scrape_port=port, scrape_timeout=10)
+        try:
+            first = await observer.step(("ns", "svc"))  # the window's baseline: nothing answered yet
+            await asyncio.to_thread(send)
+            return first, await observer.step(("ns", "svc"))
+        finally:
+            await observer.stop()
+
+    def send():
+        client = httpclient.InferenceServerClient(canary.http_url)
+        for s in range(30):
+            _infer(client, "tiny", "INPUT0", np.random.default_rng(s).standard_normal((2, 10)).astype(np.float32))
+        wait_for("30 answers compared", lambda: (lambda c: (c["agreed"] or 0) + (c["disagreed"] or 0) >= 30)(
+            _counts_at(f"127.0.0.3:{port}", "tiny")), timeout=120)
+
+    first, verdict = asyncio.run(analysis())
+    assert first.outcome == "wait" and "waiting for 20 canary requests, 0 so far" in first.message
+    assert verdict.outcome == {"pass": PASSED, "fail": FAILED}[outcome], verdict
+    assert words in verdict.message, verdict.message
+    assert verdict.metric == (None if outcome == "pass" else "output_agreement")
+    assert verdict.canary.requests == 30 and verdict.stable.requests == 30  # stable answered the mirrored requests
+
+
+def free_port():
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+    finally:
+        s.close()
+    return (port,)
+
+
+def _counts_at(address, model):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {o: metric(text, f"{MIRROR_METRIC}_total", model=model, outcome=o) for o in MIRROR_OUTCOMES}
