@@ -142,4 +142,5 @@ QUALITY_ERROR_METRICS = ("mae", "rmse")
 # to stable (--mirror-to) and counts how its answers compare. A counter (`_total` on the wire),
 # labels model and outcome; the canary analysis reads agreed / (agreed + disagreed).
 MIRROR_METRIC = "modelship_mirror_requests"
-MIRROR_OUTCOMES = ("agreed", "disagreed", "failed", "dropped")
+# skipped: the request reached another mirroring server (a canary pod), which refuses it.
+MIRROR_OUTCOMES = ("agreed", "disagreed", "failed", "dropped", "skipped")

@@ -167,6 +167,8 @@ class DataPlane:
         outcome = "success"
         mon = self.monitoring
         try:
+            if self.mirror is not None:
+                self.mirror.refuse_mirrored(request.id)
             feeds, batch = validation.check_request(request, model)
             timeout = request.timeout_s or model.default_timeout_s or None
             outputs = await model.scheduler.submit(feeds, batch, timeout, request.trace)

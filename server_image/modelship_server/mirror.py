@@ -9,7 +9,10 @@ The counters then live on the canary's pods, which the operator already scrapes 
 Off the request path: `offer` is a few dict operations on the event loop; a bounded queue and a
 fixed number of sender tasks do the rest, so a slow or dead reference delays and fails nothing
 (a full queue drops the sample and counts it). A mirrored request carries MIRROR_ID_PREFIX in
-its id and is never mirrored again, so two mirroring servers cannot bounce a request between them.
+its id. The Service a canary mirrors to also reaches the canary's own pods; a server that mirrors
+(a canary) answers a mirrored request with a 400 naming MIRROR_REFUSED (counted `invalid`, which is
+no demand) and the sender counts it `skipped`, so the canary is only ever compared with stable and
+two mirroring servers never bounce a request between them.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ import random
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 from modelship.contracts import MIRROR_METRIC, MIRROR_OUTCOMES
 
+from .errors import InvalidInput
 from .optimize.gate import HIGHER_IS_BETTER, measure
 
 log = logging.getLogger(__name__)
 
 MIRROR_ID_PREFIX = "modelship-mirror-"
+MIRROR_REFUSED = "a mirroring server does not answer mirrored requests"
 Verdict = Literal["agreed", "disagreed"]
 
 
@@ -96,6 +102,11 @@ class Mirror:
     def count(self, model: str, outcome: str) -> None:
         self.counts[(model, outcome)] = self.counts.get((model, outcome), 0) + 1
 
+    def refuse_mirrored(self, request_id: str) -> None:
+        """InvalidInput for a request another mirroring server sent (see the module docstring)."""
+        if is_mirrored(request_id):
+            raise InvalidInput(f"{MIRROR_REFUSED} (request id {request_id!r}); mirror to servers that do not mirror")
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._send_loop()) for _ in range(self.settings.senders)]
@@ -117,6 +128,11 @@ class Mirror:
                 self.count(sample.model, await self._one(sample))
             except asyncio.CancelledError:
                 raise
+            except InferenceServerException as exc:
+                refused = MIRROR_REFUSED in str(exc.message())
+                if not refused:
+                    log.debug("mirror to %s failed: %s", self.settings.url, exc)
+                self.count(sample.model, "skipped" if refused else "failed")
             except Exception as exc:  # noqa: BLE001 - the reference failing is counted, never raised
                 log.debug("mirror to %s failed: %s", self.settings.url, exc)
                 self.count(sample.model, "failed")
@@ -175,7 +191,8 @@ class MirrorCollector:
         from prometheus_client.core import CounterMetricFamily
 
         family = CounterMetricFamily(MIRROR_METRIC, "Requests mirrored to the reference server (--mirror-to) by "
-                                     "outcome: agreed or disagreed with this server's answer, failed, dropped.",
+                                     "outcome: agreed or disagreed with this server's answer, failed, dropped, skipped (answered "
+                                     "by another mirroring server).",
                                      labels=["model", "outcome"])
         for model in sorted(set(self.models()) | {m for m, _ in self.mirror.counts}):
             for outcome in MIRROR_OUTCOMES:

@@ -182,6 +182,24 @@ def test_a_reference_down_or_silent_never_touches_the_real_requests(tmp_path, st
         silent.close()
 
 
+def test_a_mirroring_server_refuses_mirrored_requests_and_the_sender_skips_them(tmp_path, start_server):
+    """The Service a canary mirrors to also reaches canary pods: they refuse, nothing is compared."""
+    samples.write_model(tmp_path, "tiny", samples.mlp((10, 16, 4), seed=1))
+    other_canary = start_server(tmp_path, "--mirror-to", "http://127.0.0.1:1", "--mirror-sample-rate", "0")
+    canary = start_server(tmp_path, "--mirror-to", f"http://{other_canary.http_url}", "--mirror-sample-rate", "1")
+    client = httpclient.InferenceServerClient(canary.http_url)
+    for s in range(10):
+        _infer(client, "tiny", "INPUT0", np.random.default_rng(s).standard_normal((2, 10)).astype(np.float32))
+    wait_for("10 skipped", lambda: _counts_at(f"127.0.0.1:{canary.metrics_port}", "tiny")["skipped"] == 10, timeout=120)
+    counts = _counts_at(f"127.0.0.1:{canary.metrics_port}", "tiny")
+    assert counts == {"agreed": 0, "disagreed": 0, "failed": 0, "dropped": 0, "skipped": 10}
+    text = other_canary.metrics()
+    assert metric(text, f"{REQUESTS_METRIC}_total", model="tiny", version="1", protocol="http", outcome="invalid") == 10
+    assert metric(text, f"{REQUESTS_METRIC}_total", model="tiny", version="1", protocol="http", outcome="success") == 0
+    # a real request to the refusing server is answered as ever
+    _infer(httpclient.InferenceServerClient(other_canary.http_url), "tiny", "INPUT0", np.ones((1, 10), np.float32))
+
+
 # -- the operator's canary analysis on two real servers ---------------------------------------------
 
 
