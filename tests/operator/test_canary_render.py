@@ -63,6 +63,11 @@ def test_output_agreement_adds_the_mirror_flags_to_the_canary_only() -> None:
     assert command[-4:] == ["--mirror-to", f"http://svc.{namespace}.svc:{names.HTTP_PORT}", "--mirror-sample-rate", "0.25"]
     assert "--mirror-to" not in stable["spec"]["template"]["spec"]["containers"][0]["command"]
     assert template_revision(deployment) == template_revision(stable)  # the revision is still the spec's
+    spec["rollout"]["canary"]["analysis"]["mirrorTo"] = "http://stable.example:8000"
+    msvc = ModelService.from_body(body("svc", spec=spec))
+    command = render_canary(msvc, render_children(msvc), replicas=1)[1]["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[-4:-2] == ["--mirror-to", "http://stable.example:8000"]
     # off by default, and never for Triton (it has no such flag)
     plain = ModelService.from_body(body("svc", spec=SPEC))
     assert "--mirror-to" not in render_canary(plain, render_children(plain), replicas=1)[1]["spec"]["template"]["spec"][

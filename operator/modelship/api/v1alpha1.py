@@ -384,6 +384,8 @@ class CanaryAnalysis(_Model):
     # requests to the Service and the step fails when fewer of its answers than this agree.
     min_output_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     mirror_sample_rate: Annotated[float, Field(ge=0.001, le=1)] = 0.1
+    # Where stable answers; unset: the Service (http://<name>.<namespace>.svc:8000).
+    mirror_to: Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
 
 
 def _default_steps() -> list[CanaryStep]:
