@@ -500,8 +500,8 @@ def _mirror_flags(p: argparse.ArgumentParser) -> None:
     mir.add_argument("--mirror-to", default="", metavar="URL",
                      help="after answering, send a sample of requests again to this KServe v2 HTTP server "
                           "(http://host:port) and count whether its answers agree with ours in "
-                          "modelship_mirror_requests_total; off the request path, never delays or fails it "
-                          "(default: off)")
+                          "modelship_mirror_requests_total; off the request path, never delays or fails it; "
+                          "a server started with it refuses requests mirrored by another (default: off)")
     mir.add_argument("--mirror-sample-rate", type=_fraction, default=0.1, metavar="FRACTION",
                      help="share of answered requests mirrored (default 0.1)")
     mir.add_argument("--mirror-metric", choices=METRICS, default="cosine",
@@ -512,6 +512,9 @@ def _mirror_flags(p: argparse.ArgumentParser) -> None:
                           "and max_rel")
     mir.add_argument("--mirror-queue-size", type=_positive_int, default=64, metavar="N",
                      help="samples waiting to be sent; more are dropped and counted (default 64)")
+    mir.add_argument("--mirror-max-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
+                     help="input and output bytes the waiting and in-flight samples may hold; more are "
+                          "dropped and counted (default 64 MiB)")
     mir.add_argument("--mirror-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                      help="how long one mirrored request may take before it counts as failed (default 5)")
 
@@ -530,7 +533,8 @@ def _mirror_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--mirror-to: expected http://host:port or https://host:port, got {args.mirror_to!r}")
     threshold = args.mirror_threshold if args.mirror_threshold is not None else _MIRROR_THRESHOLDS[args.mirror_metric]
     return MirrorSettings(url=url, sample_rate=args.mirror_sample_rate, metric=args.mirror_metric,
-                          threshold=threshold, queue_size=args.mirror_queue_size, timeout_s=args.mirror_timeout)
+                          threshold=threshold, queue_size=args.mirror_queue_size, max_bytes=args.mirror_max_bytes,
+                          timeout_s=args.mirror_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,9 @@ Why the canary mirrors to stable and not the other way: stable's pods run the pr
 must not restart (a flag on them would change their template), and they may run an older server.
 The counters then live on the canary's pods, which the operator already scrapes as one track.
 
-Off the request path: `offer` is a few dict operations on the event loop; a bounded queue and a
-fixed number of sender tasks do the rest, so a slow or dead reference delays and fails nothing
+Off the request path: `offer` is a few dict operations on the event loop; a queue bounded in
+samples and in bytes (a sample holds its inputs and outputs) and a fixed number of sender tasks
+do the rest, so a slow or dead reference delays and fails nothing
 (a full queue drops the sample and counts it). A mirrored request carries MIRROR_ID_PREFIX in
 its id. The Service a canary mirrors to also reaches the canary's own pods; a server that mirrors
 (a canary) answers a mirrored request with a 400 naming MIRROR_REFUSED (counted `invalid`, which is
@@ -46,6 +47,7 @@ class MirrorSettings:
     metric: str = "cosine"  # one of gate.METRICS
     threshold: float = 0.99  # one request agrees when its figure is >= (similarity) or <= (error) this
     queue_size: int = 64
+    max_bytes: int = 64 * 1024 * 1024  # inputs and outputs held by queued and in-flight samples
     senders: int = 2
     timeout_s: float = 5.0
 
@@ -86,6 +88,11 @@ class Sample:
     inputs: dict[str, tuple[str, np.ndarray]]  # name -> (datatype, array)
     outputs: dict[str, np.ndarray]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(int(getattr(a, "nbytes", 0)) for _, a in self.inputs.values()) + \
+            sum(int(getattr(a, "nbytes", 0)) for a in self.outputs.values())
+
 
 class Mirror:
     """The queue and senders; counters per model by MIRROR_OUTCOMES, read by MirrorCollector."""
@@ -98,6 +105,7 @@ class Mirror:
         self._client_factory = client_factory or _http_client
         self._client: Any = None
         self._serial = 0
+        self.held_bytes = 0  # what queued and in-flight samples hold, at most settings.max_bytes
 
     def count(self, model: str, outcome: str) -> None:
         self.counts[(model, outcome)] = self.counts.get((model, outcome), 0) + 1
@@ -116,14 +124,18 @@ class Mirror:
         """Called after a successful answer; never raises, never waits."""
         if is_mirrored(request_id) or not sampled(self.settings.sample_rate):
             return
-        try:
-            self._queue.put_nowait(Sample(model, version, inputs, outputs))
-        except asyncio.QueueFull:
+        sample = Sample(model, version, inputs, outputs)
+        size = sample.nbytes
+        if self.held_bytes + size > self.settings.max_bytes or self._queue.full():
             self.count(model, "dropped")
+            return
+        self._queue.put_nowait(sample)
+        self.held_bytes += size
 
     async def _send_loop(self) -> None:
         while True:
             sample = await self._queue.get()
+            size = sample.nbytes
             try:
                 self.count(sample.model, await self._one(sample))
             except asyncio.CancelledError:
@@ -136,6 +148,8 @@ class Mirror:
             except Exception as exc:  # noqa: BLE001 - the reference failing is counted, never raised
                 log.debug("mirror to %s failed: %s", self.settings.url, exc)
                 self.count(sample.model, "failed")
+            finally:
+                self.held_bytes -= size
 
     async def _one(self, sample: Sample) -> str:
         import tritonclient.http as httpclient

@@ -71,6 +71,19 @@ def test_offer_never_mirrors_a_mirrored_request_and_counts_a_full_queue_as_dropp
     assert asyncio.run(run()) == {("m", "dropped"): 1}
 
 
+def test_offer_drops_what_would_hold_more_than_max_bytes():
+    async def run():
+        mirror = Mirror(MirrorSettings(url="http://127.0.0.1:1", sample_rate=1.0, queue_size=10,
+                                       max_bytes=3 * 2 * A.nbytes))  # room for 3 samples of A in and A out
+        for _ in range(5):
+            mirror.offer("m", "1", "", {"INPUT0": ("FP32", A)}, {"OUTPUT0": A})
+        held = mirror.held_bytes
+        await mirror.close()
+        return mirror.counts, held
+
+    assert asyncio.run(run()) == ({("m", "dropped"): 2}, 3 * 2 * A.nbytes)
+
+
 @pytest.mark.parametrize("argv, error", [
     (["--mirror-to", "127.0.0.1:8000"], "--mirror-to: expected http://host:port"),
     (["--mirror-threshold", "0.5"], "--mirror-threshold needs --mirror-to"),
