@@ -136,3 +136,11 @@ QUALITY_METRICS = (
 )
 # Lower is better for these; higher for the others.
 QUALITY_ERROR_METRICS = ("mae", "rmse")
+
+
+# --- canary output agreement (docs/rollout.md): the canary's server mirrors a sample of its requests ---
+# to stable (--mirror-to) and counts how its answers compare. A counter (`_total` on the wire),
+# labels model and outcome; the canary analysis reads agreed / (agreed + disagreed).
+MIRROR_METRIC = "modelship_mirror_requests"
+# skipped: the request reached another mirroring server (a canary pod), which refuses it.
+MIRROR_OUTCOMES = ("agreed", "disagreed", "failed", "dropped", "skipped")

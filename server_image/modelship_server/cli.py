@@ -19,6 +19,7 @@ from pathlib import Path
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 from . import __version__
+from .mirror import MirrorSettings
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions
 from .settings import HttpLimits, MonitoringSettings, Settings
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "opentelemetry,bsp_max_queue_size=N / bsp_schedule_delay=MS / bsp_max_export_batch_size=N. "
                          "Example: --trace-config mode=opentelemetry --trace-config ratio=0.1 "
                          "--trace-config opentelemetry,url=otel-collector:4317")
+    _mirror_flags(p)
     return p
 
 
@@ -484,7 +486,55 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, str]:
         **_security_settings(parser, args),
         monitoring=_monitoring_settings(parser, args),
         tracing=tracing,
+        mirror=_mirror_settings(parser, args),
     ), args.log_level
+
+
+# --- output agreement: mirroring to a reference server (docs/rollout.md) -----------------------
+
+
+def _mirror_flags(p: argparse.ArgumentParser) -> None:
+    from .optimize.gate import METRICS
+
+    mir = p.add_argument_group("output agreement (a canary mirrors to stable; docs/rollout.md)")
+    mir.add_argument("--mirror-to", default="", metavar="URL",
+                     help="after answering, send a sample of requests again to this KServe v2 HTTP server "
+                          "(http://host:port) and count whether its answers agree with ours in "
+                          "modelship_mirror_requests_total; off the request path, never delays or fails it; "
+                          "a server started with it refuses requests mirrored by another (default: off)")
+    mir.add_argument("--mirror-sample-rate", type=_fraction, default=0.1, metavar="FRACTION",
+                     help="share of answered requests mirrored (default 0.1)")
+    mir.add_argument("--mirror-metric", choices=METRICS, default="cosine",
+                     help="how two answers are compared, as the optimize gate does (default cosine)")
+    mir.add_argument("--mirror-threshold", type=float, default=None, metavar="X",
+                     help="a request agrees when its figure is >= X (cosine, top1_agreement) or <= X "
+                          "(max_abs, max_rel); default 0.99 for cosine, 1 for top1_agreement, 1e-3 for max_abs "
+                          "and max_rel")
+    mir.add_argument("--mirror-queue-size", type=_positive_int, default=64, metavar="N",
+                     help="samples waiting to be sent; more are dropped and counted (default 64)")
+    mir.add_argument("--mirror-max-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
+                     help="input and output bytes the waiting and in-flight samples may hold; more are "
+                          "dropped and counted (default 64 MiB)")
+    mir.add_argument("--mirror-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                     help="how long one mirrored request may take before it counts as failed (default 5)")
+
+
+_MIRROR_THRESHOLDS = {"cosine": 0.99, "top1_agreement": 1.0, "max_abs": 1e-3, "max_rel": 1e-3}
+
+
+def _mirror_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MirrorSettings:
+    url = args.mirror_to.strip()
+    given = [f for f, v in (("--mirror-threshold", args.mirror_threshold is not None),) if v]
+    if not url:
+        if given:
+            parser.error(f"{', '.join(given)} needs --mirror-to")
+        return MirrorSettings()
+    if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1].strip("/"):
+        parser.error(f"--mirror-to: expected http://host:port or https://host:port, got {args.mirror_to!r}")
+    threshold = args.mirror_threshold if args.mirror_threshold is not None else _MIRROR_THRESHOLDS[args.mirror_metric]
+    return MirrorSettings(url=url, sample_rate=args.mirror_sample_rate, metric=args.mirror_metric,
+                          threshold=threshold, queue_size=args.mirror_queue_size, max_bytes=args.mirror_max_bytes,
+                          timeout_s=args.mirror_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from .registry import Registry, ServedModel
 from .tracing import OFF_SETTING, Tracer
 
 if TYPE_CHECKING:
+    from .mirror import Mirror
     from .monitoring.monitor import Monitoring
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class DataPlane:
         self.inflight = 0
         self._model_metrics: dict[tuple[str, str], ModelMetrics] = {}
         self.monitoring: Monitoring | None = None  # set by the server with --monitoring
+        self.mirror: Mirror | None = None  # set by the server with --mirror-to
 
     # -- health and metadata -----------------------------------------------
 
@@ -165,6 +167,8 @@ class DataPlane:
         outcome = "success"
         mon = self.monitoring
         try:
+            if self.mirror is not None:
+                self.mirror.refuse_mirrored(request.id)
             feeds, batch = validation.check_request(request, model)
             timeout = request.timeout_s or model.default_timeout_s or None
             outputs = await model.scheduler.submit(feeds, batch, timeout, request.trace)
@@ -172,6 +176,9 @@ class DataPlane:
                 if not request.id:  # the OIP id feedback refers to: made here, returned in the response
                     request.id = mon.new_id(model)
                 mon.after_infer(model, request, outputs)
+            if self.mirror is not None:  # queued for the senders; never waits, never raises
+                self.mirror.offer(model.name, model.version, request.id,
+                                  {t.name: (t.datatype, t.data) for t in request.inputs}, outputs)
             return self._response(request, model, outputs)
         except ServingError as exc:
             outcome = exc.outcome

@@ -24,6 +24,7 @@ from .budget import ByteBudget, cgroup_memory_limit, default_budget
 from .dataplane import DataPlane
 from .errors import AUTH_CONFIG_INVALID, TLS_CERTIFICATE_INVALID
 from .metrics import Metrics
+from .mirror import Mirror, MirrorCollector
 from .monitoring.exporter import MonitoringCollector
 from .monitoring.monitor import Monitoring
 from .monitoring.reference import ReferenceInvalid, load_reference
@@ -269,6 +270,7 @@ async def serve(settings: Settings) -> int:
     metrics.budget = budget
     dp = DataPlane(registry, metrics, make_tracer(settings.tracing))
     monitoring = start_monitoring(settings, dp, metrics, registry)
+    mirror = start_mirror(settings, dp, metrics, registry)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -279,6 +281,8 @@ async def serve(settings: Settings) -> int:
     await drain(settings, dp, registry, ends, quiet=code != 0)
     if monitoring is not None:
         monitoring.close()
+    if mirror is not None:
+        await mirror.close()
     if dp.tracer is not None:
         await stop_tracer(dp.tracer)
     log.info("stopped")
@@ -298,6 +302,20 @@ def start_monitoring(settings: Settings, dp: DataPlane, metrics: Metrics, regist
              cfg.reference or f"frozen from the first {cfg.reference_size} sampled requests of each model",
              cfg.capture_dir or cfg.capture_uri or "off")
     return hub
+
+
+def start_mirror(settings: Settings, dp: DataPlane, metrics: Metrics, registry: Registry) -> Mirror | None:
+    """With --mirror-to: the queue and senders that compare a sample of answers with the reference's."""
+    cfg = settings.mirror
+    if not cfg.enabled:
+        return None
+    mirror = Mirror(cfg)
+    mirror.start()
+    dp.mirror = mirror
+    metrics.registry.register(MirrorCollector(mirror, lambda: sorted({m.name for m in registry.all()})))
+    log.info("mirroring %g of answered requests to %s, comparing by %s (agree at %g)", cfg.sample_rate, cfg.url,
+             cfg.metric, cfg.threshold)
+    return mirror
 
 
 async def stop_tracer(tracer: Tracer, timeout_s: float = 5.0) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 from .auth.gate import GateConfig
+from .mirror import MirrorSettings
 from .runtime import RuntimeOptions
 from .tls import TlsConfig
 from .tracing import TraceSettings
@@ -58,6 +59,7 @@ class Settings:
     watch_interval_s: float = 2.0  # how often the API key and TLS files are checked for changes
     monitoring: MonitoringSettings = dataclasses.field(default_factory=lambda: MonitoringSettings())
     tracing: TraceSettings = dataclasses.field(default_factory=TraceSettings)  # --trace-config, OTEL_*
+    mirror: MirrorSettings = dataclasses.field(default_factory=MirrorSettings)  # --mirror-to (docs/rollout.md)
 
 
 # --- monitoring (docs/monitoring.md): all off unless --monitoring --------------------------------

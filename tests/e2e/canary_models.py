@@ -1,5 +1,6 @@
 """Model files for the canary tests: a slow copy of a model, with the same signature and the same
-answers, that passes every check the operator and the server make and is simply slower.
+answers, that passes every check the operator and the server make and is simply slower; and a
+wrong copy, as fast, with the same signature and other answers.
 
 The extra work hangs off the input (so nothing can constant-fold it) and joins the output as
 zero times its sum, which ONNX Runtime computes and does not optimize away.
@@ -40,3 +41,18 @@ def slow_copy(model: onnx.ModelProto, *, matmuls: int, width: int = 1024) -> onn
     graph.value_info.append(helper.make_tensor_value_info("slow_original", TensorProto.FLOAT, None))
     onnx.checker.check_model(slow)
     return slow
+
+
+def wrong_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every float weight shuffled (seeded): the same graph, signature and speed,
+    other answers (a wrong file that passes every check but the comparison with stable)."""
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(model)
+    rng = np.random.default_rng(11)
+    for i, tensor in enumerate(wrong.graph.initializer):
+        array = numpy_helper.to_array(tensor)
+        if array.dtype.kind == "f" and array.size > 1:
+            shuffled = rng.permutation(array.ravel()).reshape(array.shape).astype(array.dtype)
+            wrong.graph.initializer[i].CopyFrom(numpy_helper.from_array(shuffled, tensor.name))
+    onnx.checker.check_model(wrong)
+    return wrong

@@ -4,7 +4,8 @@ The operator runs as a `modelship run` process; the serving pods run modelship-s
 the node agent's nodes, and a client follows the Service's EndpointSlices as kube-proxy would.
 The tests run in order on one ModelService: a good change promotes through every step, a slow
 one (the same model made slow, tests/e2e/canary_models.py) is rolled back, and no request fails
-on the way. Step pauses and the analysis interval are small here; the defaults are minutes.
+on the way; a wrong one (the same signature, other answers, as fast) is rolled back on its
+output agreement with stable. Step pauses and the analysis interval are small here; the defaults are minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import onnx
 import pytest
 
-from canary_models import slow_copy
+from canary_models import slow_copy, wrong_copy
 from chart_install import AGENT_NODES, AGENT_TOLERATIONS
 from modelship_server import samples
 from traffic import Traffic
@@ -154,7 +155,8 @@ def operator(cluster, tmp_path_factory) -> Iterator[Operator]:  # noqa: ANN001
 def models(cluster) -> dict[str, dict[str, str]]:  # noqa: ANN001
     base = samples.mlp()
     return {"good": publish(cluster, "canary-mlp.onnx", base),
-            "slow": publish(cluster, "canary-mlp-slow.onnx", slow_copy(base, matmuls=150))}
+            "slow": publish(cluster, "canary-mlp-slow.onnx", slow_copy(base, matmuls=150)),
+            "wrong": publish(cluster, "canary-mlp-wrong.onnx", wrong_copy(base))}
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +275,34 @@ def test_an_sre_aborts_a_canary_with_an_annotation(cluster, service, models, ope
         wait_for("the canary at zero", lambda: deployment(cluster, f"{NAME}-canary")["spec"]["replicas"] == 0, 60)
     finally:
         cluster.kubectl("annotate", "msvc", NAME, "-n", NS, "modelship.dev/canary-")
+
+
+def test_a_wrong_canary_is_rolled_back_on_output_agreement(cluster, service, models, operator):  # noqa: ANN001
+    """As fast as stable and never an error: only the comparison of its answers with stable's catches it.
+    The dev cluster has no Service routing for pods, so the canary mirrors to a stable pod (mirrorTo)."""
+    pods = cluster.api("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector=modelship.dev/modelservice={NAME}")["items"]
+    stable_ips = [p["status"]["podIP"] for p in pods if "modelship.dev/track" not in p["metadata"].get("labels", {})
+                  and (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")]
+    assert stable_ips, pods
+    before = deployment(cluster, NAME)
+    with Traffic(cluster.api, NS, NAME, "mlp", FEED, clients=2) as traffic, Recorder(cluster) as recorder:
+        time.sleep(2)
+        patch(cluster, {"model": models["wrong"], "rollout": {"canary": {"analysis": {
+            "minOutputAgreement": 0.95, "mirrorSampleRate": 1.0, "mirrorTo": f"http://{stable_ips[0]}:8000"}}}})
+        failed = wait_for("the wrong canary to be rolled back", lambda: (m := msvc(cluster))
+                          and condition(m, "Progressing").get("reason") == "RolledBack"
+                          and "output agreement" in condition(m, "Degraded").get("message", "") and m, 600, interval=1)
+        wait_for("the canary to be scaled to zero",
+                 lambda: (d := deployment(cluster, f"{NAME}-canary")) is not None
+                 and d["spec"]["replicas"] == 0 and not d["status"].get("replicas"), 120)
+        time.sleep(3)
+    log = operator.read_text(errors="replace")[-3000:]
+    assert traffic.failed == 0, (traffic.errors, log)
+    degraded = condition(failed, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "CanaryFailed"), degraded
+    assert "output agreement 0.000 < 0.95" in degraded["message"], degraded["message"]
+    assert failed["status"]["canary"]["phase"] == "RolledBack"
+    assert recorder.canary_addresses & set(traffic.counts), "the canary served"
+    after = deployment(cluster, NAME)
+    assert after["spec"]["template"] == before["spec"]["template"]  # stable never left the good model
+    print(f"wrong canary rolled back: {degraded['message']}")

@@ -49,3 +49,26 @@ def test_the_revision_follows_the_pod_template_only() -> None:
     assert revision({**SPEC, "rollout": {"strategy": "RollingUpdate"}}) == base  # nor is the strategy
     assert revision({**SPEC, "model": {"uri": "https://h.example/other.onnx", "sha256": SHA}}) != base
     assert revision({**SPEC, "rollout": {**SPEC["rollout"], "preStopDelaySeconds": 3}}) != base
+
+
+def test_output_agreement_adds_the_mirror_flags_to_the_canary_only() -> None:
+    spec = {**SPEC, "rollout": {"strategy": "Canary", "canary": {
+        "steps": [{"weight": 33, "pauseSeconds": 5}], "analysis": {"minOutputAgreement": 0.98, "mirrorSampleRate": 0.25}}}}
+    msvc = ModelService.from_body(body("svc", spec=spec))
+    rendered = render_children(msvc)
+    stable = {o["kind"]: o for o in rendered.objects}["Deployment"]
+    deployment = render_canary(msvc, rendered, replicas=1)[1]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    namespace = msvc.metadata.namespace
+    assert command[-4:] == ["--mirror-to", f"http://svc.{namespace}.svc:{names.HTTP_PORT}", "--mirror-sample-rate", "0.25"]
+    assert "--mirror-to" not in stable["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert template_revision(deployment) == template_revision(stable)  # the revision is still the spec's
+    spec["rollout"]["canary"]["analysis"]["mirrorTo"] = "http://stable.example:8000"
+    msvc = ModelService.from_body(body("svc", spec=spec))
+    command = render_canary(msvc, render_children(msvc), replicas=1)[1]["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[-4:-2] == ["--mirror-to", "http://stable.example:8000"]
+    # off by default, and never for Triton (it has no such flag)
+    plain = ModelService.from_body(body("svc", spec=SPEC))
+    assert "--mirror-to" not in render_canary(plain, render_children(plain), replicas=1)[1]["spec"]["template"]["spec"][
+        "containers"][0]["command"]

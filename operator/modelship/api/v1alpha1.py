@@ -380,6 +380,12 @@ class CanaryAnalysis(_Model):
     max_shed_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
     max_latency_ratio: Annotated[float, Field(ge=1, le=100)] = 1.5
     latency_slack_milliseconds: Annotated[int, Field(ge=0, le=60_000)] = 10
+    # Output agreement (off unless set): the canary's server mirrors `mirror_sample_rate` of its
+    # requests to the Service and the step fails when fewer of its answers than this agree.
+    min_output_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    mirror_sample_rate: Annotated[float, Field(ge=0.001, le=1)] = 0.1
+    # Where stable answers; unset: the Service (http://<name>.<namespace>.svc:8000).
+    mirror_to: Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://[^\s/]+(/.*)?$")] | None = None
 
 
 def _default_steps() -> list[CanaryStep]:
@@ -789,6 +795,8 @@ class CanaryTrackStatus(_Model):
     error_rate: float | None = None
     shed_rate: float | None = None
     latency_milliseconds: float | None = None
+    mirrored: int | None = None  # answers compared with stable's (output agreement)
+    output_agreement: float | None = None
 
 
 class CanaryStatus(_Model):

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from modelship.autoscale.decision import PodSignals, Snapshot
 from modelship.contracts import (
-    DEMAND_OUTCOMES, INFLIGHT_METRIC, METRICS_PORT, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC, REQUESTS_METRIC,
+    DEMAND_OUTCOMES, INFLIGHT_METRIC, METRICS_PORT, MIRROR_METRIC, QUEUE_DURATION_METRIC, REQUEST_DURATION_METRIC,
+    REQUESTS_METRIC,
 )
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
@@ -42,6 +43,8 @@ class Scrape:
     inflight: float
     # Every outcome's cumulative count, sorted by outcome (the canary analysis reads errors and sheds).
     outcomes: tuple[tuple[str, float], ...] = ()
+    # MIRROR_METRIC's cumulative count per outcome (a canary mirroring to stable; empty otherwise).
+    mirror: tuple[tuple[str, float], ...] = ()
 
 
 class MetricsError(ValueError):
@@ -55,6 +58,7 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
     requests = queue_sum = queue_count = inflight = 0.0
     buckets: dict[float, float] = {}
     outcomes: dict[str, float] = {}
+    mirror: dict[str, float] = {}
     seen = False
     try:
         families = list(text_string_to_metric_families(text))
@@ -80,12 +84,15 @@ def parse(text: str, *, model: str, at: float) -> Scrape:
                 queue_count += sample.value
             elif name == INFLIGHT_METRIC:
                 inflight += sample.value
+            elif name == f"{MIRROR_METRIC}_total":
+                outcome = sample.labels.get("outcome", "")
+                mirror[outcome] = mirror.get(outcome, 0.0) + sample.value
     if not seen:
         raise MetricsError(f"no {REQUESTS_METRIC}_total for model {model!r} "
                            "(is this a modelship-server, serving that model?)")
     return Scrape(at=at, requests=requests, buckets=tuple(sorted(buckets.items())),
                   queue_sum=queue_sum, queue_count=queue_count, inflight=inflight,
-                  outcomes=tuple(sorted(outcomes.items())))
+                  outcomes=tuple(sorted(outcomes.items())), mirror=tuple(sorted(mirror.items())))
 
 
 @dataclasses.dataclass(frozen=True)

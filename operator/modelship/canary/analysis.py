@@ -10,6 +10,7 @@ histogram_quantile would, so a track's latency is that of all its requests, not 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Final, Literal, Sequence
 
 from modelship.api.v1alpha1 import ModelService
@@ -35,6 +36,18 @@ class TrackStats:
     errors: float = 0.0
     sheds: float = 0.0
     buckets: tuple[tuple[float, float], ...] = ()
+    # Output agreement: the canary's answers compared with stable's (mirror.py on the server).
+    agreed: float = 0.0
+    disagreed: float = 0.0
+    mirror_failed: float = 0.0
+
+    @property
+    def compared(self) -> float:
+        return self.agreed + self.disagreed
+
+    @property
+    def output_agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared > 0 else None
 
     @property
     def error_rate(self) -> float | None:
@@ -55,11 +68,17 @@ def delta(first: Scrape, last: Scrape) -> TrackStats:
         return sum(n for outcome, n in scrape.outcomes if outcome in names)
 
     old = dict(first.buckets)
+    before, after = dict(first.mirror), dict(last.mirror)
+
+    def mirrored(outcome: str) -> float:
+        return max(0.0, after.get(outcome, 0.0) - before.get(outcome, 0.0))
+
     return TrackStats(
         requests=max(0.0, count(last, DEMAND_OUTCOMES) - count(first, DEMAND_OUTCOMES)),
         errors=max(0.0, count(last, ERROR_OUTCOMES) - count(first, ERROR_OUTCOMES)),
         sheds=max(0.0, count(last, SHED_OUTCOMES) - count(first, SHED_OUTCOMES)),
         buckets=tuple((le, max(0.0, n - old.get(le, 0.0))) for le, n in last.buckets),
+        agreed=mirrored("agreed"), disagreed=mirrored("disagreed"), mirror_failed=mirrored("failed"),
     )
 
 
@@ -70,7 +89,9 @@ def combine(tracks: Sequence[TrackStats]) -> TrackStats:
         for le, n in track.buckets:
             buckets[le] = buckets.get(le, 0.0) + n
     return TrackStats(requests=sum(t.requests for t in tracks), errors=sum(t.errors for t in tracks),
-                      sheds=sum(t.sheds for t in tracks), buckets=tuple(sorted(buckets.items())))
+                      sheds=sum(t.sheds for t in tracks), buckets=tuple(sorted(buckets.items())),
+                      agreed=sum(t.agreed for t in tracks), disagreed=sum(t.disagreed for t in tracks),
+                      mirror_failed=sum(t.mirror_failed for t in tracks))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +103,17 @@ class Thresholds:
     latency_slack_ms: float = 10.0
     slo_ms: float | None = None
     percentile: str = "p95"
+    min_output_agreement: float | None = None  # None: output agreement is not judged
+    min_compared: int = 10  # answers compared with stable before agreement is judged
+
+
+# Fewest mirrored answers that judge agreement, whatever the sample rate.
+MIN_COMPARED = 10
+
+
+def min_compared(min_requests: int, sample_rate: float) -> int:
+    """Compared answers needed: the share of `min_requests` the sample rate mirrors, at least MIN_COMPARED."""
+    return max(MIN_COMPARED, math.ceil(min_requests * sample_rate))
 
 
 def thresholds_of(msvc: ModelService) -> Thresholds:
@@ -91,14 +123,18 @@ def thresholds_of(msvc: ModelService) -> Thresholds:
                       max_shed_rate=analysis.max_shed_rate, max_latency_ratio=analysis.max_latency_ratio,
                       latency_slack_ms=float(analysis.latency_slack_milliseconds),
                       slo_ms=float(slo.latency_milliseconds) if slo else None,
-                      percentile=slo.percentile if slo else "p95")
+                      percentile=slo.percentile if slo else "p95",
+                      # Triton has no --mirror-to: agreement is judged for modelship-server only
+                      min_output_agreement=analysis.min_output_agreement if msvc.spec.runtime != "triton" else None,
+                      min_compared=min_compared(analysis.min_requests, analysis.mirror_sample_rate))
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     outcome: Outcome
     message: str
-    metric: str | None = None  # the failing metric: error_rate, shed_rate, latency_slo, latency_vs_stable
+    metric: str | None = None  # the failing metric: error_rate, shed_rate, latency_slo, latency_vs_stable,
+    # output_agreement
     canary: TrackStats = TrackStats()
     stable: TrackStats = TrackStats()
 
@@ -129,8 +165,20 @@ def analyze(canary: TrackStats, stable: TrackStats, t: Thresholds) -> Verdict:
         if latency > limit:
             return verdict(FAILED, f"{p} latency {latency:.1f} ms > stable's {stable_latency:.1f} ms "
                                  f"x {t.max_latency_ratio:g} + {t.latency_slack_ms:g} ms", "latency_vs_stable")
+    agreement = ""
+    if t.min_output_agreement is not None:
+        if canary.compared < t.min_compared:
+            return verdict(WAITING, f"waiting for {t.min_compared} canary answers compared with stable's, "
+                                    f"{int(canary.compared)} so far ({int(canary.mirror_failed)} mirrored requests "
+                                    "failed)")
+        share = canary.output_agreement or 0.0
+        if share < t.min_output_agreement:
+            return verdict(FAILED, f"output agreement {share:.3f} < {t.min_output_agreement:g} ({int(canary.agreed)} "
+                                 f"of {int(canary.compared)} answers compared with stable's agreed)",
+                           "output_agreement")
+        agreement = f", output agreement {share:.3f} of {int(canary.compared)}"
     against = (f"stable {p} {stable_latency:.1f} ms" if stable_latency is not None
                else f"stable has {int(stable.requests)} requests, too few to compare")
     shown = f"{latency:.1f} ms" if latency is not None else "unknown"
     return verdict(PASSED, f"{int(canary.requests)} canary requests: {p} {shown}, error rate {error_rate:.3f}, "
-                         f"shed rate {shed_rate:.3f}; {against}")
+                         f"shed rate {shed_rate:.3f}{agreement}; {against}")

@@ -75,8 +75,11 @@ def online_speedup(verdict: Verdict, percentile: str) -> float | None:
 
 def _track(stats: TrackStats, percentile: str) -> dict[str, Any]:
     out: dict[str, Any] = {"requests": int(stats.requests)}
+    if stats.compared > 0:
+        out["mirrored"] = int(stats.compared)
     for key, value in (("errorRate", stats.error_rate), ("shedRate", stats.shed_rate),
-                       ("latencyMilliseconds", stats.latency_ms(percentile))):
+                       ("latencyMilliseconds", stats.latency_ms(percentile)),
+                       ("outputAgreement", stats.output_agreement)):
         if value is not None:
             out[key] = round(value, 4)
     return out

@@ -17,7 +17,7 @@ from modelship.kube.objects import owner_reference
 from modelship.render import names
 from modelship.render.artifact import ModelArtifact, original
 from modelship.render.autoscaler import render_hpa, render_scaled_object
-from modelship.render.canary import canary_objects
+from modelship.render.canary import add_server_args, canary_objects, mirror_args
 from modelship.render.config_map import render_config_map
 from modelship.render.deployment import render_deployment
 from modelship.render.disruption import render_pod_disruption_budget
@@ -93,6 +93,10 @@ def render_canary(msvc: ModelService, rendered: Rendered, *, replicas: int) -> l
     """The canary's ConfigMap and Deployment (`replicas` pods) for the spec `rendered` holds."""
     by_kind = {o["kind"]: o for o in rendered.objects}
     config_map, deployment = canary_objects(by_kind["ConfigMap"], by_kind["Deployment"], replicas=replicas)
+    analysis = msvc.spec.rollout.canary_settings.analysis
+    if analysis.min_output_agreement is not None and msvc.spec.runtime != "triton":
+        add_server_args(deployment, mirror_args(msvc.metadata.name, msvc.metadata.namespace,
+                                                sample_rate=analysis.mirror_sample_rate, url=analysis.mirror_to))
     return [_finish(config_map, msvc), _finish(deployment, msvc)]
 
 
