@@ -35,8 +35,9 @@ def _sha(path) -> str:
                                              fuse_transformer=True, float_fraction=0.25)),
     (models.int8_hostile, cand.Recipe(name="mixed", kind="dynamic_int8", per_channel=True, float_fraction=0.1)),
     (models.small_cnn, cand.Recipe(name="conv-only", kind="static_int8", per_channel=True, op_types=["Conv"])),
+    (models.small_cnn, cand.STATIC_QOPERATOR),
 ], ids=["dynamic-int8", "static-int8-calibrated", "ort-all", "transformer-fusion", "fusion+mixed-int8",
-        "mixed-int8-calibrated", "static-int8-conv-only"])
+        "mixed-int8-calibrated", "static-int8-conv-only", "static-int8-qoperator"])
 def test_rebuild_reproduces_the_measured_file(tmp_path, make, recipe):
     """What the Job measured is what the pod serves: a rebuild in another folder, from another
     copy of the original, with the recorded flags, gives the same bytes."""
