@@ -41,6 +41,37 @@ log = logging.getLogger("modelship.autoscale")
 SCALED_UP, SCALED_DOWN = "ScaledUp", "ScaledDown"
 
 
+
+class ParsedSpecs:
+    """Each ModelService's spec parsed once per (uid, generation). The loops tick every few
+    seconds for every service; parsing the cached body with pydantic on each tick would cost
+    more than the tick's own work."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[Key, tuple[tuple[Any, Any], ModelService]] = {}
+
+    def get(self, key: Key) -> ModelService | None:
+        """The ModelService at `key`; None when it is gone, being deleted, or invalid (the
+        reconciler reports an invalid spec)."""
+        body = self.store.msvc(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        meta = body["metadata"]
+        version = (meta.get("uid"), meta.get("generation"))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            msvc = ModelService.from_body(body)
+        except pydantic.ValidationError:
+            return None
+        self._cache[key] = (version, msvc)
+        return msvc
+
+    def forget(self, key: Key) -> None:
+        self._cache.pop(key, None)
+
 class DecisionMetrics(Protocol):
     """What the loop reports to the operator's metrics (controller/metrics.py)."""
 
@@ -100,7 +131,7 @@ class Autoscaler:
         self.histories: dict[Key, signals.PodHistory] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._session: Any = None
-        self._parsed: dict[Key, tuple[tuple[Any, Any], ModelService]] = {}
+        self._specs = ParsedSpecs(store)
         # Our last scale per service: (the Deployment's resourceVersion before it, replicas).
         # Until the watch delivers a newer Deployment, the cache's count is older than ours.
         self._scaled: dict[Key, tuple[str | None, int]] = {}
@@ -170,7 +201,7 @@ class Autoscaler:
     def _forget(self, key: Key) -> None:
         self.states.pop(key, None)
         self.histories.pop(key, None)
-        self._parsed.pop(key, None)
+        self._specs.forget(key)
         self._scaled.pop(key, None)
         if self.metrics is not None:
             self.metrics.forget(key)
@@ -190,20 +221,7 @@ class Autoscaler:
     # --- one tick ------------------------------------------------------------------------------
 
     def _msvc(self, key: Key) -> ModelService | None:
-        body = self.store.msvc(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None
-        meta = body["metadata"]
-        version = (meta.get("uid"), meta.get("generation"))
-        cached = self._parsed.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        try:
-            msvc = ModelService.from_body(body)
-        except pydantic.ValidationError:
-            return None  # the reconciler reports it
-        self._parsed[key] = (version, msvc)
-        return msvc
+        return self._specs.get(key)
 
     async def step(self, key: Key) -> float:
         """Measure, decide and act once for `key`; returns the seconds until the next tick."""

@@ -13,11 +13,9 @@ import contextlib
 import logging
 from typing import Any, Callable, Mapping, Protocol
 
-import pydantic
-
 from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
-from modelship.autoscale.loop import pod_states
+from modelship.autoscale.loop import ParsedSpecs, pod_states
 from modelship.autoscale.signals import MetricsError, metrics_url
 from modelship.kube.cache import Key, Store
 from modelship.status import conditions as c
@@ -99,7 +97,7 @@ class Monitor:
         self.views: dict[Key, m.View] = {}
         self.counters: dict[Key, dict[str, tuple[float, float]]] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
-        self._parsed: dict[Key, tuple[tuple[Any, Any], ModelService]] = {}
+        self._specs = ParsedSpecs(store)
         self._session: Any = None
 
     # --- the reconciler's seam ---------------------------------------------------------------
@@ -152,7 +150,7 @@ class Monitor:
             self._session = None
 
     def _forget(self, key: Key) -> None:
-        self._parsed.pop(key, None)
+        self._specs.forget(key)
         self.counters.pop(key, None)
         if self.metrics is not None:
             self.metrics.observe_monitoring(key, dict.fromkeys(m.MONITORING_CONDITIONS))
@@ -170,20 +168,7 @@ class Monitor:
             log.exception("monitor of %s/%s crashed", *key)
 
     def _msvc(self, key: Key) -> ModelService | None:
-        body = self.store.msvc(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None
-        meta = body["metadata"]
-        version = (meta.get("uid"), meta.get("generation"))
-        cached = self._parsed.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        try:
-            msvc = ModelService.from_body(body)
-        except pydantic.ValidationError:
-            return None  # the reconciler reports it
-        self._parsed[key] = (version, msvc)
-        return msvc
+        return self._specs.get(key)
 
     async def step(self, key: Key) -> None:
         """Scrape, decide and publish once for `key`."""
