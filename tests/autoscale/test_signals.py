@@ -106,7 +106,10 @@ def test_direct_scrape_rate_and_latency_match_the_load(server) -> None:
     # Server-side time excludes the client's HTTP round trip, so it is at most the client's;
     # interpolation inside a bucket can overshoot by up to one bucket width (2.5 -> 5 -> 10 ms).
     assert 0 < p95 <= max(client_p95 * 2, 0.005), (p95, client_p95)
-    assert p95 >= client_p95 / 4, (p95, client_p95)
+    # The client's time adds its own Python HTTP stack on both ends (~1 ms here); with short model
+    # runs done inline the server's share can be a small part of it, so this bound only catches
+    # a p95 off by an order of magnitude (a bucket or unit mistake), not a slow client.
+    assert p95 >= client_p95 / 10, (p95, client_p95)
     assert signals.inflight is not None and signals.inflight >= 0
 
 
