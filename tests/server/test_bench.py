@@ -75,7 +75,7 @@ def test_concurrency_levels():
 def test_async_clients(server, protocol, capsys):
     url = server.grpc_url if protocol == "grpc" else server.http_url
     rc = bench.main(["-m", "mlp", "-i", protocol, "-u", url, "--async", "--concurrency-range", "4",
-                     "--measurement-interval", "400", "--warmup-interval", "100", "--output-format", "json", "-q"])
+                     "--measurement-interval", "2000", "--warmup-interval", "500", "--output-format", "json", "-q"])
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["requests"] > 0 and rows[0]["errors"] == 0
