@@ -42,6 +42,35 @@ SCALED_UP, SCALED_DOWN = "ScaledUp", "ScaledDown"
 
 
 
+
+class ServiceTasks:
+    """One asyncio task per ModelService that wants one, kept in step with the wanted set:
+    started for new keys, cancelled (and the key forgotten) for keys no longer wanted, and
+    dropped after a crash (logged by the task itself) so the next sync starts it again."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+
+    def sync(self, wanted: set[Key], run: Callable[[Key], Any], forget: Callable[[Key], None]) -> None:
+        for key in wanted - set(self._tasks):
+            self._tasks[key] = asyncio.create_task(run(key), name=f"{self.label} {key[0]}/{key[1]}")
+        for key in set(self._tasks) - wanted:
+            self._tasks.pop(key).cancel()
+            forget(key)
+        for key, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[key]
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
 class ParsedSpecs:
     """Each ModelService's spec parsed once per (uid, generation). The loops tick every few
     seconds for every service; parsing the cached body with pydantic on each tick would cost
@@ -129,7 +158,7 @@ class Autoscaler:
         self.views: dict[Key, report.View] = {}
         self.states: dict[Key, State] = {}
         self.histories: dict[Key, signals.PodHistory] = {}
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._tasks = ServiceTasks("autoscale")
         self._session: Any = None
         self._specs = ParsedSpecs(store)
         # Our last scale per service: (the Deployment's resourceVersion before it, replicas).
@@ -177,23 +206,10 @@ class Autoscaler:
             msvc = self._msvc(key)
             if msvc is not None and builtin_enabled(msvc):
                 wanted.add(key)
-        for key in wanted - set(self._tasks):
-            self._tasks[key] = asyncio.create_task(self._run(key), name=f"autoscale {key[0]}/{key[1]}")
-        for key in set(self._tasks) - wanted:
-            self._tasks.pop(key).cancel()
-            self._forget(key)
-        for key, task in list(self._tasks.items()):
-            if task.done():  # crashed (a bug): logged in _run; start over next time
-                del self._tasks[key]
+        self._tasks.sync(wanted, self._run, self._forget)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

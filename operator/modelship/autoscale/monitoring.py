@@ -9,13 +9,12 @@ stays the one status writer; its condition transitions become Events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Callable, Mapping, Protocol
 
 from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
-from modelship.autoscale.loop import ParsedSpecs, pod_states
+from modelship.autoscale.loop import ParsedSpecs, ServiceTasks, pod_states
 from modelship.autoscale.signals import MetricsError, metrics_url
 from modelship.kube.cache import Key, Store
 from modelship.status import conditions as c
@@ -96,7 +95,7 @@ class Monitor:
         self.scrape_port, self.scrape_timeout = scrape_port, scrape_timeout
         self.views: dict[Key, m.View] = {}
         self.counters: dict[Key, dict[str, tuple[float, float]]] = {}
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._tasks = ServiceTasks("monitor")
         self._specs = ParsedSpecs(store)
         self._session: Any = None
 
@@ -128,23 +127,10 @@ class Monitor:
             msvc = self._msvc(key)
             if msvc is not None and msvc.spec.monitoring.enabled:
                 wanted.add(key)
-        for key in wanted - set(self._tasks):
-            self._tasks[key] = asyncio.create_task(self._run(key), name=f"monitor {key[0]}/{key[1]}")
-        for key in set(self._tasks) - wanted:
-            self._tasks.pop(key).cancel()
-            self._forget(key)
-        for key, task in list(self._tasks.items()):
-            if task.done():
-                del self._tasks[key]
+        self._tasks.sync(wanted, self._run, self._forget)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
