@@ -1,0 +1,170 @@
+"""Build and start the gofront prototype (server_image/gofront: a grpc-go front end and a Python
+ONNX Runtime worker on a Unix socket) for ghz_compare.py, and check its answers against ONNX
+Runtime before anything is timed.
+
+The binary is built with the local Go toolchain (CGO off, GOTOOLCHAIN=local, as
+modelship.devcluster.toolchain builds the plane's tools) into ~/.cache/modelship/bin/gofront-<digest>,
+keyed by a digest of the module's go.mod, go.sum and sources: a second run costs nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compare import free_port  # noqa: E402 - sibling scripts, not a package
+from grpc_path import Proc  # noqa: E402
+
+SOURCE = Path(__file__).resolve().parents[1] / "gofront"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build() -> Path:
+    """The gofront binary, built from server_image/gofront on first use (seconds with a warm module cache)."""
+    from modelship.devcluster import toolchain
+
+    files = sorted(p for p in SOURCE.iterdir() if p.suffix == ".go" or p.name in ("go.mod", "go.sum"))
+    digest = hashlib.sha256(b"\0".join(p.name.encode() + b"\0" + p.read_bytes() for p in files)).hexdigest()[:10]
+    binary = toolchain.cache_dir() / "bin" / f"gofront-{digest}" / "gofront"
+    if binary.is_file():
+        return binary
+    go = shutil.which(os.environ.get("MODELSHIP_GO", "go"))
+    if go is None:
+        raise SystemExit("gofront: no Go toolchain on PATH (or MODELSHIP_GO); it is needed to build the prototype")
+    log(f"gofront: building {binary} with {go} ...")
+    staging = binary.with_name("gofront.partial")
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
+    r = subprocess.run([go, "build", "-trimpath", "-mod=readonly", "-o", str(staging), "."], cwd=SOURCE, env=env,
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"gofront: go build failed:\n{r.stderr[-3000:]}")
+    staging.rename(binary)
+    return binary
+
+
+class GoFront:
+    """The two processes, worker first; `pids` for CPU accounting, `stop()` ends both."""
+
+    def __init__(self, worker: Proc, front: Proc, folder: Path) -> None:
+        self.worker, self.front, self.folder = worker, front, folder
+        self.proc = front.proc
+        self.pids = [front.proc.pid, worker.proc.pid]
+        self.batching: list[str] = []  # the front's exit lines: requests and batches per model
+
+    def stop(self) -> None:
+        try:
+            self.front.stop()
+            text = Path(self.front.log.name).read_text(errors="replace")
+            self.batching = [line.removeprefix("gofront: ") for line in text.splitlines() if "batches (mean" in line]
+        finally:
+            self.worker.stop()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def max_batch_sizes(repo: Path, models: list[str]) -> dict[str, int]:
+    """Each model's max_batch_size from its config.pbtxt in the benchmark's repository (0 if unset)."""
+    sizes = {}
+    for m in models:
+        text = (repo / m / "config.pbtxt").read_text()
+        match = re.search(r"^max_batch_size:\s*(\d+)", text, re.MULTILINE)
+        sizes[m] = int(match.group(1)) if match else 0
+    return sizes
+
+
+def start(repo: Path, max_batch: dict[str, int], extra: tuple[str, ...] = ()) -> tuple[GoFront, str, str]:
+    """Worker and front, both on the servers' CPU (Proc pins them), ready to answer."""
+    from modelship_server.readiness import wait_until_ok
+
+    binary = build()
+    folder = Path(tempfile.mkdtemp(prefix="gofront-"))
+    sock = folder / "worker.sock"
+    models = [f"{m}={repo / m / '1' / 'model.onnx'}:{b}" for m, b in max_batch.items()]
+    worker = Proc([sys.executable, str(SOURCE / "worker.py"), "--socket", str(sock), *models])
+    try:
+        hp, gp = free_port(), free_port()
+        front = Proc([str(binary), "--worker-socket", str(sock), "--grpc-port", str(gp), "--http-port", str(hp),
+                      *extra])
+    except BaseException:
+        worker.stop()
+        raise
+    g = GoFront(worker, front, folder)
+    try:
+        last = next(iter(max_batch))
+        wait_until_ok(f"http://127.0.0.1:{hp}/v2/models/{last}/ready", front.proc, timeout=120, what="gofront",
+                      interval=0.1)
+    except BaseException:
+        log(f"gofront: did not start; worker log: {Path(worker.log.name).read_text()[-1000:]}")
+        g.stop()
+        raise
+    return g, f"127.0.0.1:{hp}", f"127.0.0.1:{gp}"
+
+
+def check_answers(grpc_url: str, repo: Path, models: dict[str, tuple[str, tuple[int, ...]]], batch: int,
+                  clients: int = 8, seed: int = 1) -> None:
+    """Every answer must equal ONNX Runtime's own on the same input, alone and when `clients`
+    different requests are in flight at once (so that they are batched together and split again).
+    Raises SystemExit naming the model and the largest difference otherwise."""
+    import onnxruntime as ort
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(grpc_url)
+    for model, (name, dims) in models.items():
+        s = ort.InferenceSession(str(repo / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        outputs = [o.name for o in s.get_outputs()]
+        rng = np.random.default_rng(seed)
+        data = [rng.random((batch, *dims), np.float32) for _ in range(clients)]
+
+        def ask(x: np.ndarray, model: str = model, name: str = name) -> list[np.ndarray]:
+            t = tc.InferInput(name, list(x.shape), "FP32")
+            t.set_data_from_numpy(x)
+            r = client.infer(model, [t])
+            return [r.as_numpy(o) for o in outputs]
+
+        alone = [ask(data[0])]
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            together = list(pool.map(ask, data))
+        for i, got in enumerate(alone + together):
+            x = data[0] if i == 0 else data[i - 1]
+            want = s.run(outputs, {name: x})
+            for o, g, w in zip(outputs, got, want):
+                if g is None or g.shape != w.shape or not np.allclose(g, w, rtol=1e-4, atol=1e-5):
+                    diff = "shape " + str(None if g is None else g.shape) if g is None or g.shape != w.shape \
+                        else f"max |diff| {float(np.max(np.abs(g - w))):.3g}"
+                    raise SystemExit(f"gofront: {model} output {o!r} differs from ONNX Runtime's ({diff}); "
+                                     "not timing a server that answers wrongly")
+        log(f"gofront: {model} batch {batch}: 1 + {clients} concurrent answers equal ONNX Runtime's")
+    client.close()
+
+
+if __name__ == "__main__":  # a quick manual run: build, start, check, stop
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grpc_path import build_repo
+
+    root = Path(tempfile.mkdtemp(prefix="gofront-check-"))
+    try:
+        repo, _ = build_repo(root)
+        g, http_url, grpc_url = start(repo, max_batch_sizes(repo, ["mlp", "orient"]))
+        try:
+            t = time.monotonic()
+            check_answers(grpc_url, repo, {"mlp": ("INPUT0", (64,)), "orient": ("x", (3, 224, 224))}, 1)
+            log(f"checked in {time.monotonic() - t:.1f} s")
+        finally:
+            g.stop()
+            for line in g.batching:
+                log(f"gofront: {line}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
