@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STATE_DIR ?= $(HOME)/.local/state/modelship/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-ghz bench-apply bench-operator bench-autoscale bench-optimize bench-olive-corpus bench-fusion gpu-check gpu-check-prepare gpu-check-device images clean
+.PHONY: help venv lock deps-newest tools demo down status lint test test-fast lint-chart bench-plane bench-server bench-ghz bench-gofront bench-apply bench-operator bench-autoscale bench-optimize bench-olive-corpus bench-fusion gpu-check gpu-check-prepare gpu-check-device images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,6 +90,12 @@ bench-ghz: venv  ## gRPC throughput at 8 clients with ghz (Go): modelship-server
 		$(MLSERVER_VENV)/bin/pip install --quiet "mlserver==1.7.1" "uvloop<0.22" onnxruntime numpy)
 	$(BIN)/python server_image/bench/ghz_compare.py --seconds 5 --rounds 2 --batch 1 8 \
 		--kserve-python $(KSERVE_VENV)/bin/python --mlserver-python $(MLSERVER_VENV)/bin/python
+
+bench-gofront: venv  ## the Go gRPC front-end prototype vs modelship-server vs KServe, and grpc-go's empty-call floor vs grpcio's (docs/server-benchmarks.md)
+	@test -x $(KSERVE_VENV)/bin/python || ($(PYTHON) -m venv $(KSERVE_VENV) && \
+		$(KSERVE_VENV)/bin/pip install --quiet "kserve==0.21.*" onnxruntime numpy)
+	$(BIN)/python server_image/bench/ghz_compare.py --seconds 4 --rounds 2 --batch 1 --gofront --floor \
+		--kserve-python $(KSERVE_VENV)/bin/python
 
 bench-apply: tools  ## apply -> Ready -> first inference on the local cluster, optimization off and on (docs/end-to-end.md)
 	$(BIN)/python benchmarks/apply_to_inference.py --runs 3 --json docs/benchmarks/apply-to-inference.json

@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write every measurement to this JSON file")
     p.add_argument("--gofront", action="store_true",
                    help="also the Go front-end prototype (server_image/gofront; needs a Go toolchain)")
+    p.add_argument("--gofront-variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="also the prototype with extra arguments, e.g. 'gonobatch=--max-batch 1'")
     p.add_argument("--floor", action="store_true", help="also an empty call (ServerLive) at 1 and --concurrency workers")
     args = p.parse_args(argv)
 
@@ -268,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append((label, start))
         if args.gofront:
             servers.append(("gofront", lambda: start_gofront(repo, args.models, args.batch)))
+        for v in args.gofront_variant:
+            name, extra = v.split("=", 1)
+            servers.append((name, lambda extra=extra: start_gofront(repo, args.models, args.batch, tuple(extra.split()))))
         load = [os.getloadavg()[0]]
         rounds = []
         for r in range(args.rounds):
@@ -321,14 +326,16 @@ def summarize(rounds: list[dict], names: list[str], levels: list[tuple[str, int]
     return lines
 
 
-def start_gofront(repo: Path, models: list[str], batches: list[int]):
+def start_gofront(repo: Path, models: list[str], batches: list[int], extra: tuple[str, ...] = ()):
     """The Go front-end prototype, after checking that its answers equal ONNX Runtime's."""
     import gofront_start
 
-    proc, http_url, grpc_url = gofront_start.start(repo, gofront_start.max_batch_sizes(repo, models))
+    proc, http_url, grpc_url = gofront_start.start(repo, gofront_start.max_batch_sizes(repo, models), extra)
     try:
         for b in batches:
             gofront_start.check_answers(grpc_url, repo, {m: MODELS[m] for m in models}, b)
+        if "mlp" in models:
+            gofront_start.check_refusals(grpc_url)
     except BaseException:
         proc.stop()
         raise

@@ -150,6 +150,57 @@ def check_answers(grpc_url: str, repo: Path, models: dict[str, tuple[str, tuple[
     client.close()
 
 
+def check_refusals(grpc_url: str) -> None:
+    """Bad requests get a clear INVALID_ARGUMENT / NOT_FOUND / UNIMPLEMENTED naming what is wrong,
+    and the front end keeps serving: raises SystemExit on any other answer."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    def infer(model: str = "mlp", dtype: str = "FP32", shape: tuple = (1, 64), nbytes: int = 256, name: str = "INPUT0",
+              typed: bool = False) -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name=model)
+        t = r.inputs.add(name=name, datatype=dtype, shape=list(shape))
+        if typed:
+            t.contents.fp32_contents.extend([0.0] * 64)
+        else:
+            r.raw_input_contents.append(b"\0" * nbytes)
+        return r
+
+    cases = [
+        ("unknown model", "ModelInfer", infer(model="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
+        ("wrong datatype", "ModelInfer", infer(dtype="INT32"), grpc.StatusCode.INVALID_ARGUMENT, "INT32"),
+        ("wrong shape", "ModelInfer", infer(shape=(1, 63), nbytes=252), grpc.StatusCode.INVALID_ARGUMENT, "[1 63]"),
+        ("short bytes", "ModelInfer", infer(nbytes=255), grpc.StatusCode.INVALID_ARGUMENT, "255 bytes"),
+        ("huge dims", "ModelInfer", infer(shape=(1, 1 << 62)), grpc.StatusCode.INVALID_ARGUMENT, "INPUT0"),
+        ("batch over max", "ModelInfer", infer(shape=(99, 64), nbytes=99 * 256), grpc.StatusCode.INVALID_ARGUMENT,
+         "batch size 99"),
+        ("unknown input", "ModelInfer", infer(name="X"), grpc.StatusCode.INVALID_ARGUMENT, '"X"'),
+        ("typed contents", "ModelInfer", infer(typed=True), grpc.StatusCode.UNIMPLEMENTED, "raw_input_contents"),
+        ("not served", "ServerMetadata", pb.ServerMetadataRequest(), grpc.StatusCode.UNIMPLEMENTED, ""),
+        ("metadata of unknown", "ModelMetadata", pb.ModelMetadataRequest(name="nope"), grpc.StatusCode.NOT_FOUND,
+         "nope"),
+    ]
+    with grpc.insecure_channel(grpc_url) as ch:
+        for what, method, msg, code, needle in cases:
+            call = ch.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                  request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=lambda b: b)
+            try:
+                call(msg, timeout=30)
+                got, detail = grpc.StatusCode.OK, ""
+            except grpc.RpcError as e:
+                got, detail = e.code(), e.details() or ""
+            if got != code or needle not in detail:
+                raise SystemExit(f"gofront: {what}: answered {got.name} {detail!r}, expected {code.name} naming {needle!r}")
+        md = pb.ModelMetadataResponse.FromString(
+            ch.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
+                           request_serializer=lambda m: m.SerializeToString(),
+                           response_deserializer=lambda b: b)(pb.ModelMetadataRequest(name="mlp"), timeout=30))
+        if [(t.name, t.datatype, list(t.shape)) for t in md.inputs] != [("INPUT0", "FP32", [-1, 64])]:
+            raise SystemExit(f"gofront: ModelMetadata for mlp: {md}")
+    log(f"gofront: {len(cases)} bad requests refused with the right status, metadata as expected")
+
+
 if __name__ == "__main__":  # a quick manual run: build, start, check, stop
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from grpc_path import build_repo
@@ -161,6 +212,8 @@ if __name__ == "__main__":  # a quick manual run: build, start, check, stop
         try:
             t = time.monotonic()
             check_answers(grpc_url, repo, {"mlp": ("INPUT0", (64,)), "orient": ("x", (3, 224, 224))}, 1)
+            check_refusals(grpc_url)
+            check_answers(grpc_url, repo, {"mlp": ("INPUT0", (64,))}, 1)  # still serving
             log(f"checked in {time.monotonic() - t:.1f} s")
         finally:
             g.stop()

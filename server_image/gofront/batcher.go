@@ -25,6 +25,7 @@ type job struct {
 
 type batcher struct {
 	m        *model
+	maxBatch int64 // samples per batch: the model's max_batch, or less (--max-batch)
 	w        *workerConn
 	q        chan *job
 	maxDelay time.Duration
@@ -60,7 +61,7 @@ func (b *batcher) loop() {
 			timer = t.C
 		}
 	gather:
-		for b.m.MaxBatch > 0 && size < b.m.MaxBatch {
+		for size < b.maxBatch {
 			var j *job
 			select {
 			case j = <-b.q:
@@ -74,7 +75,7 @@ func (b *batcher) loop() {
 					break gather
 				}
 			}
-			if size+j.batch > b.m.MaxBatch || !sameTail(first, j) {
+			if size+j.batch > b.maxBatch || !sameTail(first, j) {
 				carry = j
 				break
 			}

@@ -278,6 +278,7 @@ func main() {
 	grpcPort := flag.Int("grpc-port", 8001, "gRPC port (KServe v2 GRPCInferenceService)")
 	httpPort := flag.Int("http-port", 8000, "HTTP port for /v2/health/live, /v2/health/ready, /v2/models/{name}/ready")
 	maxDelay := flag.Duration("max-delay", 0, "wait up to this long after a batch's oldest request for more (0: batch what is queued)")
+	maxBatch := flag.Int64("max-batch", 0, "cap every batch at this many samples (0: each model's max batch; 1: no batching)")
 	queue := flag.Int("queue", 1024, "requests queued per model before RESOURCE_EXHAUSTED")
 	wait := flag.Duration("worker-wait", 120*time.Second, "how long to wait for the worker's socket")
 	flag.Parse()
@@ -298,7 +299,10 @@ func main() {
 				log.Fatal(err)
 			}
 		}
-		b := &batcher{m: m, w: w, q: make(chan *job, *queue), maxDelay: *maxDelay}
+		b := &batcher{m: m, w: w, q: make(chan *job, *queue), maxDelay: *maxDelay, maxBatch: m.MaxBatch}
+		if *maxBatch > 0 && *maxBatch < b.maxBatch {
+			b.maxBatch = *maxBatch
+		}
 		f.models[m.Name], f.metadata[m.Name] = b, encodeMetadata(m)
 		names = append(names, fmt.Sprintf("%s (max batch %d)", m.Name, m.MaxBatch))
 		go b.loop()
