@@ -179,11 +179,13 @@ def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: 
     """Warm up for 1 s, then measure with a liveness probe alongside; infer/s counts OK answers only."""
     subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, 1.0, method), capture_output=True,
                    check=False)
-    cpu0 = cpu_seconds(pids or [])
+    pids = pids or []
+    cpu0 = [cpu_seconds([p]) for p in pids]
     with Probe(http_url) as probe:
         r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds, method),
                            capture_output=True, text=True, check=False)
-    cpu = cpu_seconds(pids or []) - cpu0
+    split = [cpu_seconds([p]) - c for p, c in zip(pids, cpu0)]
+    cpu = sum(split)
     try:
         report = json.loads(r.stdout)
     except json.JSONDecodeError:
@@ -195,6 +197,8 @@ def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: 
     errors = {k: v for k, v in codes.items() if k != "OK"}
     return {"ok_per_s": ok / total_s if total_s else 0.0, "count": report["count"], "status_codes": codes,
             "server_cpu_ms_per_ok": cpu * 1000 / ok if ok and pids else None,
+            # per process when there are several (gofront: the Go front end, then the Python worker)
+            "server_cpu_ms_per_ok_by_process": [c * 1000 / ok for c in split] if ok and len(pids) > 1 else None,
             "errors": errors, "first_errors": list((report.get("errorDistribution") or {}).keys())[:3],
             "p50_ms": lat.get(50), "p99_ms": lat.get(99), "liveness": probe.summary()}
 
@@ -351,7 +355,10 @@ def cpu_lines(rounds: list[dict], names: list[str], levels: list[tuple[str, int]
         for n in names:
             v = [r[n][key]["server_cpu_ms_per_ok"] for r in rounds if r[n][key].get("server_cpu_ms_per_ok") is not None]
             if v:
-                parts.append(f"{n} {float(np.median(v)):.3f}")
+                split = [r[n][key].get("server_cpu_ms_per_ok_by_process") for r in rounds]
+                split = [x for x in split if x]
+                each = " + ".join(f"{float(np.median(c)):.3f}" for c in zip(*split)) if split else ""
+                parts.append(f"{n} {float(np.median(v)):.3f}" + (f" ({each})" if each else ""))
         lines.append(f"{key} server CPU ms per request: " + ", ".join(parts))
     return lines
 
