@@ -201,18 +201,52 @@ def check_refusals(grpc_url: str) -> None:
     log(f"gofront: {len(cases)} bad requests refused with the right status, metadata as expected")
 
 
+def check_isolation(grpc_url: str, model: str = "emb", requests: int = 64) -> None:
+    """`samples.embedding` with one out-of-range token id in every 8th request, 8 in flight at once:
+    the bad ones get INVALID_ARGUMENT, every good one its answer (batches ONNX Runtime refuses are
+    re-run one request at a time). Raises SystemExit otherwise."""
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(grpc_url)
+
+    def ask(i: int) -> str:
+        ids = np.array([[1, 2, 3]], np.int64) + i % 5
+        if i % 8 == 3:
+            ids[0, 1] = 1000
+        t = tc.InferInput("ids", [1, 3], "INT64")
+        t.set_data_from_numpy(ids)
+        try:
+            got = client.infer(model, [t]).as_numpy("vectors")
+            return "OK" if got is not None and got.shape == (1, 3, 4) else f"wrong shape {got}"
+        except InferenceServerException as e:
+            return str(e.status())
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(requests)))
+    wrong = [(i, a) for i, a in enumerate(answers) if a != ("StatusCode.INVALID_ARGUMENT" if i % 8 == 3 else "OK")]
+    client.close()
+    if wrong:
+        raise SystemExit(f"gofront: a bad token id hurt other requests or passed: {wrong[:5]}")
+    log(f"gofront: {requests // 8} bad token ids refused alone, {requests - requests // 8} good requests answered")
+
+
 if __name__ == "__main__":  # a quick manual run: build, start, check, stop
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from grpc_path import build_repo
 
     root = Path(tempfile.mkdtemp(prefix="gofront-check-"))
     try:
+        from modelship_server import samples
+
         repo, _ = build_repo(root)
-        g, http_url, grpc_url = start(repo, max_batch_sizes(repo, ["mlp", "orient"]))
+        samples.write_model(repo, "emb", samples.embedding(), "max_batch_size: 8\ndynamic_batching { }\n")
+        g, http_url, grpc_url = start(repo, max_batch_sizes(repo, ["mlp", "orient", "emb"]))
         try:
             t = time.monotonic()
             check_answers(grpc_url, repo, {"mlp": ("INPUT0", (64,)), "orient": ("x", (3, 224, 224))}, 1)
             check_refusals(grpc_url)
+            check_isolation(grpc_url)
             check_answers(grpc_url, repo, {"mlp": ("INPUT0", (64,))}, 1)  # still serving
             log(f"checked in {time.monotonic() - t:.1f} s")
         finally:
