@@ -5,7 +5,7 @@ KServe and MLServer, side by side in one run.
         [--batch 1 8] [--kserve-python /tmp/venv-kserve/bin/python] \
         [--mlserver-python /tmp/venv-mlserver/bin/python] [--variant NAME=ARGS] \
         [--other-pythonpath /tmp/base/server_image] [--json docs/benchmarks/server-ghz.json] \
-        [--gofront] [--floor]
+        [--gofront] [--gofront-variant NAME=ARGS] [--floor]
 
 Python clients (tritonclient) spend as much CPU per call as a fast server does, so their figures
 mix client and server. ghz (github.com/bojand/ghz, built from its Go module like the control
