@@ -392,17 +392,42 @@ def _default_steps() -> list[CanaryStep]:
     return [CanaryStep(weight=25, pause_seconds=60), CanaryStep(weight=50, pause_seconds=60)]
 
 
-_DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-_DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class GatewayRef(_Model):
     """The Gateway (Gateway API) the canary's HTTPRoute attaches to: without a parent a route
-    routes nothing, so naming one is what turns weighted routing on (docs/rollout.md)."""
+    routes nothing, so naming one is what turns weighted routing on (docs/rollout.md). The
+    checks and their messages are the CRD's CEL rules."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN)]
-    namespace: Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=_DNS1123_LABEL)] | None = None
-    section_name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN)] | None = None
+    name: Annotated[str, StringConstraints(max_length=253)]
+    namespace: Annotated[str, StringConstraints(max_length=63)] | None = None
+    section_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DNS1123_SUBDOMAIN.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.name must be a Gateway name (a DNS-1123 subdomain: "
+                             f"lowercase letters, digits, - and .), got {value}")
+        return value
+
+    @pydantic.field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS1123_LABEL.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.namespace must be a namespace name (a DNS-1123 label: "
+                             f"lowercase letters, digits and -), got {value}")
+        return value
+
+    @pydantic.field_validator("section_name")
+    @classmethod
+    def _section_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS1123_SUBDOMAIN.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.sectionName must be a listener name (a DNS-1123 "
+                             f"subdomain), got {value}")
+        return value
 
 
 class Canary(_Model):
