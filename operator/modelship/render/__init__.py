@@ -106,7 +106,8 @@ def render_canary(msvc: ModelService, rendered: Rendered, *, replicas: int) -> l
     analysis = msvc.spec.rollout.canary_settings.analysis
     if analysis.min_output_agreement is not None and msvc.spec.runtime != "triton":
         add_server_args(deployment, mirror_args(msvc.metadata.name, msvc.metadata.namespace,
-                                                sample_rate=analysis.mirror_sample_rate, url=analysis.mirror_to))
+                                                sample_rate=analysis.mirror_sample_rate, url=analysis.mirror_to,
+                                                tls=msvc.spec.tls is not None))
     return [_finish(config_map, msvc), _finish(deployment, msvc)]
 
 
