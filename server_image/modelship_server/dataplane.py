@@ -178,7 +178,8 @@ class DataPlane:
                 mon.after_infer(model, request, outputs)
             if self.mirror is not None:  # queued for the senders; never waits, never raises
                 self.mirror.offer(model.name, model.version, request.id,
-                                  {t.name: (t.datatype, t.data) for t in request.inputs}, outputs)
+                                  {t.name: (t.datatype, t.data) for t in request.inputs}, outputs,
+                                  authorization=request.authorization)
             return self._response(request, model, outputs)
         except ServingError as exc:
             outcome = exc.outcome

@@ -39,6 +39,9 @@ class InferRequest:
     protocol: str = "http"
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     trace: Any = None  # a sampled request's tracing.RequestTrace (None: tracing off or not sampled)
+    # With --mirror-to only: the caller's Authorization header, sent again with the mirrored request
+    # (the reference is stable of the same ModelService: the same keys and token rules let it in).
+    authorization: str | None = None
 
 
 @dataclasses.dataclass(slots=True)

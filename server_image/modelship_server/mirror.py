@@ -14,6 +14,11 @@ its id. The Service a canary mirrors to also reaches the canary's own pods; a se
 (a canary) answers a mirrored request with a 400 naming MIRROR_REFUSED (counted `invalid`, which is
 no demand) and the sender counts it `skipped`, so the canary is only ever compared with stable and
 two mirroring servers never bounce a request between them.
+
+With auth or TLS on (spec.auth, spec.tls), stable runs with the same keys, token rules and Secret
+as the canary: a mirrored request carries the caller's own Authorization header again, and the
+sender trusts the certificate of the canary's own TLS Secret (its ca.crt, else its tls.crt) and
+presents its tls.crt/tls.key as a client certificate, which mTLS needs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -87,6 +94,7 @@ class Sample:
     version: str
     inputs: dict[str, tuple[str, np.ndarray]]  # name -> (datatype, array)
     outputs: dict[str, np.ndarray]
+    authorization: str | None = None  # the caller's Authorization header, sent again
 
     @property
     def nbytes(self) -> int:
@@ -97,12 +105,14 @@ class Sample:
 class Mirror:
     """The queue and senders; counters per model by MIRROR_OUTCOMES, read by MirrorCollector."""
 
-    def __init__(self, settings: MirrorSettings, *, client_factory: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, settings: MirrorSettings, *, client_factory: Callable[[str], Any] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
+        self.ssl_context = ssl_context  # https:// references: whom to trust, which client certificate
         self.counts: dict[tuple[str, str], int] = {}
         self._queue: asyncio.Queue[Sample] = asyncio.Queue(settings.queue_size)
         self._tasks: list[asyncio.Task] = []
-        self._client_factory = client_factory or _http_client
+        self._client_factory = client_factory or (lambda url: _http_client(url, self.ssl_context))
         self._client: Any = None
         self._serial = 0
         self.held_bytes = 0  # what queued and in-flight samples hold, at most settings.max_bytes
@@ -120,11 +130,12 @@ class Mirror:
         self._tasks = [loop.create_task(self._send_loop()) for _ in range(self.settings.senders)]
 
     def offer(self, model: str, version: str, request_id: str, inputs: dict[str, tuple[str, np.ndarray]],
-              outputs: dict[str, np.ndarray]) -> None:
-        """Called after a successful answer; never raises, never waits."""
+              outputs: dict[str, np.ndarray], *, authorization: str | None = None) -> None:
+        """Called after a successful answer; never raises, never waits. `authorization`: the
+        caller's header, which the reference (stable, the same keys) checks like this server did."""
         if is_mirrored(request_id) or not sampled(self.settings.sample_rate):
             return
-        sample = Sample(model, version, inputs, outputs)
+        sample = Sample(model, version, inputs, outputs, authorization)
         size = sample.nbytes
         if self.held_bytes + size > self.settings.max_bytes or self._queue.full():
             self.count(model, "dropped")
@@ -165,8 +176,9 @@ class Mirror:
         outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in names]
         self._serial += 1
         async with asyncio.timeout(self.settings.timeout_s):
-            result = await self._client.infer(sample.model, inputs, outputs=outputs,
-                                              request_id=f"{MIRROR_ID_PREFIX}{self._serial}")
+            result = await self._client.infer(
+                sample.model, inputs, outputs=outputs, request_id=f"{MIRROR_ID_PREFIX}{self._serial}",
+                headers={"Authorization": sample.authorization} if sample.authorization else None)
         reference = [result.as_numpy(n) for n in names]
         if any(r is None for r in reference):
             return "failed"
@@ -185,11 +197,23 @@ class Mirror:
                 await self._client.close()
 
 
-def _http_client(url: str) -> Any:
+def _http_client(url: str, ssl_context: ssl.SSLContext | None = None) -> Any:
     import tritonclient.http.aio as aio
 
     target = url.split("://", 1)[-1].rstrip("/")
-    return aio.InferenceServerClient(target, ssl=url.startswith("https://"))
+    https = url.startswith("https://")
+    return aio.InferenceServerClient(target, ssl=https, ssl_context=ssl_context if https else None)
+
+
+def client_context(cert_file: Path, key_file: Path, ca_file: Path | None) -> ssl.SSLContext:
+    """How the sender speaks TLS to stable, from the canary's own TLS Secret (the same one stable
+    mounts): trust its ca.crt (cert-manager's issuer) or, without one, its tls.crt itself (a
+    self-signed certificate), and present tls.crt/tls.key, which stable's mTLS asks for."""
+    trust = ca_file if ca_file is not None and ca_file.is_file() else cert_file
+    context = ssl.create_default_context(cafile=str(trust))
+    context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)  # a leaf certificate as its own anchor
+    context.load_cert_chain(str(cert_file), str(key_file))
+    return context
 
 
 class MirrorCollector:

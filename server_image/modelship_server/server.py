@@ -24,7 +24,7 @@ from .budget import ByteBudget, cgroup_memory_limit, default_budget
 from .dataplane import DataPlane
 from .errors import AUTH_CONFIG_INVALID, TLS_CERTIFICATE_INVALID
 from .metrics import Metrics
-from .mirror import Mirror, MirrorCollector
+from .mirror import Mirror, MirrorCollector, client_context
 from .monitoring.exporter import MonitoringCollector
 from .monitoring.monitor import Monitoring
 from .monitoring.reference import ReferenceInvalid, load_reference
@@ -309,7 +309,11 @@ def start_mirror(settings: Settings, dp: DataPlane, metrics: Metrics, registry: 
     cfg = settings.mirror
     if not cfg.enabled:
         return None
-    mirror = Mirror(cfg)
+    tls = settings.tls
+    context = None
+    if tls is not None and cfg.url.startswith("https://"):  # stable serves with the same Secret
+        context = client_context(tls.cert_file, tls.key_file, tls.client_ca_file or tls.cert_file.parent / "ca.crt")
+    mirror = Mirror(cfg, ssl_context=context)
     mirror.start()
     dp.mirror = mirror
     metrics.registry.register(MirrorCollector(mirror, lambda: sorted({m.name for m in registry.all()})))

@@ -72,3 +72,14 @@ def test_output_agreement_adds_the_mirror_flags_to_the_canary_only() -> None:
     plain = ModelService.from_body(body("svc", spec=SPEC))
     assert "--mirror-to" not in render_canary(plain, render_children(plain), replicas=1)[1]["spec"]["template"]["spec"][
         "containers"][0]["command"]
+
+
+def test_with_tls_the_canary_mirrors_to_the_service_over_https() -> None:
+    """Stable serves HTTPS with the same Secret; the server trusts that Secret's certificate."""
+    spec = {**SPEC, "tls": {"secretRef": {"name": "svc-tls"}}, "rollout": {"strategy": "Canary", "canary": {
+        "steps": [{"weight": 33, "pauseSeconds": 5}], "analysis": {"minOutputAgreement": 0.98}}}}
+    msvc = ModelService.from_body(body("svc", spec=spec))
+    command = render_canary(msvc, render_children(msvc), replicas=1)[1]["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[-4:-2] == ["--mirror-to", f"https://svc.{msvc.metadata.namespace}.svc:{names.HTTP_PORT}"]
+    assert "--tls-dir" in command

@@ -75,3 +75,19 @@ def test_not_yaml_missing_file_and_wrong_kind_exit_2(tmp_path: pathlib.Path) -> 
     assert result.returncode == 2 and "not valid YAML" in result.stderr
     result = _render("-", stdin="apiVersion: v1\nkind: Pod\n")
     assert result.returncode == 2 and "expected kind ModelService, got 'Pod'" in result.stderr
+
+
+def test_a_canary_with_a_gateway_ref_shows_its_route_and_track_services(tmp_path: pathlib.Path) -> None:
+    spec = yaml.safe_load(EXAMPLES[0].read_text())
+    spec["spec"]["rollout"] = {"strategy": "Canary", "canary": {"gatewayRef": {"name": "edge"}}}
+    path = tmp_path / "routed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _render(str(path))
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    name = spec["metadata"]["name"]
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert services == {name, f"{name}-stable", f"{name}-canary"}
+    route = next(d for d in docs if d["kind"] == "HTTPRoute")
+    assert [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]] == [
+        (f"{name}-stable", 100), (f"{name}-canary", 0)]

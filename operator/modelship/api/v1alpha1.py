@@ -392,9 +392,50 @@ def _default_steps() -> list[CanaryStep]:
     return [CanaryStep(weight=25, pause_seconds=60), CanaryStep(weight=50, pause_seconds=60)]
 
 
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class GatewayRef(_Model):
+    """The Gateway (Gateway API) the canary's HTTPRoute attaches to: without a parent a route
+    routes nothing, so naming one is what turns weighted routing on (docs/rollout.md). The
+    checks and their messages are the CRD's CEL rules."""
+
+    name: Annotated[str, StringConstraints(max_length=253)]
+    namespace: Annotated[str, StringConstraints(max_length=63)] | None = None
+    section_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DNS1123_SUBDOMAIN.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.name must be a Gateway name (a DNS-1123 subdomain: "
+                             f"lowercase letters, digits, - and .), got {value}")
+        return value
+
+    @pydantic.field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS1123_LABEL.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.namespace must be a namespace name (a DNS-1123 label: "
+                             f"lowercase letters, digits and -), got {value}")
+        return value
+
+    @pydantic.field_validator("section_name")
+    @classmethod
+    def _section_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS1123_SUBDOMAIN.match(value):
+            raise ValueError("spec.rollout.canary.gatewayRef.sectionName must be a listener name (a DNS-1123 "
+                             f"subdomain), got {value}")
+        return value
+
+
 class Canary(_Model):
     steps: Annotated[list[CanaryStep], Field(min_length=1, max_length=20)] = Field(default_factory=_default_steps)
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    # Set: an HTTPRoute on this Gateway splits the traffic by the step's exact weight, where the
+    # Gateway API is installed; unset (or not installed): the replica ratio alone.
+    gateway_ref: GatewayRef | None = None
 
 
 class Rollout(_Model):
@@ -799,6 +840,20 @@ class CanaryTrackStatus(_Model):
     output_agreement: float | None = None
 
 
+class RouteBackend(_Model):
+    name: str | None = None
+    weight: int | None = None
+
+
+class CanaryRouteStatus(_Model):
+    """The HTTPRoute of spec.rollout.canary.gatewayRef: whether it carries the split, and its weights."""
+
+    name: str | None = None
+    traffic: str | None = None  # "route": the route's weights; "replicas": the replica ratio
+    backends: list[RouteBackend] | None = None
+    message: str | None = None
+
+
 class CanaryStatus(_Model):
     revision: str | None = None
     generation: int | None = None
@@ -814,6 +869,7 @@ class CanaryStatus(_Model):
     canary: CanaryTrackStatus | None = None
     stable: CanaryTrackStatus | None = None
     online_speedup: float | None = None
+    route: CanaryRouteStatus | None = None
 
 
 class ModelServiceStatus(_Model):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from modelship.api.v1alpha1 import CanaryStep
+from modelship.api.v1alpha1 import CanaryStep, GatewayRef
 from modelship.canary.analysis import TrackStats, Verdict
 from modelship.canary.machine import ABORTED, PROGRESSING, PROMOTED, PROMOTING, ROLLED_BACK, CanaryState
+from modelship.render.route import REPLICAS, ROUTE, backends_of
 from modelship.status import conditions as c
 
 CANARY_PROGRESSING = "CanaryProgressing"
@@ -22,6 +23,8 @@ ROLLED_BACK_REASON = "RolledBack"
 ABORTED_REASON = "Aborted"
 CANARY_FAILED = "CanaryFailed"
 CANARY_ABORTED = "CanaryAborted"
+ROUTE_NOT_USED = "CanaryRouteNotUsed"  # Event: a gatewayRef is set, but the replica ratio splits the traffic
+ROUTE_CRD = "httproutes.gateway.networking.k8s.io"
 
 
 def conditions_of(state: CanaryState | None) -> list[c.ConditionSpec]:
@@ -83,3 +86,25 @@ def _track(stats: TrackStats, percentile: str) -> dict[str, Any]:
         if value is not None:
             out[key] = round(value, 4)
     return out
+
+
+def route_status(route: dict[str, Any], *, traffic: str, installed: bool, gateway: GatewayRef | None) -> dict[str, Any]:
+    """status.canary.route: the HTTPRoute, its weights, and whether they or the replica ratio
+    split the traffic (and why not the route)."""
+    name = route["metadata"]["name"]
+    backends = backends_of(route)
+    where = f"{gateway.namespace}/{gateway.name}" if gateway is not None and gateway.namespace else \
+        (gateway.name if gateway is not None else "?")
+    if not installed:
+        traffic = REPLICAS
+        message = (f"the Gateway API is not installed in this cluster (no CRD {ROUTE_CRD}): HTTPRoute {name} was not "
+                   "applied and the replica ratio splits the traffic; the route is applied on a later resync once "
+                   "the CRD exists")
+    elif traffic == ROUTE:
+        message = f"HTTPRoute {name} on Gateway {where}: " + ", ".join(
+            f"{b['name']} {b['weight']}%" for b in backends)
+    else:
+        message = (f"HTTPRoute {name} on Gateway {where} sends to the main Service: stable's pods do not all carry "
+                   "modelship.dev/track=stable yet (they get it at stable's next rollout), so the replica ratio "
+                   "splits the traffic")
+    return {"name": name, "traffic": traffic, "backends": backends, "message": message}

@@ -32,7 +32,7 @@ from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.kube.kinds import PLURALS
 from modelship.kube.leader import LeaderElector
-from modelship.render import AUTOSCALER_KINDS
+from modelship.render import AUTOSCALER_KINDS, ROUTE_KINDS
 from modelship.render.names import MANAGED_BY
 
 log = logging.getLogger("modelship.operator")
@@ -71,7 +71,7 @@ async def prime(kube: KubeClient, store: Store, namespaces: Sequence[str]) -> No
                 store.upsert(kind, item)
     # HPAs and ScaledObjects are not watched (KEDA may not be installed: 404, skipped); one
     # LIST tells the reconciler which exist, so switching engines removes the old autoscaler.
-    for api_version, kind in AUTOSCALER_KINDS:
+    for api_version, kind in (*AUTOSCALER_KINDS, *ROUTE_KINDS):
         plural = PLURALS[(api_version, kind)]
         paths = [f"/apis/{api_version}/{plural}"] if not namespaces else [
             f"/apis/{api_version}/namespaces/{ns}/{plural}" for ns in namespaces]

@@ -36,11 +36,12 @@ from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.kube.kinds import object_path
-from modelship.render import Rendered, names, render_canary, render_children, template_revision
+from modelship.render import Rendered, names, render_canary, render_children, render_route, template_revision
 from modelship.render.artifact import ORIGINAL, original
 from modelship.render.canary import canary_replicas
 from modelship.render.capacity import measured_capacity
 from modelship.render.optimize_job import job_name, render_optimize_job
+from modelship.render.route import GATEWAY_API_VERSION, REPLICAS, route_backends, stable_pods_labeled, wants_route
 from modelship.status import conditions as c
 from modelship.status import optimization
 from modelship.status.compute import Observed, compute_status, rollout_of, status_changed, status_patch
@@ -50,7 +51,7 @@ log = logging.getLogger("modelship.reconcile")
 
 INVALID_SPEC = "InvalidSpec"
 HELD_KINDS = ("ConfigMap", "Deployment")  # what waits for the optimize Job
-OPTIONAL_KINDS = ("ScaledObject",)  # children whose CRD may be missing (KEDA)
+OPTIONAL_KINDS = ("ScaledObject", "HTTPRoute")  # children whose CRD may be missing (KEDA, the Gateway API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,11 @@ class CanaryRun:
     delete: bool = False
     status: dict[str, Any] | None = None
     overrides: tuple[c.ConditionSpec, ...] = ()
+    # The HTTPRoute of spec.rollout.canary.gatewayRef with this reconcile's weights (None: leave
+    # it as it is), where its traffic goes ("route" or "replicas"), and whether it should go.
+    route: dict[str, Any] | None = None
+    route_traffic: str = REPLICAS
+    route_delete: bool = False
 
 
 def utc_now() -> str:
@@ -138,11 +144,19 @@ class Reconciler:
         try:
             await self._apply_children(key, msvc, rendered, hold=decision.artifact is None, held=canary.held)
             await self._apply_canary(key, msvc, canary)
+            await self._apply_route(key, msvc, canary)
         except KubeError as error:
             if error.status in (400, 403, 422):
                 apply_error = str(error)  # a fix needs a person, not a retry: say so in status
             else:
                 raise
+        route_status = None
+        if canary.route is not None:
+            route_status = canary_report.route_status(
+                canary.route, traffic=canary.route_traffic, installed="HTTPRoute" not in self.unavailable.get(key, ()),
+                gateway=msvc.spec.rollout.canary_settings.gateway_ref)
+            if canary.status is not None:
+                canary.status["route"] = route_status
         deployment_hash = _hash_of(rendered, "Deployment")
         deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
         observed = Observed(deployment=deployment, pods=self.store.pods(key))
@@ -162,9 +176,12 @@ class Reconciler:
         await self._write_status(key, body, previous, status, transitions)
         if canary.plan is not None and canary.plan.events:
             written = self.store.msvc(key) or body
-            await asyncio.gather(*(self._post(written, reason, message, warning=reason in ("CanaryRolledBack",
-                                                                                           "CanaryAborted"))
-                                   for reason, message in canary.plan.events))
+            events = list(canary.plan.events)
+            if route_status is not None and route_status["traffic"] == REPLICAS and \
+                    any(reason == "CanaryStarted" for reason, _ in events):
+                events.append((canary_report.ROUTE_NOT_USED, route_status["message"]))
+            await asyncio.gather(*(self._post(written, reason, message, warning=reason in (
+                "CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED)) for reason, message in events))
 
     def _canary(self, key: Key, msvc: ModelService, rendered: Rendered, previous: Mapping[str, Any], *,
                 frozen: bool, annotations: Mapping[str, str]) -> CanaryRun:
@@ -177,7 +194,7 @@ class Reconciler:
         owned_canary = live_canary is not None and objects.controlled_by(live_canary, msvc.metadata.uid)
         if msvc.spec.rollout.strategy != "Canary":
             return CanaryRun(delete=owned_canary or self.store.child(
-                key, "ConfigMap", names.canary_model_config(name)) is not None)
+                key, "ConfigMap", names.canary_model_config(name)) is not None, route_delete=True)
         settings = msvc.spec.rollout.canary_settings
         state = canary_machine.CanaryState.from_status(previous.get("canary"))
         if frozen:
@@ -224,10 +241,18 @@ class Reconciler:
         old = previous.get("canary") or {}
         if status is not None and current is None and old.get("revision") == status["revision"]:
             status.update({k: old[k] for k in ("canary", "stable", "onlineSpeedup") if k in old})  # the last seen
+        route, traffic = None, REPLICAS
+        if wants_route(msvc):  # the step's exact weight while the canary runs; stable 100 otherwise
+            running_weight = settings.steps[min(step, len(settings.steps) - 1)].weight \
+                if plan.action == "canary" and plan.state is not None else None
+            traffic, backends = route_backends(name, canary_weight=running_weight,
+                                               stable_labeled=stable_pods_labeled(self.store.pods(key)))
+            route = render_route(msvc, backends)
         return CanaryRun(plan=plan, held=held, objects=canary_objects,
                          delete=plan.action == "direct" and (owned_canary or self.store.child(
                              key, "ConfigMap", names.canary_model_config(name)) is not None),
-                         status=status, overrides=tuple(canary_report.conditions_of(plan.state)))
+                         status=status, overrides=tuple(canary_report.conditions_of(plan.state)),
+                         route=route, route_traffic=traffic, route_delete=route is None)
 
     async def _apply_canary(self, key: Key, msvc: ModelService, canary: CanaryRun) -> None:
         """Apply the canary's children that differ, or delete them once no canary runs."""
@@ -251,6 +276,27 @@ class Reconciler:
                     if error.status != 404:
                         raise
                 self.store.remove(kind, live)
+
+    async def _apply_route(self, key: Key, msvc: ModelService, canary: CanaryRun) -> None:
+        """Apply the canary's HTTPRoute when it differs (a 404 means the Gateway API is not
+        installed: `_apply` records it and the next resync tries again), or delete it once the
+        spec no longer names a Gateway. It is ours alone: a user's route is never touched."""
+        name = names.http_route(msvc.metadata.name)
+        live = self.store.child(key, "HTTPRoute", name)
+        if canary.route is not None:
+            want = canary.route["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
+            if live is None or _hash(live) != want or not objects.controlled_by(live, msvc.metadata.uid):
+                await self._apply(msvc, canary.route)
+            return
+        self.unavailable.get(key, set()).discard("HTTPRoute")
+        if canary.route_delete and live is not None and objects.controlled_by(live, msvc.metadata.uid):
+            log.info("deleting HTTPRoute %s/%s (no gatewayRef)", msvc.metadata.namespace, name)
+            try:
+                await self.kube.delete(GATEWAY_API_VERSION, "HTTPRoute", msvc.metadata.namespace, name)
+            except KubeError as error:
+                if error.status != 404:
+                    raise
+            self.store.remove("HTTPRoute", live)
 
     async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
         """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""

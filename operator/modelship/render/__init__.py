@@ -23,6 +23,7 @@ from modelship.render.deployment import render_deployment
 from modelship.render.disruption import render_pod_disruption_budget
 from modelship.render.model_config import content_hash, render_pbtxt
 from modelship.render.network import render_network_policy
+from modelship.render.route import GATEWAY_API_VERSION, HTTP_ROUTE, render_http_route, render_track_services
 from modelship.render.service import render_service
 
 # The kinds every ModelService renders or lists as absent, in the order they are applied
@@ -40,6 +41,10 @@ AUTOSCALER_KINDS: tuple[tuple[str, str], ...] = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 )
+
+# The canary's HTTPRoute (spec.rollout.canary.gatewayRef): like the autoscalers not watched (the
+# Gateway API may not be installed), applied with the canary's weights by the reconciler.
+ROUTE_KINDS: tuple[tuple[str, str], ...] = ((GATEWAY_API_VERSION, HTTP_ROUTE),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,11 @@ def render_children(msvc: ModelService, *, artifact: ModelArtifact | None = None
         for (api_version, kind), obj in zip(CORE_KINDS, objects)
         if obj is None
     ]
+    track_services = render_track_services(msvc)
+    if not track_services:  # no gatewayRef: the per-track Services go if an earlier spec had them
+        absent += [ChildRef("v1", "Service", names.stable_service(msvc.metadata.name)),
+                   ChildRef("v1", "Service", names.canary_service(msvc.metadata.name))]
+    objects += track_services
     autoscalers = [render_hpa(msvc, measured_capacity=measured_capacity),
                    render_scaled_object(msvc, measured_capacity=measured_capacity)]
     absent_autoscalers = [ChildRef(api_version, kind, names.deployment(msvc.metadata.name))
@@ -96,8 +106,14 @@ def render_canary(msvc: ModelService, rendered: Rendered, *, replicas: int) -> l
     analysis = msvc.spec.rollout.canary_settings.analysis
     if analysis.min_output_agreement is not None and msvc.spec.runtime != "triton":
         add_server_args(deployment, mirror_args(msvc.metadata.name, msvc.metadata.namespace,
-                                                sample_rate=analysis.mirror_sample_rate, url=analysis.mirror_to))
+                                                sample_rate=analysis.mirror_sample_rate, url=analysis.mirror_to,
+                                                tls=msvc.spec.tls is not None))
     return [_finish(config_map, msvc), _finish(deployment, msvc)]
+
+
+def render_route(msvc: ModelService, backends: list[tuple[str, int]]) -> dict[str, Any]:
+    """The canary's HTTPRoute with these (Service, weight) backends, owned by the ModelService."""
+    return _finish(render_http_route(msvc, backends), msvc)
 
 
 def template_revision(obj: dict[str, Any] | None) -> str | None:

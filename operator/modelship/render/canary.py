@@ -50,12 +50,15 @@ def canary_objects(stable_config_map: dict[str, Any], stable_deployment: dict[st
     return config_map, deployment
 
 
-def mirror_args(msvc_name: str, namespace: str | None, *, sample_rate: float, url: str | None = None) -> list[str]:
+def mirror_args(msvc_name: str, namespace: str | None, *, sample_rate: float, url: str | None = None,
+                tls: bool = False) -> list[str]:
     """The canary server's flags that mirror a share of its requests to the Service and count how
     its answers agree with stable's (output agreement, docs/rollout.md). The Service also reaches
-    the canary's own pods: they refuse mirrored requests, which are then skipped, not compared."""
+    the canary's own pods: they refuse mirrored requests, which are then skipped, not compared.
+    `tls`: spec.tls is on, so the Service speaks HTTPS (the server trusts its own Secret's certificate)."""
     host = names.service(msvc_name) + (f".{namespace}.svc" if namespace else "")
-    return ["--mirror-to", url or f"http://{host}:{names.HTTP_PORT}", "--mirror-sample-rate", f"{sample_rate:g}"]
+    scheme = "https" if tls else "http"
+    return ["--mirror-to", url or f"{scheme}://{host}:{names.HTTP_PORT}", "--mirror-sample-rate", f"{sample_rate:g}"]
 
 
 def add_server_args(deployment: dict[str, Any], args: list[str]) -> None:

@@ -116,7 +116,7 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
         },
         "template": {
             "metadata": {
-                "labels": labels,
+                "labels": {**labels, **_track_label(msvc)},
                 "annotations": {names.CONFIG_HASH_ANNOTATION: config_hash},
             },
             "spec": pod_spec,
@@ -136,9 +136,23 @@ def render_deployment(msvc: ModelService, *, artifact: ModelArtifact, config_has
     }
 
 
+def _track_label(msvc: ModelService) -> dict[str, str]:
+    """Stable's pods carry `track: stable` only where a Canary has a gatewayRef: its HTTPRoute
+    needs a Service of stable's pods alone. Elsewhere none, so a RollingUpdate service's pods
+    never restart over it (an operator upgrade renders their template as before)."""
+    rollout = msvc.spec.rollout
+    if rollout.strategy == "Canary" and rollout.canary_settings.gateway_ref is not None:
+        return {names.TRACK_LABEL: names.STABLE_TRACK}
+    return {}
+
+
 def template_hash(template: dict[str, Any]) -> str:
     """The pod template's revision: a change here is a new version of what serves (a canary's
-    unit); a change of replicas or of the rollout's knobs is not."""
+    unit); a change of replicas or of the rollout's knobs is not, and neither is the track label
+    (which track a pod belongs to says nothing of what it serves: adding `track: stable` rolls
+    stable's pods directly, it needs no canary)."""
+    template = json.loads(json.dumps(template))
+    template["metadata"].get("labels", {}).pop(names.TRACK_LABEL, None)
     canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -25,6 +25,9 @@ TEMPLATE_HASH_ANNOTATION = "modelship.dev/template-hash"
 # so its pods, do not change when a ModelService switches to the Canary strategy).
 TRACK_LABEL = "modelship.dev/track"
 CANARY_TRACK = "canary"
+# On stable's pods only where an HTTPRoute needs a Service of stable's pods alone (a
+# gatewayRef is set): a Service selects by equality, it cannot say "no track label".
+STABLE_TRACK = "stable"
 
 
 def deployment(msvc_name: str) -> str:
@@ -53,6 +56,20 @@ def canary_deployment(msvc_name: str) -> str:
 
 def canary_model_config(msvc_name: str) -> str:
     return f"{msvc_name}-canary-model-config"
+
+
+def stable_service(msvc_name: str) -> str:
+    """The Service of stable's pods alone, a backend of the canary's HTTPRoute."""
+    return f"{msvc_name}-stable"
+
+
+def canary_service(msvc_name: str) -> str:
+    """The Service of the canary's pods alone, the other backend of the HTTPRoute."""
+    return f"{msvc_name}-canary"
+
+
+def http_route(msvc_name: str) -> str:
+    return msvc_name
 
 
 def optimize_job(msvc_name: str, digest: str) -> str:

@@ -132,8 +132,9 @@ class InferenceService:
     async def _infer(self, raw: bytes, deadline_s: float | None, context=None, method: str = "ModelInfer"):
         """One inference, traced when tracing is on and the request is sampled (its context from the metadata)."""
         tracer = self.tracer
+        authorization = _authorization(context) if context is not None and self.dp.mirror is not None else None
         if tracer is None or context is None:
-            return await self._infer_untraced(raw, deadline_s, None)
+            return await self._infer_untraced(raw, deadline_s, None, authorization)
         parent = state = None
         for key, value in context.invocation_metadata() or ():
             if key == "traceparent":
@@ -143,17 +144,18 @@ class InferenceService:
         trace = tracer.start(f"{SERVICE}/{method}", parent, state, {
             "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "modelship.protocol": "grpc"})
         if trace is None:
-            return await self._infer_untraced(raw, deadline_s, None)
+            return await self._infer_untraced(raw, deadline_s, None, authorization)
         error = None
         try:
-            return await self._infer_untraced(raw, deadline_s, trace)
+            return await self._infer_untraced(raw, deadline_s, trace, authorization)
         except BaseException as exc:
             error = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             raise
         finally:
             trace.finish(error)
 
-    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace) -> pb.ModelInferResponse:
+    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace,
+                              authorization: str | None = None) -> pb.ModelInferResponse:
         """One inference from the message's bytes: budget, parse, look up, decode, run, encode."""
         size = len(raw)
         reserved = self.budget.try_reserve(size)
@@ -183,6 +185,7 @@ class InferenceService:
             del raw, msg, contents
             if deadline_s is not None and (req.timeout_s is None or deadline_s < req.timeout_s):
                 req.timeout_s = max(deadline_s, 1e-6)
+            req.authorization = authorization
             if trace is None:
                 return codec.encode_response(await self.dp.infer(req))
             trace.decoded_ns = time.perf_counter_ns()
@@ -281,6 +284,14 @@ def _refusal(handler: grpc.RpcMethodHandler, verdict: Verdict) -> grpc.RpcMethod
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse_stream)
     return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _authorization(context) -> str | None:
+    """The call's `authorization` metadata (for the mirror to send again), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

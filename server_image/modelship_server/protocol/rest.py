@@ -128,6 +128,8 @@ async def _infer(app: RestApp, req: HttpRequest, p: dict) -> InferResponse:
     if req.trace is not None:
         req.trace.decoded_ns = time.perf_counter_ns()
         request.trace = req.trace
+    if app.dp.mirror is not None and req.authorization:
+        request.authorization = req.authorization.decode("latin-1")
     return await app.dp.infer(request)
 
 
