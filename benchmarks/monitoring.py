@@ -125,6 +125,14 @@ def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
 # -- cost: the same model served with monitoring off and on, interleaved rounds ----------------
 
 
+def _cpu_s(pid: int) -> float:
+    """The process's user + system CPU seconds (/proc/<pid>/stat, all its threads)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
     from compare import free_port  # type: ignore[import-not-found]
@@ -146,13 +154,19 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
         results: dict[str, list] = {"off": [], "on": []}
+        cpus: dict[str, list[float]] = {"off": [], "on": []}
         for r in range(rounds):
             for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 target = bench._Target(urls[name], "http", "mlp", "", 1, {}, "random", True)
+                cpu0 = _cpu_s(procs[name].pid)
                 res = bench.run_level_async(target, concurrency, warmup_s=1.0, measure_s=seconds)
+                # CPU over warm-up and measurement, divided by the requests of both (the rate is steady)
+                done = res.throughput_req_s * (seconds + 1.0)
+                cpu_us = (_cpu_s(procs[name].pid) - cpu0) / max(done, 1) * 1e6
                 results[name].append(res)
+                cpus[name].append(cpu_us)
                 print(f"round {r + 1} {name:>3}: {res.throughput_req_s:8.0f} req/s  p50 {res.latency_p50_ms:.3f} ms"
-                      f"  p99 {res.latency_p99_ms:.3f} ms  errors {res.errors}", flush=True)
+                      f"  p99 {res.latency_p99_ms:.3f} ms  server CPU {cpu_us:6.1f} us/req  errors {res.errors}", flush=True)
     finally:
         for p in procs.values():
             p.terminate()
@@ -163,12 +177,18 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
         return {"req_s": float(np.mean([x.throughput_req_s for x in rs])),
                 "p50_ms": float(np.median([x.latency_p50_ms for x in rs])),
                 "p99_ms": float(np.median([x.latency_p99_ms for x in rs])),
-                "errors": int(sum(x.errors for x in rs))}
+                "errors": int(sum(x.errors for x in rs)),
+                "cpu_us_per_request": float(np.median(cpus[name])), "cpu_us_per_request_rounds": cpus[name],
+                "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
             "sample_rate": sample_rate, "a_a": aa,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
+            # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
+            # less disturbed by other load on the machine than req/s: off / on is the CPU-based ratio
+            "cpu_ratio": off["cpu_us_per_request"] / on["cpu_us_per_request"],
+            "cpu_us_added_per_request": on["cpu_us_per_request"] - off["cpu_us_per_request"],
             "p50_added_ms": on["p50_ms"] - off["p50_ms"]}
 
 

@@ -99,11 +99,16 @@ class TensorDrift:
 
     def bins(self, m: np.ndarray) -> np.ndarray:
         """Each value's bin (edges[i-1] < v <= edges[i]) plus its feature's offset; n * k for
-        NaN / inf (counted by the stats, not binned). One comparison per edge over the whole
-        matrix: the widest feature's edge count of numpy calls, whatever the rows or features."""
-        idx = np.zeros(m.shape, np.int64)
+        NaN / inf (counted by the stats, not binned). One comparison per edge row over the whole
+        matrix, counted in int8 (a bin index is at most DEFAULT_BINS-ish, far under 127): the
+        widest feature's edge count of numpy calls, whatever the rows or features."""
+        counts = np.zeros(m.shape, np.int8 if self.k <= 127 else np.int64)
+        above = np.empty(m.shape, bool)
+        step = above.view(np.int8) if counts.dtype == np.int8 else above
         for e in self._edges_t:
-            idx += m > e
+            np.greater(m, e, out=above)
+            counts += step
+        idx = counts.astype(np.int64)
         idx += self._offsets
         bad = ~np.isfinite(m)
         if bad.any():
