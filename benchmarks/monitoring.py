@@ -4,8 +4,8 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
 
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
-    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4]
-    .venv/bin/python benchmarks/monitoring.py path [--calls 100000]
+    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
+    .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
     ... --json docs/benchmarks/monitoring-<what>.json
 
 The stream: 10 features, each N(0, 1), one row per request (batch 1). The reference is 1000
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -127,13 +128,12 @@ def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
 
 def _cpu_s(pid: int) -> float:
     """The process's user + system CPU seconds (/proc/<pid>/stat, all its threads)."""
-    import os
-
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False) -> dict:
+def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
+         drain: str = "loop") -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
     from compare import free_port  # type: ignore[import-not-found]
 
@@ -150,7 +150,8 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                                             "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
                                             str(gp), "--metrics-port", str(mp), *extra],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain})
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
         results: dict[str, list] = {"off": [], "on": []}
@@ -182,7 +183,7 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                 "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
-            "sample_rate": sample_rate, "a_a": aa,
+            "sample_rate": sample_rate, "a_a": aa, "drain": drain,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
             # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
@@ -227,6 +228,15 @@ def path(calls: int, drain: int = 500) -> dict:
             hub.monitors["mlp"].take_pending()
     mon = hub.monitors["mlp"]
     mon.take_pending()
+    blocks = []  # the hook's CPU per call, in blocks of 500 calls (what preemption does not inflate)
+    for b in range(min(calls, 20_000) // drain):
+        reqs = [InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], xs[j])]) for j in range(drain)]
+        t0 = time.process_time()
+        for j, req in enumerate(reqs):
+            req.id = hub.new_id(model)
+            hub.after_infer(model, req, {"OUTPUT0": ys[j]})
+        blocks.append(time.process_time() - t0)
+        mon.take_pending()
 
     def one_drain() -> float:
         for j in range(drain):
@@ -241,7 +251,8 @@ def path(calls: int, drain: int = 500) -> dict:
     scored = min(_timed(lambda: mon.drift["INPUT0"].__dict__.update(_scored=-1) or mon.snapshot()) for _ in range(20))
     us = hook * 1e6
     return {"calls": calls, "hook_us_p50": float(np.percentile(us, 50)), "hook_us_p99": float(np.percentile(us, 99)),
-            "hook_us_mean": float(us.mean()), "drain_requests": drain,
+            "hook_us_mean": float(us.mean()), "hook_cpu_us_per_request_best": min(blocks) / drain * 1e6,
+            "hook_cpu_us_per_request_median": float(np.median(blocks)) / drain * 1e6, "drain_requests": drain,
             "drain_us_per_request_collecting": collecting / (-(-1000 // drain) * drain) * 1e6,
             "drain_us_per_request_best": min(drains) / drain * 1e6,
             "drain_us_per_request_median": float(np.median(drains)) / drain * 1e6,
@@ -267,21 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--seed", type=int, default=0)
     pa = sub.add_parser("path", help="per-request cost of the hook and the profiler, in process")
     pa.add_argument("--calls", type=int, default=100_000)
-    pa.add_argument("--drain", type=int, default=500, help="requests profiled per drain")
+    pa.add_argument("--drain-size", type=int, default=500, help="requests profiled per drain")
     c = sub.add_parser("cost", help="throughput and p99 with --monitoring on vs off, same run")
     c.add_argument("--seconds", type=float, default=8.0)
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--concurrency", type=int, default=4)
     c.add_argument("--sample-rate", type=float, default=1.0, help="--monitoring-sample-rate of the `on` server")
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
+    c.add_argument("--drain", choices=("loop", "thread"), default="loop",
+                   help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
     for q in (d, a, c, pa):
         q.add_argument("--json", type=Path, help="write the result here too")
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
-        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa)
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain)
     elif args.what == "path":
-        out = path(args.calls, args.drain)
+        out = path(args.calls, args.drain_size)
     else:
         data = streams(args.trials, args.stationary, args.seed)
         out = evaluate(ours_windows, data) if args.what == "detection" else anchor(args.python, data)

@@ -1,10 +1,17 @@
 """Per-model monitoring state, and the hub the data plane hands every answered request to.
 
 On the request path (event-loop thread) the hub only: gives the request an id when it has none,
-remembers the prediction for feedback, and, for sampled requests, appends references to the
-input and output arrays to a bounded queue (full: dropped and counted). One worker thread
-drains the queue and does the profiling: features, statistics, the reference (frozen from the
-first sampled requests when no file is given) and the drift windows.
+remembers the prediction for feedback, and, for sampled requests, appends a copy of the inputs
+and the outputs to the model's pending lists, by tensor (bounded: full, dropped and counted).
+Every DRAIN_S the event loop takes what is pending and profiles it in slices of at most SLICE
+requests (each tensor's arrays joined, its features computed, statistics and drift histograms
+updated with a few numpy calls per tensor), giving the loop back between slices. Drift scores
+are computed when read (a scrape, the JSON endpoint), cached until the window slides.
+
+Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
+GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
+MODELSHIP_MONITORING_DRAIN=thread profiles in a thread instead, for the cost benchmark's
+comparison (`benchmarks/monitoring.py cost --drain thread`).
 """
 
 from __future__ import annotations
