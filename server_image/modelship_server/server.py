@@ -290,7 +290,7 @@ async def serve(settings: Settings) -> int:
 
 
 def start_monitoring(settings: Settings, dp: DataPlane, metrics: Metrics, registry: Registry) -> Monitoring | None:
-    """With --monitoring: the hub (profiler thread, capture writer) wired to the data plane and /metrics."""
+    """With --monitoring: the hub (the drain on this event loop, capture writer) wired to the data plane and /metrics."""
     cfg = settings.monitoring
     if not cfg.enabled:
         return None

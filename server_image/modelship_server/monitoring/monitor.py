@@ -47,7 +47,7 @@ log = logging.getLogger("modelship_server.monitoring")
 Columns = dict[tuple[int, str], list[np.ndarray]]  # (0 input / 1 output, tensor) -> arrays, in request order
 
 BLOCKS = 10  # a window slides by a tenth of its size
-QUEUE_MAX = 8192  # sampled requests waiting for the profiler
+QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
 DRAIN_S = 0.1  # the drain runs this often and takes everything queued: fewer, larger numpy calls
 SLICE = 128  # sampled requests profiled per event-loop slice (bounds how long a slice holds the loop)
 
@@ -432,7 +432,9 @@ class _FeatureView:
 
 
 class Monitoring:
-    """The server's monitoring: monitors by model name, the profiler thread, the capture writer."""
+    """The server's monitoring: monitors by model name, the drain (event-loop slices), the capture writer.
+
+    Without a loop nothing drains by itself: the caller calls `drain()` (the in-process benchmark)."""
 
     def __init__(self, cfg: MonitoringSettings, reference: dict | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -534,8 +536,8 @@ class Monitoring:
             mon.remember(request.id, outputs)
             rnd = self._random
             if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
-                # A copy, not the decoded view: a view keeps the request's whole body alive until the
-                # profiler drains (up to 100 ms), and serving slowed by a tenth with those pinned.
+                # `offer` copies the inputs: a view of the decoded body keeps the request's whole body
+                # alive until the drain (up to 100 ms), and serving slowed by a tenth with those pinned.
                 mon.offer(request.inputs, outputs)
             cap = self.capture
             if cap is not None and (self.cfg.capture_sample_rate >= 1.0 or rnd() < self.cfg.capture_sample_rate):
