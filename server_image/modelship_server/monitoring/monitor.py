@@ -600,16 +600,18 @@ class Monitoring:
         calls per tensor), so requests and health checks wait for one slice at most."""
         if self._stop.is_set() or self._loop is None:
             return
-        if self._backlog:
-            mon, cols, n = self._backlog.popleft()
-            if n > SLICE:
-                self._backlog.appendleft((mon, {k: v[SLICE:] for k, v in cols.items()}, n - SLICE))
-                cols, n = {k: v[:SLICE] for k, v in cols.items()}, SLICE
-            self._profile(mon, cols, n)
-        if self._backlog:
-            self._timer = self._loop.call_soon(self._slice)
-        else:
-            self._timer = self._loop.call_later(DRAIN_S, self._tick)
+        try:
+            if self._backlog:
+                mon, cols, n = self._backlog.popleft()
+                if n > SLICE:
+                    self._backlog.appendleft((mon, {k: v[SLICE:] for k, v in cols.items()}, n - SLICE))
+                    cols, n = {k: v[:SLICE] for k, v in cols.items()}, SLICE
+                self._profile(mon, cols, n)
+        finally:  # whatever happened, the next slice or tick is scheduled: profiling never stops
+            if self._backlog:
+                self._timer = self._loop.call_soon(self._slice)
+            else:
+                self._timer = self._loop.call_later(DRAIN_S, self._tick)
 
     def _run(self) -> None:
         while not self._stop.wait(DRAIN_S):
