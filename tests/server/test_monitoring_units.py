@@ -318,3 +318,45 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
     assert mon.profiled == 1000 and mon.dropped == 0
     assert sum(sizes) == 1000 and max(sizes) <= monitor_mod.SLICE
     assert mon.reference is not None and mon.stats["x"].count == 1000
+
+
+def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():
+    """The store's lean `put` against the definition: the newest max_entries ids live, none older than
+    the TTL; evicted or consumed ids answered `expired` for max_entries more evictions."""
+    rng = np.random.default_rng(9)
+    now = [0.0]
+    ttl, size = 5.0, 8
+    store = feedback.PredictionStore(ttl_s=ttl, max_entries=size, clock=lambda: now[0])
+    live: list[tuple[str, float]] = []  # oldest first
+    gone: list[str] = []
+
+    def forget(rid: str) -> None:  # remembered in the order first forgotten (an OrderedDict's)
+        if rid not in gone:
+            gone.append(rid)
+        del gone[:-size]
+
+    for step in range(3000):
+        op = rng.integers(0, 10)
+        rid = f"r{int(rng.integers(0, 40))}"
+        if op < 5:
+            now[0] += float(rng.exponential(0.5))
+            store.put(rid, np.array([step]))
+            live[:] = [(r, t) for r, t in live if r != rid] + [(rid, now[0])]
+            while live and (len(live) > size or now[0] - live[0][1] > ttl):
+                forget(live.pop(0)[0])
+        elif op < 8:
+            outcome, _ = store.lookup(rid)
+            hit = next((t for r, t in live if r == rid), None)
+            if hit is not None and now[0] - hit > ttl:
+                live[:] = [(r, t) for r, t in live if r != rid]
+                forget(rid)
+                want = feedback.EXPIRED
+            else:
+                want = feedback.JOINED if hit is not None else feedback.EXPIRED if rid in gone else feedback.UNKNOWN
+            assert outcome == want, (step, rid)
+        else:
+            store.consume(rid)
+            if any(r == rid for r, _ in live):
+                live[:] = [(r, t) for r, t in live if r != rid]
+                forget(rid)
+        assert list(store.entries) == [r for r, _ in live], step
