@@ -4,8 +4,8 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
 
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
-    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4]
-    .venv/bin/python benchmarks/monitoring.py path [--calls 100000]
+    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
+    .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
     ... --json docs/benchmarks/monitoring-<what>.json
 
 The stream: 10 features, each N(0, 1), one row per request (batch 1). The reference is 1000
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -125,7 +126,14 @@ def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
 # -- cost: the same model served with monitoring off and on, interleaved rounds ----------------
 
 
-def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False) -> dict:
+def _cpu_s(pid: int) -> float:
+    """The process's user + system CPU seconds (/proc/<pid>/stat, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
+         drain: str = "loop") -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
     from compare import free_port  # type: ignore[import-not-found]
 
@@ -142,17 +150,24 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                                             "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
                                             str(gp), "--metrics-port", str(mp), *extra],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain})
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
         results: dict[str, list] = {"off": [], "on": []}
+        cpus: dict[str, list[float]] = {"off": [], "on": []}
         for r in range(rounds):
             for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 target = bench._Target(urls[name], "http", "mlp", "", 1, {}, "random", True)
+                cpu0 = _cpu_s(procs[name].pid)
                 res = bench.run_level_async(target, concurrency, warmup_s=1.0, measure_s=seconds)
+                # CPU over warm-up and measurement, divided by the requests of both (the rate is steady)
+                done = res.throughput_req_s * (seconds + 1.0)
+                cpu_us = (_cpu_s(procs[name].pid) - cpu0) / max(done, 1) * 1e6
                 results[name].append(res)
+                cpus[name].append(cpu_us)
                 print(f"round {r + 1} {name:>3}: {res.throughput_req_s:8.0f} req/s  p50 {res.latency_p50_ms:.3f} ms"
-                      f"  p99 {res.latency_p99_ms:.3f} ms  errors {res.errors}", flush=True)
+                      f"  p99 {res.latency_p99_ms:.3f} ms  server CPU {cpu_us:6.1f} us/req  errors {res.errors}", flush=True)
     finally:
         for p in procs.values():
             p.terminate()
@@ -163,59 +178,92 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
         return {"req_s": float(np.mean([x.throughput_req_s for x in rs])),
                 "p50_ms": float(np.median([x.latency_p50_ms for x in rs])),
                 "p99_ms": float(np.median([x.latency_p99_ms for x in rs])),
-                "errors": int(sum(x.errors for x in rs))}
+                "errors": int(sum(x.errors for x in rs)),
+                "cpu_us_per_request": float(np.median(cpus[name])), "cpu_us_per_request_rounds": cpus[name],
+                "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
-            "sample_rate": sample_rate, "a_a": aa,
+            "sample_rate": sample_rate, "a_a": aa, "drain": drain,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
+            # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
+            # less disturbed by other load on the machine than req/s: off / on is the CPU-based ratio
+            "cpu_ratio": off["cpu_us_per_request"] / on["cpu_us_per_request"],
+            "cpu_us_added_per_request": on["cpu_us_per_request"] - off["cpu_us_per_request"],
             "p50_added_ms": on["p50_ms"] - off["p50_ms"]}
 
 
 # -- path: what --monitoring adds to one request, measured in process --------------------------
 
 
-def path(calls: int) -> dict:
-    """Time the request-path hook (id, prediction store, sampling, queue) per call, and the
-    profiler's CPU per request when it drains batches; the same model shapes as `cost`."""
+def path(calls: int, drain: int = 500) -> dict:
+    """Time the request-path hook (id, prediction store, sampling, queueing a copy of the inputs)
+    per call, and the drain's CPU per request when it profiles `drain` queued requests at once
+    (about what a 100 ms drain takes at 5,000 req/s); the same model shapes as `cost`. The drain
+    is timed with the process's CPU clock, best of its repetitions (a shared machine's
+    preemption inflates wall time, not CPU time)."""
     from types import SimpleNamespace
 
     from modelship_server.messages import InferRequest, Tensor
     from modelship_server.monitoring.monitor import Monitoring
     from modelship_server.settings import MonitoringSettings
 
-    hub = Monitoring(MonitoringSettings(enabled=True, peer_address="10.0.0.5:8000"))
-    hub._stop.set()  # no profiler thread: the queue is drained below, timed on its own
+    hub = Monitoring(MonitoringSettings(enabled=True, peer_address="10.0.0.5:8000"))  # no loop: drained below
     spec = SimpleNamespace(name="INPUT0", datatype="FP32")
     out = SimpleNamespace(name="OUTPUT0", datatype="FP32")
     model = SimpleNamespace(name="mlp", version="1", inputs=[spec], outputs=[out], policy=SimpleNamespace(max_batch_size=16),
                             output_specs={"OUTPUT0": out}, model_path=None)
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(1, 64)).astype(np.float32), rng.normal(size=(1, 10)).astype(np.float32)
+    xs = rng.normal(size=(drain, 1, 64)).astype(np.float32)
+    ys = rng.normal(size=(drain, 1, 10)).astype(np.float32)
     hook = np.empty(calls)
     perf = time.perf_counter
     for i in range(calls):
-        req = InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], x)])
+        req = InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], xs[i % drain])])
         t0 = perf()
         req.id = hub.new_id(model)
-        hub.after_infer(model, req, {"OUTPUT0": y})
+        hub.after_infer(model, req, {"OUTPUT0": ys[i % drain]})
         hook[i] = perf() - t0
-        if len(hub.queue) >= 1000:  # drain as the profiler would, timed apart
-            hub.queue.clear()
+        if hub.monitors["mlp"].pending_n >= drain:  # dropped, not profiled: the drain is timed apart
+            hub.monitors["mlp"].take_pending()
     mon = hub.monitors["mlp"]
-    batches = [[({"INPUT0": x}, {"OUTPUT0": y})] * 100 for _ in range(40)]
-    t0 = perf()
-    for b in batches[:10]:
-        mon.observe_many(b)  # the first 1000 requests: the frozen reference
-    t1 = perf()
-    for b in batches[10:]:
-        mon.observe_many(b)
-    t2 = perf()
+    mon.take_pending()
+    blocks = []  # the hook's CPU per call, in blocks of 500 calls (what preemption does not inflate)
+    for b in range(min(calls, 20_000) // drain):
+        reqs = [InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], xs[j])]) for j in range(drain)]
+        t0 = time.process_time()
+        for j, req in enumerate(reqs):
+            req.id = hub.new_id(model)
+            hub.after_infer(model, req, {"OUTPUT0": ys[j]})
+        blocks.append(time.process_time() - t0)
+        mon.take_pending()
+
+    def one_drain() -> float:
+        for j in range(drain):
+            mon.offer([Tensor("INPUT0", "FP32", [1, 64], xs[j])], {"OUTPUT0": ys[j]})
+        t0 = time.process_time()
+        hub.drain()
+        return time.process_time() - t0
+
+    collecting = sum(one_drain() for _ in range(-(-1000 // drain)))  # the first 1000: the frozen reference
+    assert mon.reference is not None
+    drains = [one_drain() for _ in range(max(5, 20_000 // drain))]
+    scored = min(_timed(lambda: mon.drift["INPUT0"].__dict__.update(_scored=-1) or mon.snapshot()) for _ in range(20))
     us = hook * 1e6
     return {"calls": calls, "hook_us_p50": float(np.percentile(us, 50)), "hook_us_p99": float(np.percentile(us, 99)),
-            "hook_us_mean": float(us.mean()),
-            "profiler_us_per_request_collecting": (t1 - t0) / 1000 * 1e6,
-            "profiler_us_per_request_drained_by_100": (t2 - t1) / 3000 * 1e6}
+            "hook_us_mean": float(us.mean()), "hook_cpu_us_per_request_best": min(blocks) / drain * 1e6,
+            "hook_cpu_us_per_request_median": float(np.median(blocks)) / drain * 1e6, "drain_requests": drain,
+            "drain_us_per_request_collecting": collecting / (-(-1000 // drain) * drain) * 1e6,
+            "drain_us_per_request_best": min(drains) / drain * 1e6,
+            "drain_us_per_request_median": float(np.median(drains)) / drain * 1e6,
+            "drain_ms_best": min(drains) * 1e3,
+            "snapshot_with_scores_ms": scored * 1e3}
+
+
+def _timed(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,20 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--seed", type=int, default=0)
     pa = sub.add_parser("path", help="per-request cost of the hook and the profiler, in process")
     pa.add_argument("--calls", type=int, default=100_000)
+    pa.add_argument("--drain-size", type=int, default=500, help="requests profiled per drain")
     c = sub.add_parser("cost", help="throughput and p99 with --monitoring on vs off, same run")
     c.add_argument("--seconds", type=float, default=8.0)
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--concurrency", type=int, default=4)
     c.add_argument("--sample-rate", type=float, default=1.0, help="--monitoring-sample-rate of the `on` server")
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
+    c.add_argument("--drain", choices=("loop", "thread"), default="loop",
+                   help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
     for q in (d, a, c, pa):
         q.add_argument("--json", type=Path, help="write the result here too")
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
-        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa)
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain)
     elif args.what == "path":
-        out = path(args.calls)
+        out = path(args.calls, args.drain_size)
     else:
         data = streams(args.trials, args.stationary, args.seed)
         out = evaluate(ours_windows, data) if args.what == "detection" else anchor(args.python, data)

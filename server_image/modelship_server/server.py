@@ -290,12 +290,12 @@ async def serve(settings: Settings) -> int:
 
 
 def start_monitoring(settings: Settings, dp: DataPlane, metrics: Metrics, registry: Registry) -> Monitoring | None:
-    """With --monitoring: the hub (profiler thread, capture writer) wired to the data plane and /metrics."""
+    """With --monitoring: the hub (the drain on this event loop, capture writer) wired to the data plane and /metrics."""
     cfg = settings.monitoring
     if not cfg.enabled:
         return None
     reference = load_reference(cfg.reference) if cfg.reference is not None else None
-    hub = Monitoring(cfg, reference)
+    hub = Monitoring(cfg, reference, asyncio.get_running_loop())
     dp.monitoring = hub
     metrics.registry.register(MonitoringCollector(hub, lambda: [m for m in registry.all() if m.ready]))
     log.info("monitoring on: sample rate %g, window %d, reference %s, capture %s", cfg.sample_rate, cfg.window,

@@ -205,3 +205,158 @@ def test_the_reference_cli_and_optimize_write_a_reference_the_server_reads(tmp_p
     write_reference(tmp_path, feeds + feeds[:4], "generated (8 inputs, seed 0)")  # halves may be the same feeds
     ref = load_reference(tmp_path / "reference-profile.json")
     assert ref["samples"] == 8 and ref["source"] == "optimize: generated (8 inputs, seed 0)"
+
+
+# -- the drain's vectorized parts agree with the plain definitions ---------------------------------
+
+
+def test_vectorized_ks_p_values_equal_the_series_per_feature():
+    rng = np.random.default_rng(5)
+    d = np.concatenate([[0.0, 0.001, 0.5, 1.0], rng.uniform(0, 0.3, 400)])
+    n = np.concatenate([[1000, 0, 1000, 5], rng.integers(0, 3000, 400)])
+    m = np.concatenate([[1000, 1000, 0, 5], rng.integers(0, 3000, 400)])
+    want = [drift.ks_p_value(float(x), int(a), int(b)) for x, a, b in zip(d, n, m)]
+    assert drift.ks_p_values(d, n, m) == pytest.approx(want, abs=1e-12)
+
+
+def _drift_monitor(rng):
+    cfg = MonitoringSettings(enabled=True, window=200, reference_size=10)
+    mon = ModelMonitor("m", {"x": "FP32"}, {"y": "FP32"}, True, cfg, None)
+    for _ in range(10):  # ten requests of 100 rows: the frozen reference
+        mon.observe({"x": rng.normal(size=(100, 10)).astype(np.float32)}, {})
+    return mon
+
+
+def test_the_window_counts_equal_a_histogram_of_the_last_window_and_scores_are_cached_until_it_slides():
+    rng = np.random.default_rng(6)
+    mon = _drift_monitor(rng)
+    d = mon.drift["x"]
+    rows = []
+    for i in range(37):  # uneven requests: blocks of 20 fill across request boundaries
+        x = rng.normal(size=(int(rng.integers(1, 30)), 10)).astype(np.float32)
+        if i % 5 == 0:
+            x[0, 2] = np.nan  # counted by the stats, not binned
+        rows.append(x)
+        mon.observe({"x": x}, {})
+    allrows = np.concatenate(rows).astype(np.float64)
+    window = allrows[:allrows.shape[0] - d.current_n][-d.window:]
+    for j, name in enumerate(d.names):
+        ref = mon.reference["features"][name]
+        h = Histogram(np.array(ref["edges"]))
+        h.add(window[:, j])
+        assert d.total[j, :len(ref["edges"]) + 1].tolist() == h.counts.tolist(), name
+        assert not d.total[j, len(ref["edges"]) + 1:].any()
+    first = d.scores
+    assert first is not None and d.scores is first  # read twice, scored once
+    want = drift.scores(d.ref, np.sum(d.blocks, axis=0), d.valid, d.psi_t, d.p_t)
+    got_v, want_v = ([(s.psi, s.ks, s.p_value, s.drifted) for s in sc] for sc in (first, want))
+    assert np.allclose(np.array(got_v, float), np.array(want_v, float), rtol=1e-12, atol=1e-12)
+    mon.observe({"x": rng.normal(size=(d.block_size, 10)).astype(np.float32)}, {})
+    assert d.scores is not first  # the window slid
+
+
+def test_the_finite_fast_path_keeps_the_statistics_of_the_general_update():
+    from modelship_server.monitoring.profile import ColumnStats
+    rng = np.random.default_rng(7)
+    parts = [rng.normal(3.0, 2.0, size=(int(rng.integers(1, 50)), 4)) for _ in range(20)]
+    parts[7][3, 1] = np.inf  # one matrix takes the general path
+    fast, slow = ColumnStats(4), ColumnStats(4)
+    fast.low = slow.low = np.full(4, -1.0)
+    fast.high = slow.high = np.full(4, 6.0)
+    for p in parts:
+        fast.add(p)
+        _general(slow, p)
+    allv = np.concatenate(parts)
+    for j in range(4):
+        v = allv[:, j][np.isfinite(allv[:, j])]
+        col = fast.column(j)
+        assert col["mean"] == pytest.approx(v.mean()) and col["variance"] == pytest.approx(v.var())
+        assert col["out_of_range"] == int(((v < -1) | (v > 6)).sum())
+        assert fast.column(j) == pytest.approx(slow.column(j))
+
+
+def _general(st, m):
+    """ColumnStats.add with the fast path skipped: a NaN appended and its count taken back."""
+    st.add(np.concatenate([m, np.full((1, m.shape[1]), np.nan)]))
+    st.count -= 1
+    st.nan -= 1
+
+
+def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_request():
+    import asyncio
+    from types import SimpleNamespace
+
+    from modelship_server.messages import InferRequest, Tensor
+    from modelship_server.monitoring import monitor as monitor_mod
+
+    spec, out = SimpleNamespace(name="x", datatype="FP32"), SimpleNamespace(name="y", datatype="FP32")
+    model = SimpleNamespace(name="m", version="1", inputs=[spec], outputs=[out], policy=SimpleNamespace(max_batch_size=8),
+                            output_specs={"y": out}, model_path=None)
+    rng = np.random.default_rng(8)
+    sizes: list[int] = []
+
+    async def run() -> ModelMonitor:
+        hub = monitor_mod.Monitoring(MonitoringSettings(enabled=True, window=200, reference_size=100),
+                                     None, asyncio.get_running_loop())
+        mon = hub.monitor_for(model)
+        real = mon.profile
+        mon.profile = lambda cols, n: (sizes.append(n), real(cols, n))  # type: ignore[method-assign]
+        try:
+            for _ in range(1000):
+                req = InferRequest("m", "", [Tensor("x", "FP32", [1, 4], rng.normal(size=(1, 4)).astype(np.float32))])
+                req.id = hub.new_id(model)
+                hub.after_infer(model, req, {"y": rng.normal(size=(1, 3)).astype(np.float32)})
+            for _ in range(600):  # up to 60 s on a loaded machine
+                if mon.profiled >= 1000:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            hub.close()
+        return mon
+
+    mon = asyncio.run(run())
+    assert mon.profiled == 1000 and mon.dropped == 0
+    assert sum(sizes) == 1000 and max(sizes) <= monitor_mod.SLICE
+    assert mon.reference is not None and mon.stats["x"].count == 1000
+
+
+def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():
+    """The store's lean `put` against the definition: the newest max_entries ids live, none older than
+    the TTL; evicted or consumed ids answered `expired` for max_entries more evictions."""
+    rng = np.random.default_rng(9)
+    now = [0.0]
+    ttl, size = 5.0, 8
+    store = feedback.PredictionStore(ttl_s=ttl, max_entries=size, clock=lambda: now[0])
+    live: list[tuple[str, float]] = []  # oldest first
+    gone: list[str] = []
+
+    def forget(rid: str) -> None:  # remembered in the order first forgotten (an OrderedDict's)
+        if rid not in gone:
+            gone.append(rid)
+        del gone[:-size]
+
+    for step in range(3000):
+        op = rng.integers(0, 10)
+        rid = f"r{int(rng.integers(0, 40))}"
+        if op < 5:
+            now[0] += float(rng.exponential(0.5))
+            store.put(rid, np.array([step]))
+            live[:] = [(r, t) for r, t in live if r != rid] + [(rid, now[0])]
+            while live and (len(live) > size or now[0] - live[0][1] > ttl):
+                forget(live.pop(0)[0])
+        elif op < 8:
+            outcome, _ = store.lookup(rid)
+            hit = next((t for r, t in live if r == rid), None)
+            if hit is not None and now[0] - hit > ttl:
+                live[:] = [(r, t) for r, t in live if r != rid]
+                forget(rid)
+                want = feedback.EXPIRED
+            else:
+                want = feedback.JOINED if hit is not None else feedback.EXPIRED if rid in gone else feedback.UNKNOWN
+            assert outcome == want, (step, rid)
+        else:
+            store.consume(rid)
+            if any(r == rid for r, _ in live):
+                live[:] = [(r, t) for r, t in live if r != rid]
+                forget(rid)
+        assert list(store.entries) == [r for r, _ in live], step

@@ -83,9 +83,24 @@ def scores(reference: np.ndarray, current: np.ndarray, valid: np.ndarray, psi_th
     n_ref, n_cur = reference.sum(axis=1), current.sum(axis=1)
     cdf_r = np.cumsum(reference, axis=1) / np.maximum(n_ref, 1)[:, None]
     cdf_c = np.cumsum(current, axis=1) / np.maximum(n_cur, 1)[:, None]
-    ds = np.abs(cdf_r - cdf_c).max(axis=1)
-    out = []
-    for s, d, n, m in zip(psis.tolist(), ds.tolist(), n_ref.tolist(), n_cur.tolist()):
-        p = ks_p_value(d, int(n), int(m)) if n > 0 and m > 0 else 1.0
-        out.append(Score(s, d if n > 0 and m > 0 else 0.0, p, s >= psi_threshold and p < p_value))
-    return out
+    both = (n_ref > 0) & (n_cur > 0)
+    ds = np.where(both, np.abs(cdf_r - cdf_c).max(axis=1), 0.0)
+    ps = ks_p_values(ds, n_ref, n_cur)
+    flagged = (psis >= psi_threshold) & (ps < p_value)
+    return [Score(s, d, p, f) for s, d, p, f in zip(psis.tolist(), ds.tolist(), ps.tolist(), flagged.tolist())]
+
+
+_K = np.arange(1, 101, dtype=np.float64)
+_SIGNS = 2.0 * (-1.0) ** (_K - 1)
+
+
+def ks_p_values(d: np.ndarray, n: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """`ks_p_value` for many features in a few numpy calls (the series summed to 100 terms;
+    the terms `ks_p_value` stops at are under 1e-12, so the two agree to that)."""
+    d, n, m = (np.asarray(a, np.float64) for a in (d, n, m))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ne = np.where((n > 0) & (m > 0), n * m / np.maximum(n + m, 1), 0.0)
+        lam = (np.sqrt(ne) + 0.12 + 0.11 / np.sqrt(np.where(ne > 0, ne, 1.0))) * d
+    total = (_SIGNS * np.exp(-2.0 * _K * _K * (lam * lam)[:, None])).sum(axis=1)
+    p = np.clip(total, 0.0, 1.0)
+    return np.where((ne > 0) & (d > 0) & (lam >= 0.2), p, 1.0)

@@ -24,19 +24,36 @@ class PredictionStore:
         self.clock = clock
         self.entries: collections.OrderedDict[str, tuple[float, np.ndarray]] = collections.OrderedDict()
         self.gone: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._oldest_t = 0.0  # the oldest entry's time, or earlier (a put then looks at the old end)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def put(self, request_id: str, predicted: np.ndarray) -> None:
+        """On every answered request: kept lean (a full store pays one insert and two pops)."""
         now = self.clock()
         entries = self.entries
+        if request_id in entries:  # a repeated id moves to the new end
+            del entries[request_id]
+        elif not entries:
+            self._oldest_t = now
         entries[request_id] = (now, predicted)
-        entries.move_to_end(request_id)
+        if len(entries) > self.max_entries:
+            gone = self.gone
+            gone[entries.popitem(last=False)[0]] = None
+            if len(gone) > self.max_entries:
+                gone.popitem(last=False)
+        if now - self._oldest_t > self.ttl_s:  # the oldest may have aged out: look at the old end
+            self._age_out(now)
+
+    def _age_out(self, now: float) -> None:
+        entries = self.entries
         while entries:
-            oldest_id, (t, _) = next(iter(entries.items()))
-            if len(entries) <= self.max_entries and now - t <= self.ttl_s:
+            for oldest_id, (t, _) in entries.items():
                 break
+            if now - t <= self.ttl_s:
+                self._oldest_t = t
+                return
             entries.popitem(last=False)
             self._forget(oldest_id)
 

@@ -1,14 +1,22 @@
 """Per-model monitoring state, and the hub the data plane hands every answered request to.
 
 On the request path (event-loop thread) the hub only: gives the request an id when it has none,
-remembers the prediction for feedback, and, for sampled requests, appends references to the
-input and output arrays to a bounded queue (full: dropped and counted). One worker thread
-drains the queue and does the profiling: features, statistics, the reference (frozen from the
-first sampled requests when no file is given) and the drift windows.
+remembers the prediction for feedback, and, for sampled requests, appends a copy of the inputs
+and the outputs to the model's pending lists, by tensor (bounded: full, dropped and counted).
+Every DRAIN_S the event loop takes what is pending and profiles it in slices of at most SLICE
+requests (each tensor's arrays joined, its features computed, statistics and drift histograms
+updated with a few numpy calls per tensor), giving the loop back between slices. Drift scores
+are computed when read (a scrape, the JSON endpoint), cached until the window slides.
+
+Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
+GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
+MODELSHIP_MONITORING_DRAIN=thread profiles in a thread instead, for the cost benchmark's
+comparison (`benchmarks/monitoring.py cost --drain thread`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -36,9 +44,12 @@ from .reference import ReferenceInvalid, check_against_model, from_features
 
 log = logging.getLogger("modelship_server.monitoring")
 
+Columns = dict[tuple[int, str], list[np.ndarray]]  # (0 input / 1 output, tensor) -> arrays, in request order
+
 BLOCKS = 10  # a window slides by a tenth of its size
-QUEUE_MAX = 8192  # sampled requests waiting for the profiler
-DRAIN_S = 0.1  # the profiler wakes this often and takes everything queued: fewer, larger numpy calls
+QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
+DRAIN_S = 0.1  # the drain runs this often and takes everything queued: fewer, larger numpy calls
+SLICE = 128  # sampled requests profiled per event-loop slice (bounds how long a slice holds the loop)
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -60,7 +71,12 @@ def replica_key(model_path: Any) -> bytes:
 
 class TensorDrift:
     """The drift windows of every feature of one tensor, as matrices: the last `window` samples
-    binned like the reference, in BLOCKS blocks (a window slides by a tenth of its size)."""
+    binned like the reference, in BLOCKS blocks (a window slides by a tenth of its size).
+
+    The window's counts are kept as a running sum (a block in, the oldest out: exact integers);
+    the scores are computed when read (a scrape, the JSON endpoint) and cached until the window
+    slides again, so a busy server does not score every feature on every slide nobody reads.
+    """
 
     def __init__(self, names: list[str], ref_features: list[dict], window: int, psi_t: float, p_t: float) -> None:
         self.names = names
@@ -80,26 +96,60 @@ class TensorDrift:
         self.blocks: collections.deque[np.ndarray] = collections.deque(maxlen=BLOCKS)
         self.current = np.zeros((n, self.k), np.int64)
         self.current_n = 0
-        self.scores: list[Score] | None = None
+        self.total = np.zeros((n, self.k), np.int64)  # the sum of `blocks`
+        self.slides = 0  # windows completed: the scores' cache key
+        self._scores: list[Score] | None = None
+        self._scored = 0
         self.psi_t, self.p_t = psi_t, p_t
         self._offsets = np.arange(n) * self.k
+        self._edges_t = np.ascontiguousarray(self.edges.T)  # (width, n): one comparison per edge row
+
+    def bins(self, m: np.ndarray) -> np.ndarray:
+        """Each value's bin (edges[i-1] < v <= edges[i]) plus its feature's offset; n * k for
+        NaN / inf (counted by the stats, not binned). One comparison per edge row over the whole
+        matrix, counted in int8 (a bin index is at most DEFAULT_BINS-ish, far under 127): the
+        widest feature's edge count of numpy calls, whatever the rows or features."""
+        counts = np.zeros(m.shape, np.int8 if self.k <= 127 else np.int64)
+        above = np.empty(m.shape, bool)
+        step = above.view(np.int8) if counts.dtype == np.int8 else above
+        for e in self._edges_t:
+            np.greater(m, e, out=above)
+            counts += step
+        idx = counts.astype(np.int64)
+        idx += self._offsets
+        bad = ~np.isfinite(m)
+        if bad.any():
+            idx[bad] = len(self.names) * self.k
+        return idx
 
     def add(self, m: np.ndarray) -> None:
         """Add rows of the feature matrix (columns in `names` order)."""
         n, k = len(self.names), self.k
-        while m.shape[0]:  # blocks hold exactly block_size rows, so a window is exactly `window`
-            take = min(m.shape[0], self.block_size - self.current_n)
-            part, m = m[:take], m[take:]
-            idx = (part[:, :, None] > self.edges[None, :, :]).sum(axis=2) + self._offsets
-            idx = np.where(np.isfinite(part), idx, n * k)  # NaN / inf: counted by the stats, not binned
-            self.current += np.bincount(idx.ravel(), minlength=n * k + 1)[:n * k].reshape(n, k)
+        idx = self.bins(m)
+        while idx.shape[0]:  # blocks hold exactly block_size rows, so a window is exactly `window`
+            take = min(idx.shape[0], self.block_size - self.current_n)
+            part, idx = idx[:take], idx[take:]
+            self.current += np.bincount(part.ravel(), minlength=n * k + 1)[:n * k].reshape(n, k)
             self.current_n += take
             if self.current_n >= self.block_size:
+                if len(self.blocks) == BLOCKS:
+                    self.total -= self.blocks[0]
                 self.blocks.append(self.current)
+                self.total += self.current
                 self.current = np.zeros((n, k), np.int64)
                 self.current_n = 0
                 if len(self.blocks) == BLOCKS:
-                    self.scores = drift_scores(self.ref, np.sum(self.blocks, axis=0), self.valid, self.psi_t, self.p_t)
+                    self.slides += 1
+
+    @property
+    def scores(self) -> list[Score] | None:
+        """The latest full window's scores (None before the first), computed on first read."""
+        if self.slides == 0:
+            return None
+        if self._scored != self.slides:
+            self._scores = drift_scores(self.ref, self.total, self.valid, self.psi_t, self.p_t)
+            self._scored = self.slides
+        return self._scores
 
     @property
     def samples(self) -> int:
@@ -124,6 +174,8 @@ class ModelMonitor:
         self.drift: dict[str, TensorDrift] = {}
         self.profiled = 0
         self.dropped = 0
+        self.pending: Columns = {}  # sampled requests' arrays by (role, tensor), waiting for the drain
+        self.pending_n = 0
         self.store = fb.PredictionStore(cfg.feedback_ttl_s, cfg.feedback_max_entries)
         self.quality_output = next(iter(outputs), "")
         self.quality: QualityWindow | None = None
@@ -160,74 +212,104 @@ class ModelMonitor:
             st.low = np.array([float(ref["features"][n].get("min", -np.inf)) for n in names])
             st.high = np.array([float(ref["features"][n].get("max", np.inf)) for n in names])
 
-    def _features(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Tensor -> feature matrix in the order of self.names[tensor]; a tensor whose features
-        do not match the ones first seen (its shape changed) is left out."""
-        out: dict[str, np.ndarray] = {}
-        for role, tensors, types in (("input", inputs, self.inputs), ("output", outputs, self.outputs)):
-            for tname, arr in tensors.items():
-                dt = types.get(tname)
-                if dt is None:
-                    continue
-                names, m = tensor_features(tname, dt, arr, batched=self.batched, output=role == "output")
-                known = self.names.setdefault(tname, names)
-                if known == names:
-                    out[tname] = m
-                elif set(known) <= set(names):
-                    out[tname] = m[:, [names.index(n) for n in known]]
-        return out
-
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         self.observe_many([(inputs, outputs)])
 
     def observe_many(self, batch: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
-        """Profile sampled requests; the worker hands over all it drained at once, so a busy
-        server pays a few numpy calls per tensor per batch, not per feature per request."""
+        """Profile sampled requests given as (inputs, outputs) pairs."""
+        columns: Columns = {}
+        for inputs, outputs in batch:
+            for t, a in inputs.items():
+                columns.setdefault((0, t), []).append(a)
+            for t, a in outputs.items():
+                columns.setdefault((1, t), []).append(a)
+        self.profile(columns, len(batch))
+
+    def offer(self, inputs: list, outputs: dict[str, np.ndarray]) -> bool:
+        """On the request path: queue one sampled request's arrays by tensor (the inputs copied, not
+        views of the request body, which they would keep alive until the drain); False when full."""
+        if self.pending_n >= QUEUE_MAX:
+            self.dropped += 1
+            return False
+        cols = self.pending
+        for t in inputs:
+            lst = cols.get((0, t.name))
+            if lst is None:
+                lst = cols[(0, t.name)] = []
+            lst.append(np.array(t.data))
+        for name, arr in outputs.items():
+            lst = cols.get((1, name))
+            if lst is None:
+                lst = cols[(1, name)] = []
+            lst.append(arr)
+        self.pending_n += 1
+        return True
+
+    def take_pending(self) -> tuple[Columns, int]:
+        cols, n = self.pending, self.pending_n
+        self.pending, self.pending_n = {}, 0
+        return cols, n
+
+    def profile(self, columns: Columns, count: int) -> None:
+        """Profile `count` sampled requests, their arrays listed by (role, tensor) in request
+        order: each tensor's arrays are joined and its features computed once, so a drain costs a
+        few numpy calls per tensor, not Python work per request or per feature."""
         with self.lock:
-            i = 0
             if self.reference is None:
-                take = min(len(batch), self.cfg.reference_size - self.collected)
-                merged = self._merge(batch[:take])
+                take = min(count, self.cfg.reference_size - self.collected)
+                merged = self._merge({k: v[:take] for k, v in columns.items()})
                 for t, m in merged.items():
                     self.collecting.setdefault(t, []).append(m)
                 self._stats(merged)
                 self.collected += take
                 self.profiled += take
-                i = take
                 if self.collected >= self.cfg.reference_size:
                     self._freeze()
-            if i >= len(batch):
-                return
-            merged = self._merge(batch[i:])
-            self.profiled += len(batch) - i
+                if take >= count:
+                    return
+                columns, count = {k: v[take:] for k, v in columns.items()}, count - take
+            merged = self._merge(columns)
+            self.profiled += count
             self._stats(merged)
             for t, m in merged.items():
                 d = self.drift.get(t)
                 if d is not None:
                     d.add(m)
 
-    def _merge(self, batch: list) -> dict[str, np.ndarray]:
-        """Feature matrices of many requests. A batching model's requests are one batch along
-        axis 0, so their arrays are joined first and each tensor's features computed once."""
-        if self.batched and len(batch) > 1:
-            arrays: dict[tuple[int, str], list[np.ndarray]] = {}
-            for inputs, outputs in batch:
-                for role, tensors in ((0, inputs), (1, outputs)):
-                    for tname, arr in tensors.items():
-                        arrays.setdefault((role, tname), []).append(arr)
-            joined: list[tuple[dict, dict]] = [({}, {})]
-            rest: list[tuple[dict, dict]] = []
-            for (role, tname), arrs in arrays.items():
-                if len(arrs) == len(batch) and arrs[0].ndim >= 1 and all(a.shape[1:] == arrs[0].shape[1:] for a in arrs):
-                    joined[0][role][tname] = np.concatenate(arrs)
-                else:  # shapes differ: request by request
-                    rest += [({tname: a}, {}) if role == 0 else ({}, {tname: a}) for a in arrs]
-            batch = joined + rest
+    def _merge(self, columns: Columns) -> dict[str, np.ndarray]:
+        """Tensor -> feature matrix of all the listed arrays. A batching model's requests are one
+        batch along axis 0, so its arrays are joined first and the features computed once; a
+        tensor whose shapes differ between requests (or a model that does not batch) goes array
+        by array."""
         parts: dict[str, list[np.ndarray]] = {}
-        for inputs, outputs in batch:
-            for t, m in self._features(inputs, outputs).items():
-                parts.setdefault(t, []).append(m)
+        for (role, tname), arrs in columns.items():
+            if not arrs:
+                continue
+            joined: list[np.ndarray] = arrs
+            if self.batched and len(arrs) > 1 and arrs[0].ndim >= 1:
+                try:
+                    joined = [np.concatenate(arrs)]
+                except ValueError:  # shapes differ past axis 0
+                    pass
+            for arr in joined:
+                f = self._features_of(role, tname, arr)
+                if f is not None:
+                    parts.setdefault(tname, []).append(f)
         return {t: (ms[0] if len(ms) == 1 else np.concatenate(ms)) for t, ms in parts.items()}
+
+    def _features_of(self, role: int, tname: str, arr: np.ndarray) -> np.ndarray | None:
+        """One array's feature matrix in the order of self.names[tname]; None when the tensor is
+        not the model's or its features do not match the ones first seen (its shape changed)."""
+        dt = (self.outputs if role else self.inputs).get(tname)
+        if dt is None:
+            return None
+        names, m = tensor_features(tname, dt, arr, batched=self.batched, output=role == 1)
+        known = self.names.setdefault(tname, names)
+        if known == names:
+            return m
+        if set(known) <= set(names):
+            return m[:, [names.index(n) for n in known]]
+        return None
 
     def _stats(self, merged: dict[str, np.ndarray]) -> None:
         for t, m in merged.items():
@@ -349,21 +431,16 @@ class _FeatureView:
     samples: int
 
 
-@dataclasses.dataclass
-class _Sample:
-    monitor: ModelMonitor
-    inputs: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
-
-
 class Monitoring:
-    """The server's monitoring: monitors by model name, the profiler thread, the capture writer."""
+    """The server's monitoring: monitors by model name, the drain (event-loop slices), the capture writer.
 
-    def __init__(self, cfg: MonitoringSettings, reference: dict | None = None) -> None:
+    Without a loop nothing drains by itself: the caller calls `drain()` (the in-process benchmark)."""
+
+    def __init__(self, cfg: MonitoringSettings, reference: dict | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.cfg = cfg
         self.reference = reference
         self.monitors: dict[str, ModelMonitor] = {}
-        self.queue: collections.deque[_Sample] = collections.deque()
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:12]
         self._keys: dict[str, bytes] = {}
@@ -375,8 +452,15 @@ class Monitoring:
             sink: DirSink | S3Sink = DirSink(cfg.capture_dir) if cfg.capture_dir else S3Sink(cfg.capture_uri)
             self.capture = CaptureWriter(sink, batch_size=cfg.capture_batch_size)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
-        self._thread.start()
+        self._loop = loop
+        self._backlog: collections.deque[tuple[ModelMonitor, Columns, int]] = collections.deque()
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._thread: threading.Thread | None = None
+        if loop is not None and os.environ.get("MODELSHIP_MONITORING_DRAIN") != "thread":
+            self._timer = loop.call_later(DRAIN_S, self._tick)
+        elif loop is not None:
+            self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
+            self._thread.start()
 
     def new_id(self, model: Any) -> str:
         """`<boot>-<n>`, or with a peer address `<boot>-<n>@<host:port>.<tag>` (see `forward_target`)."""
@@ -452,13 +536,9 @@ class Monitoring:
             mon.remember(request.id, outputs)
             rnd = self._random
             if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
-                # A copy, not the decoded view: a view keeps the request's whole body alive until the
-                # profiler drains (up to 100 ms), and serving slowed by a tenth with those pinned.
-                inputs = {t.name: np.array(t.data) for t in request.inputs}
-                if len(self.queue) < QUEUE_MAX:
-                    self.queue.append(_Sample(mon, inputs, outputs))
-                else:
-                    mon.dropped += 1
+                # `offer` copies the inputs: a view of the decoded body keeps the request's whole body
+                # alive until the drain (up to 100 ms), and serving slowed by a tenth with those pinned.
+                mon.offer(request.inputs, outputs)
             cap = self.capture
             if cap is not None and (self.cfg.capture_sample_rate >= 1.0 or rnd() < self.cfg.capture_sample_rate):
                 cap.offer({"type": "inference", "id": request.id, "time": time.time(), "model": model.name,
@@ -490,20 +570,58 @@ class Monitoring:
             "queued": len(cap.queue), "last_error": cap.last_error}
         return doc
 
+    def drain(self) -> int:
+        """Profile everything pending now, on the caller's thread; how many requests it took."""
+        done = 0
+        for mon in list(self.monitors.values()):
+            cols, n = mon.take_pending()
+            if n:
+                self._profile(mon, cols, n)
+                done += n
+        return done
+
+    @staticmethod
+    def _profile(mon: ModelMonitor, cols: Columns, n: int) -> None:
+        try:
+            mon.profile(cols, n)
+        except Exception:  # noqa: BLE001 - one odd request must not stop profiling
+            log.exception("model %s: profiling failed on a batch of %d request(s)", mon.name, n)
+
+    def _tick(self) -> None:
+        """Every DRAIN_S on the event loop: take what is pending, profile it in slices."""
+        for mon in list(self.monitors.values()):
+            cols, n = mon.take_pending()
+            if n:
+                self._backlog.append((mon, cols, n))
+        self._slice()
+
+    def _slice(self) -> None:
+        """Profile at most SLICE requests, then give the loop back: a slice is short (a few numpy
+        calls per tensor), so requests and health checks wait for one slice at most."""
+        if self._stop.is_set() or self._loop is None:
+            return
+        try:
+            if self._backlog:
+                mon, cols, n = self._backlog.popleft()
+                if n > SLICE:
+                    self._backlog.appendleft((mon, {k: v[SLICE:] for k, v in cols.items()}, n - SLICE))
+                    cols, n = {k: v[:SLICE] for k, v in cols.items()}, SLICE
+                self._profile(mon, cols, n)
+        finally:  # whatever happened, the next slice or tick is scheduled: profiling never stops
+            if self._backlog:
+                self._timer = self._loop.call_soon(self._slice)
+            else:
+                self._timer = self._loop.call_later(DRAIN_S, self._tick)
+
     def _run(self) -> None:
         while not self._stop.wait(DRAIN_S):
-            by_model: dict[str, tuple[ModelMonitor, list]] = {}
-            for _ in range(len(self.queue)):
-                s = self.queue.popleft()
-                by_model.setdefault(s.monitor.name, (s.monitor, []))[1].append((s.inputs, s.outputs))
-            for mon, batch in by_model.values():
-                try:
-                    mon.observe_many(batch)
-                except Exception:  # noqa: BLE001 - one odd request must not stop profiling
-                    log.exception("model %s: profiling failed on a batch of %d request(s)", mon.name, len(batch))
+            self.drain()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._thread is not None:
+            self._thread.join(5)
         if self.capture is not None:
             self.capture.close()

@@ -73,7 +73,7 @@ def predicted_class(arr: np.ndarray) -> np.ndarray:
     """The argmax of the last axis for scores, or the values of an integer output."""
     if arr.dtype.kind in "iub":
         return arr.astype(np.int64)
-    return np.argmax(arr, axis=-1)
+    return arr.argmax(axis=-1)  # the method: np.argmax's dispatch costs a microsecond per request here
 
 
 class ColumnStats:
@@ -92,6 +92,9 @@ class ColumnStats:
         self.high = np.full(n, np.inf)
 
     def add(self, m: np.ndarray) -> None:
+        if m.shape[0] and np.isfinite(m).all():
+            self._add_finite(m)
+            return
         nan = np.isnan(m)
         inf = np.isinf(m)
         ok = ~(nan | inf)
@@ -111,6 +114,20 @@ class ColumnStats:
             self.m2 = self.m2 + m2 + np.where(total > 0, delta * delta * self.finite * n / np.maximum(total, 1), 0.0)
         self.finite = total
         self.out_of_range += (ok & ((m < self.low) | (m > self.high))).sum(axis=0)
+
+    def _add_finite(self, m: np.ndarray) -> None:
+        """`add` for a matrix without NaN or inf (the usual case): the same update, fewer passes."""
+        n = m.shape[0]
+        mean = m.mean(axis=0)
+        d = m - mean
+        m2 = np.einsum("ij,ij->j", d, d)
+        total = self.finite + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.finite * n / total)
+        self.finite = total
+        self.count += n
+        self.out_of_range += ((m < self.low) | (m > self.high)).sum(axis=0)
 
     def column(self, i: int) -> dict:
         f = int(self.finite[i])
