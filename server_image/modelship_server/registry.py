@@ -198,6 +198,9 @@ def _runner(session, model: ServedModel, device_id: int | None = None):
     if gpu.first_provider(session) != "CPUExecutionProvider" and not bytes_inputs and not bytes_outputs:
         return gpu.bound_runner(session, names, device_id)  # outputs stay on the GPU until one copy back
     if not bytes_inputs:
+        direct = _direct_run(session)
+        if direct is not None:
+            return lambda feeds: direct(names, feeds, None)
         return lambda feeds: run(names, feeds)
 
     def run_with_strings(feeds):
@@ -210,6 +213,16 @@ def _runner(session, model: ServedModel, device_id: int | None = None):
         return run(names, feeds)
 
     return run_with_strings
+
+
+def _direct_run(session):
+    """The session's native run, without the Python wrapper's per-call checks (~3-5 µs a call,
+    a tenth of a small model's whole gRPC path): input names and required inputs are checked
+    by validation.check_request before a request is queued, we never pass OrtValues, and a CPU
+    session has no provider to fall back from. None when this onnxruntime has no such method."""
+    native = getattr(session, "_sess", None)
+    run = getattr(native, "run", None)
+    return run if callable(run) else None
 
 
 def _load_version(model: ServedModel, options: LoadOptions, availability: dict) -> None:

@@ -11,6 +11,7 @@ from tritonclient.grpc import service_pb2 as pb
 from modelship_server.codecs import grpc as codec
 from modelship_server.codecs.grpc_wire import MAX_FIELDS, split_raw_contents
 from modelship_server.errors import InvalidInput
+from modelship_server.messages import InferResponse, Tensor
 
 
 def _message(n_inputs: int = 2, *, params: bool = True, typed: bool = False) -> pb.ModelInferRequest:
@@ -109,3 +110,30 @@ def test_random_bytes_never_raise_anything_but_invalid_input():
                 pb.ModelInferRequest.FromString(split[0])
             except Exception:  # noqa: BLE001 - the server answers these INVALID_ARGUMENT (its _parse)
                 pass
+
+
+def _response(outputs) -> InferResponse:
+    return InferResponse("m", "3", "req-1", [Tensor(n, dt, list(a.shape), a) for n, dt, a in outputs])
+
+
+@pytest.mark.parametrize("outputs", [
+    [("OUT", "FP32", np.arange(12, dtype=np.float32).reshape(3, 4))],
+    # a non-contiguous view (a batch member's slice of a transposed output), an empty tensor,
+    # a BYTES tensor and one over 128 bytes (a multi-byte length varint), together
+    [("T", "FP32", np.arange(24, dtype=np.float32).reshape(4, 6).T[1:3]),
+     ("E", "INT64", np.zeros((0, 5), np.int64)),
+     ("S", "BYTES", np.array([b"a", b"", "\u00e9".encode()], dtype=object)),
+     ("BIG", "FP64", np.linspace(0, 1, 70_000).reshape(7, 10_000))],
+    [],
+])
+def test_response_bytes_are_what_protobuf_serializes(outputs):
+    """ModelInfer's hand-joined response is byte for byte the message protobuf would serialize,
+    and parses back to the same tensors."""
+    resp = _response(outputs)
+    wire = codec.encode_response_bytes(resp)
+    assert wire == codec.encode_response(resp).SerializeToString()
+    back = pb.ModelInferResponse.FromString(wire)
+    assert [o.name for o in back.outputs] == [n for n, _, _ in outputs]
+    for (_, dt, arr), raw in zip(outputs, back.raw_output_contents):
+        if dt != "BYTES":
+            np.testing.assert_array_equal(np.frombuffer(raw, arr.dtype).reshape(arr.shape), arr)

@@ -67,6 +67,7 @@ def decode_work_bytes(req: pb.ModelInferRequest, raw_contents: list | None) -> i
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """The response as a message (what ModelStreamInfer wraps); ModelInfer sends `encode_response_bytes`."""
     msg = pb.ModelInferResponse(
         model_name=response.model, model_version=response.version, id=response.id
     )
@@ -77,3 +78,33 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
         out.shape.extend(t.shape)
         msg.raw_output_contents.append(bytes(tensors.to_bytes(t.datatype, t.data)))
     return msg
+
+
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # ModelInferResponse.raw_output_contents, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_response_bytes(response: InferResponse) -> bytes:
+    """The serialized ModelInferResponse, the same bytes `encode_response(...).SerializeToString()`
+    gives, with each output's tensor bytes joined straight from the ORT output array: one copy,
+    where appending to the message and serializing it made three. Protobuf writes fields in number
+    order, and raw_output_contents (6) is the last, so it is appended after the rest."""
+    msg = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    parts: list = [b""]
+    for t in response.outputs:
+        out = msg.outputs.add()
+        out.name = t.name
+        out.datatype = t.datatype
+        out.shape.extend(t.shape)
+        data = tensors.to_bytes(t.datatype, t.data)
+        parts += (_RAW_OUTPUT_TAG, _varint(len(data)), data)
+    parts[0] = msg.SerializeToString()
+    return b"".join(parts)

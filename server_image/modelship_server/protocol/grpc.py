@@ -129,12 +129,14 @@ class InferenceService:
             models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.dp.repository_index(request.ready)]
         )
 
-    async def _infer(self, raw: bytes, deadline_s: float | None, context=None, method: str = "ModelInfer"):
-        """One inference, traced when tracing is on and the request is sampled (its context from the metadata)."""
+    async def _infer(self, raw: bytes, deadline_s: float | None, context=None, method: str = "ModelInfer",
+                     encode=codec.encode_response):
+        """One inference, traced when tracing is on and the request is sampled (its context from the metadata);
+        the response as `encode` makes it (a message, or ModelInfer's serialized bytes)."""
         tracer = self.tracer
         authorization = _authorization(context) if context is not None and self.dp.mirror is not None else None
         if tracer is None or context is None:
-            return await self._infer_untraced(raw, deadline_s, None, authorization)
+            return await self._infer_untraced(raw, deadline_s, None, encode, authorization)
         parent = state = None
         for key, value in context.invocation_metadata() or ():
             if key == "traceparent":
@@ -144,18 +146,18 @@ class InferenceService:
         trace = tracer.start(f"{SERVICE}/{method}", parent, state, {
             "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "modelship.protocol": "grpc"})
         if trace is None:
-            return await self._infer_untraced(raw, deadline_s, None, authorization)
+            return await self._infer_untraced(raw, deadline_s, None, encode, authorization)
         error = None
         try:
-            return await self._infer_untraced(raw, deadline_s, trace, authorization)
+            return await self._infer_untraced(raw, deadline_s, trace, encode, authorization)
         except BaseException as exc:
             error = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             raise
         finally:
             trace.finish(error)
 
-    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace,
-                              authorization: str | None = None) -> pb.ModelInferResponse:
+    async def _infer_untraced(self, raw: bytes, deadline_s: float | None, trace, encode,
+                              authorization: str | None = None):
         """One inference from the message's bytes: budget, parse, look up, decode, run, encode."""
         size = len(raw)
         reserved = self.budget.try_reserve(size)
@@ -187,19 +189,19 @@ class InferenceService:
                 req.timeout_s = max(deadline_s, 1e-6)
             req.authorization = authorization
             if trace is None:
-                return codec.encode_response(await self.dp.infer(req))
+                return encode(await self.dp.infer(req))
             trace.decoded_ns = time.perf_counter_ns()
             trace.attributes = {"modelship.model": req.model, "modelship.version": req.version}
             req.trace = trace
             result = await self.dp.infer(req)
             trace.encode_ns = time.perf_counter_ns()
-            return codec.encode_response(result)
+            return encode(result)
         finally:
             self.budget.release(reserved)
 
     @_mapped
     async def ModelInfer(self, request: bytes, context):
-        return await self._infer(request, context.time_remaining(), context)
+        return await self._infer(request, context.time_remaining(), context, encode=codec.encode_response_bytes)
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Each message gets its own answer; a bad one is answered with its error and the stream goes on.
@@ -246,6 +248,16 @@ def _echo_ids(raw: bytes) -> pb.ModelInferResponse:
         return pb.ModelInferResponse()
 
 
+def _bytes_or(serialize):
+    """ModelInfer answers with its response already serialized (encode_response_bytes); a
+    message (or nothing, after an error) still goes through protobuf."""
+
+    def serializer(response):
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serializer
+
+
 _RAW = frozenset(("ModelInfer", "ModelStreamInfer"))  # methods that receive the message's bytes
 
 
@@ -257,13 +269,14 @@ def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         deserializer = None if m.name in _RAW else req_cls.FromString
+        serializer = _bytes_or(resp_cls.SerializeToString) if m.name == "ModelInfer" else resp_cls.SerializeToString
         impl = getattr(service, m.name)
         if m.client_streaming and m.server_streaming:
             make = grpc.stream_stream_rpc_method_handler
         else:
             make = grpc.unary_unary_rpc_method_handler
         handlers[m.name] = make(impl, request_deserializer=deserializer,
-                                response_serializer=resp_cls.SerializeToString)
+                                response_serializer=serializer)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
