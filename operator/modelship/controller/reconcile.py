@@ -134,7 +134,8 @@ class Reconciler:
             return  # deleted unseen (a watch gap): the garbage collector took its children
         apply_error = None
         before = self.conflicts.get(key, {})
-        self.conflicts[key] = {}
+        taken: dict[tuple[str, str], ownership.Conflict] = {}
+        self.conflicts[key] = taken  # filled by `_claim` as this reconcile applies
         try:
             decision = await self._optimize(key, msvc)
         except KubeError as error:
@@ -173,13 +174,13 @@ class Reconciler:
             shown = canary_report.route_status(
                 route, traffic=canary.route_traffic, installed=route["kind"] not in self.unavailable.get(key, ()),
                 gateway=msvc.spec.rollout.canary_settings.gateway_ref)
-            conflict = self.conflicts[key].get((route["kind"], route["metadata"]["name"]))
+            conflict = taken.get((route["kind"], route["metadata"]["name"]))
             if conflict is not None:
                 shown.update(traffic=REPLICAS, message=f"{conflict.message}; the replica ratio splits the traffic")
             route_statuses.append(shown)
             if canary.status is not None:
                 canary.status[field] = shown
-        conflicts = list(self.conflicts[key].values())
+        conflicts = list(taken.values())
         deployment_hash = _hash_of(rendered, "Deployment")
         deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
         observed = Observed(deployment=deployment, pods=self.store.pods(key))
@@ -197,8 +198,8 @@ class Reconciler:
             overrides=[*canary.overrides, *ownership.conditions_of(conflicts, msvc_name=msvc.metadata.name)],
         )
         await self._write_status(key, body, previous, status, transitions)
-        new = [conflict for ref, conflict in self.conflicts[key].items() if ref not in before]
-        if new:  # once per conflict while it lasts, not at every reconcile
+        new = [conflict for ref, conflict in taken.items() if ref not in before]
+        if new and key in self.conflicts:  # once per conflict while it lasts (not after a drop: it is gone)
             written = self.store.msvc(key) or body
             await asyncio.gather(*(self._post(written, ownership.CHILD_NAME_CONFLICT, conflict.message, warning=True)
                                    for conflict in new))
