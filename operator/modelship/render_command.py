@@ -48,7 +48,7 @@ def _read(path: str) -> str:
 def render_text(text: str, *, source: str, namespace: str | None, out: TextIO, err: TextIO) -> int:
     """Render every ModelService in `text`; print errors (not tracebacks) for bad input."""
     from modelship.api.v1alpha1 import ModelService
-    from modelship.render import render_children, render_route
+    from modelship.render import render_children, render_grpc, render_route
     from modelship.render.route import route_backends, wants_route
 
     try:
@@ -85,15 +85,15 @@ def render_text(text: str, *, source: str, namespace: str | None, out: TextIO, e
             rendered.append(render_optimize_job(msvc))
         rendered.extend(render_children(msvc).objects)
         if wants_route(msvc):  # as when no canary runs; during one the weights follow its steps
-            rendered.append(render_route(msvc, route_backends(msvc.metadata.name, canary_weight=None,
-                                                              stable_labeled=True)[1]))
+            backends = route_backends(msvc.metadata.name, canary_weight=None, stable_labeled=True)[1]
+            rendered += [render_route(msvc, backends), render_grpc(msvc, backends)]
     if failed:
         return USAGE_ERROR
     out.write(
         "# Rendered by `modelship render`. In a cluster the operator also sets a controller\n"
         "# ownerReference to the ModelService on every object. With optimization enabled the\n"
         "# optimize Job runs first; the Deployment shown serves the original until the Job has chosen.\n"
-        "# A Canary's HTTPRoute (gatewayRef) is shown at stable 100 %, as when no canary runs.\n"
+        "# A Canary's HTTPRoute and GRPCRoute (gatewayRef) are shown at stable 100 %, as when no canary runs.\n"
     )
     out.write(yaml.dump_all(rendered, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
     return 0

@@ -127,3 +127,24 @@ def test_status_says_whether_the_route_or_the_replica_ratio_splits_and_why() -> 
 def test_a_bad_gateway_ref_is_refused_with_the_field_named(ref: dict[str, Any], message: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=message):
         GatewayRef.model_validate(ref)
+
+
+def test_the_grpc_route_has_the_same_weights_to_the_grpc_ports_for_the_servers_grpc_services() -> None:
+    from modelship.render import render_grpc
+    from modelship.render.route import GRPC_SERVICES
+    from modelship_server.protocol import grpc as server_grpc
+    from modelship_server.protocol import grpc_monitoring
+
+    msvc = msvc_of(SPEC)
+    backends = route_backends("svc", canary_weight=20, stable_labeled=True)[1]
+    grpc, http = render_grpc(msvc, backends), render_route(msvc, backends)
+    assert (grpc["apiVersion"], grpc["kind"], grpc["metadata"]["name"]) == ("gateway.networking.k8s.io/v1", "GRPCRoute", "svc")
+    assert grpc["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
+    assert grpc["spec"]["parentRefs"] == http["spec"]["parentRefs"]
+    assert backends_of(grpc) == backends_of(http) == [{"name": "svc-stable", "weight": 80}, {"name": "svc-canary", "weight": 20}]
+    assert {r["port"] for r in grpc["spec"]["rules"][0]["backendRefs"]} == {names.GRPC_PORT}
+    assert GRPC_SERVICES == (server_grpc.SERVICE, grpc_monitoring.SERVICE)  # what the server answers
+    assert [m["method"] for m in grpc["spec"]["rules"][0]["matches"]] == [
+        {"type": "Exact", "service": service} for service in GRPC_SERVICES]
+    shown = route_status(grpc, traffic=REPLICAS, installed=False, gateway=GatewayRef(name="edge"))
+    assert "no CRD grpcroutes.gateway.networking.k8s.io" in shown["message"] and "gRPC traffic" in shown["message"]

@@ -1,7 +1,8 @@
-"""The canary's HTTPRoute on the real API server, with the Gateway API's published CRDs (from the Go
-module proxy, `devcluster/gatewayapi.py`) installed by the test: absent and the replica ratio used
-before they exist; created with the step's weights once they do, through the steps, back to stable
-100 on rollback and abort; deleted with the gatewayRef; a bad gatewayRef refused by the CRD's rules.
+"""The canary's HTTPRoute and GRPCRoute on the real API server, with the Gateway API's published CRDs
+(from the Go module proxy, `devcluster/gatewayapi.py`) installed by the test: absent and the replica
+ratio used before they exist; the HTTPRoute alone while only its CRD is installed (the GRPCRoute is
+detected apart), then both with the step's weights, through the steps, back to stable 100 on
+rollback and abort; deleted with the gatewayRef; a bad gatewayRef refused by the CRD's rules.
 
 The reconciler runs in-process with the chart's ServiceAccount token (so the chart's RBAC is proven
 too). Its analysis verdict comes in through the `canary_verdict` seam, as the analysis loop's would:
@@ -29,6 +30,7 @@ from modelship.kube.cache import Store
 from modelship.render import names
 
 ROUTE_CRD = "httproutes.gateway.networking.k8s.io"
+GRPC_CRD = "grpcroutes.gateway.networking.k8s.io"
 GATEWAY_REF = {"name": "edge", "namespace": "gateways", "sectionName": "http"}
 
 
@@ -57,14 +59,23 @@ class Clock:
         self.now += datetime.timedelta(seconds=seconds)
 
 
-def route_weights(cluster: Any, namespace: str, name: str) -> dict[str, int] | None:
-    got = cluster.kubectl("-n", namespace, "get", "httproute", name, "-o", "json", check=False)
+def route_weights(cluster: Any, namespace: str, name: str, kind: str = "httproute") -> dict[str, int] | None:
+    got = cluster.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
     if got.returncode != 0:
         return None
     route = json.loads(got.stdout)
     assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
     assert route["spec"]["parentRefs"][0]["name"] == "edge"
+    port = names.GRPC_PORT if kind == "grpcroute" else names.HTTP_PORT
+    assert {ref["port"] for ref in route["spec"]["rules"][0]["backendRefs"]} == {port}
     return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def both_weights(cluster: Any, namespace: str, name: str) -> dict[str, int] | None:
+    """The HTTPRoute's weights, after checking that the GRPCRoute's are the same."""
+    http = route_weights(cluster, namespace, name)
+    assert route_weights(cluster, namespace, name, "grpcroute") == http
+    return http
 
 
 @pytest.mark.cluster
@@ -133,21 +144,41 @@ def test_the_route_follows_the_canary_on_the_api_server(cluster: Any, operator_k
             assert canary(body)["phase"] == "Progressing" and canary(body)["step"] == 1, canary(body)
             assert route.get("traffic") == "replicas", route
             assert f"no CRD {ROUTE_CRD}" in route["message"], route
+            grpc = canary(body).get("grpcRoute") or {}
+            assert grpc.get("traffic") == "replicas" and f"no CRD {GRPC_CRD}" in grpc["message"], grpc
             assert route_weights(cluster, namespace, name) is None
             assert canary(body)["canaryReplicas"] == 1  # 1 of 3 pods: the replica ratio's nearest to 20 %
             events = cluster.kubectl("-n", namespace, "get", "events", "--field-selector",
                                      "reason=CanaryRouteNotUsed", "-o", "json").stdout
             assert json.loads(events)["items"], "no CanaryRouteNotUsed Event"
 
-            # 3. The Gateway API's CRDs appear: the next reconcile creates the route at the step's weight.
+            # 3. The Gateway API's CRDs appear, all but GRPCRoute's: the next reconcile creates the
+            # HTTPRoute at the step's weight; gRPC is still split by the replica ratio, and status says so.
+            assert any(crd.name.endswith("_grpcroutes.yaml") for crd in crds)  # in v1.4.0's standard channel
             for crd in crds:
-                cluster.kubectl("apply", "--server-side", "-f", str(crd))
+                if not crd.name.endswith("_grpcroutes.yaml"):
+                    cluster.kubectl("apply", "--server-side", "-f", str(crd))
             cluster.wait_established(ROUTE_CRD)
             body = await reconcile()
             assert route_weights(cluster, namespace, name) == {"routed-stable": 80, "routed-canary": 20}
             route = canary(body)["route"]
             assert route["traffic"] == "route", route
             assert route["message"] == "HTTPRoute routed on Gateway gateways/edge: routed-stable 80%, routed-canary 20%"
+            grpc = canary(body)["grpcRoute"]
+            assert grpc["traffic"] == "replicas" and f"no CRD {GRPC_CRD}" in grpc["message"], grpc
+
+            # 3b. GRPCRoute's CRD too: the GRPCRoute, with the same weights to the gRPC ports.
+            for crd in crds:
+                if crd.name.endswith("_grpcroutes.yaml"):
+                    cluster.kubectl("apply", "--server-side", "-f", str(crd))
+            cluster.wait_established(GRPC_CRD)
+            body = await reconcile()
+            assert both_weights(cluster, namespace, name) == {"routed-stable": 80, "routed-canary": 20}
+            grpc_route = json.loads(cluster.kubectl("-n", namespace, "get", "grpcroute", name, "-o", "json").stdout)
+            assert [m["method"]["service"] for m in grpc_route["spec"]["rules"][0]["matches"]] == [
+                "inference.GRPCInferenceService", "modelship.monitoring.v1.Monitoring"]
+            assert canary(body)["grpcRoute"]["message"] == \
+                "GRPCRoute routed on Gateway gateways/edge: routed-stable 80%, routed-canary 20%"
             revision = canary(body)["revision"]
 
             # 4. Step 1 passes and its pause is over: step 2, 50 %.
@@ -155,13 +186,13 @@ def test_the_route_follows_the_canary_on_the_api_server(cluster: Any, operator_k
             clock.advance(6)
             body = await reconcile()
             assert canary(body)["step"] == 2, canary(body)
-            assert route_weights(cluster, namespace, name) == {"routed-stable": 50, "routed-canary": 50}
+            assert both_weights(cluster, namespace, name) == {"routed-stable": 50, "routed-canary": 50}
 
             # 5. Step 2 fails: rolled back, the route sends everything to stable again.
             verdicts[key] = (revision, 1, Verdict(FAILED, "p95 latency 900 ms > SLO 100 ms", "latency_slo"))
             body = await reconcile()
             assert canary(body)["phase"] == "RolledBack", canary(body)
-            assert route_weights(cluster, namespace, name) == {"routed-stable": 100, "routed-canary": 0}
+            assert both_weights(cluster, namespace, name) == {"routed-stable": 100, "routed-canary": 0}
             assert canary(body)["route"]["backends"] == [{"name": "routed-stable", "weight": 100},
                                                          {"name": "routed-canary", "weight": 0}]
 
@@ -169,16 +200,17 @@ def test_the_route_follows_the_canary_on_the_api_server(cluster: Any, operator_k
             apply(spec(pre_stop=7, gateway_ref=GATEWAY_REF))
             body = await reconcile()
             assert canary(body)["phase"] == "Progressing" and canary(body)["revision"] != revision
-            assert route_weights(cluster, namespace, name) == {"routed-stable": 80, "routed-canary": 20}
+            assert both_weights(cluster, namespace, name) == {"routed-stable": 80, "routed-canary": 20}
             apply(spec(pre_stop=7, gateway_ref=GATEWAY_REF), annotations={"modelship.dev/canary": "abort"})
             body = await reconcile()
             assert canary(body)["phase"] == "Aborted", canary(body)
-            assert route_weights(cluster, namespace, name) == {"routed-stable": 100, "routed-canary": 0}
+            assert both_weights(cluster, namespace, name) == {"routed-stable": 100, "routed-canary": 0}
 
             # 7. Back to a rolling update: the route and the per-track Services go.
             apply(spec(pre_stop=7, strategy="RollingUpdate"), annotations={})
             await reconcile()
             assert route_weights(cluster, namespace, name) is None
+            assert route_weights(cluster, namespace, name, "grpcroute") is None
             for service in ("routed-stable", "routed-canary"):
                 assert cluster.kubectl("-n", namespace, "get", "service", service, check=False).returncode != 0
         finally:

@@ -91,3 +91,6 @@ def test_a_canary_with_a_gateway_ref_shows_its_route_and_track_services(tmp_path
     route = next(d for d in docs if d["kind"] == "HTTPRoute")
     assert [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]] == [
         (f"{name}-stable", 100), (f"{name}-canary", 0)]
+    grpc = next(d for d in docs if d["kind"] == "GRPCRoute")
+    assert [(r["name"], r["weight"], r["port"]) for r in grpc["spec"]["rules"][0]["backendRefs"]] == [
+        (f"{name}-stable", 100, 8001), (f"{name}-canary", 0, 8001)]

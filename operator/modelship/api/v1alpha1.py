@@ -846,7 +846,8 @@ class RouteBackend(_Model):
 
 
 class CanaryRouteStatus(_Model):
-    """The HTTPRoute of spec.rollout.canary.gatewayRef: whether it carries the split, and its weights."""
+    """The HTTPRoute (or GRPCRoute) of spec.rollout.canary.gatewayRef: whether it carries the split,
+    and its weights."""
 
     name: str | None = None
     traffic: str | None = None  # "route": the route's weights; "replicas": the replica ratio
@@ -870,6 +871,7 @@ class CanaryStatus(_Model):
     stable: CanaryTrackStatus | None = None
     online_speedup: float | None = None
     route: CanaryRouteStatus | None = None
+    grpc_route: CanaryRouteStatus | None = None  # the GRPCRoute, installed or not apart from the HTTPRoute
 
 
 class ModelServiceStatus(_Model):

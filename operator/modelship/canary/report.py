@@ -25,6 +25,7 @@ CANARY_FAILED = "CanaryFailed"
 CANARY_ABORTED = "CanaryAborted"
 ROUTE_NOT_USED = "CanaryRouteNotUsed"  # Event: a gatewayRef is set, but the replica ratio splits the traffic
 ROUTE_CRD = "httproutes.gateway.networking.k8s.io"
+CRDS = {"HTTPRoute": ROUTE_CRD, "GRPCRoute": "grpcroutes.gateway.networking.k8s.io"}
 
 
 def conditions_of(state: CanaryState | None) -> list[c.ConditionSpec]:
@@ -89,22 +90,24 @@ def _track(stats: TrackStats, percentile: str) -> dict[str, Any]:
 
 
 def route_status(route: dict[str, Any], *, traffic: str, installed: bool, gateway: GatewayRef | None) -> dict[str, Any]:
-    """status.canary.route: the HTTPRoute, its weights, and whether they or the replica ratio
-    split the traffic (and why not the route)."""
+    """status.canary.route (or grpcRoute): the HTTPRoute (GRPCRoute), its weights, and whether they
+    or the replica ratio split the traffic (and why not the route)."""
     name = route["metadata"]["name"]
+    kind = route.get("kind", "HTTPRoute")
+    crd = CRDS.get(kind, ROUTE_CRD)
     backends = backends_of(route)
     where = f"{gateway.namespace}/{gateway.name}" if gateway is not None and gateway.namespace else \
         (gateway.name if gateway is not None else "?")
     if not installed:
         traffic = REPLICAS
-        message = (f"the Gateway API is not installed in this cluster (no CRD {ROUTE_CRD}): HTTPRoute {name} was not "
-                   "applied and the replica ratio splits the traffic; the route is applied on a later resync once "
-                   "the CRD exists")
+        message = (f"the Gateway API's {kind} is not installed in this cluster (no CRD {crd}): {kind} {name} was not "
+                   f"applied and the replica ratio splits the {'gRPC' if kind == 'GRPCRoute' else 'HTTP'} traffic; the "
+                   "route is applied on a later resync once the CRD exists")
     elif traffic == ROUTE:
-        message = f"HTTPRoute {name} on Gateway {where}: " + ", ".join(
+        message = f"{kind} {name} on Gateway {where}: " + ", ".join(
             f"{b['name']} {b['weight']}%" for b in backends)
     else:
-        message = (f"HTTPRoute {name} on Gateway {where} sends to the main Service: stable's pods do not all carry "
+        message = (f"{kind} {name} on Gateway {where} sends to the main Service: stable's pods do not all carry "
                    "modelship.dev/track=stable yet (they get it at stable's next rollout), so the replica ratio "
                    "splits the traffic")
     return {"name": name, "traffic": traffic, "backends": backends, "message": message}

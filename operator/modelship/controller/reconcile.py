@@ -36,14 +36,22 @@ from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.kube.kinds import object_path
-from modelship.render import Rendered, names, render_canary, render_children, render_route, template_revision
+from modelship.render import Rendered, names, render_canary, render_children, render_grpc, render_route, template_revision
 from modelship.render.artifact import ORIGINAL, original
 from modelship.render.canary import canary_replicas
 from modelship.render.capacity import measured_capacity
 from modelship.render.optimize_job import job_name, render_optimize_job
-from modelship.render.route import GATEWAY_API_VERSION, REPLICAS, route_backends, stable_pods_labeled, wants_route
+from modelship.render.route import (
+    GATEWAY_API_VERSION,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    REPLICAS,
+    route_backends,
+    stable_pods_labeled,
+    wants_route,
+)
 from modelship.status import conditions as c
-from modelship.status import optimization
+from modelship.status import optimization, ownership
 from modelship.status.compute import Observed, compute_status, rollout_of, status_changed, status_patch
 from modelship.status.monitoring import MONITORING_CONDITIONS
 
@@ -51,7 +59,8 @@ log = logging.getLogger("modelship.reconcile")
 
 INVALID_SPEC = "InvalidSpec"
 HELD_KINDS = ("ConfigMap", "Deployment")  # what waits for the optimize Job
-OPTIONAL_KINDS = ("ScaledObject", "HTTPRoute")  # children whose CRD may be missing (KEDA, the Gateway API)
+# children whose CRD may be missing (KEDA, the Gateway API; GRPCRoute apart from HTTPRoute)
+OPTIONAL_KINDS = ("ScaledObject", HTTP_ROUTE, GRPC_ROUTE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,7 @@ class CanaryRun:
     route: dict[str, Any] | None = None
     route_traffic: str = REPLICAS
     route_delete: bool = False
+    grpc_route: dict[str, Any] | None = None  # the GRPCRoute with the same weights
 
 
 def utc_now() -> str:
@@ -93,6 +103,9 @@ class Reconciler:
     # The status this process last wrote, per ModelService. The operator is the only writer
     # of these fields, so this is the truth even when the watch has not caught up yet.
     written: dict[Key, tuple[str | None, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # Children this reconcile did not apply because an object of their name is not this
+    # ModelService's (status/ownership.py), per ModelService: (kind, name) -> the conflict.
+    conflicts: dict[Key, dict[tuple[str, str], ownership.Conflict]] = dataclasses.field(default_factory=dict)
     # (uid, generation) -> the validated spec and its render, per ModelService.
     _renders: dict[Key, tuple[tuple[Any, Any], ModelService, Rendered]] = dataclasses.field(default_factory=dict)
 
@@ -102,6 +115,7 @@ class Reconciler:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.written.pop(key, None)
             self.unavailable.pop(key, None)
+            self.conflicts.pop(key, None)
             self._renders.pop(key, None)
             return  # deleted: the garbage collector removes the children (ownerReferences)
         meta = body["metadata"]
@@ -119,6 +133,9 @@ class Reconciler:
             self._drop(key)
             return  # deleted unseen (a watch gap): the garbage collector took its children
         apply_error = None
+        before = self.conflicts.get(key, {})
+        taken: dict[tuple[str, str], ownership.Conflict] = {}
+        self.conflicts[key] = taken  # filled by `_claim` as this reconcile applies
         try:
             decision = await self._optimize(key, msvc)
         except KubeError as error:
@@ -150,13 +167,20 @@ class Reconciler:
                 apply_error = str(error)  # a fix needs a person, not a retry: say so in status
             else:
                 raise
-        route_status = None
-        if canary.route is not None:
-            route_status = canary_report.route_status(
-                canary.route, traffic=canary.route_traffic, installed="HTTPRoute" not in self.unavailable.get(key, ()),
+        route_statuses = []
+        for field, route in (("route", canary.route), ("grpcRoute", canary.grpc_route)):
+            if route is None:
+                continue
+            shown = canary_report.route_status(
+                route, traffic=canary.route_traffic, installed=route["kind"] not in self.unavailable.get(key, ()),
                 gateway=msvc.spec.rollout.canary_settings.gateway_ref)
+            conflict = taken.get((route["kind"], route["metadata"]["name"]))
+            if conflict is not None:
+                shown.update(traffic=REPLICAS, message=f"{conflict.message}; the replica ratio splits the traffic")
+            route_statuses.append(shown)
             if canary.status is not None:
-                canary.status["route"] = route_status
+                canary.status[field] = shown
+        conflicts = list(taken.values())
         deployment_hash = _hash_of(rendered, "Deployment")
         deployment = self.store.child(key, "Deployment", names.deployment(msvc.metadata.name))
         observed = Observed(deployment=deployment, pods=self.store.pods(key))
@@ -171,15 +195,20 @@ class Reconciler:
             variant=variant, desired_hash=deployment_hash, apply_error=apply_error,
             extra_conditions=[decision.condition, *scaling_conditions], wait=decision.wait,
             extra_fields={"optimization": decision.status, **scaling_fields, "canary": canary.status},
-            overrides=canary.overrides,
+            overrides=[*canary.overrides, *ownership.conditions_of(conflicts, msvc_name=msvc.metadata.name)],
         )
         await self._write_status(key, body, previous, status, transitions)
+        new = [conflict for ref, conflict in taken.items() if ref not in before]
+        if new and key in self.conflicts:  # once per conflict while it lasts (not after a drop: it is gone)
+            written = self.store.msvc(key) or body
+            await asyncio.gather(*(self._post(written, ownership.CHILD_NAME_CONFLICT, conflict.message, warning=True)
+                                   for conflict in new))
         if canary.plan is not None and canary.plan.events:
             written = self.store.msvc(key) or body
             events = list(canary.plan.events)
-            if route_status is not None and route_status["traffic"] == REPLICAS and \
-                    any(reason == "CanaryStarted" for reason, _ in events):
-                events.append((canary_report.ROUTE_NOT_USED, route_status["message"]))
+            if any(reason == "CanaryStarted" for reason, _ in events):
+                events += [(canary_report.ROUTE_NOT_USED, shown["message"]) for shown in route_statuses
+                           if shown["traffic"] == REPLICAS]
             await asyncio.gather(*(self._post(written, reason, message, warning=reason in (
                 "CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED)) for reason, message in events))
 
@@ -241,18 +270,18 @@ class Reconciler:
         old = previous.get("canary") or {}
         if status is not None and current is None and old.get("revision") == status["revision"]:
             status.update({k: old[k] for k in ("canary", "stable", "onlineSpeedup") if k in old})  # the last seen
-        route, traffic = None, REPLICAS
+        route, grpc, traffic = None, None, REPLICAS
         if wants_route(msvc):  # the step's exact weight while the canary runs; stable 100 otherwise
             running_weight = settings.steps[min(step, len(settings.steps) - 1)].weight \
                 if plan.action == "canary" and plan.state is not None else None
             traffic, backends = route_backends(name, canary_weight=running_weight,
                                                stable_labeled=stable_pods_labeled(self.store.pods(key)))
-            route = render_route(msvc, backends)
+            route, grpc = render_route(msvc, backends), render_grpc(msvc, backends)
         return CanaryRun(plan=plan, held=held, objects=canary_objects,
                          delete=plan.action == "direct" and (owned_canary or self.store.child(
                              key, "ConfigMap", names.canary_model_config(name)) is not None),
                          status=status, overrides=tuple(canary_report.conditions_of(plan.state)),
-                         route=route, route_traffic=traffic, route_delete=route is None)
+                         route=route, route_traffic=traffic, route_delete=route is None, grpc_route=grpc)
 
     async def _apply_canary(self, key: Key, msvc: ModelService, canary: CanaryRun) -> None:
         """Apply the canary's children that differ, or delete them once no canary runs."""
@@ -278,25 +307,26 @@ class Reconciler:
                 self.store.remove(kind, live)
 
     async def _apply_route(self, key: Key, msvc: ModelService, canary: CanaryRun) -> None:
-        """Apply the canary's HTTPRoute when it differs (a 404 means the Gateway API is not
-        installed: `_apply` records it and the next resync tries again), or delete it once the
-        spec no longer names a Gateway. It is ours alone: a user's route is never touched."""
-        name = names.http_route(msvc.metadata.name)
-        live = self.store.child(key, "HTTPRoute", name)
-        if canary.route is not None:
-            want = canary.route["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
-            if live is None or _hash(live) != want or not objects.controlled_by(live, msvc.metadata.uid):
-                await self._apply(msvc, canary.route)
-            return
-        self.unavailable.get(key, set()).discard("HTTPRoute")
-        if canary.route_delete and live is not None and objects.controlled_by(live, msvc.metadata.uid):
-            log.info("deleting HTTPRoute %s/%s (no gatewayRef)", msvc.metadata.namespace, name)
-            try:
-                await self.kube.delete(GATEWAY_API_VERSION, "HTTPRoute", msvc.metadata.namespace, name)
-            except KubeError as error:
-                if error.status != 404:
-                    raise
-            self.store.remove("HTTPRoute", live)
+        """Apply the canary's HTTPRoute and GRPCRoute when they differ (a 404 means that kind is
+        not installed: `_apply` records it and the next resync tries again), or delete them once
+        the spec no longer names a Gateway. They are ours alone: a user's route is never touched."""
+        for kind, name, route in ((HTTP_ROUTE, names.http_route(msvc.metadata.name), canary.route),
+                                  (GRPC_ROUTE, names.grpc_route(msvc.metadata.name), canary.grpc_route)):
+            live = self.store.child(key, kind, name)
+            if route is not None:
+                want = route["metadata"]["annotations"][names.DESIRED_HASH_ANNOTATION]
+                if live is None or _hash(live) != want or not objects.controlled_by(live, msvc.metadata.uid):
+                    await self._apply(msvc, route)
+                continue
+            self.unavailable.get(key, set()).discard(kind)
+            if canary.route_delete and live is not None and objects.controlled_by(live, msvc.metadata.uid):
+                log.info("deleting %s %s/%s (no gatewayRef)", kind, msvc.metadata.namespace, name)
+                try:
+                    await self.kube.delete(GATEWAY_API_VERSION, kind, msvc.metadata.namespace, name)
+                except KubeError as error:
+                    if error.status != 404:
+                        raise
+                self.store.remove(kind, live)
 
     async def _optimize(self, key: Key, msvc: ModelService) -> optimization.Decision:
         """Create this spec's optimize Job if missing, read its result, delete superseded Jobs."""
@@ -309,9 +339,12 @@ class Reconciler:
         job = self.store.child(key, "Job", name)
         if job is None:
             job = render_optimize_job(msvc)
-            log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
-            job = await self.kube.apply(job)
-            self.store.upsert("Job", job, own_write=True)
+            if await self._claim(key, msvc, job):
+                log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
+                job = await self.kube.apply(job)
+                self.store.upsert("Job", job, own_write=True)
+            else:
+                job = None
         elif not objects.controlled_by(job, uid):
             job = None  # of an earlier ModelService of this name: the garbage collector takes it
         result = optimization.observe(job, self.store.job_pods(key), now=self.clock())
@@ -352,6 +385,7 @@ class Reconciler:
     def _drop(self, key: Key) -> None:
         self.written.pop(key, None)
         self.unavailable.pop(key, None)
+        self.conflicts.pop(key, None)
         self._renders.pop(key, None)
 
     def _lost_children(self, key: Key, msvc: ModelService, rendered: Rendered) -> bool:
@@ -359,8 +393,10 @@ class Reconciler:
         garbage collector did because the ModelService is gone and the watch missed it. One
         read tells which, before anything is re-applied for an owner that may not exist."""
         held = set(HELD_KINDS) if msvc.spec.optimization.enabled else set()
+        taken = self.conflicts.get(key, {})
         return any(self.store.child(key, o["kind"], o["metadata"]["name"]) is None
-                   for o in rendered.objects if o["kind"] not in held and o["kind"] not in OPTIONAL_KINDS)
+                   for o in rendered.objects if o["kind"] not in held and o["kind"] not in OPTIONAL_KINDS
+                   and (o["kind"], o["metadata"]["name"]) not in taken)
 
     async def _reread(self, key: Key, body: Mapping[str, Any]) -> bool:
         """A 404 on the status patch: the cache holds a ModelService the API server does not
@@ -412,9 +448,33 @@ class Reconciler:
                 await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
                 self.store.remove(ref.kind, live)
 
+    async def _claim(self, key: Key, msvc: ModelService, obj: Mapping[str, Any]) -> bool:
+        """May `obj` be applied? Yes when the cache shows it as ours; else the live object is read
+        (the cache holds only objects labelled for this ModelService) and `ownership.claim`
+        decides. A refusal is recorded for status and an Event; the object stays untouched."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        cached = self.store.child(key, kind, name)
+        if cached is not None and objects.controlled_by(cached, msvc.metadata.uid):
+            return True
+        try:
+            live: dict[str, Any] | None = await self.kube.get(
+                object_path(obj["apiVersion"], kind, msvc.metadata.namespace, name))
+        except KubeError as error:
+            if error.status != 404:  # 404: none yet (or its CRD is missing: the apply says which)
+                raise
+            live = None
+        conflict = ownership.claim(live, kind=kind, name=name, uid=msvc.metadata.uid, msvc_name=msvc.metadata.name)
+        if conflict is None:
+            return True
+        log.warning("not applying %s %s/%s: %s", kind, msvc.metadata.namespace, name, conflict.owner)
+        self.conflicts.setdefault(key, {})[(kind, name)] = conflict
+        return False
+
     async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
-        log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
         key = (msvc.metadata.namespace, msvc.metadata.name)
+        if not await self._claim(key, msvc, obj):
+            return
+        log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
         try:
             applied = await self.kube.apply(obj)
         except KubeError as error:
@@ -459,8 +519,8 @@ class Reconciler:
 
     async def _event(self, msvc: Mapping[str, Any], transition: c.Transition) -> None:
         """One Event per condition transition, shown by `kubectl describe msvc` (none for kstatus's restatements)."""
-        if transition.type in (c.STALLED, c.RECONCILING):
-            return
+        if transition.type in (c.STALLED, c.RECONCILING) or transition.reason == ownership.CHILD_NAME_CONFLICT:
+            return  # a name conflict has its own Event per conflict, posted by `reconcile`
         meta = msvc["metadata"]
         bad = (transition.type == c.READY and transition.new_status != c.TRUE) or (
             transition.type in (c.DEGRADED, *MONITORING_CONDITIONS) and transition.new_status == c.TRUE

@@ -23,7 +23,14 @@ from modelship.render.deployment import render_deployment
 from modelship.render.disruption import render_pod_disruption_budget
 from modelship.render.model_config import content_hash, render_pbtxt
 from modelship.render.network import render_network_policy
-from modelship.render.route import GATEWAY_API_VERSION, HTTP_ROUTE, render_http_route, render_track_services
+from modelship.render.route import (
+    GATEWAY_API_VERSION,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    render_grpc_route,
+    render_http_route,
+    render_track_services,
+)
 from modelship.render.service import render_service
 
 # The kinds every ModelService renders or lists as absent, in the order they are applied
@@ -42,9 +49,10 @@ AUTOSCALER_KINDS: tuple[tuple[str, str], ...] = (
     ("keda.sh/v1alpha1", "ScaledObject"),
 )
 
-# The canary's HTTPRoute (spec.rollout.canary.gatewayRef): like the autoscalers not watched (the
-# Gateway API may not be installed), applied with the canary's weights by the reconciler.
-ROUTE_KINDS: tuple[tuple[str, str], ...] = ((GATEWAY_API_VERSION, HTTP_ROUTE),)
+# The canary's HTTPRoute and GRPCRoute (spec.rollout.canary.gatewayRef): like the autoscalers not
+# watched (the Gateway API, or its GRPCRoute, may not be installed), applied with the canary's
+# weights by the reconciler.
+ROUTE_KINDS: tuple[tuple[str, str], ...] = ((GATEWAY_API_VERSION, HTTP_ROUTE), (GATEWAY_API_VERSION, GRPC_ROUTE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +122,11 @@ def render_canary(msvc: ModelService, rendered: Rendered, *, replicas: int) -> l
 def render_route(msvc: ModelService, backends: list[tuple[str, int]]) -> dict[str, Any]:
     """The canary's HTTPRoute with these (Service, weight) backends, owned by the ModelService."""
     return _finish(render_http_route(msvc, backends), msvc)
+
+
+def render_grpc(msvc: ModelService, backends: list[tuple[str, int]]) -> dict[str, Any]:
+    """The canary's GRPCRoute with the same (Service, weight) backends, owned by the ModelService."""
+    return _finish(render_grpc_route(msvc, backends), msvc)
 
 
 def template_revision(obj: dict[str, Any] | None) -> str | None:

@@ -72,6 +72,11 @@ def http_route(msvc_name: str) -> str:
     return msvc_name
 
 
+def grpc_route(msvc_name: str) -> str:
+    """Another kind than the HTTPRoute, so the same name: `kubectl get grpcroute <name>`."""
+    return msvc_name
+
+
 def optimize_job(msvc_name: str, digest: str) -> str:
     """`<msvc>-optimize-<digest>`, cut to 63 characters: a Job's name is also a label value
     on its pods. The digest covers the ModelService's name, so two long names sharing a

@@ -1,5 +1,7 @@
-"""The canary's weighted route (Gateway API): an HTTPRoute on the user's Gateway whose two backends,
-`<name>-stable` and `<name>-canary`, are Services of one track's pods each. Pure.
+"""The canary's weighted routes (Gateway API): an HTTPRoute and a GRPCRoute on the user's Gateway
+whose two backends, `<name>-stable` and `<name>-canary`, are Services of one track's pods each
+(their HTTP and gRPC ports). Pure. The two kinds are installed independently (GRPCRoute joined
+the standard channel in v1.1), so each is applied, and reported, on its own.
 
 Rendered only with `spec.rollout.strategy: Canary` and `spec.rollout.canary.gatewayRef` set: a
 route without a parent Gateway routes nothing. The main Service is unchanged (it selects both
@@ -19,6 +21,11 @@ from modelship.render import names
 
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 HTTP_ROUTE = "HTTPRoute"
+GRPC_ROUTE = "GRPCRoute"
+# The gRPC services modelship-server answers (its protocol/grpc.py and grpc_monitoring.py; the
+# operator cannot import the server, a test keeps the two in step): KServe v2 inference, and
+# the monitoring service (feedback, drift and quality).
+GRPC_SERVICES = ("inference.GRPCInferenceService", "modelship.monitoring.v1.Monitoring")
 # Where the route's weights carry the split, and where the replica ratio does.
 ROUTE, REPLICAS = "route", "replicas"
 
@@ -75,17 +82,22 @@ def route_backends(msvc_name: str, *, canary_weight: int | None, stable_labeled:
     return ROUTE, [(names.stable_service(msvc_name), 100 - weight), (names.canary_service(msvc_name), weight)]
 
 
-def render_http_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    """The HTTPRoute on spec.rollout.canary.gatewayRef for the model's KServe v2 paths, so several
-    ModelServices can share one listener (not finished: the caller adds the ownerReference)."""
+def _parent(msvc: ModelService, kind: str) -> dict[str, Any]:
     ref = msvc.spec.rollout.canary_settings.gateway_ref
     if ref is None:
-        raise ValueError("spec.rollout.canary.gatewayRef is required for the canary's HTTPRoute")
+        raise ValueError(f"spec.rollout.canary.gatewayRef is required for the canary's {kind}")
     parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": ref.name}
     if ref.namespace is not None:
         parent["namespace"] = ref.namespace
     if ref.section_name is not None:
         parent["sectionName"] = ref.section_name
+    return parent
+
+
+def render_http_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """The HTTPRoute on spec.rollout.canary.gatewayRef for the model's KServe v2 paths, so several
+    ModelServices can share one listener (not finished: the caller adds the ownerReference)."""
+    parent = _parent(msvc, HTTP_ROUTE)
     name = msvc.metadata.name
     return {
         "apiVersion": GATEWAY_API_VERSION,
@@ -97,6 +109,29 @@ def render_http_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -
             "rules": [{
                 "matches": [{"path": {"type": "PathPrefix", "value": f"/v2/models/{msvc.spec.model.name}"}}],
                 "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": names.HTTP_PORT,
+                                 "weight": weight} for service, weight in backends],
+            }],
+        },
+    }
+
+
+def render_grpc_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """The GRPCRoute on spec.rollout.canary.gatewayRef with the same weights, for the server's gRPC
+    services (to the Services' gRPC port). gRPC carries the model's name in the message, not the
+    method, so the route matches whole services: one model per listener or hostname for gRPC
+    (not finished: the caller adds the ownerReference)."""
+    parent = _parent(msvc, GRPC_ROUTE)
+    name = msvc.metadata.name
+    return {
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": GRPC_ROUTE,
+        "metadata": {"name": names.grpc_route(name), "namespace": msvc.metadata.namespace,
+                     "labels": names.labels(name, msvc.spec.runtime)},
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [{
+                "matches": [{"method": {"type": "Exact", "service": service}} for service in GRPC_SERVICES],
+                "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": names.GRPC_PORT,
                                  "weight": weight} for service, weight in backends],
             }],
         },
