@@ -41,14 +41,36 @@ def place(expected_ns: float, spent_ns: int, max_run_ns: int, turn_budget_ns: in
 
 
 _EWMA = 0.2  # weight of the newest run in a running average
+_OUTLIER = 4.0  # one run counts as at most this many times the current average
+
+
+def averaged(old: float | None, run_ns: float) -> float:
+    """The running average after one more run of `run_ns`.
+
+    One run counts for at most `_OUTLIER` times the average so far: on a loaded machine a
+    5 ms run can take a second once (preempted, swapped out), and at full weight that one
+    run would lift the average past the inline threshold, sending every later run to a
+    thread until enough measured runs pull it back (issue 13's collapses). A sustained
+    slowdown still gets through: each run may raise the average by 60 %.
+    """
+    if old is None or old == float("inf"):
+        return run_ns
+    return (1 - _EWMA) * old + _EWMA * min(run_ns, _OUTLIER * old)
 
 
 class RunTimes:
     """Running averages of one model's run time: per batch size seen, and per sample.
 
     `expected(size)` is the average for that size once one ran; before that a cautious
-    guess: the per-sample average times the size, and never less than a smaller size took
-    (a batch has a fixed cost). Nothing measured yet: infinity (so: a thread).
+    guess: the per-sample average times the size, never less than a smaller size took
+    (a batch has a fixed cost) nor more than a larger one. Nothing measured yet: infinity
+    (so: a thread).
+
+    A measured batch also caps the averages of the smaller sizes at its own: a smaller batch
+    does not take longer. Without that, a size that stopped running keeps its old average
+    for good, and under load size 1 does stop running (requests gather while a run is out):
+    one slow spell at size 1 (a warm-up on a busy machine, one preempted run) then sent every
+    batch to a thread, gathered, indefinitely, since the cut to an inline part asks size 1.
     """
 
     def __init__(self) -> None:
@@ -57,17 +79,19 @@ class RunTimes:
 
     def observe(self, size: int, run_ns: float) -> None:
         size = max(size, 1)
-        old = self.by_size.get(size)
-        self.by_size[size] = run_ns if old is None else (1 - _EWMA) * old + _EWMA * run_ns
-        per = run_ns / size
-        self.per_sample = per if self.per_sample == float("inf") else (1 - _EWMA) * self.per_sample + _EWMA * per
+        now = self.by_size[size] = averaged(self.by_size.get(size), run_ns)
+        for smaller, avg in self.by_size.items():
+            if smaller < size and avg > now:
+                self.by_size[smaller] = now
+        self.per_sample = averaged(self.per_sample, run_ns / size)
 
     def expected(self, size: int) -> float:
         known = self.by_size.get(size)
         if known is not None:
             return known
         smaller = max((v for s, v in self.by_size.items() if s < size), default=0.0)
-        return max(self.per_sample * size, smaller)
+        larger = min((v for s, v in self.by_size.items() if s > size), default=float("inf"))
+        return max(min(self.per_sample * size, larger), smaller)
 
 
 class InlineBudget:

@@ -53,6 +53,52 @@ def test_expected_run_times():
     assert rt.expected(16) > 2400.0
 
 
+def _placed(rt: RunTimes, size: int) -> str:
+    """Where a turn's first batch of `size` goes under the server's defaults (50 ms / 50 ms)."""
+    return place(rt.expected(size), 0, 50 * MS, 50 * MS)
+
+
+def test_one_slow_run_does_not_send_later_runs_to_a_thread():
+    """A 5 ms model preempted once for a second (a loaded machine): at full weight that run
+    lifted the average to 204 ms and every later run went to a thread (issue 13's collapse)."""
+    rt = RunTimes()
+    for _ in range(10):
+        rt.observe(1, 5 * MS)
+    rt.observe(1, 1000 * MS)
+    assert rt.expected(1) <= 0.8 * 5 * MS + 0.2 * 4 * 5 * MS  # the outlier counts as 4x the average
+    assert _placed(rt, 1) == INLINE
+    assert _placed(rt, 2) == INLINE  # unseen size: per sample, not poisoned either
+
+
+def test_a_sustained_slowdown_is_still_tracked():
+    """The outlier cap must not hide a model that really became slow: it goes to a thread."""
+    rt = RunTimes()
+    for _ in range(10):
+        rt.observe(1, 5 * MS)
+    placed = []
+    for _ in range(12):
+        rt.observe(1, 200 * MS)
+        placed.append(_placed(rt, 1))
+    assert placed[0] == INLINE and placed[-1] == THREAD
+    assert rt.expected(1) > 150 * MS
+
+
+def test_a_stale_small_size_is_refreshed_by_larger_batches():
+    """Size 1 measured slow once (here the warm-up hint on a busy machine), then only gathered
+    batches run (8 clients, requests gather while a run is out): before the cap, size 1 kept
+    its 200 ms for good, every unseen size was at least that, and the cut to an inline part
+    (which asks size 1 first) found nothing, so every batch went to a thread, forever."""
+    rt = RunTimes()
+    rt.observe(1, 200 * MS)
+    assert _placed(rt, 1) == THREAD
+    for size in (7, 4, 6):
+        rt.observe(size, 20 * MS)  # measured on the thread: the model is fast again
+    assert rt.expected(1) <= 20 * MS  # a batch of 1 does not take longer than one of 4
+    assert rt.expected(3) <= 20 * MS
+    assert _placed(rt, 1) == INLINE and _placed(rt, 3) == INLINE
+    assert rt.expected(8) >= 20 * MS  # a larger unseen batch is still never guessed faster
+
+
 def test_budget_resets_on_the_next_loop_turn():
     async def scenario():
         loop = asyncio.get_running_loop()
