@@ -9,7 +9,8 @@ workers on CPU 1 for `--seconds`. At `--burn-at` s, `--burners` busy-loop proces
 CPU 0 start and are stopped (by PID) `--burn-s` later: the server's runs take many times longer
 meanwhile, as on a loaded shared machine. Every 0.5 s the script reads the model's statistics
 and prints answers/s and executions vs inferences for that half second, so one sees the spell
-and whether the rate comes back after it. `--other-pythonpath` runs another checkout's server.
+and whether the rate comes back after it. `--other-pythonpath` runs another checkout's server,
+`--no-batching` serves `orient` without dynamic batching.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ def main() -> None:
     ap.add_argument("--burn-s", type=float, default=1.5)
     ap.add_argument("--burners", type=int, default=12)
     ap.add_argument("--other-pythonpath", default=None)
+    ap.add_argument("--no-batching", action="store_true", help="serve orient without dynamic_batching")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repo, _ = build_repo(root)
+        if args.no_batching:
+            config = repo / "orient" / "config.pbtxt"
+            config.write_text(config.read_text().replace("dynamic_batching { }\n", ""))
         protoset = write_protoset(root / "kserve.protoset")
         request = write_request(root / "orient.bin", "orient", 1)
         server, http_url, grpc_url = start_server(repo, args.other_pythonpath)
