@@ -239,12 +239,17 @@ def test_promql_path_gives_the_same_signals_and_decision(server, prometheus) -> 
     assert result.failures == 0
     a, b = direct.pods[0], via_prometheus.pods[0]
     assert b.requests_per_second == pytest.approx(a.requests_per_second, rel=0.15), (a, b)
-    assert b.requests_per_second == pytest.approx(RATE, rel=0.15)
-    assert b.scraped_at is not None and now - b.scraped_at < 5
+    # Against what the generator achieved, not the rate it was asked for: a loaded machine may
+    # send less than RATE, and both readings must follow what was sent.
+    assert b.requests_per_second == pytest.approx(result.rate, rel=0.25), (b, result.rate)
+    assert b.scraped_at is not None and now - b.scraped_at < 30  # a recent sample, not a stale one
     assert via_prometheus.latency_samples > 0.8 * RATE * 6
     assert via_prometheus.latency_seconds["p95"] == pytest.approx(direct.latency_seconds["p95"], rel=0.5)
-    # A capacity of 25 req/s per replica at a 100 ms SLO: 40 req/s needs ceil(40 / 20) = 2, both ways.
-    policy = Policy(slo_seconds=0.1, percentile="p95", capacity_per_replica=25.0, min_replicas=1, max_replicas=5)
+    # A capacity that puts the direct rate at 1.5 planned replicas (0.8 of capacity each): both
+    # readings, within 15 % of each other, need ceil(1.5 x (0.85 .. 1.15)) = 2, whatever rate the
+    # generator reached. (At the nominal 40 req/s that is 33 req/s per replica.)
+    capacity = a.requests_per_second / (0.8 * 1.5)
+    policy = Policy(slo_seconds=0.1, percentile="p95", capacity_per_replica=capacity, min_replicas=1, max_replicas=5)
     d1 = decide(direct, policy, current=1, state=State(), now=now)
     d2 = decide(via_prometheus, policy, current=1, state=State(), now=now)
     assert (d1.desired, d1.direction) == (d2.desired, d2.direction) == (2, "up"), (d1.reason, d2.reason)
