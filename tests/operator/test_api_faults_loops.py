@@ -48,16 +48,21 @@ from msvc_samples import SHA
 pytestmark = pytest.mark.cluster
 
 
+# Every path but Events': the operator posts an Event once and never retries it (a courtesy,
+# docs/reliability.md), so a fault there loses it by design and would hide what the tests count.
+NOT_EVENTS = r"^(?!.*/events(/|$))"
+
+
 def write_faults() -> list[Rule]:
     """Every kind of answer a write can meet: about one write in three fails, a third of those
     after the write landed (the answer lost)."""
     return [
-        Rule("status", rate=0.08, status=409, methods=WRITE_METHODS),
-        Rule("status", rate=0.05, status=429, retry_after=1, watch=False),
-        Rule("status", rate=0.04, status=500, watch=False),
-        Rule("status", rate=0.03, status=503, watch=False),
-        Rule("reset", rate=0.03, watch=False),
-        Rule("reset-after", rate=0.12, methods=WRITE_METHODS),
+        Rule("status", rate=0.08, status=409, methods=WRITE_METHODS, path=NOT_EVENTS),
+        Rule("status", rate=0.05, status=429, retry_after=1, watch=False, path=NOT_EVENTS),
+        Rule("status", rate=0.04, status=500, watch=False, path=NOT_EVENTS),
+        Rule("status", rate=0.03, status=503, watch=False, path=NOT_EVENTS),
+        Rule("reset", rate=0.03, watch=False, path=NOT_EVENTS),
+        Rule("reset-after", rate=0.12, methods=WRITE_METHODS, path=NOT_EVENTS),
     ]
 
 
@@ -186,7 +191,7 @@ def test_a_canary_steps_in_order_through_api_faults(
     for reason in ("CanaryStarted", "CanaryStep", "CanaryPromoting", "CanaryPromoted"):
         mine = [(e["metadata"]["name"], e.get("eventTime") or e.get("firstTimestamp"), e["message"])
                 for e in posted if e["reason"] == reason and not CONDITION_EVENT.match(e["message"])]
-        assert len(mine) <= 1, mine  # an Event may be lost with its write, never doubled
+        assert len(mine) == 1, mine  # neither lost with a write whose answer was cut, nor doubled
     owned = children(cluster, namespace, name)
     assert [d["metadata"]["name"] for d in owned["deployments"]] == [name], owned["deployments"]
     config = next(c for c in owned["configmaps"] if c["metadata"]["name"] == names.model_config(name))
