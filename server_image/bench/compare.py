@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelship_server import bench, samples
+from modelship_server.readiness import free_ports
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,12 +44,6 @@ CONFIGS = {
     "compute": "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 20000 preferred_batch_size: [ 16 ] }\n",
     "compute_nobatch": "max_batch_size: 16\n",  # same model, dynamic batching off
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log(msg: str) -> None:
@@ -201,7 +195,7 @@ def floor(url: str, protocol: str, seconds: float) -> dict:
 
 
 def start_ours(repo: Path) -> tuple[Proc, str, str]:
-    hp, gp, mp = free_port(), free_port(), free_port()
+    hp, gp, mp = free_ports(3)
     p = Proc("modelship", [sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                            "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                            "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port", str(gp),
@@ -221,7 +215,7 @@ def python_has(python: str | None, module: str) -> str | None:
 
 
 def start_kserve(python: str, repo: Path) -> tuple[Proc, str, str]:
-    hp, gp = free_port(), free_port()
+    hp, gp = free_ports(2)
     models = ",".join(f"{m}={repo / m / '1' / 'model.onnx'}" for m in ("mlp", "compute"))
     p = Proc("kserve", [python, str(HERE / "kserve_onnx_server.py")],
              env={"MODELS": models, "HTTP_PORT": str(hp), "GRPC_PORT": str(gp)})
@@ -230,7 +224,7 @@ def start_kserve(python: str, repo: Path) -> tuple[Proc, str, str]:
 
 
 def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]:
-    hp, gp, mp = free_port(), free_port(), free_port()
+    hp, gp, mp = free_ports(3)
     folder = root / "mlserver"
     folder.mkdir()
     (folder / "settings.json").write_text(json.dumps(

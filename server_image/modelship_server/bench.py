@@ -189,14 +189,51 @@ def _dataset_request(path: Path, specs: list[InputSpec], batch: int) -> dict[str
     return {name: np.concatenate([s[name] for s in chosen], axis=0) for name in chosen[0]}
 
 
-def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float) -> LevelResult:
-    """Run `concurrency` closed-loop clients; measure what completes inside the window."""
+# How far past its end a window may stretch to hold --measurement-request-count requests: a dead
+# server ends the level instead of hanging it.
+MAX_EXTENSION_S = 60.0
+
+
+class _Window:
+    """The measurement window, shared by a level's clients: it opens after the warm-up and closes at
+    its end, or later, when `min_requests` have not been counted by then (perf_analyzer's
+    count_windows). A request counts when it started after the warm-up and ended inside the window."""
+
+    def __init__(self, begin: float, measure_s: float, min_requests: int) -> None:
+        self.begin, self.end = begin, begin + measure_s
+        self.min_requests = min_requests
+        self.counted = 0
+        self.last = self.end
+
+    def open(self, now: float) -> bool:
+        """May a client start another request at `now`?"""
+        if now >= self.end + MAX_EXTENSION_S:
+            return False
+        return now < self.end or self.counted < self.min_requests
+
+    def count(self, t0: float, t1: float) -> bool:
+        """Does a request sent at `t0` and done at `t1` (the window's clock) count? Counts it if so."""
+        if t0 < self.begin or not (t1 <= self.end or self.counted < self.min_requests):
+            return False
+        self.counted += 1
+        self.last = max(self.last, t1)
+        return True
+
+    @property
+    def seconds(self) -> float:
+        return self.last - self.begin
+
+
+def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float,
+              min_requests: int = 0) -> LevelResult:
+    """Run `concurrency` closed-loop clients; measure what completes inside the window (stretched
+    until it holds `min_requests`, see _Window)."""
     start = threading.Barrier(concurrency + 1)
     lock = threading.Lock()
     latencies: list[float] = []
     errors = [0]
     first_error = [""]
-    window = [0.0, 0.0]
+    window = _Window(0.0, measure_s, min_requests)
 
     def worker():
         client = target.client()
@@ -206,11 +243,11 @@ def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: 
         errs = 0
         try:
             start.wait()
-            t_begin, t_end = window
             while True:
                 t0 = time.perf_counter()
-                if t0 >= t_end:
-                    break
+                with lock:
+                    if not window.open(t0):
+                        break
                 try:
                     client.infer(target.model, inputs, model_version=target.version, outputs=outputs)
                     ok = True
@@ -219,7 +256,9 @@ def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: 
                     if not first_error[0]:
                         first_error[0] = str(exc)[:300]
                 t1 = time.perf_counter()
-                if t0 >= t_begin and t1 <= t_end:
+                with lock:
+                    counted = window.count(t0, t1)
+                if counted:
                     if ok:
                         mine.append(t1 - t0)
                     else:
@@ -233,18 +272,18 @@ def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
-    now = time.perf_counter()
-    window[0] = now + warmup_s
-    window[1] = window[0] + measure_s
+    window.begin = time.perf_counter() + warmup_s
+    window.end = window.last = window.begin + measure_s
     start.wait()
     for t in threads:
         t.join()
     lat = np.array(latencies) * 1000.0
     n = len(lat)
+    seconds = window.seconds
     return LevelResult(
         concurrency=concurrency, protocol=target.protocol, batch_size=target.batch_size,
-        requests=n, errors=errors[0], duration_s=measure_s,
-        throughput_infer_s=n * target.batch_size / measure_s, throughput_req_s=n / measure_s,
+        requests=n, errors=errors[0], duration_s=seconds,
+        throughput_infer_s=n * target.batch_size / seconds, throughput_req_s=n / seconds,
         latency_avg_ms=float(lat.mean()) if n else float("nan"),
         latency_p50_ms=percentile(lat, 50), latency_p90_ms=percentile(lat, 90),
         latency_p95_ms=percentile(lat, 95), latency_p99_ms=percentile(lat, 99),
@@ -252,7 +291,8 @@ def run_level(target: _Target, concurrency: int, *, warmup_s: float, measure_s: 
     )
 
 
-def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float) -> LevelResult:
+def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measure_s: float,
+                    min_requests: int = 0) -> LevelResult:
     """Like run_level, but the clients are asyncio tasks on one event loop (tritonclient's aio
     clients), as perf_analyzer's --async: far less client CPU per request than N threads
     contending for the GIL, which matters when client and server share a few cores."""
@@ -270,8 +310,7 @@ def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measu
         clients = [aio.InferenceServerClient(target.url) for _ in range(concurrency)]
         mod = target.mod
         loop = asyncio.get_running_loop()
-        t_begin = loop.time() + warmup_s
-        t_end = t_begin + measure_s
+        window = _Window(loop.time() + warmup_s, measure_s, min_requests)
 
         async def worker(client):
             inputs = target.inputs()
@@ -279,7 +318,7 @@ def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measu
             perf = time.perf_counter
             while True:
                 now = loop.time()
-                if now >= t_end:
+                if not window.open(now):
                     return
                 t0 = perf()
                 try:
@@ -290,7 +329,7 @@ def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measu
                     if not first_error[0]:
                         first_error[0] = str(exc)[:300]
                 t1 = perf()
-                if now >= t_begin and loop.time() <= t_end:
+                if window.count(now, loop.time()):
                     if ok:
                         latencies.append(t1 - t0)
                     else:
@@ -302,20 +341,20 @@ def run_level_async(target: _Target, concurrency: int, *, warmup_s: float, measu
         finally:
             for c in clients:
                 await c.close()
-        return latencies, errors[0], first_error[0]
+        return latencies, errors[0], first_error[0], window.seconds
 
     try:
         import uvloop
 
-        latencies, errors, first_error = uvloop.run(main())
+        latencies, errors, first_error, seconds = uvloop.run(main())
     except ImportError:  # pragma: no cover
-        latencies, errors, first_error = asyncio.run(main())
+        latencies, errors, first_error, seconds = asyncio.run(main())
     lat = np.array(latencies) * 1000.0
     n = len(lat)
     return LevelResult(
         concurrency=concurrency, protocol=target.protocol, batch_size=target.batch_size,
-        requests=n, errors=errors, duration_s=measure_s,
-        throughput_infer_s=n * target.batch_size / measure_s, throughput_req_s=n / measure_s,
+        requests=n, errors=errors, duration_s=seconds,
+        throughput_infer_s=n * target.batch_size / seconds, throughput_req_s=n / seconds,
         latency_avg_ms=float(lat.mean()) if n else float("nan"),
         latency_p50_ms=percentile(lat, 50), latency_p90_ms=percentile(lat, 90),
         latency_p95_ms=percentile(lat, 95), latency_p99_ms=percentile(lat, 99),
@@ -389,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(1:16:x2 = 1,2,4,8,16) (default 1)")
     p.add_argument("--measurement-interval", type=float, default=5000, metavar="MS",
                    help="measurement window per level in milliseconds (default 5000)")
+    p.add_argument("--measurement-request-count", type=int, default=0, metavar="N",
+                   help="stretch a window that holds fewer than N requests at its end until it holds N "
+                        f"(at most {MAX_EXTENSION_S:.0f} s longer), as perf_analyzer's count_windows; "
+                        "throughput is over the window's real length (default 0: time only)")
     p.add_argument("--warmup-interval", type=float, default=1000, metavar="MS",
                    help="unmeasured warm-up per level in milliseconds (default 1000)")
     p.add_argument("--shape", type=_shape, action="append", default=[], metavar="NAME:DIMS",
@@ -440,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.measurement_interval <= 0:
         parser.error("--measurement-interval must be > 0 milliseconds")
+    if args.measurement_request_count < 0:
+        parser.error(f"--measurement-request-count must be >= 0, got {args.measurement_request_count}")
     url = args.url or DEFAULT_URLS[args.protocol]
     if "://" in url:
         parser.error(f"--url takes host:port without a scheme, got {url!r}")
@@ -469,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in args.concurrency_range:
         progress(f"concurrency {c}: warming up {args.warmup_interval:.0f} ms, measuring {args.measurement_interval:.0f} ms ...")
         runner = run_level_async if args.use_async else run_level
-        r = runner(target, c, warmup_s=args.warmup_interval / 1000, measure_s=args.measurement_interval / 1000)
+        r = runner(target, c, warmup_s=args.warmup_interval / 1000, measure_s=args.measurement_interval / 1000,
+                   min_requests=args.measurement_request_count)
         results.append(r)
         progress(
             f"concurrency {c}: {r.requests} requests, {r.throughput_infer_s:.1f} infer/s, "

@@ -3,6 +3,7 @@ comparison benchmark and the tests use when they start a server of their own."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 import urllib.request
@@ -26,3 +27,17 @@ def wait_until_ok(url: str, proc: subprocess.Popen, *, timeout: float, what: str
             pass
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:g}s")
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free on `host` now: all bound at once (so none repeats), then released
+    for a server about to start. Another process may take one in between; a caller that can
+    retry a failed bind should."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -86,31 +86,51 @@ def test_counter_reset_starts_the_history_over(server) -> None:
 
 
 def test_direct_scrape_rate_and_latency_match_the_load(server) -> None:
-    """Rate from counter deltas and p95 from bucket deltas, against the load generator's own count
-    and client-side latencies."""
+    """Rate from counter deltas and p95 from bucket deltas, against what the load generator did.
+
+    Counts, not speeds: one scrape before the load and one after it has stopped, so the
+    counters moved by exactly the requests the generator completed, however slow the machine.
+    A live window under steady load is compared with Prometheus's in the PromQL test below."""
     pod = pod_of(server)
-    history = PodHistory(window_seconds=6.0)
+    history = PodHistory(window_seconds=3600.0)
     payload = body("x", 128)
+
+    async def scrape_once() -> None:
+        async with aiohttp.ClientSession() as session:
+            errors = await scrape_all(session, [pod], history, model=MODEL, clock=time.time,
+                                      port=server.metrics_port)
+        assert not errors, errors
+
+    asyncio.run(scrape_once())
     with Load(server.http_port, f"/v2/models/{MODEL}/infer", payload, rate=RATE) as load:
-        time.sleep(1.5)  # the counters are already moving at the first scrape
-        asyncio.run(scrape_loop(server, pod, history, seconds=8.0))
-        result = load.stop()
+        deadline = time.monotonic() + 120
+        while len(load.latencies) < 60:  # enough samples for a p95 between buckets
+            assert time.monotonic() < deadline, "the load generator completed no 60 requests in 120 s"
+            time.sleep(0.1)
+        result = load.stop()  # joins its threads: every request sent has been answered
+    asyncio.run(scrape_once())
+    delta, after = history.delta(pod.name), history.latest(pod.name)
+    assert delta is not None and after is not None
     snap = snapshot([pod], history)
     signals = snap.pods[0]
-    assert result.failures == 0
-    # The generator's achieved rate, over its whole run; the scrape's window is the last ~6 s.
-    assert signals.requests_per_second == pytest.approx(result.rate, rel=0.12), (signals, result.rate)
-    assert snap.latency_samples >= 0.8 * RATE * 5
+    assert result.failures == 0, result.errors[:3]
+    done = len(result.latencies)
+    # Every completed request is counted once, and the rate is that count over the scrapes' span.
+    assert delta.requests == done, (delta.requests, done)
+    assert snap.latency_samples == done
+    assert signals.requests_per_second == pytest.approx(done / delta.seconds)
     p95 = snap.latency_seconds["p95"]
     client_p95 = result.quantile(0.95)
-    # Server-side time excludes the client's HTTP round trip, so it is at most the client's;
-    # interpolation inside a bucket can overshoot by up to one bucket width (2.5 -> 5 -> 10 ms).
-    assert 0 < p95 <= max(client_p95 * 2, 0.005), (p95, client_p95)
-    # The client's time adds its own Python HTTP stack on both ends (~1 ms here); with short model
-    # runs done inline the server's share can be a small part of it, so this bound only catches
-    # a p95 off by an order of magnitude (a bucket or unit mistake), not a slow client.
-    assert p95 >= client_p95 / 10, (p95, client_p95)
-    assert signals.inflight is not None and signals.inflight >= 0
+    # Each request's server-side time lies inside its client-side time, so the server's p95 is at
+    # most the client's; interpolation stays inside the bucket holding it, so the bound is the
+    # smallest bucket bound at or above the client's p95 (the highest finite bound past it all).
+    bounds = [le for le, _ in after.buckets if le != float("inf")]
+    ceiling = min([le for le in bounds if le >= client_p95] or [max(bounds)])
+    assert 0 < p95 <= ceiling, (p95, client_p95, ceiling)
+    # A floor only a unit or bucket mistake breaks: this model takes ~2-5 ms a run here, and load
+    # only makes it slower; 0.1 ms would need a machine 20x faster.
+    assert p95 >= 1e-4, (p95, client_p95)
+    assert signals.inflight == 0  # nothing left in flight once the generator has stopped
 
 
 def test_scrape_gap_gives_stale_then_missing_not_zero(server) -> None:
@@ -219,12 +239,17 @@ def test_promql_path_gives_the_same_signals_and_decision(server, prometheus) -> 
     assert result.failures == 0
     a, b = direct.pods[0], via_prometheus.pods[0]
     assert b.requests_per_second == pytest.approx(a.requests_per_second, rel=0.15), (a, b)
-    assert b.requests_per_second == pytest.approx(RATE, rel=0.15)
-    assert b.scraped_at is not None and now - b.scraped_at < 5
+    # Against what the generator achieved, not the rate it was asked for: a loaded machine may
+    # send less than RATE, and both readings must follow what was sent.
+    assert b.requests_per_second == pytest.approx(result.rate, rel=0.25), (b, result.rate)
+    assert b.scraped_at is not None and now - b.scraped_at < 30  # a recent sample, not a stale one
     assert via_prometheus.latency_samples > 0.8 * RATE * 6
     assert via_prometheus.latency_seconds["p95"] == pytest.approx(direct.latency_seconds["p95"], rel=0.5)
-    # A capacity of 25 req/s per replica at a 100 ms SLO: 40 req/s needs ceil(40 / 20) = 2, both ways.
-    policy = Policy(slo_seconds=0.1, percentile="p95", capacity_per_replica=25.0, min_replicas=1, max_replicas=5)
+    # A capacity that puts the direct rate at 1.5 planned replicas (0.8 of capacity each): both
+    # readings, within 15 % of each other, need ceil(1.5 x (0.85 .. 1.15)) = 2, whatever rate the
+    # generator reached. (At the nominal 40 req/s that is 33 req/s per replica.)
+    capacity = a.requests_per_second / (0.8 * 1.5)
+    policy = Policy(slo_seconds=0.1, percentile="p95", capacity_per_replica=capacity, min_replicas=1, max_replicas=5)
     d1 = decide(direct, policy, current=1, state=State(), now=now)
     d2 = decide(via_prometheus, policy, current=1, state=State(), now=now)
     assert (d1.desired, d1.direction) == (d2.desired, d2.direction) == (2, "up"), (d1.reason, d2.reason)

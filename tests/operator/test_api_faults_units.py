@@ -31,6 +31,11 @@ def test_mistakes_are_not_transient(status: int) -> None:
     assert not retry.transient(status)
 
 
+def test_a_write_may_have_landed_only_when_the_answer_was_lost_or_the_server_failed() -> None:
+    assert [s for s in (0, 409, 429, 500, 502, 503, 504) if retry.outcome_unknown(s)] == [0, 500, 502, 503, 504]
+    assert not any(retry.outcome_unknown(s) for s in (200, 400, 403, 404, 408, 422))
+
+
 def test_backoff_doubles_up_to_a_short_cap_for_weather_and_a_long_one_otherwise() -> None:
     delays = [retry.backoff(n, status=503, jitter=fixed) for n in range(1, 12)]
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0]

@@ -37,6 +37,17 @@ def test_nothing_to_compare_with_or_nothing_new_rolls_out_directly() -> None:
     assert advance(None, stable="new") == m.Plan(None, "direct")  # replicas changed, not the template
 
 
+def test_a_promotion_whose_status_write_failed_carries_on_promoting() -> None:
+    # The promote apply gave stable the new revision; the status saying Promoting never landed.
+    plan = advance(state(step=1), stable="new", v=verdict(PASSED, step=1), now=T40)
+    assert (plan.state.phase, plan.action) == (m.PROMOTING, "promote"), plan
+    assert [e[0] for e in plan.events] == ["CanaryPromoting"]
+    done = advance(state(step=1), stable="new", now=T40, complete=True)
+    assert (done.state.phase, done.action) == (m.PROMOTED, "direct")
+    assert [e[0] for e in done.events] == ["CanaryPromoting", "CanaryPromoted"]
+    assert advance(state(revision="older"), stable="new").state is None  # a spec reverted to stable's: direct
+
+
 def test_a_new_revision_starts_at_step_one() -> None:
     plan = advance(None, now=T0)
     assert plan.action == "canary" and plan.state == dataclasses.replace(state(), message=plan.state.message)

@@ -70,16 +70,20 @@ def test_the_queue_holds_a_key_once_and_never_hands_it_to_two_workers() -> None:
 
 
 def test_add_after_fires_once_at_the_earliest_time() -> None:
-    async def scenario() -> float:
+    # Order, not a stopwatch: "a" due at 0.05 s (the earliest of its three) comes out before "b"
+    # due at 0.5 s; had the 1.0 or 5.0 s delay won, "b" would come first, however slow the machine.
+    async def scenario() -> list[str]:
         queue = WorkQueue()
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         queue.add_after("a", 5.0)
         queue.add_after("a", 0.05)  # earlier wins
         queue.add_after("a", 1.0)  # later is ignored
-        await asyncio.wait_for(queue.get(), timeout=2)
-        elapsed = loop.time() - start
+        queue.add_after("b", 0.5)
+        got = [await asyncio.wait_for(queue.get(), timeout=60)]
+        queue.done(got[0])
+        got.append(await asyncio.wait_for(queue.get(), timeout=60))
+        queue.done(got[1])
+        left = len(queue) + len(queue._timers)  # neither queued again nor still waiting to be
         queue.close()
-        return elapsed
+        return [*got, str(left)]
 
-    assert asyncio.run(scenario()) < 0.5
+    assert asyncio.run(scenario()) == ["a", "b", "0"]

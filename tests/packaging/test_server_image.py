@@ -8,7 +8,6 @@ import functools
 import hashlib
 import http.server
 import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -20,18 +19,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from modelship_server import samples
-from modelship_server.readiness import wait_until_ok
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from modelship_server.readiness import free_ports, wait_until_ok
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +67,7 @@ def test_modelship_server_serves_a_model_to_tritonclient(server_env: Path, model
     repo = tmp_path / "models"
     (repo / "mlp" / "1").mkdir(parents=True)
     (repo / "mlp" / "1" / "model.onnx").write_bytes(path.read_bytes())
-    http_port, grpc_port, metrics_port = _free_ports(3)
+    http_port, grpc_port, metrics_port = free_ports(3)
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

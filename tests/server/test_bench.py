@@ -24,6 +24,7 @@ def test_sweep_writes_json(server, tmp_path, protocol, capsys):
     out = tmp_path / "r.json"
     rc = bench.main(["-m", "mlp", "-i", protocol, "-u", url, "--concurrency-range", "1:4:x2",
                      "--measurement-interval", "1000", "--warmup-interval", "200", "-b", "2",
+                     "--measurement-request-count", "5",
                      "--output-format", "json", "-f", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
@@ -39,7 +40,7 @@ def test_sweep_writes_json(server, tmp_path, protocol, capsys):
 def test_csv_and_table(server, tmp_path, capsys):
     out = tmp_path / "r.csv"
     rc = bench.main(["-m", "mlp", "-u", server.grpc_url, "--measurement-interval", "300",
-                     "--warmup-interval", "50", "-f", str(out), "-q"])
+                     "--measurement-request-count", "5", "--warmup-interval", "50", "-f", str(out), "-q"])
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and int(rows[0]["requests"]) > 0
@@ -61,6 +62,10 @@ def test_bad_target_and_flags(server, capsys):
         bench.main(["-m", "mlp", "--concurrency-range", "16:1"])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
+        bench.main(["-m", "mlp", "--measurement-request-count", "-1"])
+    assert e.value.code == 2
+    assert "--measurement-request-count must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         bench.main(["-m", "mlp", "-u", "http://localhost:8000"])
     assert e.value.code == 2
 
@@ -75,7 +80,23 @@ def test_concurrency_levels():
 def test_async_clients(server, protocol, capsys):
     url = server.grpc_url if protocol == "grpc" else server.http_url
     rc = bench.main(["-m", "mlp", "-i", protocol, "-u", url, "--async", "--concurrency-range", "4",
-                     "--measurement-interval", "2000", "--warmup-interval", "500", "--output-format", "json", "-q"])
+                     "--measurement-interval", "300", "--measurement-request-count", "20", "--warmup-interval", "100",
+                     "--output-format", "json", "-q"])
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["requests"] > 0 and rows[0]["errors"] == 0
+    # The window stretches until it holds 20 requests: a stalled connection delays it, never empties it.
+    assert rows[0]["requests"] >= 20 and rows[0]["errors"] == 0
+    assert rows[0]["duration_s"] >= 0.3 - 1e-9  # never shorter than asked
+
+
+def test_window_counts_by_time_and_stretches_to_a_request_count():
+    w = bench._Window(10.0, 1.0, min_requests=0)
+    assert not w.count(9.9, 10.5)  # sent during the warm-up
+    assert w.count(10.1, 10.9) and not w.count(10.5, 11.2)  # the second ended after the window
+    assert w.open(10.99) and not w.open(11.0) and w.seconds == 1.0
+    short = bench._Window(10.0, 1.0, min_requests=2)
+    assert short.count(10.1, 10.2) and short.open(11.5)  # one of two: still open past its end
+    assert short.count(10.5, 12.0) and short.counted == 2 and not short.open(12.0)
+    assert not short.count(11.0, 12.1) and short.seconds == 2.0
+    dead = bench._Window(10.0, 1.0, min_requests=5)
+    assert not dead.open(11.0 + bench.MAX_EXTENSION_S)  # a server that answers nothing ends the level

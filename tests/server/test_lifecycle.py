@@ -188,11 +188,10 @@ def test_sigterm_drains_in_flight_requests(tmp_path, start_server):
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("r", post(server.http_port, "/v2/models/slow/infer", slow_body())))
     t.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while 'modelship_inflight_requests{model="slow",version="1"} 1.0' not in server.metrics():
         assert time.monotonic() < deadline, "request never became in-flight"
         time.sleep(0.005)
-    sent = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     # Readiness turns false at once, over HTTP and gRPC, while the request is still running.
@@ -207,32 +206,42 @@ def test_sigterm_drains_in_flight_requests(tmp_path, start_server):
     t.join(30)
     status, payload, _ = result["r"]
     assert status == 200, payload  # the in-flight request completed
-    server.proc.wait(timeout=15)
+    server.proc.wait(timeout=60)
     assert server.proc.returncode == 0
-    assert time.monotonic() - sent < 15
-    assert "shutting down" in server.log()
+    # It left as soon as the request was done, not at the 30 s exit timeout.
+    assert "shutting down" in server.log() and "exit timeout reached" not in server.log()
 
 
 def test_exit_timeout_bounds_shutdown(tmp_path, start_server):
+    """The exit timeout cuts the drain short: the process exits with requests still unanswered.
+
+    Proved by what the clients got, not by a stopwatch: three slow requests (one running, two
+    queued behind it, each a run of ~0.3-1 s) cannot all be answered within a 0.3 s exit timeout,
+    and a slower machine only makes that more certain."""
     server = start_server(slow_repo(tmp_path), "--exit-timeout-secs", "0.3")
+    answers: list[int] = []
+
     def call():
         try:
-            post(server.http_port, "/v2/models/slow/infer", slow_body(), 30)
+            answers.append(post(server.http_port, "/v2/models/slow/infer", slow_body(), 120)[0])
         except OSError:
             pass  # expected: the process exits before answering every request
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for th in threads:
         th.start()
-    time.sleep(0.1)
-    sent = time.monotonic()
+    deadline = time.monotonic() + 60
+    while 'modelship_inflight_requests{model="slow",version="1"} 3.0' not in server.metrics():
+        assert time.monotonic() < deadline, "three requests never became in-flight"
+        time.sleep(0.005)
     server.proc.send_signal(signal.SIGTERM)
-    server.proc.wait(timeout=15)
-    elapsed = time.monotonic() - sent
+    server.proc.wait(timeout=60)
     for th in threads:
-        th.join(30)
-    assert elapsed < 0.3 + 2.0, elapsed
-    assert "exit timeout reached" in server.log()
+        th.join(120)
+    assert not any(th.is_alive() for th in threads)
+    assert answers.count(200) < 3, answers  # it did not wait for every request
+    assert "exit timeout reached with" in server.log()
+    assert server.proc.returncode == 0
 
 
 # -- load failures and command-line mistakes ---------------------------------

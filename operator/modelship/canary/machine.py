@@ -74,12 +74,19 @@ def advance(state: CanaryState | None, *, revision: str, generation: int | None,
     if stable_revision is None:
         return Plan(None, "direct")
     if stable_revision == revision:
+        events: tuple[tuple[str, str], ...] = ()
+        if state is not None and state.revision == revision and state.phase == PROGRESSING:
+            # Only a promotion gives stable this revision: its apply landed and the status write
+            # that said so did not (a 409, a lost answer). Carry on promoting; never sit Progressing.
+            message = f"generation {generation} promoted: stable already runs it"
+            state = dataclasses.replace(state, phase=PROMOTING, message=message)
+            events = (("CanaryPromoting", message),)
         if state is not None and state.revision == revision and state.phase == PROMOTING:
             if not stable_complete:
-                return Plan(state, "promote")
+                return Plan(state, "promote", events)
             done = dataclasses.replace(state, phase=PROMOTED, message=f"generation {generation} promoted")
-            return Plan(done, "direct", (("CanaryPromoted", f"generation {generation}: stable runs the new spec; "
-                                                            "the canary is removed"),))
+            return Plan(done, "direct", (*events, ("CanaryPromoted", f"generation {generation}: stable runs the new "
+                                                                     "spec; the canary is removed")))
         kept = state if state is not None and state.revision == revision else None
         return Plan(kept, "direct")
 

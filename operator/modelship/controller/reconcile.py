@@ -22,7 +22,7 @@ import dataclasses
 import datetime
 import logging
 import socket
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import pydantic
 
@@ -32,7 +32,7 @@ from modelship.api.v1alpha1 import ModelService
 from modelship.canary import machine as canary_machine
 from modelship.canary import report as canary_report
 from modelship.canary.analysis import FAILED, Verdict, thresholds_of
-from modelship.kube import objects
+from modelship.kube import objects, retry
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
 from modelship.kube.kinds import object_path
@@ -82,6 +82,14 @@ class CanaryRun:
     grpc_route: dict[str, Any] | None = None  # the GRPCRoute with the same weights
 
 
+@dataclasses.dataclass(frozen=True)
+class Unsure:
+    uid: str | None
+    status: dict[str, Any]
+    transitions: tuple[c.Transition, ...]
+    posts: tuple[tuple[str, str], ...]  # the canary's Events, (reason, message)
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -106,6 +114,12 @@ class Reconciler:
     # Children this reconcile did not apply because an object of their name is not this
     # ModelService's (status/ownership.py), per ModelService: (kind, name) -> the conflict.
     conflicts: dict[Key, dict[tuple[str, str], ownership.Conflict]] = dataclasses.field(default_factory=dict)
+    # Status writes whose outcome is unknown (a reset or a 5xx after the patch was sent): the
+    # ModelService's uid, the status sent, and the Events it would have posted. The next reconcile
+    # reads the object first, so it decides from what the API server holds, not from the last
+    # write known to have landed (a canary would step again, or back), and posts those Events
+    # once if the write landed.
+    unsure: dict[Key, Unsure] = dataclasses.field(default_factory=dict)
     # (uid, generation) -> the validated spec and its render, per ModelService.
     _renders: dict[Key, tuple[tuple[Any, Any], ModelService, Rendered]] = dataclasses.field(default_factory=dict)
 
@@ -117,7 +131,10 @@ class Reconciler:
             self.unavailable.pop(key, None)
             self.conflicts.pop(key, None)
             self._renders.pop(key, None)
+            self.unsure.pop(key, None)
             return  # deleted: the garbage collector removes the children (ownerReferences)
+        if key in self.unsure:
+            body = await self._settle_unsure(key, body)
         meta = body["metadata"]
         cached = self._renders.get(key)
         if cached is not None and cached[0] == (meta.get("uid"), meta.get("generation")):
@@ -197,20 +214,49 @@ class Reconciler:
             extra_fields={"optimization": decision.status, **scaling_fields, "canary": canary.status},
             overrides=[*canary.overrides, *ownership.conditions_of(conflicts, msvc_name=msvc.metadata.name)],
         )
-        await self._write_status(key, body, previous, status, transitions)
+        posts: list[tuple[str, str]] = list(canary.plan.events) if canary.plan is not None else []
+        if any(reason == "CanaryStarted" for reason, _ in posts):
+            posts += [(canary_report.ROUTE_NOT_USED, shown["message"]) for shown in route_statuses
+                      if shown["traffic"] == REPLICAS]
+        await self._write_status(key, body, previous, status, transitions, tuple(posts))
         new = [conflict for ref, conflict in taken.items() if ref not in before]
         if new and key in self.conflicts:  # once per conflict while it lasts (not after a drop: it is gone)
             written = self.store.msvc(key) or body
             await asyncio.gather(*(self._post(written, ownership.CHILD_NAME_CONFLICT, conflict.message, warning=True)
                                    for conflict in new))
-        if canary.plan is not None and canary.plan.events:
-            written = self.store.msvc(key) or body
-            events = list(canary.plan.events)
-            if any(reason == "CanaryStarted" for reason, _ in events):
-                events += [(canary_report.ROUTE_NOT_USED, shown["message"]) for shown in route_statuses
-                           if shown["traffic"] == REPLICAS]
-            await asyncio.gather(*(self._post(written, reason, message, warning=reason in (
-                "CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED)) for reason, message in events))
+        await self._post_all(self.store.msvc(key) or body, posts)
+
+    async def _post_all(self, msvc: Mapping[str, Any], posts: Sequence[tuple[str, str]]) -> None:
+        warnings = ("CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED)
+        await asyncio.gather(*(self._post(msvc, reason, message, warning=reason in warnings)
+                               for reason, message in posts))
+
+    async def _settle_unsure(self, key: Key, body: dict[str, Any]) -> dict[str, Any]:
+        """The last status write's outcome is unknown: read the ModelService, and if the write
+        landed, post the Events it held back. The read failing leaves it unsure (raised: retry)."""
+        record = self.unsure[key]
+        meta = body["metadata"]
+        if record.uid != meta.get("uid"):
+            self.unsure.pop(key)
+            return body
+        try:
+            fresh = await self.kube.get(object_path(api.API_VERSION, api.KIND, meta["namespace"], meta["name"]))
+        except KubeError as error:
+            if error.status != 404:
+                raise
+            self.unsure.pop(key)
+            return body  # gone: the status write's 404 says so
+        fresh.setdefault("apiVersion", api.API_VERSION)
+        fresh.setdefault("kind", api.KIND)
+        self.store.upsert("ModelService", fresh)
+        self.unsure.pop(key)
+        if (fresh.get("metadata") or {}).get("uid") == record.uid and \
+                not status_changed(fresh.get("status") or {}, record.status):
+            log.info("status of %s/%s: the write whose answer was lost had landed", *key)
+            self.written[key] = (record.uid, record.status)
+            await asyncio.gather(*(self._event(fresh, t) for t in record.transitions))
+            await self._post_all(fresh, record.posts)
+        return fresh
 
     def _canary(self, key: Key, msvc: ModelService, rendered: Rendered, previous: Mapping[str, Any], *,
                 frozen: bool, annotations: Mapping[str, str]) -> CanaryRun:
@@ -367,7 +413,8 @@ class Reconciler:
         return {**cached, **mine}
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], previous: Mapping[str, Any],
-                            status: dict[str, Any], transitions: list[c.Transition]) -> None:
+                            status: dict[str, Any], transitions: list[c.Transition],
+                            posts: Sequence[tuple[str, str]] = ()) -> None:
         if not status_changed(previous, status):
             return
         meta = body["metadata"]
@@ -377,6 +424,9 @@ class Reconciler:
             if error.status == 404 and not await self._reread(key, body):
                 self._drop(key)
                 return
+            if retry.outcome_unknown(error.status):
+                self.written.pop(key, None)
+                self.unsure[key] = Unsure(meta.get("uid"), status, tuple(transitions), tuple(posts))
             raise
         self.written[key] = (meta.get("uid"), status)
         self.store.upsert("ModelService", written, own_write=True)
@@ -384,6 +434,7 @@ class Reconciler:
 
     def _drop(self, key: Key) -> None:
         self.written.pop(key, None)
+        self.unsure.pop(key, None)
         self.unavailable.pop(key, None)
         self.conflicts.pop(key, None)
         self._renders.pop(key, None)

@@ -32,6 +32,16 @@ def transient(status: int) -> bool:
     return status in TRANSIENT_STATUSES
 
 
+UNKNOWN_OUTCOME_STATUSES = frozenset({0, 500, 502, 503, 504})
+
+
+def outcome_unknown(status: int) -> bool:
+    """True when a write that failed with `status` may still have been applied: the connection
+    broke after the request was sent (0), or the server failed while it was being processed (5xx).
+    A 409 or 429 was refused before anything changed."""
+    return status in UNKNOWN_OUTCOME_STATUSES
+
+
 def retry_after(headers: Mapping[str, str] | None, *, now: datetime.datetime | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date), clamped to
     [0, RETRY_AFTER_CAP_SECONDS]; None when absent or unreadable."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import onnx
 from pydantic import BaseModel
 
 from .candidates import Recipe
+from ..readiness import free_ports
 from .inputs import Feed
 
 Percentile = Literal["p50", "p90", "p95", "p99"]
@@ -157,17 +157,6 @@ def warmup_pbtxt(feed: Feed, config: BatchingConfig, model_dir: Path) -> str:
     return text_format.MessageToString(mc.ModelConfig(model_warmup=[sample]))
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class _Server:
     """A modelship-server child process on loopback serving one model; always stopped."""
 
@@ -178,7 +167,7 @@ class _Server:
         version.mkdir(parents=True)
         os.symlink(model_file.resolve(), version / "model.onnx")
         (repo / "model" / "config.pbtxt").write_text(config_pbtxt(config) + warmup_pbtxt(feed, config, repo / "model"))
-        self.http, self.grpc, metrics = _free_ports(3)
+        self.http, self.grpc, metrics = free_ports(3)
         providers = ",".join(p.removesuffix("ExecutionProvider").lower() for p in recipe.providers)
         args = [sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                 "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--allow-metrics", "false",
