@@ -134,18 +134,15 @@ def _cpu_s(pid: int) -> float:
 
 def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
          drain: str = "loop") -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_image" / "bench"))
-    from compare import free_port  # type: ignore[import-not-found]
-
     from modelship_server import bench, samples
-    from modelship_server.readiness import wait_until_ok
+    from modelship_server.readiness import free_ports, wait_until_ok
 
     repo = Path(tempfile.mkdtemp(prefix="mon-cost-"))
     samples.write_model(repo, "mlp", samples.mlp(), "max_batch_size: 16\ndynamic_batching { }\n")
     procs, urls = {}, {}
     try:
         for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
-            hp, gp, mp = free_port(), free_port(), free_port()
+            hp, gp, mp = free_ports(3)
             procs[name] = subprocess.Popen([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                                             "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",

@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import free_port, python_has  # noqa: E402 - sibling scripts, not a package
+from compare import python_has  # noqa: E402 - sibling scripts, not a package
+from modelship_server.readiness import free_ports  # noqa: E402
 from grpc_path import Proc, build_repo, start_kserve, start_server  # noqa: E402
 import ort_ceiling  # noqa: E402
 
@@ -197,7 +198,7 @@ def run_ghz(ghz: Path, protoset: Path, request: Path, target: str, concurrency: 
 
 def start_mlserver(python: str, repo: Path, root: Path) -> tuple[Proc, str, str]:
     """MLServer 1.7 with the ONNX Runtime runtime of mlserver_onnx_runtime.py, one intra-op thread."""
-    hp, gp, mp = free_port(), free_port(), free_port()
+    hp, gp, mp = free_ports(3)
     folder = Path(tempfile.mkdtemp(prefix="mlserver-", dir=root))
     (folder / "settings.json").write_text(json.dumps(
         {"http_port": hp, "grpc_port": gp, "metrics_port": mp, "parallel_workers": 0, "debug": False,

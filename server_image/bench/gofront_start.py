@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compare import free_port  # noqa: E402 - sibling scripts, not a package
+from modelship_server.readiness import free_ports  # noqa: E402
 from grpc_path import Proc  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[1] / "gofront"
@@ -95,7 +95,7 @@ def start(repo: Path, max_batch: dict[str, int], extra: tuple[str, ...] = ()) ->
     models = [f"{m}={repo / m / '1' / 'model.onnx'}:{b}" for m, b in max_batch.items()]
     worker = Proc([sys.executable, str(SOURCE / "worker.py"), "--socket", str(sock), *models])
     try:
-        hp, gp = free_port(), free_port()
+        hp, gp = free_ports(2)
         front = Proc([str(binary), "--worker-socket", str(sock), "--grpc-port", str(gp), "--http-port", str(hp),
                       *extra])
     except BaseException:

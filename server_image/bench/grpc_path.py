@@ -36,7 +36,8 @@ from modelship_server import bench, samples
 from modelship_server.readiness import wait_until_ok
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import floor, free_port  # noqa: E402 - a sibling script, not a package
+from compare import floor  # noqa: E402 - a sibling script, not a package
+from modelship_server.readiness import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_CPU, CLIENT_CPU = "0", {1}
@@ -166,7 +167,7 @@ class Proc:
 
 
 def start_echo(canned: dict[str, Path], mode: str) -> tuple[Proc, str]:
-    port = free_port()
+    (port,) = free_ports(1)
     p = Proc([sys.executable, "-c", ECHO, str(port), str(canned["mlp"]), str(canned["orient"]), mode])
     end = time.monotonic() + 30
     while b"ready" not in Path(p.log.name).read_bytes():
@@ -177,7 +178,7 @@ def start_echo(canned: dict[str, Path], mode: str) -> tuple[Proc, str]:
 
 
 def start_server(repo: Path, pythonpath: str | None, extra: tuple[str, ...] = ()) -> tuple[Proc, str, str]:
-    hp, gp, mp = free_port(), free_port(), free_port()
+    hp, gp, mp = free_ports(3)
     p = Proc([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
               "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp),
@@ -248,7 +249,7 @@ def measure_echo(canned: dict[str, Path], seconds: float, mode: str = "uvloop") 
 
 def start_kserve(python: str, repo: Path) -> tuple[Proc, str, str]:
     """KServe's Python ModelServer on the same ONNX files, ORT at one thread (kserve_onnx_server.py)."""
-    hp, gp = free_port(), free_port()
+    hp, gp = free_ports(2)
     models = ",".join(f"{m}={repo / m / '1' / 'model.onnx'}" for m in ("mlp", "orient"))
     p = Proc([python, str(Path(__file__).resolve().parent / "kserve_onnx_server.py")],
              env={"MODELS": models, "HTTP_PORT": str(hp), "GRPC_PORT": str(gp), "INTRA_OP_THREADS": "1"})

@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "server"))
 
-from compare import CONFIGS, Proc, free_port, log  # noqa: E402
+from compare import CONFIGS, Proc, log  # noqa: E402
+from modelship_server.readiness import free_ports  # noqa: E402
 from modelship_server import samples  # noqa: E402
 from otlp_receiver import GrpcReceiver  # noqa: E402
 
@@ -45,7 +46,7 @@ MODES = {
 
 
 def start(repo: Path, name: str, extra: list[str]) -> tuple[Proc, str, str]:
-    hp, gp, mp = free_port(), free_port(), free_port()
+    hp, gp, mp = free_ports(3)
     p = Proc(name, [sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                     "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
                     "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp),
