@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n, _ in servers]
         summary = summarize(rounds, names, list(requests)) + cpu_lines(rounds, names, list(requests))
         if ceiling:
-            summary += ceiling_summary(rounds, names, list(requests), ceiling)
+            summary += ceiling_summary(rounds, names, [lv for lv in requests if lv[0] in MODELS], ceiling)
         for line in summary:
             print(line)
         if args.json:
