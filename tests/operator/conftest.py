@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pathlib
+import random
 import uuid
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
+from accounts import plane_ca
+from faultproxy import FaultProxy
 from kube_helpers import REPO, OperatorProcess
 
 RELEASE_NAMESPACE = "modelship-system"
@@ -82,3 +86,17 @@ def namespace(cluster: Any) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def proxy(cluster: Any) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the real API server, its fault draws seeded (printed, so a failure
+    can be replayed with MODELSHIP_TEST_SEED)."""
+    seed = int(os.environ.get("MODELSHIP_TEST_SEED", random.randrange(1 << 30)))
+    print(f"fault proxy seed {seed} (MODELSHIP_TEST_SEED reproduces the fault draws)")
+    fault_proxy = FaultProxy(cluster.server, plane_ca(cluster), seed=seed)
+    fault_proxy.start()
+    try:
+        yield fault_proxy
+    finally:
+        fault_proxy.stop()

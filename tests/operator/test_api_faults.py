@@ -8,17 +8,15 @@ sized for a loaded 2-core machine."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import random
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from accounts import plane_ca
 from faultproxy import WRITE_METHODS, FaultProxy, Rule, proxied_kubeconfig
 from kube_helpers import OperatorProcess, apply, children, get, is_ready, wait_for
 from msvc_samples import SHA
@@ -70,18 +68,6 @@ class WatchCutter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(15)
-
-
-@pytest.fixture
-def proxy(cluster: Any) -> Iterator[FaultProxy]:
-    seed = int(os.environ.get("MODELSHIP_TEST_SEED", random.randrange(1 << 30)))
-    print(f"fault proxy seed {seed} (MODELSHIP_TEST_SEED reproduces the fault draws)")
-    fault_proxy = FaultProxy(cluster.server, plane_ca(cluster), seed=seed)
-    fault_proxy.start()
-    try:
-        yield fault_proxy
-    finally:
-        fault_proxy.stop()
 
 
 def proxied_operator(operator_kubeconfig: pathlib.Path, proxy: FaultProxy, tmp_path: pathlib.Path,

@@ -18,20 +18,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import pathlib
-import random
 import re
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import kubernetes
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from accounts import plane_ca
 from faultproxy import WRITE_METHODS, FaultProxy, Rule, proxied_kubeconfig
 from kube_helpers import children, get
 from modelship import contracts
@@ -64,18 +61,6 @@ def write_faults() -> list[Rule]:
         Rule("reset", rate=0.03, watch=False, path=NOT_EVENTS),
         Rule("reset-after", rate=0.12, methods=WRITE_METHODS, path=NOT_EVENTS),
     ]
-
-
-@pytest.fixture
-def proxy(cluster: Any) -> Iterator[FaultProxy]:
-    seed = int(os.environ.get("MODELSHIP_TEST_SEED", random.randrange(1 << 30)))
-    print(f"fault proxy seed {seed} (MODELSHIP_TEST_SEED reproduces the fault draws)")
-    fault_proxy = FaultProxy(cluster.server, plane_ca(cluster), seed=seed)
-    fault_proxy.start()
-    try:
-        yield fault_proxy
-    finally:
-        fault_proxy.stop()
 
 
 def clients(cluster: Any, operator_kubeconfig: pathlib.Path, proxy: FaultProxy,

@@ -97,22 +97,8 @@ def _parent(msvc: ModelService, kind: str) -> dict[str, Any]:
 def render_http_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
     """The HTTPRoute on spec.rollout.canary.gatewayRef for the model's KServe v2 paths, so several
     ModelServices can share one listener (not finished: the caller adds the ownerReference)."""
-    parent = _parent(msvc, HTTP_ROUTE)
-    name = msvc.metadata.name
-    return {
-        "apiVersion": GATEWAY_API_VERSION,
-        "kind": HTTP_ROUTE,
-        "metadata": {"name": names.http_route(name), "namespace": msvc.metadata.namespace,
-                     "labels": names.labels(name, msvc.spec.runtime)},
-        "spec": {
-            "parentRefs": [parent],
-            "rules": [{
-                "matches": [{"path": {"type": "PathPrefix", "value": f"/v2/models/{msvc.spec.model.name}"}}],
-                "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": names.HTTP_PORT,
-                                 "weight": weight} for service, weight in backends],
-            }],
-        },
-    }
+    matches = [{"path": {"type": "PathPrefix", "value": f"/v2/models/{msvc.spec.model.name}"}}]
+    return _route(msvc, HTTP_ROUTE, names.http_route(msvc.metadata.name), matches, names.HTTP_PORT, backends)
 
 
 def render_grpc_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
@@ -120,18 +106,23 @@ def render_grpc_route(msvc: ModelService, backends: Sequence[tuple[str, int]]) -
     services (to the Services' gRPC port). gRPC carries the model's name in the message, not the
     method, so the route matches whole services: one model per listener or hostname for gRPC
     (not finished: the caller adds the ownerReference)."""
-    parent = _parent(msvc, GRPC_ROUTE)
-    name = msvc.metadata.name
+    matches = [{"method": {"type": "Exact", "service": service}} for service in GRPC_SERVICES]
+    return _route(msvc, GRPC_ROUTE, names.grpc_route(msvc.metadata.name), matches, names.GRPC_PORT, backends)
+
+
+def _route(msvc: ModelService, kind: str, route_name: str, matches: list[dict[str, Any]], port: int,
+           backends: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """One rule: these matches to the track Services on `port`, at the weights given."""
     return {
         "apiVersion": GATEWAY_API_VERSION,
-        "kind": GRPC_ROUTE,
-        "metadata": {"name": names.grpc_route(name), "namespace": msvc.metadata.namespace,
-                     "labels": names.labels(name, msvc.spec.runtime)},
+        "kind": kind,
+        "metadata": {"name": route_name, "namespace": msvc.metadata.namespace,
+                     "labels": names.labels(msvc.metadata.name, msvc.spec.runtime)},
         "spec": {
-            "parentRefs": [parent],
+            "parentRefs": [_parent(msvc, kind)],
             "rules": [{
-                "matches": [{"method": {"type": "Exact", "service": service}} for service in GRPC_SERVICES],
-                "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": names.GRPC_PORT,
+                "matches": matches,
+                "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": port,
                                  "weight": weight} for service, weight in backends],
             }],
         },
