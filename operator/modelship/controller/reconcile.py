@@ -218,16 +218,16 @@ class Reconciler:
         if any(reason == "CanaryStarted" for reason, _ in posts):
             posts += [(canary_report.ROUTE_NOT_USED, shown["message"]) for shown in route_statuses
                       if shown["traffic"] == REPLICAS]
+        # once per conflict while it lasts; held back with the canary's if the write's answer is lost
+        posts += [(ownership.CHILD_NAME_CONFLICT, conflict.message)
+                  for ref, conflict in taken.items() if ref not in before]
         await self._write_status(key, body, previous, status, transitions, tuple(posts))
-        new = [conflict for ref, conflict in taken.items() if ref not in before]
-        if new and key in self.conflicts:  # once per conflict while it lasts (not after a drop: it is gone)
-            written = self.store.msvc(key) or body
-            await asyncio.gather(*(self._post(written, ownership.CHILD_NAME_CONFLICT, conflict.message, warning=True)
-                                   for conflict in new))
+        if key not in self.conflicts:  # dropped by the write (the ModelService is gone)
+            posts = [post for post in posts if post[0] != ownership.CHILD_NAME_CONFLICT]
         await self._post_all(self.store.msvc(key) or body, posts)
 
     async def _post_all(self, msvc: Mapping[str, Any], posts: Sequence[tuple[str, str]]) -> None:
-        warnings = ("CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED)
+        warnings = ("CanaryRolledBack", "CanaryAborted", canary_report.ROUTE_NOT_USED, ownership.CHILD_NAME_CONFLICT)
         await asyncio.gather(*(self._post(msvc, reason, message, warning=reason in warnings)
                                for reason, message in posts))
 
