@@ -232,6 +232,10 @@ def check_isolation(grpc_url: str, model: str = "emb", requests: int = 64) -> No
 
 
 if __name__ == "__main__":  # a quick manual run: build, start, check, stop
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Run alone, it builds, starts, checks the "
+                            "answers, refusals and isolation, and stops.").parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from grpc_path import build_repo
 
