@@ -159,7 +159,8 @@ def main() -> int:
                 stdout=log, stderr=subprocess.STDOUT)
             base = samples.mlp()
             good = publish(cluster, "canary-mlp.onnx", base)
-            slow = publish(cluster, "canary-mlp-slow.onnx", slow_copy(base, matmuls=150))
+            # 1000, as in tests/e2e/test_canary.py: 150 (~25 ms quiet) passes the SLO and the 40 ms slack
+            slow = publish(cluster, "canary-mlp-slow.onnx", slow_copy(base, matmuls=1000))
             cluster.kubectl("apply", "-f", "-", input=json.dumps({
                 "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelService",
                 "metadata": {"name": NAME, "namespace": NS},
