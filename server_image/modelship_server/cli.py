@@ -544,10 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from .malloc import pin_mmap_threshold
+    from . import malloc
     from .server import StartupError, serve  # after parsing: --help stays fast
 
-    pin_mmap_threshold()
+    malloc.tune()
 
     try:
         import uvloop
