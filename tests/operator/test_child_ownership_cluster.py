@@ -45,13 +45,13 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, cluster: Any, kubeconfig: pathlib.Path, namespace: str) -> None:
+    def __init__(self, cluster: Any, kubeconfig: pathlib.Path, namespace: str, kube_class: type | None = None) -> None:
         import kubernetes
 
         from modelship.kube.client import KubeClient
 
         self.cluster, self.namespace = cluster, namespace
-        self.kube = KubeClient(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+        self.kube = (kube_class or KubeClient)(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
         self.store = Store()
         self.reconciler = Reconciler(kube=self.kube, store=self.store)
 
@@ -232,6 +232,45 @@ def test_a_users_httproute_with_the_routes_name_is_left_untouched(
             assert "HTTPRoute web exists and is not owned by this ModelService" in degraded["message"], degraded
             assert condition(body, "Ready").get("reason") != CHILD_NAME_CONFLICT  # the model serves all the same
             assert len(h.events("web")) == 1
+        finally:
+            h.kube.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.cluster
+def test_an_object_made_between_the_read_and_the_apply_is_not_taken_over(
+        cluster: Any, operator_kubeconfig: pathlib.Path, namespace: str) -> None:
+    """The window between the operator's ownership read and its apply, made to happen every time:
+    the user's Service is created on the real API server right after the operator's read found
+    none. The apply carries what the read saw (no object yet), so the API server refuses it (409)
+    and the object is read and judged again instead of being taken over by the forced apply."""
+    from modelship.kube.client import KubeClient
+
+    made: dict[str, Any] = {}
+    user_service = copy.deepcopy(USER_SERVICE)
+    user_service["metadata"]["name"] = "racy"
+
+    class RacingKube(KubeClient):  # the real client; only the moment of the user's create is chosen
+        async def get(self, path: str) -> dict[str, Any]:
+            try:
+                return await super().get(path)
+            finally:
+                if path.endswith("/services/racy") and not made:
+                    made.update(h.create(copy.deepcopy(user_service)))
+
+    h = Harness(cluster, operator_kubeconfig, namespace, kube_class=RacingKube)
+
+    async def scenario() -> None:
+        try:
+            h.apply_msvc("racy", spec())
+            body = await h.reconcile("racy")
+            assert made, "the Service was never read: the race did not happen"
+            assert untouched(made, h.get("service", "racy")), h.get("service", "racy")
+            degraded = condition(body, "Degraded")
+            assert degraded["status"] == "True" and degraded["reason"] == CHILD_NAME_CONFLICT, degraded
+            assert "Service racy exists and is not owned by this ModelService" in degraded["message"], degraded
+            assert h.get("deployment", "racy")["metadata"]["ownerReferences"][0]["name"] == "racy"
         finally:
             h.kube.close()
 

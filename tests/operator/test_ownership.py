@@ -7,7 +7,7 @@ from typing import Any
 
 from modelship.render import names
 from modelship.status import conditions as c
-from modelship.status.ownership import CHILD_NAME_CONFLICT, Conflict, claim, conditions_of
+from modelship.status.ownership import CHILD_NAME_CONFLICT, NONE_YET, Conflict, claim, conditions_of, precondition
 
 UID = "11111111-2222-3333-4444-555555555555"
 
@@ -27,6 +27,13 @@ def decide(obj: dict[str, Any] | None, name: str = "foo") -> Conflict | None:
 def test_missing_or_controlled_by_this_modelservice_is_ours() -> None:
     assert decide(None) is None
     assert decide(live(refs=[ref("ModelService", "foo", UID)])) is None
+
+
+def test_the_apply_must_find_what_the_read_found() -> None:
+    assert precondition(None) == NONE_YET  # no object: created only if there is still none
+    found = live(refs=[ref("ModelService", "foo", UID)])
+    found["metadata"]["resourceVersion"] = "48213"
+    assert precondition(found) == "48213"
 
 
 def test_an_orphan_with_this_modelservices_labels_is_adopted_one_with_anothers_is_not() -> None:

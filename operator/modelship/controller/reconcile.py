@@ -384,13 +384,10 @@ class Reconciler:
         name = job_name(msvc)
         job = self.store.child(key, "Job", name)
         if job is None:
-            job = render_optimize_job(msvc)
-            if await self._claim(key, msvc, job):
-                log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
-                job = await self.kube.apply(job)
+            log.info("creating optimize Job %s/%s", msvc.metadata.namespace, name)
+            job = await self._claim_and_apply(key, msvc, render_optimize_job(msvc))
+            if job is not None:
                 self.store.upsert("Job", job, own_write=True)
-            else:
-                job = None
         elif not objects.controlled_by(job, uid):
             job = None  # of an earlier ModelService of this name: the garbage collector takes it
         result = optimization.observe(job, self.store.job_pods(key), now=self.clock())
@@ -499,14 +496,16 @@ class Reconciler:
                 await self.kube.delete(ref.api_version, ref.kind, msvc.metadata.namespace, ref.name)
                 self.store.remove(ref.kind, live)
 
-    async def _claim(self, key: Key, msvc: ModelService, obj: Mapping[str, Any]) -> bool:
-        """May `obj` be applied? Yes when the cache shows it as ours; else the live object is read
-        (the cache holds only objects labelled for this ModelService) and `ownership.claim`
-        decides. A refusal is recorded for status and an Event; the object stays untouched."""
+    async def _claim(self, key: Key, msvc: ModelService, obj: Mapping[str, Any]) -> tuple[bool, str | None]:
+        """May `obj` be applied, and on what condition? (True, None) when the cache shows it as
+        ours; else the live object is read (the cache holds only objects labelled for this
+        ModelService) and `ownership.claim` decides: (True, the resourceVersion the apply must
+        find, `ownership.precondition`) or (False, None). A refusal is recorded for status and
+        an Event; the object stays untouched."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         cached = self.store.child(key, kind, name)
         if cached is not None and objects.controlled_by(cached, msvc.metadata.uid):
-            return True
+            return True, None
         try:
             live: dict[str, Any] | None = await self.kube.get(
                 object_path(obj["apiVersion"], kind, msvc.metadata.namespace, name))
@@ -516,24 +515,43 @@ class Reconciler:
             live = None
         conflict = ownership.claim(live, kind=kind, name=name, uid=msvc.metadata.uid, msvc_name=msvc.metadata.name)
         if conflict is None:
-            return True
+            return True, ownership.precondition(live)
         log.warning("not applying %s %s/%s: %s", kind, msvc.metadata.namespace, name, conflict.owner)
         self.conflicts.setdefault(key, {})[(kind, name)] = conflict
-        return False
+        return False, None
+
+    async def _claim_and_apply(self, key: Key, msvc: ModelService, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply `obj` if it is ours to apply: the applied object, or None when it is not.
+
+        An apply after a read carries the resourceVersion that read found, so an object made or
+        replaced by someone else in between is not taken over: the API server answers 409, and
+        the object is read and judged again (once; a second 409 goes to the retry)."""
+        for attempt in range(2):
+            allowed, version = await self._claim(key, msvc, obj)
+            if not allowed:
+                return None
+            try:
+                return await self.kube.apply(obj, resource_version=version)
+            except KubeError as error:
+                if error.status != 409 or version is None or attempt:
+                    raise
+                log.info("%s %s/%s changed between its read and the apply: reading it again",
+                         obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
+        return None  # not reached: the second attempt returns or raises
 
     async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
         key = (msvc.metadata.namespace, msvc.metadata.name)
-        if not await self._claim(key, msvc, obj):
-            return
         log.info("applying %s %s/%s", obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
         try:
-            applied = await self.kube.apply(obj)
+            applied = await self._claim_and_apply(key, msvc, obj)
         except KubeError as error:
             if error.status == 404 and obj["kind"] in OPTIONAL_KINDS:
                 # Its CRD is not installed (KEDA): a condition says so; the resync retries.
                 self.unavailable.setdefault(key, set()).add(obj["kind"])
                 return
             raise
+        if applied is None:
+            return
         self.unavailable.get(key, set()).discard(obj["kind"])
         self.store.upsert(obj["kind"], applied, own_write=True)
 

@@ -46,11 +46,15 @@ class KubeClient:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any], *, resource_version: str | None = None) -> dict[str, Any]:
         """Server-side apply `obj` as the operator's field manager, taking over conflicts
-        (the operator is the owner of what it renders)."""
+        (the operator is the owner of what it renders). With `resource_version`, the API server
+        applies only over an object of that version (or creates one where there is none) and
+        answers 409 otherwise."""
         meta = obj["metadata"]
         path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if resource_version is not None:
+            obj = {**obj, "metadata": {**meta, "resourceVersion": resource_version}}
         return await self._call(
             "apply", "PATCH", path, body=obj,
             content_type="application/apply-patch+yaml",

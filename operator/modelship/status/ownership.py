@@ -63,6 +63,20 @@ def claim(live: Mapping[str, Any] | None, *, kind: str, name: str, uid: str | No
     return Conflict(kind, name, owner)
 
 
+# etcd's first write is revision 2, so no object has version "1": an apply that must find it
+# creates the object when there is none and is refused (409) when one has appeared since the read.
+NONE_YET = "1"
+
+
+def precondition(live: Mapping[str, Any] | None) -> str:
+    """The resourceVersion an apply decided on `live` must find: the one read, or NONE_YET
+    when there was no object. Between the read and the apply, someone else may create or
+    replace the object; the API server then refuses the apply instead of letting it take over."""
+    if live is None:
+        return NONE_YET
+    return str((live.get("metadata") or {}).get("resourceVersion") or NONE_YET)
+
+
 def conditions_of(conflicts: Sequence[Conflict], *, msvc_name: str) -> list[c.ConditionSpec]:
     """Degraded=True/ChildNameConflict naming every conflict; Ready=False as well when the one
     that serves (the Deployment or the Service named after the ModelService) is not ours."""
