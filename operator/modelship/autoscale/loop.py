@@ -15,20 +15,18 @@ recommendation, so no scale-down happens until a whole window of new measurement
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import logging
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import pydantic
 
 from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
 from modelship.autoscale import promql, report, signals
 from modelship.autoscale.decision import Decision, PodSignals, Policy, Snapshot, State, decide
 from modelship.autoscale.policy import policy_of
+from modelship.autoscale.service_loop import ServiceLoop
 from modelship.kube import objects
 from modelship.kube.cache import Key, Store
 from modelship.kube.client import KubeClient, KubeError
@@ -42,64 +40,6 @@ SCALED_UP, SCALED_DOWN = "ScaledUp", "ScaledDown"
 
 
 
-
-class ServiceTasks:
-    """One asyncio task per ModelService that wants one, kept in step with the wanted set:
-    started for new keys, cancelled (and the key forgotten) for keys no longer wanted, and
-    dropped after a crash (logged by the task itself) so the next sync starts it again."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
-
-    def sync(self, wanted: set[Key], run: Callable[[Key], Any], forget: Callable[[Key], None]) -> None:
-        for key in wanted - set(self._tasks):
-            self._tasks[key] = asyncio.create_task(run(key), name=f"{self.label} {key[0]}/{key[1]}")
-        for key in set(self._tasks) - wanted:
-            self._tasks.pop(key).cancel()
-            forget(key)
-        for key, task in list(self._tasks.items()):
-            if task.done():
-                del self._tasks[key]
-
-    async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-class ParsedSpecs:
-    """Each ModelService's spec parsed once per (uid, generation). The loops tick every few
-    seconds for every service; parsing the cached body with pydantic on each tick would cost
-    more than the tick's own work."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._cache: dict[Key, tuple[tuple[Any, Any], ModelService]] = {}
-
-    def get(self, key: Key) -> ModelService | None:
-        """The ModelService at `key`; None when it is gone, being deleted, or invalid (the
-        reconciler reports an invalid spec)."""
-        body = self.store.msvc(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None
-        meta = body["metadata"]
-        version = (meta.get("uid"), meta.get("generation"))
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        try:
-            msvc = ModelService.from_body(body)
-        except pydantic.ValidationError:
-            return None
-        self._cache[key] = (version, msvc)
-        return msvc
-
-    def forget(self, key: Key) -> None:
-        self._cache.pop(key, None)
 
 class DecisionMetrics(Protocol):
     """What the loop reports to the operator's metrics (controller/metrics.py)."""
@@ -143,14 +83,17 @@ def _rfc3339(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Autoscaler:
+class Autoscaler(ServiceLoop):
     """Owns the per-service tasks, their decision state and the views the reconciler publishes."""
+
+    label = "autoscaler"
 
     def __init__(self, *, kube: KubeClient, store: Store, wake: Callable[[Key], None],
                  clock: Callable[[], float] = time.time, interval_seconds: float | None = None,
                  prometheus_url: str | None = None, metrics: DecisionMetrics | None = None,
                  scrape_port: int = contracts.METRICS_PORT, scrape_timeout: float = 1.0) -> None:
-        self.kube, self.store, self.wake, self.clock = kube, store, wake, clock
+        super().__init__(store)
+        self.kube, self.wake, self.clock = kube, wake, clock
         self.interval_override = interval_seconds
         self.prometheus_url = prometheus_url
         self.metrics = metrics
@@ -158,9 +101,6 @@ class Autoscaler:
         self.views: dict[Key, report.View] = {}
         self.states: dict[Key, State] = {}
         self.histories: dict[Key, signals.PodHistory] = {}
-        self._tasks = ServiceTasks("autoscale")
-        self._session: Any = None
-        self._specs = ParsedSpecs(store)
         # Our last scale per service: (the Deployment's resourceVersion before it, replicas).
         # Until the watch delivers a newer Deployment, the cache's count is older than ours.
         self._scaled: dict[Key, tuple[str | None, int]] = {}
@@ -191,53 +131,20 @@ class Autoscaler:
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    async def supervise(self, every: float = 1.0) -> None:
-        """Keep one task per builtin-autoscaled ModelService, and none for the others."""
-        try:
-            while True:
-                self.sync()
-                await asyncio.sleep(every)
-        finally:
-            await self.stop()
-
-    def sync(self) -> None:
-        wanted = set()
-        for key in self.store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
-            msvc = self._msvc(key)
-            if msvc is not None and builtin_enabled(msvc):
-                wanted.add(key)
-        self._tasks.sync(wanted, self._run, self._forget)
-
-    async def stop(self) -> None:
-        await self._tasks.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def wants(self, msvc: ModelService) -> bool:
+        return builtin_enabled(msvc)
 
     def _forget(self, key: Key) -> None:
+        super()._forget(key)
         self.states.pop(key, None)
         self.histories.pop(key, None)
-        self._specs.forget(key)
         self._scaled.pop(key, None)
         if self.metrics is not None:
             self.metrics.forget(key)
         if self.views.pop(key, None) is not None:
             self.wake(key)  # let the reconciler remove what was published
 
-    async def _run(self, key: Key) -> None:
-        try:
-            while True:
-                interval = await self.step(key)
-                await asyncio.sleep(interval)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("autoscaler of %s/%s crashed", *key)
-
     # --- one tick ------------------------------------------------------------------------------
-
-    def _msvc(self, key: Key) -> ModelService | None:
-        return self._specs.get(key)
 
     async def step(self, key: Key) -> float:
         """Measure, decide and act once for `key`; returns the seconds until the next tick."""
@@ -324,13 +231,6 @@ class Autoscaler:
             name, reason = next(iter(errors.items()))
             problem = f"scrape of {name} failed: {reason}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
         return signals.snapshot(pods, history), problem
-
-    async def _client(self) -> Any:
-        if self._session is None:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     async def _scale(self, msvc: ModelService, replicas: int) -> None:
         """Set the Deployment's replicas through its scale subresource, as field manager modelship."""

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 from modelship import contracts
 from modelship.api.v1alpha1 import ModelService
-from modelship.autoscale.loop import ParsedSpecs, ServiceTasks, pod_states
+from modelship.autoscale.loop import pod_states
+from modelship.autoscale.service_loop import ServiceLoop
 from modelship.autoscale.signals import MetricsError, metrics_url
 from modelship.kube.cache import Key, Store
 from modelship.status import conditions as c
@@ -84,20 +85,21 @@ def condition_states(view: m.View) -> dict[str, str | None]:
     return out
 
 
-class Monitor:
+class Monitor(ServiceLoop):
     """Owns the per-service tasks and the views the reconciler publishes."""
+
+    label = "monitor"
+    log = log
 
     def __init__(self, *, store: Store, wake: Callable[[Key], None], interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
                  scrape_port: int = contracts.METRICS_PORT, scrape_timeout: float = 2.0,
                  metrics: MonitoringMetrics | None = None) -> None:
-        self.store, self.wake, self.metrics = store, wake, metrics
+        super().__init__(store)
+        self.wake, self.metrics = wake, metrics
         self.interval = interval_seconds
         self.scrape_port, self.scrape_timeout = scrape_port, scrape_timeout
         self.views: dict[Key, m.View] = {}
         self.counters: dict[Key, dict[str, tuple[float, float]]] = {}
-        self._tasks = ServiceTasks("monitor")
-        self._specs = ParsedSpecs(store)
-        self._session: Any = None
 
     # --- the reconciler's seam ---------------------------------------------------------------
 
@@ -113,54 +115,22 @@ class Monitor:
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    async def supervise(self, every: float = 1.0) -> None:
-        try:
-            while True:
-                self.sync()
-                await asyncio.sleep(every)
-        finally:
-            await self.stop()
-
-    def sync(self) -> None:
-        wanted = set()
-        for key in self.store.keys():  # noqa: SIM118 - Store.keys() is a method, not a dict's
-            msvc = self._msvc(key)
-            if msvc is not None and msvc.spec.monitoring.enabled:
-                wanted.add(key)
-        self._tasks.sync(wanted, self._run, self._forget)
-
-    async def stop(self) -> None:
-        await self._tasks.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def wants(self, msvc: ModelService) -> bool:
+        return msvc.spec.monitoring.enabled
 
     def _forget(self, key: Key) -> None:
-        self._specs.forget(key)
+        super()._forget(key)
         self.counters.pop(key, None)
         if self.metrics is not None:
             self.metrics.observe_monitoring(key, dict.fromkeys(m.MONITORING_CONDITIONS))
         if self.views.pop(key, None) is not None:
             self.wake(key)  # the reconciler turns the conditions False and removes status.monitoring
 
-    async def _run(self, key: Key) -> None:
-        try:
-            while True:
-                await self.step(key)
-                await asyncio.sleep(self.interval)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("monitor of %s/%s crashed", *key)
-
-    def _msvc(self, key: Key) -> ModelService | None:
-        return self._specs.get(key)
-
-    async def step(self, key: Key) -> None:
-        """Scrape, decide and publish once for `key`."""
+    async def step(self, key: Key) -> float:
+        """Scrape, decide and publish once for `key`; the seconds until the next tick."""
         msvc = self._msvc(key)
         if msvc is None or not msvc.spec.monitoring.enabled:
-            return
+            return self.interval
         pods = [p for p in pod_states(self.store.pods(key)) if p.ready]
         readings = await self._scrape(msvc, pods)
         old = self.views.get(key)
@@ -172,6 +142,7 @@ class Monitor:
             if self.metrics is not None:
                 self.metrics.observe_monitoring(key, condition_states(settled))
             self.wake(key)
+        return self.interval
 
     async def _scrape(self, msvc: ModelService, pods: list[Any]) -> Mapping[str, m.PodReading | None]:
         session = await self._client()
@@ -193,10 +164,3 @@ class Monitor:
                 return pod.name, None
 
         return dict(await asyncio.gather(*(one(p) for p in pods)))
-
-    async def _client(self) -> Any:
-        if self._session is None:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession()
-        return self._session
