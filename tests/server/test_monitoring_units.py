@@ -335,19 +335,22 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
 def test_slice_sizes_settle_at_the_time_budget_and_never_jump():
     from modelship_server.monitoring import monitor as monitor_mod
     budget = monitor_mod.SLICE_BUDGET_S
-    for fixed, per in ((0.5 * budget, budget / 40), (0.1 * budget, budget / 500), (2 * budget, budget), (0.0, budget / 10)):
-        size, seen = 1, []
+    for fixed, per in ((0.5 * budget, budget / 80), (0.1 * budget, budget / 500), (2 * budget, budget), (0.0, budget / 40)):
+        size, seen = monitor_mod.SLICE_MIN, []
         for _ in range(60):
             took = fixed + per * size
             new = monitor_mod.next_slice_size(size, took)
-            assert 1 <= new <= monitor_mod.SLICE and size // 2 <= new <= 2 * size
+            assert monitor_mod.SLICE_MIN <= new <= monitor_mod.SLICE and size // 2 <= new <= 2 * size
             size = new
             seen.append(size)
         over = [s for s in seen[-10:] if fixed + per * s > budget]
-        settled = max(1, min(monitor_mod.SLICE, int((budget - fixed) / per)))
+        settled = max(monitor_mod.SLICE_MIN, min(monitor_mod.SLICE, int((budget - fixed) / per)))
         assert all(abs(s - settled) <= 1 for s in seen[-10:]), (fixed, per, seen)
         assert all(s <= settled + 1 for s in over)
     assert monitor_mod.next_slice_size(64, 100 * budget) == 32  # one preempted slice halves it, no more
+    # the pause between slices: the full gap while the backlog clears within a tick, shorter when not
+    assert monitor_mod.slice_gap(32, 100) == monitor_mod.SLICE_GAP_S
+    assert monitor_mod.slice_gap(16, 8000) == pytest.approx(monitor_mod.DRAIN_S * 16 / 8000)
 
 
 @pytest.mark.parametrize("planes_max", [0, 10**9])

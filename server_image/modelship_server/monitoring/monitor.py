@@ -50,9 +50,10 @@ BLOCKS = 10  # a window slides by a tenth of its size
 QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
 DRAIN_S = 0.1  # the drain runs this often and takes everything queued
 SLICE = 128  # at most this many sampled requests per event-loop slice
-SLICE_BUDGET_S = 80e-6  # a slice is sized from the last ones' cost to hold the loop about this long
+SLICE_MIN = 32  # at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches)
+SLICE_BUDGET_S = 150e-6  # a slice is sized from the last ones' cost to hold the loop about this long
 PLANES_MAX = 40_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
-SLICE_GAP_S = 0.002  # between two slices the loop runs free this long: a request overlaps one slice at most
+SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -75,11 +76,18 @@ def replica_key(model_path: Any) -> bytes:
 def next_slice_size(size: int, took_s: float) -> int:
     """The next slice's size after a full slice of `size` requests took `took_s`: scaled toward
     SLICE_BUDGET_S, at most doubled or halved (one preempted slice does not collapse it), within
-    1..SLICE. Under budget it grows by one at least, so it settles just around the budget."""
+    SLICE_MIN..SLICE. Under budget it grows by one at least, so it settles just around the budget."""
     want = size * SLICE_BUDGET_S / max(took_s, 1e-9)
     if took_s > SLICE_BUDGET_S:
-        return max(1, size // 2, min(size - 1, int(want)))
+        return max(SLICE_MIN, size // 2, min(size - 1, int(want)))
     return min(SLICE, 2 * size, max(size + 1, int(want)))
+
+
+def slice_gap(size: int, left: int) -> float:
+    """The pause before the next slice: SLICE_GAP_S, shortened when `left` requests in slices of
+    `size` would not be through within DRAIN_S (the backlog keeps pace with the traffic; the loop
+    still runs between any two slices)."""
+    return min(SLICE_GAP_S, DRAIN_S * size / max(left, 1))
 
 
 class TensorDrift:
@@ -475,7 +483,9 @@ class Monitoring:
             self.capture = CaptureWriter(sink, batch_size=cfg.capture_batch_size)
         self._stop = threading.Event()
         self._loop = loop
-        self._backlog: collections.deque[tuple[ModelMonitor, Columns, int]] = collections.deque()
+        # (monitor, its pending arrays, requests in them, the first not yet profiled): a slice takes the
+        # next few by position, so it costs the same however long the backlog (no copy of the rest)
+        self._backlog: collections.deque[tuple[ModelMonitor, Columns, int, int]] = collections.deque()
         self._size: dict[str, int] = {}  # model -> requests in its next slice (sized to SLICE_BUDGET_S)
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._thread: threading.Thread | None = None
@@ -615,33 +625,37 @@ class Monitoring:
         for mon in list(self.monitors.values()):
             cols, n = mon.take_pending()
             if n:
-                self._backlog.append((mon, cols, n))
+                self._backlog.append((mon, cols, n, 0))
         self._slice()
 
     def _slice(self) -> None:
-        """Profile one slice, then give the loop back for SLICE_GAP_S before the next.
+        """Profile one slice, then give the loop back (`slice_gap`, up to SLICE_GAP_S) before the next.
 
         A slice holds the loop about SLICE_BUDGET_S: its size follows what the model's last full
         slice took (`next_slice_size`). Back to back, the slices of one tick added up under a
-        request that spans several loop passes (p99 +0.67 ms with ~6 slices of 0.3 ms); spread, a request meets
-        one short slice at most. The next tick waits for the backlog to empty, so what arrives faster
-        than this pace fills the bounded queue and is dropped and counted, never piled up here."""
+        request that spans several loop passes (p99 +0.67 ms with ~6 slices of 0.3 ms); spread, a
+        request meets one short slice at most. The next tick waits for the backlog to empty, so
+        what arrives faster than the drain fills the bounded queue and is dropped and counted,
+        never piled up here."""
         if self._stop.is_set() or self._loop is None:
             return
         try:
             if self._backlog:
-                mon, cols, n = self._backlog.popleft()
-                size = self._size.get(mon.name, 8)
-                if n > size:
-                    self._backlog.appendleft((mon, {k: v[size:] for k, v in cols.items()}, n - size))
-                    cols, n = {k: v[:size] for k, v in cols.items()}, size
+                mon, pending, total, first = self._backlog.popleft()
+                size = self._size.get(mon.name, SLICE_MIN)
+                n = min(size, total - first)
+                if first + n < total:
+                    self._backlog.appendleft((mon, pending, total, first + n))
+                cols = {k: v[first:first + n] for k, v in pending.items()} if n < total else pending
                 t0 = time.perf_counter()
                 self._profile(mon, cols, n)
                 if n == size:
                     self._size[mon.name] = next_slice_size(size, time.perf_counter() - t0)
         finally:  # whatever happened, the next slice or tick is scheduled: profiling never stops
             if self._backlog:
-                self._timer = self._loop.call_later(SLICE_GAP_S, self._slice)
+                nxt, _, total, first = self._backlog[0]
+                self._timer = self._loop.call_later(slice_gap(self._size.get(nxt.name, SLICE_MIN), total - first),
+                                                    self._slice)
             else:
                 self._timer = self._loop.call_later(DRAIN_S, self._tick)
 
