@@ -5,6 +5,7 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
     .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
+        [--slice-us 150] [--slice-min 32]
     .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
     .venv/bin/python benchmarks/monitoring.py stalls [--seconds 10] [--rate 6500] [--budget-us U] [--gap-ms G] [--compare 4]
     ... --json docs/benchmarks/monitoring-<what>.json
@@ -134,13 +135,15 @@ def _cpu_s(pid: int) -> float:
 
 
 def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
-         drain: str = "loop") -> dict:
+         drain: str = "loop", slice_us: float | None = None, slice_min: int | None = None) -> dict:
     from modelship_server import bench, samples
     from modelship_server.readiness import free_ports, wait_until_ok
 
     repo = Path(tempfile.mkdtemp(prefix="mon-cost-"))
     samples.write_model(repo, "mlp", samples.mlp(), "max_batch_size: 16\ndynamic_batching { }\n")
     procs, urls = {}, {}
+    slicing = {k: str(v) for k, v in (("MODELSHIP_MONITORING_SLICE_US", slice_us),
+                                      ("MODELSHIP_MONITORING_SLICE_MIN", slice_min)) if v is not None}
     try:
         for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
             hp, gp, mp = free_ports(3)
@@ -149,7 +152,7 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
                                             str(gp), "--metrics-port", str(mp), *extra],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain})
+                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain, **slicing})
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
         results: dict[str, list] = {"off": [], "on": []}
@@ -181,7 +184,7 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                 "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
-            "sample_rate": sample_rate, "a_a": aa, "drain": drain,
+            "sample_rate": sample_rate, "a_a": aa, "drain": drain, "slicing": slicing,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
             # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
@@ -403,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
     c.add_argument("--drain", choices=("loop", "thread"), default="loop",
                    help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
+    c.add_argument("--slice-us", type=float, help="the `on` server's slice time budget (MODELSHIP_MONITORING_SLICE_US, 150)")
+    c.add_argument("--slice-min", type=int, help="its smallest slice (MODELSHIP_MONITORING_SLICE_MIN, 32)")
     st = sub.add_parser("stalls", help="how long and how often the drain holds the event loop, in process")
     st.add_argument("--seconds", type=float, default=10.0)
     st.add_argument("--rate", type=float, default=6500.0, help="sampled requests per second")
@@ -416,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
-        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain)
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain, args.slice_us,
+                   args.slice_min)
     elif args.what == "path":
         out = path(args.calls, args.drain_size)
     elif args.what == "stalls":

@@ -349,8 +349,10 @@ def test_slice_sizes_settle_at_the_time_budget_and_never_jump():
         assert all(s <= settled + 1 for s in over)
     assert monitor_mod.next_slice_size(64, 100 * budget) == 32  # one preempted slice halves it, no more
     # the pause between slices: the full gap while the backlog clears within a tick, shorter when not
-    assert monitor_mod.slice_gap(32, 100) == monitor_mod.SLICE_GAP_S
-    assert monitor_mod.slice_gap(16, 8000) == pytest.approx(monitor_mod.DRAIN_S * 16 / 8000)
+    assert monitor_mod.slice_gap(32, 100, 0.1) == monitor_mod.SLICE_GAP_S
+    assert monitor_mod.slice_gap(32, 2000, 0.1) == pytest.approx(0.1 * 32 / 2000)
+    assert monitor_mod.slice_gap(32, 8000, 0.1) == monitor_mod.SLICE_GAP_MIN_S
+    assert monitor_mod.slice_gap(32, 100, -0.01) == monitor_mod.SLICE_GAP_MIN_S  # behind: still apart
 
 
 @pytest.mark.parametrize("planes_max", [0, 10**9])

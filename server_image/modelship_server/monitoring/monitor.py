@@ -11,7 +11,9 @@ are computed when read (a scrape, the JSON endpoint), cached until the window sl
 Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
 GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
 MODELSHIP_MONITORING_DRAIN=thread profiles in a thread instead, for the cost benchmark's
-comparison (`benchmarks/monitoring.py cost --drain thread`).
+comparison (`benchmarks/monitoring.py cost --drain thread`); MODELSHIP_MONITORING_SLICE_US and
+MODELSHIP_MONITORING_SLICE_MIN set a slice's time budget and smallest size, to weigh p99 (short
+slices) against CPU (each slice's fixed cost) on a given machine (`cost --slice-us --slice-min`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ipaddress
 import os
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -50,10 +53,31 @@ BLOCKS = 10  # a window slides by a tenth of its size
 QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
 DRAIN_S = 0.1  # the drain runs this often and takes everything queued
 SLICE = 128  # at most this many sampled requests per event-loop slice
-SLICE_MIN = 32  # at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches)
-SLICE_BUDGET_S = 150e-6  # a slice is sized from the last ones' cost to hold the loop about this long
-PLANES_MAX = 40_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
+
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    """A tuning knob from the environment; a value that is not a number in [low, high] is logged
+    (naming the variable, the expected range and the value) and the default used."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        log.warning("%s: expected a number from %g to %g, got %r; using %g", name, low, high, raw, default)
+        return default
+    return value
+
+
+# at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches)
+SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 32, 1, SLICE))
+# a slice is sized from the last ones' cost to hold the loop about this long
+SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 150, 1, 1e9) * 1e-6
+PLANES_MAX = 64_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
 SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
+SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -83,11 +107,12 @@ def next_slice_size(size: int, took_s: float) -> int:
     return min(SLICE, 2 * size, max(size + 1, int(want)))
 
 
-def slice_gap(size: int, left: int) -> float:
-    """The pause before the next slice: SLICE_GAP_S, shortened when `left` requests in slices of
-    `size` would not be through within DRAIN_S (the backlog keeps pace with the traffic; the loop
-    still runs between any two slices)."""
-    return min(SLICE_GAP_S, DRAIN_S * size / max(left, 1))
+def slice_gap(size: int, left: int, time_left_s: float) -> float:
+    """The pause before the next slice: SLICE_GAP_S, shortened so that `left` requests in slices
+    of `size` are through in `time_left_s` (what remains of DRAIN_S since the take), down to
+    SLICE_GAP_MIN_S when behind: slices stay apart (back to back they add up under a request in
+    flight), and what comes faster than that pace is dropped and counted at the queue."""
+    return max(SLICE_GAP_MIN_S, min(SLICE_GAP_S, time_left_s * size / max(left, 1)))
 
 
 class TensorDrift:
@@ -487,6 +512,7 @@ class Monitoring:
         # next few by position, so it costs the same however long the backlog (no copy of the rest)
         self._backlog: collections.deque[tuple[ModelMonitor, Columns, int, int]] = collections.deque()
         self._size: dict[str, int] = {}  # model -> requests in its next slice (sized to SLICE_BUDGET_S)
+        self._took_at = 0.0  # loop time of the last take: its backlog is paced to be through by DRAIN_S later
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._thread: threading.Thread | None = None
         if loop is not None and os.environ.get("MODELSHIP_MONITORING_DRAIN") != "thread":
@@ -622,6 +648,8 @@ class Monitoring:
 
     def _tick(self) -> None:
         """Every DRAIN_S on the event loop: take what is pending, profile it in slices."""
+        if self._loop is not None:
+            self._took_at = self._loop.time()
         for mon in list(self.monitors.values()):
             cols, n = mon.take_pending()
             if n:
@@ -654,8 +682,9 @@ class Monitoring:
         finally:  # whatever happened, the next slice or tick is scheduled: profiling never stops
             if self._backlog:
                 nxt, _, total, first = self._backlog[0]
-                self._timer = self._loop.call_later(slice_gap(self._size.get(nxt.name, SLICE_MIN), total - first),
-                                                    self._slice)
+                gap = slice_gap(self._size.get(nxt.name, SLICE_MIN), total - first,
+                                self._took_at + DRAIN_S - self._loop.time())
+                self._timer = self._loop.call_later(gap, self._slice)
             else:
                 self._timer = self._loop.call_later(DRAIN_S, self._tick)
 
