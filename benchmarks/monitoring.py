@@ -275,13 +275,13 @@ def stalls(seconds: float, rate: float, budget_us: float | None = None, gap_ms: 
     old drain (slices of SLICE=128 back to back)."""
     from modelship_server.monitoring import monitor as mm
 
-    saved = {k: getattr(mm, k) for k in ("SLICE_BUDGET_S", "SLICE_GAP_S", "SLICE_MIN") if hasattr(mm, k)}
+    saved = {k: getattr(mm, k) for k in ("SLICE_BUDGET_S", "SLICE_GAP_S", "SLICE_GAP_MIN_S", "SLICE_MIN") if hasattr(mm, k)}
     if min_slice is not None:
         mm.SLICE_MIN = min_slice
     if budget_us is not None:
         mm.SLICE_BUDGET_S = budget_us * 1e-6
-    if gap_ms is not None:
-        mm.SLICE_GAP_S = gap_ms * 1e-3
+    if gap_ms is not None:  # a fixed gap
+        mm.SLICE_GAP_S = mm.SLICE_GAP_MIN_S = gap_ms * 1e-3
     try:
         return _stalls(mm, seconds, rate)
     finally:
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--seconds", type=float, default=10.0)
     st.add_argument("--rate", type=float, default=6500.0, help="sampled requests per second")
     st.add_argument("--budget-us", type=float, help="override the slice time budget (SLICE_BUDGET_S)")
-    st.add_argument("--gap-ms", type=float, help="override the gap between slices (SLICE_GAP_S)")
+    st.add_argument("--gap-ms", type=float, help="a fixed gap between slices (SLICE_GAP_S and SLICE_GAP_MIN_S)")
     st.add_argument("--min-slice", type=int, help="override the smallest slice (SLICE_MIN)")
     st.add_argument("--compare", type=int, metavar="ROUNDS",
                     help="alternate ROUNDS rounds each of the drain as it is and the old one (slices of 128 back to back)")
