@@ -5,7 +5,9 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
     .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
+        [--slice-us 150] [--slice-min 32]
     .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
+    .venv/bin/python benchmarks/monitoring.py stalls [--seconds 10] [--rate 6500] [--budget-us U] [--gap-ms G] [--compare 4]
     ... --json docs/benchmarks/monitoring-<what>.json
 
 The stream: 10 features, each N(0, 1), one row per request (batch 1). The reference is 1000
@@ -133,13 +135,15 @@ def _cpu_s(pid: int) -> float:
 
 
 def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
-         drain: str = "loop") -> dict:
+         drain: str = "loop", slice_us: float | None = None, slice_min: int | None = None) -> dict:
     from modelship_server import bench, samples
     from modelship_server.readiness import free_ports, wait_until_ok
 
     repo = Path(tempfile.mkdtemp(prefix="mon-cost-"))
     samples.write_model(repo, "mlp", samples.mlp(), "max_batch_size: 16\ndynamic_batching { }\n")
     procs, urls = {}, {}
+    slicing = {k: str(v) for k, v in (("MODELSHIP_MONITORING_SLICE_US", slice_us),
+                                      ("MODELSHIP_MONITORING_SLICE_MIN", slice_min)) if v is not None}
     try:
         for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
             hp, gp, mp = free_ports(3)
@@ -148,7 +152,7 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
                                             str(gp), "--metrics-port", str(mp), *extra],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain})
+                                           env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain, **slicing})
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
         results: dict[str, list] = {"off": [], "on": []}
@@ -180,7 +184,7 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                 "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
-            "sample_rate": sample_rate, "a_a": aa, "drain": drain,
+            "sample_rate": sample_rate, "a_a": aa, "drain": drain, "slicing": slicing,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
             # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
@@ -257,6 +261,124 @@ def path(calls: int, drain: int = 500) -> dict:
             "snapshot_with_scores_ms": scored * 1e3}
 
 
+# -- stalls: how long, and how often, the drain holds the event loop -------------------------
+
+
+def stalls(seconds: float, rate: float, budget_us: float | None = None, gap_ms: float | None = None,
+           min_slice: int | None = None) -> dict:
+    """Run the hub on an event loop with requests arriving at `rate` per second (the request-path
+    hook, in bursts every millisecond) and record every drain slice: its CPU time (the thread's
+    clock, which another process's preemption does not inflate), and the holds: runs of slices
+    with no gap between them, which a request waiting on the loop sits through whole. A request's
+    added latency is at most the hold it meets, so the p99 a served client sees rises by about the
+    hold when more than 1 % of requests meet one. `--budget-us 1e9 --gap-ms 0` profiles like the
+    old drain (slices of SLICE=128 back to back)."""
+    from modelship_server.monitoring import monitor as mm
+
+    saved = {k: getattr(mm, k) for k in ("SLICE_BUDGET_S", "SLICE_GAP_S", "SLICE_GAP_MIN_S", "SLICE_MIN") if hasattr(mm, k)}
+    if min_slice is not None:
+        mm.SLICE_MIN = min_slice
+    if budget_us is not None:
+        mm.SLICE_BUDGET_S = budget_us * 1e-6
+    if gap_ms is not None:  # a fixed gap
+        mm.SLICE_GAP_S = mm.SLICE_GAP_MIN_S = gap_ms * 1e-3
+    try:
+        return _stalls(mm, seconds, rate)
+    finally:
+        for k, v in saved.items():
+            setattr(mm, k, v)
+
+
+def compare_stalls(seconds: float, rate: float, rounds: int, budget_us: float | None = None,
+                   gap_ms: float | None = None, min_slice: int | None = None) -> dict:
+    """`stalls` as served now (`spread`) and as the old drain profiled (`burst`: slices of up to
+    SLICE=128 back to back), alternating in one process: a loaded machine slows both alike."""
+    runs: dict[str, list[dict]] = {"spread": [], "burst": []}
+    for r in range(rounds):
+        for name in (("spread", "burst") if r % 2 == 0 else ("burst", "spread")):
+            res = stalls(seconds, rate, *((1e9, 0.0, None) if name == "burst" else (budget_us, gap_ms, min_slice)))
+            runs[name].append(res)
+            print(f"round {r + 1} {name:>6}: slices of {res['slice_requests_median']:.0f}, hold p50 "
+                  f"{res['hold_cpu_us_p50']:.0f} us p99 {res['hold_cpu_us_p99']:.0f} us max {res['hold_cpu_us_max']:.0f} us,"
+                  f" drain {res['drain_cpu_us_per_request']:.1f} us/request, dropped {res['dropped']}", flush=True)
+    keys = ("hold_cpu_us_p50", "hold_cpu_us_p99", "hold_cpu_us_max", "slice_cpu_us_p99", "drain_cpu_us_per_request",
+            "slice_requests_median", "dropped")
+    out: dict = {"rate_req_s": rate, "seconds_per_round": seconds, "rounds": rounds, "spread_settings": {
+        "budget_us": budget_us, "gap_ms": gap_ms, "min_slice": min_slice}}
+    for name, rs in runs.items():
+        out[name] = {k: float(np.median([x[k] for x in rs])) for k in keys} | {"rounds": rs}
+    return out
+
+
+def _stalls(mm, seconds: float, rate: float) -> dict:
+    import asyncio
+    from types import SimpleNamespace
+
+    from modelship_server.messages import InferRequest, Tensor
+    from modelship_server.settings import MonitoringSettings
+
+    spec, out = SimpleNamespace(name="INPUT0", datatype="FP32"), SimpleNamespace(name="OUTPUT0", datatype="FP32")
+    model = SimpleNamespace(name="mlp", version="1", inputs=[spec], outputs=[out], policy=SimpleNamespace(max_batch_size=16),
+                            output_specs={"OUTPUT0": out}, model_path=None)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(1000, 1, 64)).astype(np.float32)
+    ys = rng.normal(size=(1000, 1, 10)).astype(np.float32)
+    slices: list[tuple[float, float, float, int]] = []  # (start, end, cpu, requests) after the reference
+
+    async def run() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        hub = mm.Monitoring(MonitoringSettings(enabled=True), None, loop)
+        real = hub._profile
+
+        def timed(mon, cols, n):
+            ready = mon.reference is not None  # not the slices that collect and freeze the reference
+            t0, c0 = time.perf_counter(), time.thread_time()
+            real(mon, cols, n)
+            if ready:
+                slices.append((t0, time.perf_counter(), time.thread_time() - c0, n))
+        hub._profile = timed  # type: ignore[method-assign]
+        i, sent, t_end = 0, 0, None
+        start = loop.time()
+        try:
+            while True:
+                now = loop.time()
+                if hub.monitors and hub.monitors["mlp"].reference is not None and t_end is None:
+                    t_end = now + seconds
+                if t_end is not None and now >= t_end:
+                    break
+                for _ in range(int((now - start) * rate) - sent):
+                    req = InferRequest("mlp", "", [Tensor("INPUT0", "FP32", [1, 64], xs[i % 1000])])
+                    req.id = hub.new_id(model)
+                    hub.after_infer(model, req, {"OUTPUT0": ys[i % 1000]})
+                    i, sent = i + 1, sent + 1
+                await asyncio.sleep(0)  # a busy loop, as a loaded server's is (an idle CPU makes every slice cold)
+            mon = hub.monitors["mlp"]
+            return mon.profiled, mon.dropped
+        finally:
+            hub.close()
+
+    profiled, dropped = asyncio.run(run())
+    holds, cur, last_end = [], 0.0, None
+    for t0, t1, cpu, _ in slices:
+        if last_end is not None and t0 - last_end > 2e-4:  # the loop ran free in between
+            holds.append(cur)
+            cur = 0.0
+        cur += cpu
+        last_end = t1
+    holds.append(cur)
+    cpu = np.array([c for _, _, c, _ in slices]) * 1e6
+    sizes = [n for *_, n in slices]
+    hold = np.array(holds) * 1e6
+    return {"rate_req_s": rate, "seconds": seconds, "slice_budget_us": getattr(mm, "SLICE_BUDGET_S", 0.0) * 1e6,
+            "slice_gap_ms": getattr(mm, "SLICE_GAP_S", 0.0) * 1e3, "slices": len(slices), "profiled": profiled,
+            "dropped": dropped, "slice_requests_median": float(np.median(sizes)),
+            "slice_cpu_us_p50": float(np.percentile(cpu, 50)), "slice_cpu_us_p99": float(np.percentile(cpu, 99)),
+            "slice_cpu_us_max": float(cpu.max()), "holds": len(holds),
+            "hold_cpu_us_p50": float(np.percentile(hold, 50)), "hold_cpu_us_p99": float(np.percentile(hold, 99)),
+            "hold_cpu_us_max": float(hold.max()),
+            "drain_cpu_us_per_request": float(cpu.sum() / max(sum(sizes), 1))}
+
+
 def _timed(fn) -> float:
     t0 = time.process_time()
     fn()
@@ -284,14 +406,28 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
     c.add_argument("--drain", choices=("loop", "thread"), default="loop",
                    help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
-    for q in (d, a, c, pa):
+    c.add_argument("--slice-us", type=float, help="the `on` server's slice time budget (MODELSHIP_MONITORING_SLICE_US, 150)")
+    c.add_argument("--slice-min", type=int, help="its smallest slice (MODELSHIP_MONITORING_SLICE_MIN, 32)")
+    st = sub.add_parser("stalls", help="how long and how often the drain holds the event loop, in process")
+    st.add_argument("--seconds", type=float, default=10.0)
+    st.add_argument("--rate", type=float, default=6500.0, help="sampled requests per second")
+    st.add_argument("--budget-us", type=float, help="override the slice time budget (SLICE_BUDGET_S)")
+    st.add_argument("--gap-ms", type=float, help="a fixed gap between slices (SLICE_GAP_S and SLICE_GAP_MIN_S)")
+    st.add_argument("--min-slice", type=int, help="override the smallest slice (SLICE_MIN)")
+    st.add_argument("--compare", type=int, metavar="ROUNDS",
+                    help="alternate ROUNDS rounds each of the drain as it is and the old one (slices of 128 back to back)")
+    for q in (d, a, c, pa, st):
         q.add_argument("--json", type=Path, help="write the result here too")
     args = p.parse_args(argv)
     started = time.monotonic()
     if args.what == "cost":
-        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain)
+        out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain, args.slice_us,
+                   args.slice_min)
     elif args.what == "path":
         out = path(args.calls, args.drain_size)
+    elif args.what == "stalls":
+        out = (compare_stalls(args.seconds, args.rate, args.compare, args.budget_us, args.gap_ms, args.min_slice)
+               if args.compare else stalls(args.seconds, args.rate, args.budget_us, args.gap_ms, args.min_slice))
     else:
         data = streams(args.trials, args.stationary, args.seed)
         out = evaluate(ours_windows, data) if args.what == "detection" else anchor(args.python, data)

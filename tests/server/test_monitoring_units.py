@@ -294,6 +294,7 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
                             output_specs={"y": out}, model_path=None)
     rng = np.random.default_rng(8)
     sizes: list[int] = []
+    gaps: list[float] = []
 
     async def run() -> ModelMonitor:
         hub = monitor_mod.Monitoring(MonitoringSettings(enabled=True, window=200, reference_size=100),
@@ -301,6 +302,16 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
         mon = hub.monitor_for(model)
         real = mon.profile
         mon.profile = lambda cols, n: (sizes.append(n), real(cols, n))  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        real_slice = hub._slice
+
+        def spread() -> None:  # with more to do, the next slice is a timer in the future, not call_soon
+            began = loop.time()
+            real_slice()
+            if hub._backlog:
+                assert isinstance(hub._timer, asyncio.TimerHandle) and hub._timer.when() > began
+                gaps.append(hub._timer.when() - began)
+        hub._slice = spread  # type: ignore[method-assign]
         try:
             for _ in range(1000):
                 req = InferRequest("m", "", [Tensor("x", "FP32", [1, 4], rng.normal(size=(1, 4)).astype(np.float32))])
@@ -317,7 +328,55 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
     mon = asyncio.run(run())
     assert mon.profiled == 1000 and mon.dropped == 0
     assert sum(sizes) == 1000 and max(sizes) <= monitor_mod.SLICE
+    assert gaps  # 1000 requests did not fit one slice: they were spread
     assert mon.reference is not None and mon.stats["x"].count == 1000
+
+
+def test_slice_sizes_settle_at_the_time_budget_and_never_jump():
+    from modelship_server.monitoring import monitor as monitor_mod
+    budget = monitor_mod.SLICE_BUDGET_S
+    for fixed, per in ((0.5 * budget, budget / 80), (0.1 * budget, budget / 500), (2 * budget, budget), (0.0, budget / 40)):
+        size, seen = monitor_mod.SLICE_MIN, []
+        for _ in range(60):
+            took = fixed + per * size
+            new = monitor_mod.next_slice_size(size, took)
+            assert monitor_mod.SLICE_MIN <= new <= monitor_mod.SLICE and size // 2 <= new <= 2 * size
+            size = new
+            seen.append(size)
+        over = [s for s in seen[-10:] if fixed + per * s > budget]
+        settled = max(monitor_mod.SLICE_MIN, min(monitor_mod.SLICE, int((budget - fixed) / per)))
+        assert all(abs(s - settled) <= 1 for s in seen[-10:]), (fixed, per, seen)
+        assert all(s <= settled + 1 for s in over)
+    assert monitor_mod.next_slice_size(64, 100 * budget) == 32  # one preempted slice halves it, no more
+    # the pause between slices: the full gap while the backlog clears within a tick, shorter when not
+    assert monitor_mod.slice_gap(32, 100, 0.1) == monitor_mod.SLICE_GAP_S
+    assert monitor_mod.slice_gap(32, 2000, 0.1) == pytest.approx(0.1 * 32 / 2000)
+    assert monitor_mod.slice_gap(32, 8000, 0.1) == monitor_mod.SLICE_GAP_MIN_S
+    assert monitor_mod.slice_gap(32, 100, -0.01) == monitor_mod.SLICE_GAP_MIN_S  # behind: still apart
+
+
+@pytest.mark.parametrize("planes_max", [0, 10**9])
+def test_binning_by_planes_or_by_edge_rows_equals_searchsorted_per_feature(monkeypatch, planes_max):
+    from modelship_server.monitoring import monitor as monitor_mod
+    monkeypatch.setattr(monitor_mod, "PLANES_MAX", planes_max)
+    rng = np.random.default_rng(11)
+    feats = [{"edges": np.unique(rng.normal(size=int(rng.integers(1, 20)))).tolist()} for _ in range(7)]
+    feats.append({"edges": [0.5, 1.5, 2.5]})  # a categorical feature: its values sit between edges
+    for f in feats:
+        f["counts"] = [1] * (len(f["edges"]) + 1)
+    d = monitor_mod.TensorDrift([f"x[{j}]" for j in range(8)], feats, 100, 0.2, 0.01)
+    m = rng.normal(size=(40, 8))
+    m[:, 7] = rng.integers(0, 4, size=40)
+    m[:5, 0] = feats[0]["edges"][0]  # on an edge: the bin below it (edges[i-1] < v <= edges[i])
+    m[7, 3], m[9, 4], m[11, 5] = np.nan, np.inf, -np.inf
+    for finite in (None, False):
+        idx = d.bins(m, finite)
+        for j, f in enumerate(feats):
+            want = np.searchsorted(np.array(f["edges"]), m[:, j], side="left") + j * d.k
+            want[~np.isfinite(m[:, j])] = 8 * d.k
+            assert idx[:, j].tolist() == want.tolist(), (planes_max, j)
+    fin = rng.normal(size=(40, 8))
+    assert d.bins(fin, True).tolist() == d.bins(fin, None).tolist()
 
 
 def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():

@@ -11,7 +11,9 @@ are computed when read (a scrape, the JSON endpoint), cached until the window sl
 Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
 GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
 MODELSHIP_MONITORING_DRAIN=thread profiles in a thread instead, for the cost benchmark's
-comparison (`benchmarks/monitoring.py cost --drain thread`).
+comparison (`benchmarks/monitoring.py cost --drain thread`); MODELSHIP_MONITORING_SLICE_US and
+MODELSHIP_MONITORING_SLICE_MIN set a slice's time budget and smallest size, to weigh p99 (short
+slices) against CPU (each slice's fixed cost) on a given machine (`cost --slice-us --slice-min`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ipaddress
 import os
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -48,8 +51,33 @@ Columns = dict[tuple[int, str], list[np.ndarray]]  # (0 input / 1 output, tensor
 
 BLOCKS = 10  # a window slides by a tenth of its size
 QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
-DRAIN_S = 0.1  # the drain runs this often and takes everything queued: fewer, larger numpy calls
-SLICE = 128  # sampled requests profiled per event-loop slice (bounds how long a slice holds the loop)
+DRAIN_S = 0.1  # the drain runs this often and takes everything queued
+SLICE = 128  # at most this many sampled requests per event-loop slice
+
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    """A tuning knob from the environment; a value that is not a number in [low, high] is logged
+    (naming the variable, the expected range and the value) and the default used."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        log.warning("%s: expected a number from %g to %g, got %r; using %g", name, low, high, raw, default)
+        return default
+    return value
+
+
+# at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches)
+SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 32, 1, SLICE))
+# a slice is sized from the last ones' cost to hold the loop about this long
+SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 150, 1, 1e9) * 1e-6
+PLANES_MAX = 64_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
+SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
+SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -67,6 +95,24 @@ def replica_key(model_path: Any) -> bytes:
     except (OSError, TypeError):
         pass
     return digest.digest()
+
+
+def next_slice_size(size: int, took_s: float) -> int:
+    """The next slice's size after a full slice of `size` requests took `took_s`: scaled toward
+    SLICE_BUDGET_S, at most doubled or halved (one preempted slice does not collapse it), within
+    SLICE_MIN..SLICE. Under budget it grows by one at least, so it settles just around the budget."""
+    want = size * SLICE_BUDGET_S / max(took_s, 1e-9)
+    if took_s > SLICE_BUDGET_S:
+        return max(SLICE_MIN, size // 2, min(size - 1, int(want)))
+    return min(SLICE, 2 * size, max(size + 1, int(want)))
+
+
+def slice_gap(size: int, left: int, time_left_s: float) -> float:
+    """The pause before the next slice: SLICE_GAP_S, shortened so that `left` requests in slices
+    of `size` are through in `time_left_s` (what remains of DRAIN_S since the take), down to
+    SLICE_GAP_MIN_S when behind: slices stay apart (back to back they add up under a request in
+    flight), and what comes faster than that pace is dropped and counted at the queue."""
+    return max(SLICE_GAP_MIN_S, min(SLICE_GAP_S, time_left_s * size / max(left, 1)))
 
 
 class TensorDrift:
@@ -104,28 +150,35 @@ class TensorDrift:
         self._offsets = np.arange(n) * self.k
         self._edges_t = np.ascontiguousarray(self.edges.T)  # (width, n): one comparison per edge row
 
-    def bins(self, m: np.ndarray) -> np.ndarray:
+    def bins(self, m: np.ndarray, finite: bool | None = None) -> np.ndarray:
         """Each value's bin (edges[i-1] < v <= edges[i]) plus its feature's offset; n * k for
-        NaN / inf (counted by the stats, not binned). One comparison per edge row over the whole
-        matrix, counted in int8 (a bin index is at most DEFAULT_BINS-ish, far under 127): the
-        widest feature's edge count of numpy calls, whatever the rows or features."""
-        counts = np.zeros(m.shape, np.int8 if self.k <= 127 else np.int64)
-        above = np.empty(m.shape, bool)
-        step = above.view(np.int8) if counts.dtype == np.int8 else above
-        for e in self._edges_t:
-            np.greater(m, e, out=above)
-            counts += step
-        idx = counts.astype(np.int64)
+        NaN / inf (counted by the stats, not binned). The count of edges under each value, in int8
+        (a bin index is at most DEFAULT_BINS-ish, far under 127): for a small matrix in one
+        broadcast comparison, for a large one a comparison per edge row over the whole matrix."""
+        if self.k <= 127 and m.size * self._edges_t.shape[0] <= PLANES_MAX:
+            # a small matrix (a slice of a few requests): all edge rows in one broadcast comparison,
+            # summed in int8 over the edge axis: two numpy calls instead of two per edge row
+            planes = np.greater(m, self._edges_t[:, None, :]).view(np.int8)
+            idx = np.add.reduce(planes, axis=0, dtype=np.int8).astype(np.int64)
+        else:
+            counts = np.zeros(m.shape, np.int8 if self.k <= 127 else np.int64)
+            above = np.empty(m.shape, bool)
+            step = above.view(np.int8) if counts.dtype == np.int8 else above
+            for e in self._edges_t:
+                np.greater(m, e, out=above)
+                counts += step
+            idx = counts.astype(np.int64)
         idx += self._offsets
-        bad = ~np.isfinite(m)
-        if bad.any():
-            idx[bad] = len(self.names) * self.k
+        if finite is None or not finite:
+            bad = ~np.isfinite(m)
+            if bad.any():
+                idx[bad] = len(self.names) * self.k
         return idx
 
-    def add(self, m: np.ndarray) -> None:
-        """Add rows of the feature matrix (columns in `names` order)."""
+    def add(self, m: np.ndarray, finite: bool | None = None) -> None:
+        """Add rows of the feature matrix (columns in `names` order); `finite`: as ColumnStats.add."""
         n, k = len(self.names), self.k
-        idx = self.bins(m)
+        idx = self.bins(m, finite)
         while idx.shape[0]:  # blocks hold exactly block_size rows, so a window is exactly `window`
             take = min(idx.shape[0], self.block_size - self.current_n)
             part, idx = idx[:take], idx[take:]
@@ -270,11 +323,7 @@ class ModelMonitor:
                 columns, count = {k: v[take:] for k, v in columns.items()}, count - take
             merged = self._merge(columns)
             self.profiled += count
-            self._stats(merged)
-            for t, m in merged.items():
-                d = self.drift.get(t)
-                if d is not None:
-                    d.add(m)
+            self._stats(merged, self.drift)
 
     def _merge(self, columns: Columns) -> dict[str, np.ndarray]:
         """Tensor -> feature matrix of all the listed arrays. A batching model's requests are one
@@ -311,12 +360,18 @@ class ModelMonitor:
             return m[:, [names.index(n) for n in known]]
         return None
 
-    def _stats(self, merged: dict[str, np.ndarray]) -> None:
+    def _stats(self, merged: dict[str, np.ndarray], drift: dict[str, TensorDrift] | None = None) -> None:
+        """Statistics (and, given `drift`, the drift windows) of each tensor's matrix; whether it
+        is all finite is checked once for both."""
         for t, m in merged.items():
             st = self.stats.get(t)
             if st is None:
                 st = self.stats[t] = ColumnStats(m.shape[1])
-            st.add(m)
+            finite = bool(np.isfinite(m).all())
+            st.add(m, finite)
+            d = drift.get(t) if drift else None
+            if d is not None:
+                d.add(m, finite)
 
     def _freeze(self) -> None:
         values: dict[str, list[np.ndarray]] = {}
@@ -453,7 +508,11 @@ class Monitoring:
             self.capture = CaptureWriter(sink, batch_size=cfg.capture_batch_size)
         self._stop = threading.Event()
         self._loop = loop
-        self._backlog: collections.deque[tuple[ModelMonitor, Columns, int]] = collections.deque()
+        # (monitor, its pending arrays, requests in them, the first not yet profiled): a slice takes the
+        # next few by position, so it costs the same however long the backlog (no copy of the rest)
+        self._backlog: collections.deque[tuple[ModelMonitor, Columns, int, int]] = collections.deque()
+        self._size: dict[str, int] = {}  # model -> requests in its next slice (sized to SLICE_BUDGET_S)
+        self._took_at = 0.0  # loop time of the last take: its backlog is paced to be through by DRAIN_S later
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._thread: threading.Thread | None = None
         if loop is not None and os.environ.get("MODELSHIP_MONITORING_DRAIN") != "thread":
@@ -589,27 +648,43 @@ class Monitoring:
 
     def _tick(self) -> None:
         """Every DRAIN_S on the event loop: take what is pending, profile it in slices."""
+        if self._loop is not None:
+            self._took_at = self._loop.time()
         for mon in list(self.monitors.values()):
             cols, n = mon.take_pending()
             if n:
-                self._backlog.append((mon, cols, n))
+                self._backlog.append((mon, cols, n, 0))
         self._slice()
 
     def _slice(self) -> None:
-        """Profile at most SLICE requests, then give the loop back: a slice is short (a few numpy
-        calls per tensor), so requests and health checks wait for one slice at most."""
+        """Profile one slice, then give the loop back (`slice_gap`, up to SLICE_GAP_S) before the next.
+
+        A slice holds the loop about SLICE_BUDGET_S: its size follows what the model's last full
+        slice took (`next_slice_size`). Back to back, the slices of one tick added up under a
+        request that spans several loop passes (p99 +0.67 ms with ~6 slices of 0.3 ms); spread, a
+        request meets one short slice at most. The next tick waits for the backlog to empty, so
+        what arrives faster than the drain fills the bounded queue and is dropped and counted,
+        never piled up here."""
         if self._stop.is_set() or self._loop is None:
             return
         try:
             if self._backlog:
-                mon, cols, n = self._backlog.popleft()
-                if n > SLICE:
-                    self._backlog.appendleft((mon, {k: v[SLICE:] for k, v in cols.items()}, n - SLICE))
-                    cols, n = {k: v[:SLICE] for k, v in cols.items()}, SLICE
+                mon, pending, total, first = self._backlog.popleft()
+                size = self._size.get(mon.name, SLICE_MIN)
+                n = min(size, total - first)
+                if first + n < total:
+                    self._backlog.appendleft((mon, pending, total, first + n))
+                cols = {k: v[first:first + n] for k, v in pending.items()} if n < total else pending
+                t0 = time.perf_counter()
                 self._profile(mon, cols, n)
+                if n == size:
+                    self._size[mon.name] = next_slice_size(size, time.perf_counter() - t0)
         finally:  # whatever happened, the next slice or tick is scheduled: profiling never stops
             if self._backlog:
-                self._timer = self._loop.call_soon(self._slice)
+                nxt, _, total, first = self._backlog[0]
+                gap = slice_gap(self._size.get(nxt.name, SLICE_MIN), total - first,
+                                self._took_at + DRAIN_S - self._loop.time())
+                self._timer = self._loop.call_later(gap, self._slice)
             else:
                 self._timer = self._loop.call_later(DRAIN_S, self._tick)
 

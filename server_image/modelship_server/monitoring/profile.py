@@ -23,6 +23,9 @@ from .sketch import Histogram
 PER_FEATURE_MAX = 64
 
 
+_add_reduce = np.add.reduce
+
+
 def is_classifier_output(datatype: str, shape: tuple[int, ...]) -> bool:
     if datatype.startswith(("INT", "UINT")):
         return True
@@ -90,14 +93,20 @@ class ColumnStats:
         self.m2 = np.zeros(n)
         self.low = np.full(n, -np.inf)
         self.high = np.full(n, np.inf)
+        self.uniform = True  # no NaN or inf seen: every column's finite count is `count`
 
-    def add(self, m: np.ndarray) -> None:
-        if m.shape[0] and np.isfinite(m).all():
+    def add(self, m: np.ndarray, finite: bool | None = None) -> None:
+        """Add rows of the matrix; `finite` says whether it holds no NaN or inf, when the caller
+        knows (the profiler checks once per tensor for the stats and the drift bins together)."""
+        if finite is None:
+            finite = bool(np.isfinite(m).all())
+        if m.shape[0] and finite:
             self._add_finite(m)
             return
         nan = np.isnan(m)
         inf = np.isinf(m)
         ok = ~(nan | inf)
+        self.uniform = self.uniform and bool(ok.all())
         self.count += m.shape[0]
         self.nan += nan.sum(axis=0)
         self.inf += inf.sum(axis=0)
@@ -116,18 +125,27 @@ class ColumnStats:
         self.out_of_range += (ok & ((m < self.low) | (m > self.high))).sum(axis=0)
 
     def _add_finite(self, m: np.ndarray) -> None:
-        """`add` for a matrix without NaN or inf (the usual case): the same update, fewer passes."""
+        """`add` for a matrix without NaN or inf (the usual case): the same update in fewer numpy
+        calls (ufuncs called directly, skipping the `mean` / `sum` wrappers; every feature has the
+        same count, so the weights are scalars)."""
         n = m.shape[0]
-        mean = m.mean(axis=0)
+        mean = _add_reduce(m, axis=0)
+        mean /= n
         d = m - mean
         m2 = np.einsum("ij,ij->j", d, d)
-        total = self.finite + n
+        before = self.count if self.uniform else self.finite
+        total = before + n
         delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta * delta * (self.finite * n / total)
-        self.finite = total
+        self.mean += delta * (n / total)
+        delta *= delta
+        delta *= before * n / total
+        self.m2 += m2
+        self.m2 += delta
+        self.finite += n
         self.count += n
-        self.out_of_range += ((m < self.low) | (m > self.high)).sum(axis=0)
+        below = m < self.low
+        below |= m > self.high
+        self.out_of_range += _add_reduce(below, axis=0)
 
     def column(self, i: int) -> dict:
         f = int(self.finite[i])
