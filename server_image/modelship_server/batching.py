@@ -175,11 +175,19 @@ class Scheduler:
         if trace is not None:
             trace.enqueued_ns = item.enqueued_ns
         self._queue.append(item)
-        if timeout_s:
-            item.timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
         self._dispatch()
+        future = item.future
+        if future.done():
+            # It ran inline: no suspension and no deadline timer (a timer per request is a
+            # libuv handle made and closed for nothing; issue 13's gRPC cost, where clients
+            # such as ghz send a deadline with every call).
+            return future.result()
+        if timeout_s:
+            # The deadline still counts from the arrival, not from here.
+            left_s = timeout_s - (_perf_ns() - item.enqueued_ns) / 1e9
+            item.timer = loop.call_later(max(left_s, 0.0), self._expire, item, timeout_s)
         try:
-            return await item.future  # no suspension at all if it already ran inline
+            return await future
         finally:
             if item.timer is not None:
                 item.timer.cancel()

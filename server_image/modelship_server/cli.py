@@ -18,7 +18,7 @@ from pathlib import Path
 
 from modelship.contracts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
-from . import __version__
+from . import __version__, grpc_env  # noqa: F401 - grpc_env before any module that imports grpc
 from .mirror import MirrorSettings
 from .repository import check_repository
 from .runtime import GRAPH_LEVELS, PROVIDERS, RuntimeOptions

@@ -137,3 +137,20 @@ def test_response_bytes_are_what_protobuf_serializes(outputs):
     for (_, dt, arr), raw in zip(outputs, back.raw_output_contents):
         if dt != "BYTES":
             np.testing.assert_array_equal(np.frombuffer(raw, arr.dtype).reshape(arr.shape), arr)
+
+
+def test_response_heads_reused_only_for_the_same_head(monkeypatch):
+    """Answers without an id reuse a cached head: each is still byte for byte protobuf's message,
+    whatever came before it (other shapes, other models, other values), and the cache stays bounded."""
+    monkeypatch.setattr(codec, "_HEADS", {})
+    monkeypatch.setattr(codec, "_HEADS_MAX", 4)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        rows = 1 + i % 6
+        resp = InferResponse(f"m{i % 3}", "1", "", [
+            Tensor("OUT", "FP32", [rows, 4], rng.random((rows, 4), np.float32)),
+            Tensor("IDX", "INT64", [rows], np.arange(rows, dtype=np.int64) + i)])
+        assert codec.encode_response_bytes(resp) == codec.encode_response(resp).SerializeToString()
+        assert len(codec._HEADS) <= 4
+    with_id = InferResponse("m0", "1", "req-9", [Tensor("OUT", "FP32", [1, 4], np.ones((1, 4), np.float32))])
+    assert codec.encode_response_bytes(with_id) == codec.encode_response(with_id).SerializeToString()

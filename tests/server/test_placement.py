@@ -21,6 +21,7 @@ import pytest
 
 from modelship_server import samples
 from modelship_server.batching import Scheduler
+from modelship_server.errors import RequestTimeout
 from modelship_server.metrics import Metrics
 from modelship_server.placement import INLINE, LATER, THREAD, InlineBudget, RunTimes, SwitchInterval, place
 from modelship_server.repository import BatchingPolicy
@@ -242,3 +243,69 @@ def test_health_is_answered_between_inline_runs(tmp_path, start_server):
         t.join(120)
     assert len(order) == 7, order
     assert order.index("live") < 6, order  # at least one queued inference was answered after the probe
+
+
+def _gated_scheduler(tmp_path, gate: threading.Event):
+    """The real `mlp` session whose runs wait for `gate` (on the worker thread: the hint is long)."""
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(samples.mlp().SerializeToString())
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def gated_run(feeds):
+        gate.wait(60)
+        return session.run(names, feeds)
+
+    sched = Scheduler(name="gated", version="1", policy=BatchingPolicy(max_batch_size=16, dynamic=False),
+                      runners=[gated_run], output_names=names, max_queue_size=64,
+                      metrics=Metrics().for_model("gated", "1"), stats=ModelStats("gated", "1"),
+                      inline_budget=InlineBudget(10 * MS, 10 * MS))
+    return sched, names
+
+
+def test_a_request_run_inline_makes_no_deadline_timer(tmp_path):
+    """A request with a deadline that ran inline is answered without a timer ever being made (a timer
+    per call was a cost on every gRPC call with a deadline); one that has to wait gets one."""
+    events: list[str] = []
+
+    async def scenario():
+        sched, session, names = _scheduler(tmp_path, InlineBudget(1000 * MS, 1000 * MS), events)
+        sched.start(run_ns_hint=3 * MS)
+        loop = asyncio.get_running_loop()
+        made = []
+        real = loop.call_later
+        loop.call_later = lambda delay, *a: made.append(delay) or real(delay, *a)  # type: ignore[method-assign]
+        x = np.random.default_rng(0).random((1, 64), np.float32)
+        out = await sched.submit({"INPUT0": x}, 1, 30.0)
+        np.testing.assert_allclose(out[names[0]], session.run(names, {"INPUT0": x})[0], rtol=1e-5)
+        assert made == []
+        await sched.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_request_still_times_out_in_the_queue(tmp_path):
+    """The deadline timer, made only once a request has to wait, still fails it while it waits; the
+    request ahead of it, running, is answered when its run ends."""
+    gate = threading.Event()
+
+    async def scenario():
+        sched, names = _gated_scheduler(tmp_path, gate)
+        sched.start(run_ns_hint=1e12)  # expected far over the threshold: worker thread
+        x = np.random.default_rng(0).random((1, 64), np.float32)
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(sched.submit({"INPUT0": x}, 1, None))
+        await asyncio.sleep(0)  # the first one is out on the worker thread, held by the gate
+        with pytest.raises(RequestTimeout, match="in the queue"):
+            await sched.submit({"INPUT0": x}, 1, 0.05)
+        gate.set()
+        out = await first
+        assert out[names[0]].shape[0] == 1
+        await sched.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()

@@ -169,16 +169,19 @@ class InferenceService:
             split = grpc_wire.split_raw_contents(raw, OFFLOAD_DECODE_BYTES) if size > SPLIT_MIN_BYTES else None
             head, contents = split if split is not None else (raw, None)
             del split
-            loop = asyncio.get_running_loop()
             heavy = len(head) > OFFLOAD_DECODE_BYTES
-            msg = await loop.run_in_executor(self.decoder, _parse, head) if heavy else _parse(head)
+            if heavy:
+                msg = await asyncio.get_running_loop().run_in_executor(self.decoder, _parse, head)
+            else:
+                msg = _parse(head)
             del head
             self.dp.check_model(msg.model_name, msg.model_version, "grpc")  # 404 / 503 before decoding
             if contents is not None:
                 heavy = heavy or codec.decode_work_bytes(msg, contents) > OFFLOAD_DECODE_BYTES
             try:
                 if heavy:
-                    req = await loop.run_in_executor(self.decoder, codec.decode_request, msg, contents)
+                    req = await asyncio.get_running_loop().run_in_executor(
+                        self.decoder, codec.decode_request, msg, contents)
                 else:
                     req = codec.decode_request(msg, contents)
             except InvalidInput as exc:
@@ -201,6 +204,8 @@ class InferenceService:
 
     @_mapped
     async def ModelInfer(self, request: bytes, context):
+        if self.tracer is None and self.dp.mirror is None:  # nothing to read from the metadata: one coroutine less
+            return await self._infer_untraced(request, context.time_remaining(), None, codec.encode_response_bytes)
         return await self._infer(request, context.time_remaining(), context, encode=codec.encode_response_bytes)
 
     async def ModelStreamInfer(self, request_iterator, context):
