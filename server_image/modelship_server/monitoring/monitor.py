@@ -75,7 +75,7 @@ def _env_number(name: str, default: float, low: float, high: float) -> float:
 SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 32, 1, SLICE))
 # a slice is sized from the last ones' cost to hold the loop about this long
 SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 150, 1, 1e9) * 1e-6
-PLANES_MAX = 256_000  # TensorDrift.bins: up to this many comparisons at once, flat (faster than the loop up to ~300k; 2 MiB of tiled edges at most)
+PLANES_MAX = 256_000  # TensorDrift.bins: up to this many comparisons at once (faster than its loop to ~300k; 2 MiB of edges)
 SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
 SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
 
