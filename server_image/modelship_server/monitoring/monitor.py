@@ -75,7 +75,7 @@ def _env_number(name: str, default: float, low: float, high: float) -> float:
 SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 32, 1, SLICE))
 # a slice is sized from the last ones' cost to hold the loop about this long
 SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 150, 1, 1e9) * 1e-6
-PLANES_MAX = 256_000  # TensorDrift.bins: up to this many comparisons at once (faster than its loop to ~300k; 2 MiB of edges)
+PLANES_MAX = 64_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
 SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
 SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
 
@@ -149,7 +149,6 @@ class TensorDrift:
         self.psi_t, self.p_t = psi_t, p_t
         self._offsets = np.arange(n) * self.k
         self._edges_t = np.ascontiguousarray(self.edges.T)  # (width, n): one comparison per edge row
-        self._tiled: np.ndarray | None = None  # _edges_t repeated for a slice's rows (bins), PLANES_MAX at most
 
     def bins(self, m: np.ndarray, finite: bool | None = None) -> np.ndarray:
         """Each value's bin (edges[i-1] < v <= edges[i]) plus its feature's offset; n * k for
@@ -157,16 +156,10 @@ class TensorDrift:
         (a bin index is at most DEFAULT_BINS-ish, far under 127): for a small matrix in one
         broadcast comparison, for a large one a comparison per edge row over the whole matrix."""
         if self.k <= 127 and m.size * self._edges_t.shape[0] <= PLANES_MAX:
-            # a small matrix (a slice of a few requests): all edge rows in one comparison, summed in
-            # int8 over the edge axis: two numpy calls instead of two per edge row. The values are
-            # compared flat against the edges repeated for every row (`_tiled`, made once): one
-            # long inner loop per edge row runs ~1.6x faster than a broadcast's one per matrix row.
-            tiled = self._tiled
-            if tiled is None or tiled.shape[1] < m.size:  # grown by doubling, up to PLANES_MAX values
-                rows = min(2 * m.shape[0], max(m.shape[0], PLANES_MAX // max(1, self._edges_t.size)))
-                tiled = self._tiled = np.tile(self._edges_t, (1, rows))
-            planes = np.greater(m.ravel(), tiled[:, :m.size]).view(np.int8)
-            idx = np.add.reduce(planes, axis=0, dtype=np.int8).astype(np.int64).reshape(m.shape)
+            # a small matrix (a slice of a few requests): all edge rows in one broadcast comparison,
+            # summed in int8 over the edge axis: two numpy calls instead of two per edge row
+            planes = np.greater(m, self._edges_t[:, None, :]).view(np.int8)
+            idx = np.add.reduce(planes, axis=0, dtype=np.int8).astype(np.int64)
         else:
             counts = np.zeros(m.shape, np.int8 if self.k <= 127 else np.int64)
             above = np.empty(m.shape, bool)
