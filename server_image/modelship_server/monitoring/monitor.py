@@ -5,8 +5,9 @@ remembers the prediction for feedback, and, for sampled requests, appends a copy
 and the outputs to the model's pending lists, by tensor (bounded: full, dropped and counted).
 Every DRAIN_S the event loop takes what is pending and profiles it in slices of at most SLICE
 requests (each tensor's arrays joined, its features computed, statistics and drift histograms
-updated with a few numpy calls per tensor), giving the loop back between slices. Drift scores
-are computed when read (a scrape, the JSON endpoint), cached until the window slides.
+updated with a few numpy calls per model: its tensors side by side, see _Fused), giving the loop
+back between slices. Drift scores are computed when read (a scrape, the JSON endpoint), cached
+until the window slides.
 
 Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
 GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
