@@ -421,10 +421,18 @@ def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():
         assert list(store.entries) == [r for r, _ in live], step
 
 
-def _two_tensor_monitor(fuse: bool) -> ModelMonitor:
+def _two_tensor_monitor(fuse: bool, inputs_reference: bool = False) -> ModelMonitor:
     cfg = MonitoringSettings(enabled=True, window=200, reference_size=15)  # requests
-    mon = ModelMonitor("m", {"x": "FP32", "img": "FP32"}, {"p": "FP32"}, True, cfg, None)
-    mon.fuse = fuse
+    ref = None
+    if inputs_reference:  # a loaded reference of the inputs only (as optimize writes): the output apart
+        feeds, _ = _two_tensor_stream(np.random.default_rng(3), 400)
+        ref = build_reference([feeds], model="m")
+    ModelMonitor.fuse = fuse  # a loaded reference is used (and fused) in the constructor
+    try:
+        mon = ModelMonitor("m", {"x": "FP32", "img": "FP32"}, {"p": "FP32"}, True, cfg, ref)
+    finally:
+        ModelMonitor.fuse = True
+    mon.fuse = fuse  # a frozen one later
     return mon
 
 
@@ -435,13 +443,14 @@ def _two_tensor_stream(rng, rows: int) -> tuple[dict, dict]:
     return {"x": x, "img": img}, {"p": p}
 
 
+@pytest.mark.parametrize("inputs_reference", [False, True])
 @pytest.mark.parametrize("split_at", [None, 20])
-def test_fused_tensors_profile_exactly_as_tensor_by_tensor(split_at):
+def test_fused_tensors_profile_exactly_as_tensor_by_tensor(split_at, inputs_reference):
     """A model's tensors fused into one matrix give the same statistics and drift as profiled one
-    by one; a slice whose tensors do not line up (here: no output) splits the fused state back
+    by one; a slice whose tensors do not line up (here: an input missing) splits the fused state back
     into per-tensor state without losing or changing anything."""
     rngs = np.random.default_rng(7), np.random.default_rng(7)
-    mons = _two_tensor_monitor(True), _two_tensor_monitor(False)
+    mons = _two_tensor_monitor(True, inputs_reference), _two_tensor_monitor(False, inputs_reference)
     for i in range(60):
         for rng, mon in zip(rngs, mons):
             inputs, outputs = _two_tensor_stream(rng, int(rng.integers(1, 40)))
@@ -449,11 +458,14 @@ def test_fused_tensors_profile_exactly_as_tensor_by_tensor(split_at):
                 inputs["x"][:, 1] += 2.0  # drift x[1]
             if i == 5:
                 inputs["x"][0, 3] = np.nan  # counted by the stats, not binned
-            mon.observe_many([(inputs, {} if i == split_at else outputs)])
+            if i == split_at:
+                del inputs["img"]  # one request without a fused tensor: split
+            mon.observe_many([(inputs, outputs)])
     fused, plain = mons
     assert plain.fused is None
     if split_at is None:
         assert fused.fused is not None and fused.stats["x"].__class__.__name__ == "_StatsPart"
+        assert fused.fused.tensors == (["x", "img"] if inputs_reference else ["x", "img", "p"])
     else:
         assert fused.fused is None and fused.stats["x"].__class__.__name__ == "ColumnStats"
     a, b = fused.snapshot(), plain.snapshot()

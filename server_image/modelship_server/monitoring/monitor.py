@@ -276,10 +276,10 @@ class _Fused:
     @staticmethod
     def of(stats: dict[str, Any], drift: dict[str, Any], ref: dict, cfg: MonitoringSettings) -> _Fused | None:
         """Fuse fresh drift windows (just made from the reference) with their tensors' statistics,
-        replacing both in `stats` and `drift` by views; None (nothing changed) when there is one
-        tensor, a tensor has statistics but no reference, or the statistics differ in count."""
+        replacing both in `stats` and `drift` by views (a tensor without a reference stays apart);
+        None (nothing changed) when the reference has one tensor or their statistics differ in count."""
         tensors = list(drift)
-        if len(tensors) < 2 or set(stats) != set(tensors):
+        if len(tensors) < 2 or any(t not in stats for t in tensors):
             return None
         parts = [stats[t] for t in tensors]
         if not all(isinstance(p, ColumnStats) for p in parts) or len({p.count for p in parts}) != 1:
@@ -304,9 +304,9 @@ class _Fused:
         return _Fused(tensors, whole, d, views)
 
     def add(self, merged: dict[str, np.ndarray]) -> bool:
-        """Add one slice's matrices side by side; False (nothing added) when they do not line up."""
-        if len(merged) != len(self.tensors):
-            return False
+        """Add the fused tensors' matrices of one slice side by side (a tensor without a reference
+        is not among them: the caller profiles it apart); False (nothing added) when they do not
+        line up."""
         ms = []
         for t in self.tensors:
             m = merged.get(t)
@@ -488,10 +488,13 @@ class ModelMonitor:
         fused = self.fused
         if fused is not None and drift:
             if fused.add(merged):
-                return
-            self.fused = None  # tensors with different row counts: apart from now on, state carried over
-            for t, (own_stats, own_drift) in fused.split().items():
-                self.stats[t], self.drift[t] = own_stats, own_drift
+                if len(merged) == len(fused.tensors):
+                    return
+                merged = {t: m for t, m in merged.items() if t not in fused.parts}
+            else:  # a tensor missing or rows that differ: apart from now on, state carried over
+                self.fused = None
+                for t, (own_stats, own_drift) in fused.split().items():
+                    self.stats[t], self.drift[t] = own_stats, own_drift
         for t, m in merged.items():
             st = self.stats.get(t)
             if not isinstance(st, ColumnStats):  # none yet (views exist only while fused)
