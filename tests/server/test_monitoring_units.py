@@ -419,3 +419,66 @@ def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():
                 live[:] = [(r, t) for r, t in live if r != rid]
                 forget(rid)
         assert list(store.entries) == [r for r, _ in live], step
+
+
+def _two_tensor_monitor(fuse: bool, inputs_reference: bool = False) -> ModelMonitor:
+    cfg = MonitoringSettings(enabled=True, window=200, reference_size=15)  # requests
+    ref = None
+    if inputs_reference:  # a loaded reference of the inputs only (as optimize writes): the output apart
+        feeds, _ = _two_tensor_stream(np.random.default_rng(3), 400)
+        ref = build_reference([feeds], model="m")
+    ModelMonitor.fuse = fuse  # a loaded reference is used (and fused) in the constructor
+    try:
+        mon = ModelMonitor("m", {"x": "FP32", "img": "FP32"}, {"p": "FP32"}, True, cfg, ref)
+    finally:
+        ModelMonitor.fuse = True
+    mon.fuse = fuse  # a frozen one later
+    return mon
+
+
+def _two_tensor_stream(rng, rows: int) -> tuple[dict, dict]:
+    x = rng.normal(size=(rows, 6)).astype(np.float32)
+    img = rng.normal(size=(rows, 3, 20, 20)).astype(np.float32)  # summarized: .mean and .std per sample
+    p = rng.dirichlet(np.ones(4), size=rows).astype(np.float32)  # a classifier: also p.class
+    return {"x": x, "img": img}, {"p": p}
+
+
+@pytest.mark.parametrize("inputs_reference", [False, True])
+@pytest.mark.parametrize("split_at", [None, 20])
+def test_fused_tensors_profile_exactly_as_tensor_by_tensor(split_at, inputs_reference):
+    """A model's tensors fused into one matrix give the same statistics and drift as profiled one
+    by one; a slice whose tensors do not line up (here: an input missing) splits the fused state back
+    into per-tensor state without losing or changing anything."""
+    rngs = np.random.default_rng(7), np.random.default_rng(7)
+    mons = _two_tensor_monitor(True, inputs_reference), _two_tensor_monitor(False, inputs_reference)
+    for i in range(60):
+        for rng, mon in zip(rngs, mons):
+            inputs, outputs = _two_tensor_stream(rng, int(rng.integers(1, 40)))
+            if i >= 40:
+                inputs["x"][:, 1] += 2.0  # drift x[1]
+            if i == 5:
+                inputs["x"][0, 3] = np.nan  # counted by the stats, not binned
+            if i == split_at:
+                del inputs["img"]  # one request without a fused tensor: split
+            mon.observe_many([(inputs, outputs)])
+    fused, plain = mons
+    assert plain.fused is None
+    if split_at is None:
+        assert fused.fused is not None and fused.stats["x"].__class__.__name__ == "_StatsPart"
+        assert fused.fused.tensors == (["x", "img"] if inputs_reference else ["x", "img", "p"])
+    else:
+        assert fused.fused is None and fused.stats["x"].__class__.__name__ == "ColumnStats"
+    a, b = fused.snapshot(), plain.snapshot()
+    assert a["drift"]["drifted"] == b["drift"]["drifted"] and "x[1]" in a["drift"]["drifted"]
+    assert a["drift"]["features"].keys() == b["drift"]["features"].keys()
+    for name, fa in a["drift"]["features"].items():
+        fb_ = b["drift"]["features"][name]
+        assert fa.keys() == fb_.keys(), name
+        for k, v in fa.items():
+            assert v == (fb_[k] if isinstance(v, str) else pytest.approx(fb_[k], rel=1e-12, abs=1e-12)), (name, k)
+    for t, d in fused.drift.items():
+        want = plain.drift[t]
+        assert d.samples == want.samples and d.slides == want.slides
+        if split_at is not None:
+            np.testing.assert_array_equal(d.total, want.total)
+            np.testing.assert_array_equal(d.current, want.current)

@@ -5,8 +5,9 @@ remembers the prediction for feedback, and, for sampled requests, appends a copy
 and the outputs to the model's pending lists, by tensor (bounded: full, dropped and counted).
 Every DRAIN_S the event loop takes what is pending and profiles it in slices of at most SLICE
 requests (each tensor's arrays joined, its features computed, statistics and drift histograms
-updated with a few numpy calls per tensor), giving the loop back between slices. Drift scores
-are computed when read (a scrape, the JSON endpoint), cached until the window slides.
+updated with a few numpy calls per model: its tensors side by side, see _Fused), giving the loop
+back between slices. Drift scores are computed when read (a scrape, the JSON endpoint), cached
+until the window slides.
 
 Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
 GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
@@ -209,8 +210,125 @@ class TensorDrift:
         return len(self.blocks) * self.block_size + self.current_n
 
 
+class _StatsPart:
+    """One tensor's columns of a fused ColumnStats, read like its own ColumnStats."""
+
+    def __init__(self, whole: ColumnStats, lo: int, hi: int) -> None:
+        self.whole, self.lo, self.hi = whole, lo, hi
+
+    @property
+    def count(self) -> int:
+        return self.whole.count
+
+    def column(self, i: int) -> dict:
+        return self.whole.column(self.lo + i)
+
+    def split(self) -> ColumnStats:
+        w, lo, hi = self.whole, self.lo, self.hi
+        st = ColumnStats(hi - lo)
+        st.count, st.uniform = w.count, w.uniform
+        for a in ("finite", "nan", "inf", "out_of_range", "mean", "m2", "low", "high"):
+            setattr(st, a, getattr(w, a)[lo:hi].copy())
+        return st
+
+
+class _DriftPart:
+    """One tensor's rows of a fused TensorDrift, read like its own TensorDrift."""
+
+    def __init__(self, whole: TensorDrift, lo: int, hi: int, names: list[str], ref_features: list[dict]) -> None:
+        self.whole, self.lo, self.hi, self.names, self.ref_features = whole, lo, hi, names, ref_features
+
+    @property
+    def scores(self) -> list[Score] | None:
+        s = self.whole.scores
+        return None if s is None else s[self.lo:self.hi]
+
+    @property
+    def samples(self) -> int:
+        return self.whole.samples
+
+    @property
+    def slides(self) -> int:
+        return self.whole.slides
+
+    def split(self) -> TensorDrift:
+        w, lo, hi = self.whole, self.lo, self.hi
+        d = TensorDrift(self.names, self.ref_features, w.window, w.psi_t, w.p_t)
+        k = d.k  # the fused rows are padded to the widest tensor's bins; the padding never counts
+        d.current = w.current[lo:hi, :k].copy()
+        d.total = w.total[lo:hi, :k].copy()
+        d.blocks.extend(b[lo:hi, :k].copy() for b in w.blocks)
+        d.current_n, d.slides = w.current_n, w.slides
+        return d
+
+
+class _Fused:
+    """A model's tensors profiled as one feature matrix (their matrices side by side): one set of
+    numpy calls per slice for the statistics and one for the drift bins, not one per tensor (each
+    set has a fixed cost of some 10-25 us, which small slices pay often). Used while every slice
+    gives every tensor the same number of rows (a batching model's samples); the first slice that
+    does not splits it back into per-tensor state, carried over exactly (`split`)."""
+
+    def __init__(self, tensors: list[str], stats: ColumnStats, drift: TensorDrift,
+                 parts: dict[str, tuple[_StatsPart, _DriftPart]]) -> None:
+        self.tensors, self.stats, self.drift, self.parts = tensors, stats, drift, parts
+
+    @staticmethod
+    def of(stats: dict[str, Any], drift: dict[str, Any], ref: dict, cfg: MonitoringSettings) -> _Fused | None:
+        """Fuse fresh drift windows (just made from the reference) with their tensors' statistics,
+        replacing both in `stats` and `drift` by views (a tensor without a reference stays apart);
+        None (nothing changed) when the reference has one tensor or their statistics differ in count."""
+        tensors = list(drift)
+        if len(tensors) < 2 or any(t not in stats for t in tensors):
+            return None
+        parts = [stats[t] for t in tensors]
+        if not all(isinstance(p, ColumnStats) for p in parts) or len({p.count for p in parts}) != 1:
+            return None
+        if any(not isinstance(drift[t], TensorDrift) or drift[t].samples for t in tensors):
+            return None
+        whole = ColumnStats(sum(len(p.mean) for p in parts))
+        whole.count, whole.uniform = parts[0].count, all(p.uniform for p in parts)
+        for a in ("finite", "nan", "inf", "out_of_range", "mean", "m2", "low", "high"):
+            setattr(whole, a, np.concatenate([getattr(p, a) for p in parts]))
+        names = [n for t in tensors for n in drift[t].names]
+        ref_features = [ref["features"][n] for n in names]
+        d = TensorDrift(names, ref_features, cfg.window, cfg.psi_threshold, cfg.p_value)
+        views: dict[str, tuple[_StatsPart, _DriftPart]] = {}
+        lo = 0
+        for t in tensors:
+            tn = drift[t].names
+            hi = lo + len(tn)
+            views[t] = (_StatsPart(whole, lo, hi), _DriftPart(d, lo, hi, tn, [ref["features"][n] for n in tn]))
+            stats[t], drift[t] = views[t]
+            lo = hi
+        return _Fused(tensors, whole, d, views)
+
+    def add(self, merged: dict[str, np.ndarray]) -> bool:
+        """Add the fused tensors' matrices of one slice side by side (a tensor without a reference
+        is not among them: the caller profiles it apart); False (nothing added) when they do not
+        line up."""
+        ms = []
+        for t in self.tensors:
+            m = merged.get(t)
+            if m is None or m.shape[1] != self.parts[t][0].hi - self.parts[t][0].lo:
+                return False
+            ms.append(m)
+        if len({m.shape[0] for m in ms}) != 1:
+            return False
+        m = np.concatenate(ms, axis=1)
+        finite = bool(np.isfinite(m).all())
+        self.stats.add(m, finite)
+        self.drift.add(m, finite)
+        return True
+
+    def split(self) -> dict[str, tuple[ColumnStats, TensorDrift]]:
+        return {t: (s.split(), d.split()) for t, (s, d) in self.parts.items()}
+
+
 class ModelMonitor:
     """Everything monitored about one model (all its versions together)."""
+
+    fuse = True  # profile the tensors as one matrix where they line up (_Fused); False: tensor by tensor
 
     def __init__(self, name: str, inputs: dict[str, str], outputs: dict[str, str], batched: bool,
                  cfg: MonitoringSettings, reference: dict | None, reference_path: str = "") -> None:
@@ -223,8 +341,9 @@ class ModelMonitor:
         self.collected = 0
         self.collecting: dict[str, list[np.ndarray]] = {}
         self.names: dict[str, list[str]] = {}  # tensor -> its feature names, as first seen
-        self.stats: dict[str, ColumnStats] = {}
-        self.drift: dict[str, TensorDrift] = {}
+        self.stats: dict[str, ColumnStats | _StatsPart] = {}  # views of self.fused's while fused
+        self.drift: dict[str, TensorDrift | _DriftPart] = {}
+        self.fused: _Fused | None = None  # every tensor's stats and drift as one matrix (see _Fused)
         self.profiled = 0
         self.dropped = 0
         self.pending: Columns = {}  # sampled requests' arrays by (role, tensor), waiting for the drain
@@ -261,9 +380,12 @@ class ModelMonitor:
                 self.stats.pop(tensor, None)
             self.drift[tensor] = TensorDrift(names, [ref["features"][n] for n in names], self.cfg.window,
                                              self.cfg.psi_threshold, self.cfg.p_value)
-            st = self.stats.setdefault(tensor, ColumnStats(len(names)))
+            st = self.stats.get(tensor)
+            if not isinstance(st, ColumnStats):  # none yet (a reference is used once, before any fusing)
+                st = self.stats[tensor] = ColumnStats(len(names))
             st.low = np.array([float(ref["features"][n].get("min", -np.inf)) for n in names])
             st.high = np.array([float(ref["features"][n].get("max", np.inf)) for n in names])
+        self.fused = _Fused.of(self.stats, self.drift, ref, self.cfg) if self.fuse else None
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         self.observe_many([(inputs, outputs)])
@@ -360,17 +482,27 @@ class ModelMonitor:
             return m[:, [names.index(n) for n in known]]
         return None
 
-    def _stats(self, merged: dict[str, np.ndarray], drift: dict[str, TensorDrift] | None = None) -> None:
+    def _stats(self, merged: dict[str, np.ndarray], drift: dict[str, TensorDrift | _DriftPart] | None = None) -> None:
         """Statistics (and, given `drift`, the drift windows) of each tensor's matrix; whether it
         is all finite is checked once for both."""
+        fused = self.fused
+        if fused is not None and drift:
+            if fused.add(merged):
+                if len(merged) == len(fused.tensors):
+                    return
+                merged = {t: m for t, m in merged.items() if t not in fused.parts}
+            else:  # a tensor missing or rows that differ: apart from now on, state carried over
+                self.fused = None
+                for t, (own_stats, own_drift) in fused.split().items():
+                    self.stats[t], self.drift[t] = own_stats, own_drift
         for t, m in merged.items():
             st = self.stats.get(t)
-            if st is None:
+            if not isinstance(st, ColumnStats):  # none yet (views exist only while fused)
                 st = self.stats[t] = ColumnStats(m.shape[1])
             finite = bool(np.isfinite(m).all())
             st.add(m, finite)
             d = drift.get(t) if drift else None
-            if d is not None:
+            if isinstance(d, TensorDrift):
                 d.add(m, finite)
 
     def _freeze(self) -> None:
