@@ -5,7 +5,7 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
     .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
-        [--slice-us 150] [--slice-min 32]
+        [--slice-us 2000] [--slice-min 128]
     .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
     .venv/bin/python benchmarks/monitoring.py stalls [--seconds 10] [--rate 6500] [--budget-us U] [--gap-ms G] [--compare 4]
     ... --json docs/benchmarks/monitoring-<what>.json
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
     c.add_argument("--drain", choices=("loop", "thread"), default="loop",
                    help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
-    c.add_argument("--slice-us", type=float, help="the `on` server's slice time budget (MODELSHIP_MONITORING_SLICE_US, 150)")
-    c.add_argument("--slice-min", type=int, help="its smallest slice (MODELSHIP_MONITORING_SLICE_MIN, 32)")
+    c.add_argument("--slice-us", type=float, help="the `on` server's slice time budget (MODELSHIP_MONITORING_SLICE_US, 2000)")
+    c.add_argument("--slice-min", type=int, help="its smallest slice (MODELSHIP_MONITORING_SLICE_MIN, 128)")
     st = sub.add_parser("stalls", help="how long and how often the drain holds the event loop, in process")
     st.add_argument("--seconds", type=float, default=10.0)
     st.add_argument("--rate", type=float, default=6500.0, help="sampled requests per second")

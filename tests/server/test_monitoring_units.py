@@ -332,8 +332,11 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
     assert mon.reference is not None and mon.stats["x"].count == 1000
 
 
-def test_slice_sizes_settle_at_the_time_budget_and_never_jump():
+def test_slice_sizes_settle_at_the_time_budget_and_never_jump(monkeypatch):
     from modelship_server.monitoring import monitor as monitor_mod
+    # the sizing as MODELSHIP_MONITORING_SLICE_US=150 / _SLICE_MIN=32 set it (the defaults keep whole slices)
+    monkeypatch.setattr(monitor_mod, "SLICE_MIN", 32)
+    monkeypatch.setattr(monitor_mod, "SLICE_BUDGET_S", 150e-6)
     budget = monitor_mod.SLICE_BUDGET_S
     for fixed, per in ((0.5 * budget, budget / 80), (0.1 * budget, budget / 500), (2 * budget, budget), (0.0, budget / 40)):
         size, seen = monitor_mod.SLICE_MIN, []

@@ -72,10 +72,13 @@ def _env_number(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
-# at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches)
-SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 32, 1, SLICE))
+# at least this many (when there are): a slice has a fixed cost (~50-150 us, more with cold caches),
+# and each slice between requests leaves the server's caches colder. On the quiet 2-core machine
+# (docs/monitoring.md, "Quiet machine, 2026-12-01 03:28") slices of 32 cost +37 us of server CPU per
+# request against +25 us for slices of 128, for the same p99: whole slices of 128, spread apart.
+SLICE_MIN = int(_env_number("MODELSHIP_MONITORING_SLICE_MIN", 128, 1, SLICE))
 # a slice is sized from the last ones' cost to hold the loop about this long
-SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 150, 1, 1e9) * 1e-6
+SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 2000, 1, 1e9) * 1e-6
 PLANES_MAX = 64_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
 SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
 SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
