@@ -115,13 +115,18 @@ def test_budget_resets_on_the_next_loop_turn():
     asyncio.run(scenario())
 
 
-def _scheduler(tmp_path, budget: InlineBudget, events: list):
+def _mlp_session(tmp_path) -> tuple[ort.InferenceSession, list[str]]:
+    """The real `mlp` sample at one intra-op thread, and its output names."""
     path = tmp_path / "mlp.onnx"
     path.write_bytes(samples.mlp().SerializeToString())
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    return session, [o.name for o in session.get_outputs()]
+
+
+def _scheduler(tmp_path, budget: InlineBudget, events: list):
+    session, names = _mlp_session(tmp_path)
 
     def slow_run(feeds):
         out = session.run(names, feeds)
@@ -247,12 +252,7 @@ def test_health_is_answered_between_inline_runs(tmp_path, start_server):
 
 def _gated_scheduler(tmp_path, gate: threading.Event):
     """The real `mlp` session whose runs wait for `gate` (on the worker thread: the hint is long)."""
-    path = tmp_path / "mlp.onnx"
-    path.write_bytes(samples.mlp().SerializeToString())
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    session, names = _mlp_session(tmp_path)
 
     def gated_run(feeds):
         gate.wait(60)
