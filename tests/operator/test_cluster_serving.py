@@ -14,6 +14,7 @@ import pytest
 from kube_helpers import (
     OperatorProcess, apply, children, condition, get, is_ready, resource_versions, wait_for,
 )
+from modelship.autoscale.monitoring import DEFAULT_INTERVAL_SECONDS as MONITOR_INTERVAL_S
 from msvc_samples import EXAMPLES, SHA, example
 
 pytestmark = pytest.mark.cluster
@@ -207,8 +208,17 @@ def test_after_convergence_sixty_idle_seconds_cause_zero_writes(
         apply(cluster, manifest, namespace)
     for name in names:
         wait_for(lambda: is_ready(_msvc(cluster, namespace, name)), timeout=90, what=f"{name} Ready")
-    time.sleep(3)  # let the last status write land in everyone's view
-    before = resource_versions(cluster, namespace)
+    # Converged: no write for longer than the slowest loop's tick. Ready is not the end: the
+    # monitor's first look at the ready pods (status.monitoring.referenceReadyPods 0/0 -> 0/2)
+    # lands up to one monitoring interval after it.
+    quiet_s = MONITOR_INTERVAL_S + 2
+    before, unchanged_since, deadline = resource_versions(cluster, namespace), time.monotonic(), time.monotonic() + 120
+    while time.monotonic() - unchanged_since < quiet_s:
+        assert time.monotonic() < deadline, f"still writing {quiet_s} s after Ready, 120 s on"
+        time.sleep(1)
+        now = resource_versions(cluster, namespace)
+        if now != before:
+            before, unchanged_since = now, time.monotonic()
     assert len(before) >= 3 + 3 * 4
     audit_size = cluster.audit_log.stat().st_size
     time.sleep(60)
