@@ -526,18 +526,18 @@ class Reconciler:
         An apply after a read carries the resourceVersion that read found, so an object made or
         replaced by someone else in between is not taken over: the API server answers 409, and
         the object is read and judged again (once; a second 409 goes to the retry)."""
-        for attempt in range(2):
-            allowed, version = await self._claim(key, msvc, obj)
-            if not allowed:
-                return None
-            try:
-                return await self.kube.apply(obj, resource_version=version)
-            except KubeError as error:
-                if error.status != 409 or version is None or attempt:
-                    raise
-                log.info("%s %s/%s changed between its read and the apply: reading it again",
-                         obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
-        return None  # not reached: the second attempt returns or raises
+        allowed, version = await self._claim(key, msvc, obj)
+        if not allowed:
+            return None
+        try:
+            return await self.kube.apply(obj, resource_version=version)
+        except KubeError as error:
+            if error.status != 409 or version is None:
+                raise
+        log.info("%s %s/%s changed between its read and the apply: reading it again",
+                 obj["kind"], msvc.metadata.namespace, obj["metadata"]["name"])
+        allowed, version = await self._claim(key, msvc, obj)
+        return await self.kube.apply(obj, resource_version=version) if allowed else None
 
     async def _apply(self, msvc: ModelService, obj: dict[str, Any]) -> None:
         key = (msvc.metadata.namespace, msvc.metadata.name)

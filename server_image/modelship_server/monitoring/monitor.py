@@ -230,7 +230,7 @@ class _StatsPart:
         w, lo, hi = self.whole, self.lo, self.hi
         st = ColumnStats(hi - lo)
         st.count, st.uniform = w.count, w.uniform
-        for a in ("finite", "nan", "inf", "out_of_range", "mean", "m2", "low", "high"):
+        for a in ColumnStats.COLUMNS:
             setattr(st, a, getattr(w, a)[lo:hi].copy())
         return st
 
@@ -291,7 +291,7 @@ class _Fused:
             return None
         whole = ColumnStats(sum(len(p.mean) for p in parts))
         whole.count, whole.uniform = parts[0].count, all(p.uniform for p in parts)
-        for a in ("finite", "nan", "inf", "out_of_range", "mean", "m2", "low", "high"):
+        for a in ColumnStats.COLUMNS:
             setattr(whole, a, np.concatenate([getattr(p, a) for p in parts]))
         names = [n for t in tensors for n in drift[t].names]
         ref_features = [ref["features"][n] for n in names]

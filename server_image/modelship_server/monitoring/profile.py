@@ -83,6 +83,8 @@ class ColumnStats:
     """FeatureStats for every column of a feature matrix at once (a handful of numpy calls per
     request batch, whatever the number of features)."""
 
+    COLUMNS = ("finite", "nan", "inf", "out_of_range", "mean", "m2", "low", "high")  # an entry per column
+
     def __init__(self, n: int) -> None:
         self.count = 0
         self.finite = np.zeros(n, np.int64)
