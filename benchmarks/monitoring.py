@@ -128,14 +128,25 @@ def anchor(python: str, data: dict[str, np.ndarray]) -> dict:
 # -- cost: the same model served with monitoring off and on, interleaved rounds ----------------
 
 
-def _cpu_s(pid: int) -> float:
-    """The process's user + system CPU seconds (/proc/<pid>/stat, all its threads)."""
+def _cpu_s(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of the process (all its threads) and, with `children`, of its
+    live children (the profiler process), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return own
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return own + sum(_cpu_s(c) for c in kids if Path(f"/proc/{c}").exists())
 
 
 def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0, aa: bool = False,
-         drain: str = "loop", slice_us: float | None = None, slice_min: int | None = None) -> dict:
+         drain: str = "process", slice_us: float | None = None, slice_min: int | None = None,
+         on_args: tuple[str, ...] = (), pin: bool = False) -> dict:
     from modelship_server import bench, samples
     from modelship_server.readiness import free_ports, wait_until_ok
 
@@ -145,9 +156,11 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
     slicing = {k: str(v) for k, v in (("MODELSHIP_MONITORING_SLICE_US", slice_us),
                                       ("MODELSHIP_MONITORING_SLICE_MIN", slice_min)) if v is not None}
     try:
-        for name, extra in (("off", []), ("on", [] if aa else ["--monitoring", "--monitoring-sample-rate", str(sample_rate)])):
+        monitoring = ["--monitoring", "--monitoring-sample-rate", str(sample_rate), *on_args]
+        for name, extra in (("off", []), ("on", [] if aa else monitoring)):
             hp, gp, mp = free_ports(3)
-            procs[name] = subprocess.Popen([sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
+            procs[name] = subprocess.Popen([*(["taskset", "-c", "0"] if pin else []),
+                                            sys.executable, "-m", "modelship_server", "--model-repository", str(repo),
                                             "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                                             "--metrics-address", "127.0.0.1", "--http-port", str(hp), "--grpc-port",
                                             str(gp), "--metrics-port", str(mp), *extra],
@@ -155,20 +168,26 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                                            env={**os.environ, "MODELSHIP_MONITORING_DRAIN": drain, **slicing})
             urls[name] = f"127.0.0.1:{hp}"
             wait_until_ok(f"http://{urls[name]}/v2/health/ready", procs[name], timeout=60, what=name)
+        if pin:  # the servers (and a profiler process: a child inherits the mask) on CPU 0, the clients on 1
+            os.sched_setaffinity(0, {1})
         results: dict[str, list] = {"off": [], "on": []}
         cpus: dict[str, list[float]] = {"off": [], "on": []}
+        owns: dict[str, list[float]] = {"off": [], "on": []}  # the server process alone, no profiler process
         for r in range(rounds):
             for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 target = bench._Target(urls[name], "http", "mlp", "", 1, {}, "random", True)
-                cpu0 = _cpu_s(procs[name].pid)
+                cpu0, own0 = _cpu_s(procs[name].pid), _cpu_s(procs[name].pid, children=False)
                 res = bench.run_level_async(target, concurrency, warmup_s=1.0, measure_s=seconds)
                 # CPU over warm-up and measurement, divided by the requests of both (the rate is steady)
                 done = res.throughput_req_s * (seconds + 1.0)
                 cpu_us = (_cpu_s(procs[name].pid) - cpu0) / max(done, 1) * 1e6
+                own_us = (_cpu_s(procs[name].pid, children=False) - own0) / max(done, 1) * 1e6
+                owns[name].append(own_us)
                 results[name].append(res)
                 cpus[name].append(cpu_us)
                 print(f"round {r + 1} {name:>3}: {res.throughput_req_s:8.0f} req/s  p50 {res.latency_p50_ms:.3f} ms"
-                      f"  p99 {res.latency_p99_ms:.3f} ms  server CPU {cpu_us:6.1f} us/req  errors {res.errors}", flush=True)
+                      f"  p99 {res.latency_p99_ms:.3f} ms  server CPU {cpu_us:6.1f} us/req ({own_us:6.1f} in the server"
+                      f" process)  errors {res.errors}", flush=True)
     finally:
         for p in procs.values():
             p.terminate()
@@ -181,10 +200,11 @@ def cost(seconds: float, rounds: int, concurrency: int, sample_rate: float = 1.0
                 "p99_ms": float(np.median([x.latency_p99_ms for x in rs])),
                 "errors": int(sum(x.errors for x in rs)),
                 "cpu_us_per_request": float(np.median(cpus[name])), "cpu_us_per_request_rounds": cpus[name],
+                "server_process_cpu_us_per_request": float(np.median(owns[name])),
                 "req_s_rounds": [x.throughput_req_s for x in rs]}
     off, on = agg("off"), agg("on")
     return {"model": "samples.mlp() [N,64]->[N,10], batch 1, HTTP binary", "concurrency": concurrency,
-            "sample_rate": sample_rate, "a_a": aa, "drain": drain, "slicing": slicing,
+            "sample_rate": sample_rate, "on_args": list(on_args), "pinned": pin, "a_a": aa, "drain": drain, "slicing": slicing,
             "seconds_per_round": seconds, "rounds": rounds, "off": off, "on": on,
             "throughput_ratio": on["req_s"] / off["req_s"], "p99_added_ms": on["p99_ms"] - off["p99_ms"],
             # CPU per request is what the throughput target bounds on a CPU-bound server, and it is far
@@ -405,10 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--concurrency", type=int, default=4)
     c.add_argument("--sample-rate", type=float, default=1.0, help="--monitoring-sample-rate of the `on` server")
     c.add_argument("--aa", action="store_true", help="an A/A run: both servers without monitoring (the noise floor)")
-    c.add_argument("--drain", choices=("loop", "thread"), default="loop",
-                   help="where the `on` server profiles: event-loop slices (the default) or a thread (the old way)")
+    c.add_argument("--drain", choices=("process", "loop", "thread"), default="process",
+                   help="where the `on` server profiles: a child process (the default), event-loop slices, or a thread")
     c.add_argument("--slice-us", type=float, help="the `on` server's slice time budget (MODELSHIP_MONITORING_SLICE_US, 2000)")
     c.add_argument("--slice-min", type=int, help="its smallest slice (MODELSHIP_MONITORING_SLICE_MIN, 128)")
+    c.add_argument("--pin", action="store_true",
+                   help="servers on CPU 0 (a profiler process with them), the load generator on CPU 1")
+    c.add_argument("--on-args", default="", metavar="FLAGS",
+                   help='more server flags for the `on` server, e.g. "--feedback-max-entries 1000"')
     st = sub.add_parser("stalls", help="how long and how often the drain holds the event loop, in process")
     st.add_argument("--seconds", type=float, default=10.0)
     st.add_argument("--rate", type=float, default=6500.0, help="sampled requests per second")
@@ -423,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.what == "cost":
         out = cost(args.seconds, args.rounds, args.concurrency, args.sample_rate, args.aa, args.drain, args.slice_us,
-                   args.slice_min)
+                   args.slice_min, tuple(args.on_args.split()), args.pin)
     elif args.what == "path":
         out = path(args.calls, args.drain_size)
     elif args.what == "stalls":

@@ -49,7 +49,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return not self.draining and self.registry.all_ready()
+        """Every model loaded, not draining, and monitoring (when on) able to take samples."""
+        mon = self.monitoring
+        return not self.draining and self.registry.all_ready() and (mon is None or mon.ready)
 
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}

@@ -282,7 +282,7 @@ def _general(st, m):
     st.nan -= 1
 
 
-def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_request():
+def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_request(monkeypatch):
     import asyncio
     from types import SimpleNamespace
 
@@ -295,6 +295,7 @@ def test_the_event_loop_drains_in_bounded_slices_and_profiles_every_sampled_requ
     rng = np.random.default_rng(8)
     sizes: list[int] = []
     gaps: list[float] = []
+    monkeypatch.setenv("MODELSHIP_MONITORING_DRAIN", "loop")
 
     async def run() -> ModelMonitor:
         hub = monitor_mod.Monitoring(MonitoringSettings(enabled=True, window=200, reference_size=100),
@@ -422,6 +423,20 @@ def test_the_prediction_store_answers_as_a_plain_fifo_with_ttl_would():
                 live[:] = [(r, t) for r, t in live if r != rid]
                 forget(rid)
         assert list(store.entries) == [r for r, _ in live], step
+
+
+def test_a_full_prediction_store_holds_nothing_the_garbage_collector_walks():
+    """A (time, prediction) tuple per entry made a full store of 100,000 a cost of every collection
+    (and a full one paused the loop ~25 ms): ids, times and predictions are all untracked now."""
+    import gc
+
+    store = feedback.PredictionStore(ttl_s=60, max_entries=1000)
+    for i in range(3000):
+        store.put(f"id-{i}", np.array([i % 7]))
+    assert len(store) == 1000 and not gc.is_tracked(store.predictions)
+    assert not any(gc.is_tracked(v) for v in store.entries.values())
+    assert not any(gc.is_tracked(v) for v in store.predictions.values())
+    assert store.lookup("id-2999")[0] == feedback.JOINED and store.lookup("id-1500")[0] == feedback.EXPIRED
 
 
 def _two_tensor_monitor(fuse: bool, inputs_reference: bool = False) -> ModelMonitor:

@@ -1,20 +1,21 @@
 """Per-model monitoring state, and the hub the data plane hands every answered request to.
 
 On the request path (event-loop thread) the hub only: gives the request an id when it has none,
-remembers the prediction for feedback, and, for sampled requests, appends a copy of the inputs
-and the outputs to the model's pending lists, by tensor (bounded: full, dropped and counted).
-Every DRAIN_S the event loop takes what is pending and profiles it in slices of at most SLICE
-requests (each tensor's arrays joined, its features computed, statistics and drift histograms
-updated with a few numpy calls per model: its tensors side by side, see _Fused), giving the loop
-back between slices. Drift scores are computed when read (a scrape, the JSON endpoint), cached
-until the window slides.
+remembers the prediction for feedback, and, for sampled requests, writes a copy of the inputs and
+the outputs where the profiler will read them (bounded: full, dropped and counted).
 
-Profiling on the loop, not in a thread: no GIL hand-off between the two (a thread that holds the
-GIL makes the loop wait up to the 5 ms switch interval), and no lock on the request path.
-MODELSHIP_MONITORING_DRAIN=thread profiles in a thread instead, for the cost benchmark's
-comparison (`benchmarks/monitoring.py cost --drain thread`); MODELSHIP_MONITORING_SLICE_US and
-MODELSHIP_MONITORING_SLICE_MIN set a slice's time budget and smallest size, to weigh p99 (short
-slices) against CPU (each slice's fixed cost) on a given machine (`cost --slice-us --slice-min`).
+Where profiling runs is MODELSHIP_MONITORING_DRAIN:
+- `process` (the default): a child process at the lowest CPU priority reads the sampled requests
+  from a shared-memory ring, profiles them and sends each model's `profile_state` back
+  (profiler.py says why and how). `snapshot` serves the latest state it sent.
+- `loop`: the requests wait in the model's pending lists; every DRAIN_S the event loop takes
+  them and profiles them in slices of at most SLICE requests, spread apart (MODELSHIP_MONITORING_
+  SLICE_US and _SLICE_MIN weigh a slice's p99 against its fixed CPU cost).
+- `thread`: the same lists, profiled in a thread (it holds the GIL the loop needs).
+Either way a drain joins each tensor's arrays, computes its features and updates statistics and
+drift histograms with a few numpy calls per model (its tensors side by side, see _Fused). Drift
+scores are computed when read, cached until the window slides. `benchmarks/monitoring.py cost
+--drain` compares the three.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from . import feedback as fb
 from .capture import CaptureWriter, DirSink, S3Sink
 from .drift import Score
 from .drift import scores as drift_scores
+from .profiler import ProfilerProcess
 from .profile import ColumnStats, is_classifier_output, predicted_class, tensor_features
 from .quality import QualityWindow
 from .reference import ReferenceInvalid, check_against_model, from_features
@@ -53,7 +55,9 @@ Columns = dict[tuple[int, str], list[np.ndarray]]  # (0 input / 1 output, tensor
 BLOCKS = 10  # a window slides by a tenth of its size
 QUEUE_MAX = 8192  # sampled requests per model waiting for the drain
 DRAIN_S = 0.1  # the drain runs this often and takes everything queued
+HAND_OVER_S = 0.02  # with a profiler process: how often it is told how far the ring is written
 SLICE = 128  # at most this many sampled requests per event-loop slice
+DRAIN_MODES = ("process", "loop", "thread")
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -82,6 +86,16 @@ SLICE_BUDGET_S = _env_number("MODELSHIP_MONITORING_SLICE_US", 2000, 1, 1e9) * 1e
 PLANES_MAX = 64_000  # TensorDrift.bins: up to this many comparisons in one broadcast (faster below, slower above)
 SLICE_GAP_S = 0.002  # between two slices the loop runs free up to this long: a request overlaps one slice at most
 SLICE_GAP_MIN_S = 0.0005  # ... and at least this long, even when the drain is behind
+
+
+def drain_mode() -> str:
+    """Where sampled requests are profiled: MODELSHIP_MONITORING_DRAIN, `process` (the default: a
+    child at the lowest priority, see profiler.py), `loop` (event-loop slices) or `thread`."""
+    mode = os.environ.get("MODELSHIP_MONITORING_DRAIN", "") or "process"
+    if mode not in DRAIN_MODES:
+        log.warning("MODELSHIP_MONITORING_DRAIN=%r: expected one of %s; using 'process'", mode, ", ".join(DRAIN_MODES))
+        return "process"
+    return mode
 
 
 def replica_key(model_path: Any) -> bytes:
@@ -355,6 +369,7 @@ class ModelMonitor:
         self.quality_output = next(iter(outputs), "")
         self.quality: QualityWindow | None = None
         self.feedback_counts = {o: 0 for o in (fb.JOINED, fb.UNKNOWN, fb.EXPIRED, fb.INVALID)}
+        self.remote: dict | None = None  # the profiler process's latest `profile_state`, when it profiles
         if reference is not None:
             self._use_reference(reference, f"file {reference_path}" if reference_path else "given")
 
@@ -561,7 +576,9 @@ class ModelMonitor:
 
     # -- reading (any thread) -------------------------------------------------
 
-    def snapshot(self) -> dict:
+    def profile_state(self) -> dict:
+        """What profiling knows: the reference, the drift of every feature, requests profiled.
+        A profiler process sends this back (`remote`); `snapshot` adds what the loop keeps."""
         with self.lock:
             ref = self.reference
             feats: dict[str, dict] = {}
@@ -580,15 +597,19 @@ class ModelMonitor:
                      "source": self.reference_source or
                      f"collecting: {self.collected} of the first {self.cfg.reference_size} sampled requests",
                      "samples": ref["samples"] if ref else 0}
-            profiled, dropped = self.profiled, self.dropped
+            profiled = self.profiled
         drifted = sorted((f for f, e in feats.items() if e.get("drifted")), key=lambda f: -feats[f]["psi"])
+        return {"reference": state, "drift": {"drifted": drifted, "features": feats}, "profiled": profiled}
+
+    def snapshot(self) -> dict:
+        part = self.remote or self.profile_state()
         q = self.quality
         return {
             "model": self.name,
-            "reference": state,
+            "reference": part["reference"],
             "window": {"samples": self.cfg.window, "psi_threshold": self.cfg.psi_threshold, "p_value": self.cfg.p_value},
-            "sampling": {"rate": self.cfg.sample_rate, "profiled": profiled, "dropped": dropped},
-            "drift": {"drifted": drifted, "features": feats},
+            "sampling": {"rate": self.cfg.sample_rate, "profiled": part["profiled"], "dropped": self.dropped},
+            "drift": part["drift"],
             "quality": {"output": self.quality_output, "kind": q.kind if q else None, "window": self.cfg.window,
                         "labels": len(q.pairs) if q else 0, "metrics": q.metrics() if q else {}},
             "feedback": {"stored": len(self.store), "ttl_s": self.cfg.feedback_ttl_s,
@@ -650,11 +671,26 @@ class Monitoring:
         self._took_at = 0.0  # loop time of the last take: its backlog is paced to be through by DRAIN_S later
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._thread: threading.Thread | None = None
-        if loop is not None and os.environ.get("MODELSHIP_MONITORING_DRAIN") != "thread":
-            self._timer = loop.call_later(DRAIN_S, self._tick)
-        elif loop is not None:
+        self._process: ProfilerProcess | None = None
+        self.drain_mode = drain_mode()
+        if loop is not None and self.drain_mode == "thread":
             self._thread = threading.Thread(target=self._run, name="profiler", daemon=True)
             self._thread.start()
+        elif loop is not None:
+            if self.drain_mode == "process":
+                try:
+                    self._process = ProfilerProcess(loop, cfg, self._on_state)
+                except OSError as exc:  # no memfd or no subprocess here (a seccomp profile, a limit)
+                    log.warning("monitoring: cannot start the profiler process (%s); profiling on the event loop "
+                                "instead (MODELSHIP_MONITORING_DRAIN=loop)", exc)
+                    self.drain_mode = "loop"
+            self._timer = loop.call_later(HAND_OVER_S if self._process else DRAIN_S, self._tick)
+
+    @property
+    def ready(self) -> bool:
+        """Whether sampled requests can be taken: the profiler process, if any, has started (or
+        given up: serving never waits on monitoring)."""
+        return self._process is None or self._process.is_ready()
 
     def new_id(self, model: Any) -> str:
         """`<boot>-<n>`, or with a peer address `<boot>-<n>@<host:port>.<tag>` (see `forward_target`)."""
@@ -710,8 +746,10 @@ class Monitoring:
                 ref = None
             if ref is not None:
                 check_against_model(ref, inputs, outputs, self.cfg.reference)
-            mon = self.monitors[model.name] = ModelMonitor(
-                model.name, inputs, outputs, model.policy.max_batch_size > 0, self.cfg, ref, str(self.cfg.reference or ""))
+            batched, ref_path = model.policy.max_batch_size > 0, str(self.cfg.reference or "")
+            mon = self.monitors[model.name] = ModelMonitor(model.name, inputs, outputs, batched, self.cfg, ref, ref_path)
+            if self._process is not None:
+                self._process.add_model(model.name, inputs, outputs, batched, ref, ref_path)
         return mon
 
     def attach(self, models: list) -> None:
@@ -732,7 +770,11 @@ class Monitoring:
             if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
                 # `offer` copies the inputs: a view of the decoded body keeps the request's whole body
                 # alive until the drain (up to 100 ms), and serving slowed by a tenth with those pinned.
-                mon.offer(request.inputs, outputs)
+                process = self._process
+                if process is None:
+                    mon.offer(request.inputs, outputs)
+                elif not process.offer(model.name, request.inputs, outputs):
+                    mon.dropped += 1
             cap = self.capture
             if cap is not None and (self.cfg.capture_sample_rate >= 1.0 or rnd() < self.cfg.capture_sample_rate):
                 cap.offer({"type": "inference", "id": request.id, "time": time.time(), "model": model.name,
@@ -781,10 +823,22 @@ class Monitoring:
         except Exception:  # noqa: BLE001 - one odd request must not stop profiling
             log.exception("model %s: profiling failed on a batch of %d request(s)", mon.name, n)
 
+    def _on_state(self, name: str, state: dict) -> None:
+        mon = self.monitors.get(name)
+        if mon is not None:
+            mon.remote = state
+
     def _tick(self) -> None:
-        """Every DRAIN_S on the event loop: take what is pending, profile it in slices."""
+        """Every DRAIN_S on the event loop: take what is pending, hand it to the profiler process
+        or profile it here in slices."""
         if self._loop is not None:
             self._took_at = self._loop.time()
+        process = self._process
+        if process is not None:
+            process.publish()
+            if self._loop is not None and not self._stop.is_set():
+                self._timer = self._loop.call_later(HAND_OVER_S, self._tick)
+            return
         for mon in list(self.monitors.values()):
             cols, n = mon.take_pending()
             if n:
@@ -833,5 +887,7 @@ class Monitoring:
             self._timer.cancel()
         if self._thread is not None:
             self._thread.join(5)
+        if self._process is not None:
+            self._process.close()
         if self.capture is not None:
             self.capture.close()
