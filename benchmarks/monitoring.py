@@ -4,8 +4,8 @@ stream through an anchor (alibi-detect's KSDrift, numpy backend) in its own venv
 
     .venv/bin/python benchmarks/monitoring.py detection [--trials 20] [--stationary 100000]
     .venv/bin/python benchmarks/monitoring.py anchor --python /tmp/mons-anchor/bin/python
-    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--drain thread]
-        [--slice-us 2000] [--slice-min 128]
+    .venv/bin/python benchmarks/monitoring.py cost [--seconds 8] [--rounds 3] [--concurrency 4] [--aa] [--pin]
+        [--drain process|loop|thread] [--slice-us 2000] [--slice-min 128] [--on-args "--feedback-max-entries 1000"]
     .venv/bin/python benchmarks/monitoring.py path [--calls 100000] [--drain-size 500]
     .venv/bin/python benchmarks/monitoring.py stalls [--seconds 10] [--rate 6500] [--budget-us U] [--gap-ms G] [--compare 4]
     ... --json docs/benchmarks/monitoring-<what>.json

@@ -768,8 +768,8 @@ class Monitoring:
             mon.remember(request.id, outputs)
             rnd = self._random
             if self.cfg.sample_rate >= 1.0 or rnd() < self.cfg.sample_rate:
-                # `offer` copies the inputs: a view of the decoded body keeps the request's whole body
-                # alive until the drain (up to 100 ms), and serving slowed by a tenth with those pinned.
+                # both offers copy the inputs: a view of the decoded body would keep the request's whole
+                # body alive until the drain (up to 100 ms), and serving slowed by a tenth with those pinned.
                 process = self._process
                 if process is None:
                     mon.offer(request.inputs, outputs)
@@ -829,8 +829,8 @@ class Monitoring:
             mon.remote = state
 
     def _tick(self) -> None:
-        """Every DRAIN_S on the event loop: take what is pending, hand it to the profiler process
-        or profile it here in slices."""
+        """On the event loop: every HAND_OVER_S tell the profiler process how far the ring is
+        written; without one, every DRAIN_S take what is pending and profile it in slices."""
         if self._loop is not None:
             self._took_at = self._loop.time()
         process = self._process
