@@ -156,6 +156,28 @@ def test_http_default_outputs_and_gzip(http, repo):
     np.testing.assert_allclose(res.as_numpy("OUTPUT0"), ort_run(repo, "auto_mlp", {"INPUT0": x})[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch, compressed", [(2, False), (16, True)])
+def test_a_response_is_compressed_only_when_it_is_worth_it(server, batch, compressed):
+    """Accept-Encoding: gzip (aiohttp and requests send it by default) compresses bodies of at least
+    COMPRESS_MIN_BYTES; a small answer goes as it is (zlib's set-up cost ~38 us to save ~45 bytes)."""
+    from modelship_server.protocol.http import COMPRESS_MIN_BYTES
+
+    x = _mlp_input(batch, seed=4)
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}]}).encode()
+    answers = {}
+    for encoding in ("gzip", "identity"):
+        req = urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer", data=body,
+                                     headers={"Accept-Encoding": encoding, "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw, got = r.read(), r.headers.get("Content-Encoding")
+        answers[encoding] = json.loads(gzip.decompress(raw) if got == "gzip" else raw)
+        if encoding == "gzip":
+            assert (got == "gzip") == compressed, (batch, got)
+            assert (len(gzip.decompress(raw)) if got else len(raw)) >= COMPRESS_MIN_BYTES or not compressed
+    assert answers["gzip"] == answers["identity"]
+
+
 def test_grpc_infer_matches_onnxruntime(grpc, repo):
     x = _mlp_input(5, seed=2)
     inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
