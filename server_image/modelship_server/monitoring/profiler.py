@@ -13,8 +13,9 @@ nothing else to do later). Handing whole drains over in one go instead (joining 
 requests' arrays on the loop every 20-100 ms) held the loop 0.3-2 ms at a time and cost as much
 p99 as profiling there. Every HAND_OVER_S the parent tells the child how far it has written
 (8 bytes on a pipe); the child decodes the records (`read_records`, copies), tells the parent how
-far it has read, which frees the space, and profiles. A full ring (the child is behind) drops
-the request's sample and counts it: the server never waits for the profiler. Arrays numpy
+far it has read, which frees the space, and profiles. While the ring is full (the child is
+behind) samples wait in the heap, up to the ring's size again, and go into the ring as it frees;
+past that a sample is dropped and counted: the server never waits for the profiler. Arrays numpy
 cannot place in raw memory (BYTES, held as Python objects) are pickled into the record.
 
 The pipes carry frames of a 4-byte big-endian length and a pickle; both ends are this module.
@@ -27,6 +28,7 @@ model.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import mmap
@@ -213,6 +215,8 @@ class ProfilerProcess:
         self._map = mmap.mmap(self._memfd, self.size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         self._buf = memoryview(self._map)
         self.write_pos = self.read_pos = self._published = 0
+        self._waiting: collections.deque[tuple[int, list[tuple[int, np.ndarray]], int]] = collections.deque()
+        self._waiting_bytes = 0
         self._models: dict[str, int] = {}
         self._tensors: list[dict[tuple[int, str], int]] = []  # by model index: (role, name) -> tensor index
         to_child_r, self._to_child = os.pipe()
@@ -253,21 +257,45 @@ class ProfilerProcess:
         self._send(("model", self._models[name], name, inputs, outputs, batched, reference, reference_path))
 
     def offer(self, name: str, inputs: list, outputs: dict[str, np.ndarray]) -> bool:
-        """On the request path: one sampled request's arrays into the ring; False (dropped) when
-        the ring is full or the child is gone."""
+        """On the request path: one sampled request's arrays into the ring, or, while the ring is
+        full, into a queue in the heap of up to the ring's size in bytes (written into the ring as
+        the child frees it: a burst of large requests waits instead of being lost); False
+        (dropped) when both are full or the child is gone."""
         if self.closed:
             return False
         model = self._models[name]
         tensors = self._tensors[model]
         arrays = [(tensors.get((0, t.name)) or self._tensor(model, (0, t.name)), t.data) for t in inputs]
         arrays += [(tensors.get((1, n)) or self._tensor(model, (1, n)), a) for n, a in outputs.items()]
-        pos = write_record(self._buf, self.size, self.write_pos, self.read_pos, model, arrays)
-        if pos is None:
+        if not self._waiting:
+            pos = write_record(self._buf, self.size, self.write_pos, self.read_pos, model, arrays)
+            if pos is not None:
+                self._wrote(pos)
+                return True
+        nbytes = sum(a.nbytes for _, a in arrays)
+        if self._waiting_bytes + nbytes > self.size:
             return False
+        # copies: views of the request body would keep the whole body alive while they wait
+        self._waiting.append((model, [(i, np.array(a)) for i, a in arrays], nbytes))
+        self._waiting_bytes += nbytes
+        return True
+
+    def _wrote(self, pos: int) -> None:
         self.write_pos = pos
         if pos - self._published > self.size // 8:  # big requests: the child starts before the timer
-            self.publish()
-        return True
+            self._tell()
+
+    def _write_waiting(self) -> None:
+        """What waits in the heap into the ring, oldest first, as far as it fits."""
+        waiting = self._waiting
+        while waiting:
+            model, arrays, nbytes = waiting[0]
+            pos = write_record(self._buf, self.size, self.write_pos, self.read_pos, model, arrays)
+            if pos is None:
+                return
+            waiting.popleft()
+            self._waiting_bytes -= nbytes
+            self._wrote(pos)
 
     def _tensor(self, model: int, key: tuple[int, str]) -> int:
         """A new tensor's index (from 1: 0 is never one, so `get(key) or` finds a new one), told to the child."""
@@ -277,7 +305,13 @@ class ProfilerProcess:
         return index
 
     def publish(self) -> None:
-        """Tell the child how far the ring is written (every HAND_OVER_S, from the drain timer)."""
+        """Write what waits, then tell the child how far the ring is written (every
+        HAND_OVER_S, from the drain timer)."""
+        if self._waiting:
+            self._write_waiting()
+        self._tell()
+
+    def _tell(self) -> None:
         if self.write_pos != self._published and not self.closed:
             self._published = self.write_pos
             self._send(("written", self.write_pos))
@@ -320,6 +354,8 @@ class ProfilerProcess:
         for msg in unframe(self._in):
             if msg[0] == "read":
                 self.read_pos = msg[1]
+                if self._waiting:
+                    self._write_waiting()
             elif msg[0] == "ready":
                 self.started = True
             elif msg[0] == "state":
@@ -417,18 +453,17 @@ def run(read_fd: int, write_fd: int, ring: mmap.mmap, size: int) -> int:
                 read_pos = msg[1]
                 if not _write_all(write_fd, frame(("read", read_pos))):
                     return 0
-                batches: dict[int, tuple[Columns, list[int]]] = {}
+                columns: dict[int, Columns] = {}
                 for model, arrays in records:
-                    cols, count = batches.setdefault(model, ({}, [0]))
+                    cols = columns.setdefault(model, {})
                     for index, arr in arrays:
                         cols.setdefault(tensors[model][index], []).append(arr)
-                    count[0] += 1
-                for model, (cols, count) in batches.items():
+                for model, count in collections.Counter(model for model, _ in records).items():
                     try:
-                        monitors[model].profile(cols, count[0])
+                        monitors[model].profile(columns[model], count)
                     except Exception:  # noqa: BLE001 - one odd request must not stop profiling
                         log.exception("model %s: profiling failed on a batch of %d request(s)", monitors[model].name,
-                                      count[0])
+                                      count)
                     dirty.add(model)
         now = time.monotonic()
         for model in [m for m in dirty if sent.get(m, 0.0) + PUSH_S <= now]:
