@@ -158,7 +158,8 @@ def test_a_full_ring_drops_and_counts_and_what_fits_is_all_profiled(monkeypatch)
             hub.close()
 
     small_doc, big_doc = asyncio.run(run())
-    # all 400 written in one go, faster than any reader: the ring took what fit, the rest was counted
+    # all 400 written in one go, faster than any reader: the ring and the heap queue behind it took
+    # what fit (1 MiB each), the rest was counted
     assert small_doc["sampling"]["profiled"] + small_doc["sampling"]["dropped"] == 400
     assert 100 <= small_doc["sampling"]["profiled"] < 400
     assert big_doc["sampling"]["profiled"] == 0 and big_doc["sampling"]["dropped"] == 3
